@@ -1,0 +1,117 @@
+"""Likelihoods p(x | decoder output): modules turning decoder output into a distribution over x.
+
+A likelihood says how many decoder outputs it needs per data dimension (``out_features``),
+turns them into a distribution with event shape (x_dim,), checks that data suits it, and gives the
+mean of x for plots.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .registry import Registry
+
+LIKELIHOODS: Registry = Registry("likelihood")
+
+
+class Likelihood(nn.Module):
+    """Base class. ``forward(out)`` with ``out`` (..., out_features) -> distribution with batch
+    shape (...) and event shape (x_dim,)."""
+
+    def __init__(self, x_dim: int) -> None:
+        super().__init__()
+        self.x_dim = x_dim
+
+    @property
+    def out_features(self) -> int:
+        """How many decoder outputs this likelihood consumes."""
+        return self.x_dim
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """E[x | decoder output], shape (..., x_dim)."""
+        raise NotImplementedError
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        """Raise ``ValueError`` if ``x`` (N, x_dim) is not data this likelihood can score."""
+        if x.dim() != 2 or x.shape[-1] != self.x_dim:
+            raise ValueError(
+                f"{what} has shape {tuple(x.shape)}, expected (N, {self.x_dim}): the model was "
+                f"built for {self.x_dim}-dimensional data"
+            )
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{what} contains NaN or infinite values; clean the data first")
+
+    def noise_variance(self) -> Optional[torch.Tensor]:
+        """Per-dimension variance (x_dim,) if x | out is N(out, diag(var)), else ``None``."""
+        return None
+
+
+@LIKELIHOODS.register("bernoulli")
+class BernoulliLikelihood(Likelihood):
+    """x_d ~ Bernoulli(sigmoid(out_d)): the decoder outputs logits. Data must be 0 or 1."""
+
+    def forward(self, out: torch.Tensor) -> dist.Distribution:
+        # validate_args=False: data was checked once by check_data; re-checking every step costs.
+        return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(out)
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        super().check_data(x, what)
+        if not ((x == 0) | (x == 1)).all():
+            bad = x[(x != 0) & (x != 1)][0].item()
+            raise ValueError(
+                f"the Bernoulli likelihood needs binary data (0 or 1), but {what} holds the value "
+                f"{bad:g}; binarize the data (e.g. --binarize dynamic for mnist) or use "
+                "--likelihood gaussian"
+            )
+
+
+@LIKELIHOODS.register("gaussian")
+class GaussianLikelihood(Likelihood):
+    """x_d ~ N(out_d, sigma²) with a fixed ``sigma``."""
+
+    def __init__(self, x_dim: int, sigma: float = 1.0) -> None:
+        super().__init__(x_dim)
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        self.register_buffer("scale", torch.full((x_dim,), float(sigma)))
+
+    def forward(self, out: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(out, self.scale, validate_args=False).to_event(1)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def noise_variance(self) -> torch.Tensor:
+        return self.scale**2
+
+
+@LIKELIHOODS.register("gaussian-learned")
+class LearnedGaussianLikelihood(Likelihood):
+    """x_d ~ N(out_d, sigma_d²) with a learned per-dimension ``sigma_d`` (initialised at ``sigma``).
+
+    The variance is a free parameter, not a decoder output, so a linear decoder keeps the model
+    linear-Gaussian (and its log p(x) exact).
+    """
+
+    def __init__(self, x_dim: int, sigma: float = 1.0) -> None:
+        super().__init__(x_dim)
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        self.log_scale = nn.Parameter(torch.full((x_dim,), math.log(sigma)))
+
+    def forward(self, out: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(out, self.log_scale.exp(), validate_args=False).to_event(1)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def noise_variance(self) -> torch.Tensor:
+        return (2 * self.log_scale).exp()

@@ -1,0 +1,200 @@
+"""The VAE: a Pyro model p(z) p_θ(x|z) and guide q_φ(z|x) built from swappable parts.
+
+``VAE.model(x)`` and ``VAE.guide(x)`` are plain Pyro programs with one latent site ``"z"`` and one
+observed site ``"x"`` inside a ``pyro.plate("data", dim=-1)``. Everything else in pyrovae
+(training, every estimator, evaluation) works through Pyro traces of these two functions, so a
+user's own model/guide pair with the same site names works too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import pyro
+import torch
+from torch import nn
+
+from .guides import GUIDES, GuideFamily
+from .likelihoods import LIKELIHOODS, Likelihood
+from .linear_gaussian import LinearGaussian
+from .nets import NETS
+from .priors import PRIORS, Prior
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Everything needed to rebuild a VAE; saved in every checkpoint.
+
+    Defaults are the IWAE paper's one-stochastic-layer net, 784-200-200-50 with tanh both ways.
+    ``encoder``/``decoder`` name a network (``mlp`` or ``linear``); ``prior``, ``likelihood`` and
+    ``guide`` name a registered part; ``likelihood_options`` go to the likelihood's constructor
+    (e.g. ``{"sigma": 0.5}``).
+    """
+
+    x_dim: int = 784
+    z_dim: int = 50
+    hidden: Tuple[int, ...] = (200, 200)
+    activation: str = "tanh"
+    encoder: str = "mlp"
+    decoder: str = "mlp"
+    prior: str = "standard-normal"
+    likelihood: str = "bernoulli"
+    likelihood_options: Dict[str, Any] = field(default_factory=dict)
+    guide: str = "diagonal-gaussian"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready dict."""
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "VAEConfig":
+        """Inverse of ``to_dict``; unknown keys are an error so that typos fail loudly."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown model option(s) {unknown}; known: {sorted(names)}")
+        d = dict(d)
+        if "hidden" in d:
+            d["hidden"] = tuple(int(h) for h in d["hidden"])
+        return cls(**d)
+
+
+class VAE(nn.Module):
+    """A variational auto-encoder as a Pyro model/guide pair.
+
+    Args:
+        encoder: network (..., x_dim) -> (..., guide_family.in_features).
+        decoder: network (..., z_dim) -> (..., likelihood.out_features).
+        prior: module returning p(z), event shape (z_dim,).
+        likelihood: module mapping decoder output to p(x|z), event shape (x_dim,).
+        guide_family: module mapping encoder output to q(z|x), event shape (z_dim,).
+        name: prefix of the parameters in Pyro's param store.
+        config: the ``VAEConfig`` it was built from, if any (kept for checkpoints).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: Prior,
+        likelihood: Likelihood,
+        guide_family: GuideFamily,
+        name: str = "vae",
+        config: Optional[VAEConfig] = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.prior = prior
+        self.likelihood = likelihood
+        self.guide_family = guide_family
+        self.name = name
+        self.config = config
+        self._index_cache = torch.arange(0)
+
+    @property
+    def x_dim(self) -> int:
+        return self.likelihood.x_dim
+
+    @property
+    def z_dim(self) -> int:
+        return self.prior.z_dim
+
+    @property
+    def reparameterized(self) -> bool:
+        """Whether the guide's latent sample is reparameterized (False: score-function)."""
+        return self.guide_family.reparameterized
+
+    @reparameterized.setter
+    def reparameterized(self, value: bool) -> None:
+        self.guide_family.reparameterized = bool(value)
+
+    def _data_plate(self, x: torch.Tensor, num_data: Optional[int]) -> pyro.plate:
+        """The plate over data points; scales log-densities by num_data / batch under
+        minibatching."""
+        if x.dim() != 2 or x.shape[-1] != self.x_dim:
+            raise ValueError(
+                f"expected a batch of shape (B, {self.x_dim}), got {tuple(x.shape)}; "
+                "flatten images to vectors first"
+            )
+        batch = x.shape[0]
+        if num_data is None or num_data == batch:
+            return pyro.plate("data", batch, dim=-1)
+        if num_data < batch:
+            raise ValueError(f"num_data={num_data} is smaller than the batch ({batch})")
+        if self._index_cache.numel() != batch:
+            self._index_cache = torch.arange(batch, device=x.device)
+        return pyro.plate("data", num_data, subsample=self._index_cache, dim=-1)
+
+    def model(self, x: torch.Tensor, num_data: Optional[int] = None) -> torch.Tensor:
+        """p(z) p_θ(x|z). ``x`` (B, x_dim); ``num_data`` is the dataset size when ``x`` is a
+        minibatch (log-densities are scaled by num_data / B). Returns z, (..., B, z_dim)."""
+        pyro.module(self.name, self)
+        with self._data_plate(x, num_data):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+        return z
+
+    def guide(self, x: torch.Tensor, num_data: Optional[int] = None) -> torch.Tensor:
+        """q_φ(z|x), amortized by the encoder. ``x`` (B, x_dim). Returns z, (..., B, z_dim)."""
+        pyro.module(self.name, self)
+        with self._data_plate(x, num_data):
+            return pyro.sample("z", self.guide_family(self.encoder(x)))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z] at z = the guide's sample for each row of ``x`` (B, x_dim) -> (B, x_dim)."""
+        z = self.guide_family(self.encoder(x)).sample()
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True) -> torch.Tensor:
+        """``n`` draws from the model: E[x | z] (``mean=True``) or x itself; shape (n, x_dim)."""
+        z = self.prior().sample((n,))
+        out = self.decoder(z)
+        return self.likelihood.mean(out) if mean else self.likelihood(out).sample()
+
+    def linear_gaussian(self) -> Optional[LinearGaussian]:
+        """The model as a ``LinearGaussian`` if it is one (affine decoder, Gaussian likelihood,
+        Gaussian prior), else ``None``. Then its exact log p(x) is known."""
+        noise_var = self.likelihood.noise_variance()
+        prior = self.prior.gaussian()
+        affine = [m for m in self.decoder.modules() if not isinstance(m, nn.Sequential)]
+        if noise_var is None or prior is None or len(affine) != 1:
+            return None
+        layer = affine[0]
+        if not isinstance(layer, nn.Linear):
+            return None
+        with torch.no_grad():
+            bias = layer.bias if layer.bias is not None else layer.weight.new_zeros(self.x_dim)
+            return LinearGaussian(
+                layer.weight.detach().clone(),
+                bias.detach().clone(),
+                noise_var.detach().clone(),
+                prior[0].detach().clone(),
+                prior[1].detach().clone(),
+            )
+
+
+def build_vae(config: VAEConfig, reparameterized: bool = True) -> VAE:
+    """Build a VAE from a config, each part looked up by name in its registry.
+
+    Example:
+        >>> vae = build_vae(VAEConfig(x_dim=4, z_dim=2, hidden=(8,)))
+        >>> vae.guide(torch.zeros(3, 4)).shape
+        torch.Size([3, 2])
+    """
+    prior = PRIORS.get(config.prior)(config.z_dim)
+    likelihood = LIKELIHOODS.get(config.likelihood)(config.x_dim, **config.likelihood_options)
+    family = GUIDES.get(config.guide)(config.z_dim, reparameterized=reparameterized)
+    encoder = NETS.get(config.encoder)(
+        config.x_dim, family.in_features, config.hidden, config.activation
+    )
+    decoder = NETS.get(config.decoder)(
+        config.z_dim, likelihood.out_features, config.hidden, config.activation
+    )
+    return VAE(encoder, decoder, prior, likelihood, family, config=config)

@@ -1,0 +1,92 @@
+"""Figures saved as PNG: sample grids, reconstructions, 2-D scatter plots, training curves.
+
+Uses matplotlib's non-interactive Agg backend, so it works on machines without a display.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
+    """Tile ``images`` (N, H, W) into one (rows·(H+pad)+pad, nrow·(W+pad)+pad) image."""
+    n, h, w = images.shape
+    rows = math.ceil(n / nrow)
+    grid = images.new_ones(rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        grid[top : top + h, left : left + w] = images[i]
+    return grid
+
+
+def save_image_grid(
+    images: torch.Tensor, shape: Tuple[int, int], path: Path, nrow: int = 10, title: str = ""
+) -> Path:
+    """Save vectors ``images`` (N, H·W) with values in [0, 1] as a grid PNG at ``path``."""
+    grid = image_grid(images.detach().float().clamp(0, 1).reshape(-1, *shape).cpu(), nrow)
+    fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 0.4, grid.shape[0] / 40 + 0.6))
+    ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def save_reconstructions(
+    inputs: torch.Tensor, recons: torch.Tensor, shape: Tuple[int, int], path: Path, nrow: int = 10
+) -> Path:
+    """Inputs (N, H·W) on odd rows and their reconstructions directly below them."""
+    rows = []
+    for lo in range(0, inputs.shape[0], nrow):
+        rows += [inputs[lo : lo + nrow], recons[lo : lo + nrow]]
+    return save_image_grid(torch.cat(rows), shape, path, nrow,
+                           "inputs (odd rows) and reconstructions (even rows)")
+
+
+def save_scatter(
+    data: torch.Tensor, samples: torch.Tensor, path: Path, recons: Optional[torch.Tensor] = None
+) -> Path:
+    """2-D data (N, 2) beside model samples (M, 2) (and reconstructions) as one scatter PNG."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(*data[:, :2].T.cpu(), s=3, alpha=0.4, label="data")
+    ax.scatter(*samples[:, :2].T.cpu(), s=3, alpha=0.4, label="model samples")
+    if recons is not None:
+        ax.scatter(*recons[:, :2].T.cpu(), s=3, alpha=0.4, label="reconstructions")
+    ax.set_aspect("equal")
+    ax.legend(markerscale=4)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def save_training_curves(metrics: Sequence[Dict[str, Any]], path: Path) -> Path:
+    """Training and validation ELBO per epoch (nats per data point) as a PNG."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [m["epoch"] for m in metrics]
+    for key, label in (("train_elbo", "train ELBO"), ("valid_elbo", "validation ELBO")):
+        ax.plot(epochs, [m[key] for m in metrics], marker="." if len(epochs) < 30 else None,
+                label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("ELBO (nats per data point)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def summary_table(rows: List[Tuple[str, str]]) -> str:
+    """Two-column text table of (name, value) rows."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)

@@ -1,0 +1,50 @@
+"""Priors p(z): modules that return a Pyro distribution over z with event shape (z_dim,).
+
+A prior is an ``nn.Module`` (so it may hold learned parameters) whose ``forward()`` returns a
+distribution with batch shape () and event shape (z_dim,). The model places it inside its data
+plate, which broadcasts it over data points and particles.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .registry import Registry
+
+PRIORS: Registry = Registry("prior")
+
+
+class Prior(nn.Module):
+    """Base class: ``forward()`` -> distribution over z, batch shape (), event shape (z_dim,)."""
+
+    def __init__(self, z_dim: int) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+
+    def gaussian(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """(loc (z_dim,), covariance (z_dim, z_dim)) if the prior is Gaussian, else ``None``.
+
+        Used to compute exact log p(x) for linear-Gaussian models.
+        """
+        return None
+
+
+@PRIORS.register("standard-normal")
+class StandardNormal(Prior):
+    """p(z) = N(0, I)."""
+
+    def __init__(self, z_dim: int) -> None:
+        super().__init__(z_dim)
+        # Buffers, not parameters: they follow .to(device) and dtype changes but are not trained.
+        self.register_buffer("loc", torch.zeros(z_dim))
+        self.register_buffer("scale", torch.ones(z_dim))
+
+    def forward(self) -> dist.Distribution:
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+    def gaussian(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.loc, torch.diag(self.scale**2)

@@ -1,0 +1,102 @@
+"""Working with a trained run directory: evaluate its model, draw its figures.
+
+These are the functions behind ``pyrovae evaluate`` and ``pyrovae sample``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import pyro
+import torch
+
+from .checkpoint import load_vae
+from .data import Dataset
+from .evaluation import LogLikelihood, evaluate_vae
+from .model import VAE
+from .plots import save_image_grid, save_reconstructions, save_scatter, save_training_curves
+from .training import prepare_data, read_config, read_metrics
+
+
+def load_run(
+    run_dir: str, which: str = "best", data_dir: Optional[str] = None
+) -> Tuple[VAE, Dataset, Dict]:
+    """The trained VAE of ``run_dir`` (its ``which`` checkpoint) and the run's dataset.
+
+    ``data_dir`` overrides the data directory saved in the run's config.
+    """
+    train_cfg, _ = read_config(Path(run_dir))
+    if data_dir is not None:
+        train_cfg = dataclasses.replace(train_cfg, data_dir=data_dir)
+    vae, state = load_vae(run_dir, which)
+    return vae, prepare_data(train_cfg), state
+
+
+def evaluate_run(
+    run_dir: str,
+    k: int = 5000,
+    split: str = "test",
+    n: Optional[int] = None,
+    seed: int = 0,
+    which: str = "best",
+    data_dir: Optional[str] = None,
+    progress: bool = True,
+) -> LogLikelihood:
+    """Importance-weighted log p(x) of a run's model on one split.
+
+    Args:
+        run_dir: a directory made by ``train``.
+        k: importance samples per data point.
+        split: ``train``, ``valid`` or ``test``.
+        n: evaluate a seeded random subset of this many points (the MNIST test file is sorted
+            by digit, so a prefix would be biased); ``None`` for the whole split.
+        seed: seeds the subset and the importance samples.
+        which: ``best`` (by validation ELBO) or ``last`` checkpoint.
+    """
+    vae, data, _ = load_run(run_dir, which, data_dir)
+    x = data.split(split)
+    if n is not None and n < x.shape[0]:
+        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+        x = x[idx]
+    if data.binarize == "dynamic" and split == "train":
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+    pyro.set_rng_seed(seed)
+    return evaluate_vae(vae, x, k=k, progress=progress)
+
+
+def sample_run(
+    run_dir: str,
+    out_dir: Optional[str] = None,
+    n: int = 100,
+    seed: int = 0,
+    which: str = "best",
+    data_dir: Optional[str] = None,
+) -> Dict[str, Path]:
+    """Draw a run's figures as PNG files: model samples, reconstructions of test points next to
+    the inputs (image data) or a scatter of data, samples and reconstructions (2-D data), and
+    the training curves. Returns {figure name: path}; files go to ``out_dir`` (default
+    ``run_dir/figures``)."""
+    out = Path(out_dir) if out_dir else Path(run_dir) / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    vae, data, _ = load_run(run_dir, which, data_dir)
+    pyro.set_rng_seed(seed)
+    idx = torch.randperm(data.test.shape[0], generator=torch.Generator().manual_seed(seed))
+    x = data.test[idx[:n]]
+    samples, recons = vae.sample(n), vae.reconstruct(x)
+    paths: Dict[str, Path] = {}
+    if data.image_shape is not None:
+        paths["samples"] = save_image_grid(samples, data.image_shape, out / "samples.png",
+                                           title=f"{n} samples: E[x | z], z ~ p(z)")
+        n_rec = min(50, x.shape[0])
+        paths["reconstructions"] = save_reconstructions(
+            x[:n_rec], recons[:n_rec], data.image_shape, out / "reconstructions.png"
+        )
+    elif data.x_dim >= 2:
+        many = vae.sample(max(n, 1000), mean=False)
+        paths["samples"] = save_scatter(data.test, many, out / "samples.png", recons)
+    metrics = read_metrics(Path(run_dir))
+    if metrics:
+        paths["training_curves"] = save_training_curves(metrics, out / "training_curves.png")
+    return paths

@@ -1,0 +1,460 @@
+"""Tests for pyrovae.data: the .amat reader and its cache, torchvision splits, synthetic sets."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyrovae import data as D
+from pyrovae.data import DATASETS, DataError, Dataset, load_dataset, read_amat
+
+ROWS = {"train": 5, "valid": 4, "test": 3}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Keep every test's cache in tmp_path and away from the user's environment and network."""
+    monkeypatch.setenv("PYROVAE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PYROVAE_DATA", raising=False)
+
+    def no_network(url, dest):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(D, "_download", no_network)
+
+
+def _amat_text(values: np.ndarray, newline: str = "\n", trailing: str = "") -> str:
+    return "".join(" ".join(str(v) for v in row) + trailing + newline for row in values)
+
+
+def _write_splits(directory: Path, seed: int = 0, **text_kwargs) -> dict:
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, n in ROWS.items():
+        arrays[split] = rng.integers(0, 2, size=(n, 784))
+        path = directory / f"binarized_mnist_{split}.amat"
+        path.write_text(_amat_text(arrays[split], **text_kwargs), newline="")
+    return arrays
+
+
+def _load_small(directory: Path) -> Dataset:
+    # Small files are not the canonical split, so the loader must say so.
+    with pytest.warns(UserWarning, match="not comparable to published numbers"):
+        return load_dataset("binarized-mnist", data_dir=directory)
+
+
+def _assert_matches(ds: Dataset, arrays: dict) -> None:
+    for split, expected in arrays.items():
+        got = ds.split(split)
+        assert got.dtype == torch.float32
+        assert got.shape == (ROWS[split], 784)
+        assert torch.equal(got, torch.as_tensor(expected, dtype=torch.float32))
+
+
+def test_amat_parses_exact_values(tmp_path):
+    arrays = _write_splits(tmp_path / "data")
+    ds = _load_small(tmp_path / "data")
+    _assert_matches(ds, arrays)
+    assert ds.binary and ds.image_shape == (28, 28) and ds.binarize is None and ds.x_dim == 784
+    assert ds.name == "binarized-mnist"
+
+
+def test_pyrovae_data_env_and_parent_directory(tmp_path, monkeypatch):
+    arrays = _write_splits(tmp_path / "root" / "binarized_mnist")
+    monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "root"))
+    with pytest.warns(UserWarning):
+        ds = load_dataset("binarized-mnist")
+    _assert_matches(ds, arrays)
+
+
+def test_second_load_uses_cache_and_cache_is_not_beside_data(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+    arrays = _write_splits(data_dir)
+    first = _load_small(data_dir)
+    cached = sorted((tmp_path / "cache").glob("*.pt"))
+    assert len(cached) == 3
+    assert sorted(p.name for p in data_dir.iterdir()) == sorted(
+        f"binarized_mnist_{s}.amat" for s in ROWS
+    )
+
+    def must_not_parse(*args):
+        raise AssertionError("parsed again despite a valid cache")
+
+    monkeypatch.setattr(D, "_parse_fast", must_not_parse)
+    monkeypatch.setattr(D, "_parse_lines", must_not_parse)
+    start = time.perf_counter()
+    second = _load_small(data_dir)
+    assert time.perf_counter() - start < 1.0
+    _assert_matches(second, arrays)
+    for split in ROWS:
+        assert torch.equal(first.split(split), second.split(split))
+
+
+def test_corrupt_cache_is_ignored_and_rebuilt(tmp_path):
+    data_dir = tmp_path / "data"
+    arrays = _write_splits(data_dir)
+    _load_small(data_dir)
+    cache_files = sorted((tmp_path / "cache").glob("*.pt"))
+    cache_files[0].write_bytes(b"this is not a torch file")
+    torch.save(torch.full((2, 784), 7, dtype=torch.uint8), cache_files[1])  # loads, but wrong
+    torch.save({"not": "a tensor"}, cache_files[2])
+    _assert_matches(_load_small(data_dir), arrays)
+    for f in cache_files:  # rebuilt in place
+        assert torch.load(f, weights_only=True).max() <= 1
+
+
+def test_edited_file_misses_cache(tmp_path):
+    data_dir = tmp_path / "data"
+    _write_splits(data_dir, seed=0)
+    _load_small(data_dir)
+    arrays = _write_splits(data_dir, seed=1)  # different content and size/mtime
+    path = data_dir / "binarized_mnist_train.amat"
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    _assert_matches(_load_small(data_dir), arrays)
+
+
+def test_windows_line_endings_and_trailing_spaces_parse(tmp_path):
+    arrays = _write_splits(tmp_path / "data", newline="\r\n", trailing="  ")
+    raw = (tmp_path / "data" / "binarized_mnist_train.amat").read_bytes()
+    assert D._parse_fast(raw) is None  # really exercises the tolerant path
+    _assert_matches(_load_small(tmp_path / "data"), arrays)
+
+
+def test_missing_final_newline_and_trailing_blank_lines(tmp_path):
+    rows = np.random.default_rng(3).integers(0, 2, size=(3, 784))
+    path = tmp_path / "a.amat"
+    path.write_text(_amat_text(rows)[:-1])
+    assert torch.equal(read_amat(path), torch.as_tensor(rows, dtype=torch.uint8))
+    path.write_text(_amat_text(rows) + "\n\n")
+    assert torch.equal(read_amat(path), torch.as_tensor(rows, dtype=torch.uint8))
+
+
+def _corrupt(tmp_path: Path, text: str) -> Path:
+    arrays = _write_splits(tmp_path / "data")
+    path = tmp_path / "data" / "binarized_mnist_train.amat"
+    path.write_text(text(arrays["train"]) if callable(text) else text)
+    return path
+
+
+def _lines(rows: np.ndarray) -> list:
+    return _amat_text(rows).splitlines()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        # the last line cut mid-way
+        (lambda a: _amat_text(a)[:-500], r"line 5 has 534 values, expected 784 \(file truncated"),
+        # a value that is not 0 or 1 on line 3
+        (
+            lambda a: "\n".join(
+                line if i != 2 else line.replace("0", "0.5", 1).replace("1", "0.5", 1)
+                for i, line in enumerate(_lines(a))
+            ),
+            r"line 3, value \d+: '0\.5' is not 0 or 1",
+        ),
+        # a middle line with half its values
+        (
+            lambda a: "\n".join(
+                line if i != 2 else line[: 392 * 2 - 1] for i, line in enumerate(_lines(a))
+            ),
+            r"line 3 has 392 values, expected 784",
+        ),
+        ("", r"is empty"),
+        ("\n \n", r"is empty"),
+    ],
+    ids=["truncated", "non-binary", "short-middle-line", "empty", "blank"],
+)
+def test_malformed_file_names_file_and_line(tmp_path, make, message):
+    path = _corrupt(tmp_path, make)
+    with pytest.raises(DataError, match=message) as info:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_dataset("binarized-mnist", data_dir=tmp_path / "data")
+    assert str(path) in str(info.value)
+
+
+def test_non_binary_value_reports_exact_column(tmp_path):
+    rows = np.zeros((4, 784), dtype=int)
+    text = _lines(rows)
+    values = text[2].split(" ")
+    values[4] = "2"
+    text[2] = " ".join(values)
+    path = tmp_path / "x.amat"
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=r"x\.amat: line 3, value 5: '2' is not 0 or 1"):
+        read_amat(path)
+
+
+def test_missing_file_names_path_url_and_fix(tmp_path):
+    _write_splits(tmp_path / "data")
+    missing = tmp_path / "data" / "binarized_mnist_valid.amat"
+    missing.unlink()
+    with pytest.raises(DataError) as info:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_dataset("binarized-mnist", data_dir=tmp_path / "data")
+    message = str(info.value)
+    assert str(missing) in message
+    assert D.BINARIZED_MNIST_URL.format(split="valid") in message
+    assert "--data-dir" in message and "PYROVAE_DATA" in message
+    assert not any(p.name.endswith(".part") for p in (tmp_path / "data").iterdir())
+
+
+def test_download_fills_missing_file(tmp_path, monkeypatch):
+    arrays = _write_splits(tmp_path / "data")
+    target = tmp_path / "data" / "binarized_mnist_test.amat"
+    text = target.read_text()
+    target.unlink()
+    fetched = []
+
+    def fake_download(url, dest):
+        fetched.append(url)
+        Path(dest).write_text(text)
+
+    monkeypatch.setattr(D, "_download", fake_download)
+    _assert_matches(_load_small(tmp_path / "data"), arrays)
+    assert fetched == [D.BINARIZED_MNIST_URL.format(split="test")]
+
+
+# --- options and registry ---------------------------------------------------------------------
+
+
+def test_registry_and_option_errors():
+    assert {"binarized-mnist", "mnist", "fashion-mnist", "linear-gaussian", "ring", "gmm2d"} <= set(
+        DATASETS.names()
+    )
+    with pytest.raises(DataError, match="unknown dataset 'nope'"):
+        load_dataset("nope")
+    with pytest.raises(DataError, match=r"does not take option\(s\) n_trian; accepted options: "):
+        load_dataset("ring", n_trian=10)
+    with pytest.raises(DataError, match="accepted options: n_train, n_valid, n_test, seed, x_dim"):
+        load_dataset("linear-gaussian", bogus=1)
+    with pytest.raises(DataError, match="noise_std must be a positive number"):
+        load_dataset("linear-gaussian", noise_std=0)
+    with pytest.raises(DataError, match="n_train must be an integer >= 1"):
+        load_dataset("gmm2d", n_train=0)
+
+
+def test_split_rejects_unknown_name():
+    ds = load_dataset("ring", n_train=10, n_valid=5, n_test=5)
+    with pytest.raises(ValueError, match="unknown split 'validation'; choose one of: train"):
+        ds.split("validation")
+
+
+# --- synthetic datasets -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, dim", [("linear-gaussian", 10), ("ring", 2), ("gmm2d", 2)])
+def test_synthetic_shapes_and_determinism(name, dim):
+    sizes = dict(n_train=300, n_valid=50, n_test=40)
+    a = load_dataset(name, seed=1, **sizes)
+    b = load_dataset(name, seed=1, **sizes)
+    c = load_dataset(name, seed=2, **sizes)
+    for split, n in zip(D.SPLITS, sizes.values()):
+        assert a.split(split).shape == (n, dim) and a.split(split).dtype == torch.float32
+        assert torch.equal(a.split(split), b.split(split))
+        assert not torch.equal(a.split(split), c.split(split))
+    assert not a.binary and a.image_shape is None and a.binarize is None
+    assert not torch.equal(a.train[:40], a.test)  # splits are distinct draws
+    # Each split has its own stream: resizing one split leaves the others unchanged.
+    d = load_dataset(name, seed=1, n_train=100, n_valid=50, n_test=40)
+    assert torch.equal(d.test, a.test)
+
+
+def test_ring_radius():
+    ds = load_dataset("ring", n_train=5000)
+    radius = ds.train.norm(dim=1)
+    assert radius.min() >= 1 - 1e-5  # ‖x‖ = 1 + ‖z‖ / 10
+    assert radius.max() < 1.6
+    # E‖z‖ = sqrt(pi / 2) for a 2-D standard normal.
+    assert abs(radius.mean().item() - (1 + 0.1 * math.sqrt(math.pi / 2))) < 0.01
+
+
+def test_gmm2d_components():
+    ds = load_dataset("gmm2d", n_train=8000, radius=3.0, std=0.05)
+    assert torch.allclose(ds.train.norm(dim=1), torch.tensor(3.0), atol=0.3)
+    angles = torch.atan2(ds.train[:, 1], ds.train[:, 0])
+    component = torch.round(angles / (2 * math.pi / 8)).long() % 8
+    counts = torch.bincount(component, minlength=8).float()
+    assert (counts - 1000).abs().max() < 150  # equal weights
+    centre = 3.0 * torch.tensor([math.cos(2 * math.pi * 3 / 8), math.sin(2 * math.pi * 3 / 8)])
+    assert (ds.train[component == 3] - centre).std(dim=0).sub(0.05).abs().max() < 0.01
+    assert load_dataset("gmm2d", n_components=3, n_train=10).train.shape == (10, 2)
+
+
+def test_linear_gaussian_matches_truth():
+    n = 10000
+    ds = load_dataset("linear-gaussian", n_train=n, x_dim=6, z_dim=3, noise_std=0.3, seed=4)
+    truth = ds.truth
+    assert truth is not None and truth.x_dim == 6 and truth.z_dim == 3
+    assert torch.allclose(truth.noise_var, torch.full((6,), 0.09))
+    marginal = truth.marginal()
+    x = ds.train.double()
+    cov = marginal.covariance_matrix.double()
+    emp_cov = torch.cov(x.T)
+    # Standard error of a sample covariance entry: sqrt((S_ii S_jj + S_ij²) / n).
+    se = ((cov.diag()[:, None] * cov.diag()[None, :] + cov**2) / n).sqrt()
+    assert ((emp_cov - cov).abs() < 5 * se).all()
+    se_mean = (cov.diag() / n).sqrt()
+    assert ((x.mean(0) - marginal.loc.double()).abs() < 5 * se_mean).all()
+    # E_p[log p(x)] = -H(p); log p(x) of a D-dim Gaussian has standard deviation sqrt(D / 2).
+    mean_log_p = truth.log_marginal(ds.train).double().mean().item()
+    assert abs(mean_log_p + marginal.entropy().item()) < 5 * math.sqrt(6 / 2 / n)
+
+
+# --- torchvision datasets ---------------------------------------------------------------------
+
+
+class _FakeMNIST:
+    """Stands in for torchvision.datasets.MNIST: same constructor, ``.data`` (N, 28, 28) uint8."""
+
+    sizes = {True: 60, False: 15}
+    calls: list = []
+
+    def __init__(self, root, train=True, download=False):
+        type(self).calls.append((root, train, download))
+        gen = torch.Generator().manual_seed(int(train))
+        n = self.sizes[train]
+        self.data = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen)
+        self.data[:, 0, 0] = torch.arange(n, dtype=torch.uint8)  # marks each image's index
+
+
+@pytest.fixture
+def fake_torchvision(monkeypatch):
+    import torchvision.datasets
+
+    monkeypatch.setattr(D, "MNIST_VALID_SIZE", 20)
+    monkeypatch.setattr(_FakeMNIST, "calls", [])
+    monkeypatch.setattr(torchvision.datasets, "MNIST", _FakeMNIST)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", _FakeMNIST)
+    return _FakeMNIST
+
+
+def test_torchvision_split_sizes_and_grayscale(fake_torchvision, tmp_path):
+    ds = load_dataset("fashion-mnist", data_dir=tmp_path)
+    assert (ds.train.shape, ds.valid.shape, ds.test.shape) == ((40, 784), (20, 784), (15, 784))
+    # train is the first 40 official training images, valid the last 20, in order.
+    assert ds.train[:, 0].mul(255).round().tolist() == list(range(40))
+    assert ds.valid[:, 0].mul(255).round().tolist() == list(range(40, 60))
+    assert all(s.dtype == torch.float32 for s in (ds.train, ds.valid, ds.test))
+    assert 0 <= ds.train.min() and ds.train.max() <= 1
+    assert ((ds.train > 0) & (ds.train < 1)).any()
+    assert not ds.binary and ds.binarize is None and ds.image_shape == (28, 28)
+    assert ds.name == "fashion-mnist"
+    assert fake_torchvision.calls == [(str(tmp_path), True, False), (str(tmp_path), False, False)]
+
+
+def test_torchvision_full_size_split(monkeypatch):
+    import torchvision.datasets
+
+    monkeypatch.setattr(_FakeMNIST, "sizes", {True: 60000, False: 10000})
+    monkeypatch.setattr(torchvision.datasets, "MNIST", _FakeMNIST)
+    ds = load_dataset("mnist")
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == (50000, 10000, 10000)
+    root = str(Path.home() / ".cache" / "pyrovae" / "torchvision")
+    assert _FakeMNIST.calls[-1] == (root, False, False)
+
+
+def _is_binary(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def test_torchvision_dynamic_binarization(fake_torchvision):
+    ds = load_dataset("mnist", binarize="dynamic")
+    assert ds.binary and ds.binarize == "dynamic"
+    assert not _is_binary(ds.train)  # the trainer resamples train every step
+    assert _is_binary(ds.valid) and _is_binary(ds.test)
+    again = load_dataset("mnist", binarize="dynamic")
+    assert torch.equal(ds.valid, again.valid) and torch.equal(ds.test, again.test)
+    # The fixed draw has the grayscale values as its probabilities.
+    gray = load_dataset("mnist")
+    assert abs(ds.test.mean().item() - gray.test.mean().item()) < 0.01
+
+
+def test_torchvision_static_binarization(fake_torchvision):
+    ds = load_dataset("mnist", binarize="static")
+    assert ds.binary and ds.binarize is None
+    assert all(_is_binary(ds.split(s)) for s in D.SPLITS)
+    dynamic = load_dataset("mnist", binarize="dynamic")
+    assert torch.equal(ds.test, dynamic.test)  # the same fixed evaluation images either way
+    with pytest.raises(DataError, match="unknown binarize='always'"):
+        load_dataset("mnist", binarize="always")
+
+
+def test_torchvision_downloads_then_explains(monkeypatch, tmp_path):
+    import torchvision.datasets
+
+    attempts = []
+
+    class Offline(_FakeMNIST):
+        def __init__(self, root, train=True, download=False):
+            attempts.append(download)
+            if not download:
+                raise RuntimeError("Dataset not found.")
+            super().__init__(root, train, download)
+
+    monkeypatch.setattr(D, "MNIST_VALID_SIZE", 20)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    assert len(load_dataset("mnist", data_dir=tmp_path).train) == 40
+    assert attempts == [False, True, False, True]
+
+    class Unavailable:
+        def __init__(self, root, train=True, download=False):
+            raise RuntimeError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Unavailable)
+    with pytest.raises(DataError, match="could not load MNIST") as info:
+        load_dataset("mnist", data_dir=tmp_path)
+    assert str(tmp_path / "MNIST" / "raw") in str(info.value)
+    assert "PYROVAE_DATA" in str(info.value)
+
+
+# --- subset -----------------------------------------------------------------------------------
+
+
+def test_subset_is_seeded_random_and_sized():
+    ds = load_dataset("ring", n_train=200, n_valid=100, n_test=100)
+    a = ds.subset(n_train=50, n_eval=30, seed=0)
+    assert (len(a.train), len(a.valid), len(a.test)) == (50, 30, 30)
+    assert torch.equal(a.test, ds.subset(n_train=50, n_eval=30, seed=0).test)
+    assert not torch.equal(a.test, ds.subset(n_train=50, n_eval=30, seed=1).test)
+    assert not torch.equal(a.test, ds.test[:30])  # not a prefix
+    # every row comes from its own split, without repeats
+    rows = {tuple(r) for r in ds.test.tolist()}
+    assert all(tuple(r) in rows for r in a.test.tolist())
+    assert len({tuple(r) for r in a.test.tolist()}) == 30
+    whole = ds.subset(n_eval=10)
+    assert whole.train is ds.train and len(whole.valid) == 10
+    assert a.name == ds.name and a.binary == ds.binary
+    with pytest.raises(ValueError, match="cannot take 500 rows from the 200 train rows"):
+        ds.subset(n_train=500)
+
+
+def test_unwritable_cache_warns_but_loads(tmp_path, monkeypatch):
+    arrays = _write_splits(tmp_path / "data")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    monkeypatch.setenv("PYROVAE_CACHE", str(blocker))
+    with pytest.warns(UserWarning) as record:
+        ds = load_dataset("binarized-mnist", data_dir=tmp_path / "data")
+    assert any("could not write the parse cache" in str(w.message) for w in record)
+    _assert_matches(ds, arrays)
+
+
+def test_download_disabled_names_url(tmp_path, monkeypatch):
+    def must_not_download(url, dest):
+        raise AssertionError("download attempted")
+
+    monkeypatch.setattr(D, "_download", must_not_download)
+    with pytest.raises(DataError, match=r"binarized_mnist_train\.amat does not exist \(download"):
+        load_dataset("binarized-mnist", data_dir=tmp_path / "empty", download=False)
