@@ -85,6 +85,6 @@ def load_vae(source: PathLike, which: str = "best") -> Tuple[VAE, Dict[str, Any]
     try:
         vae.load_state_dict(state["model_state"])
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not match its own model config: {e}")
+        raise CheckpointError(f"checkpoint {path} does not match its own model config: {e}") from e
     vae.eval()
     return vae, state

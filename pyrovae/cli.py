@@ -1,8 +1,8 @@
 """The ``pyrovae`` command line: a thin layer over ``pyrovae.training`` and ``pyrovae.runs``.
 
-    pyrovae train --dataset binarized-mnist --data-dir DIR --epochs 100
-    pyrovae evaluate RUN_DIR --k 5000 [--json]
-    pyrovae sample RUN_DIR
+pyrovae train --dataset binarized-mnist --data-dir DIR --epochs 100
+pyrovae evaluate RUN_DIR --k 5000 [--json]
+pyrovae sample RUN_DIR
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ def _hidden(text: str):
     try:
         return tuple(int(h) for h in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated sizes like 200,200, "
-                                         f"got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--hidden takes comma-separated sizes like 200,200, got {text!r}"
+        ) from None
 
 
 def _key_value(text: str):
@@ -49,57 +50,81 @@ def _train_parser(sub) -> None:
     from .priors import PRIORS
 
     p = sub.add_parser(
-        "train", help="train a VAE and write a run directory",
+        "train",
+        help="train a VAE and write a run directory",
         description="Train a VAE with pyro.infer.SVI. Writes config.json, metrics.jsonl and "
         "checkpoints/{last,best}.pt to the run directory. Options left out take the values of "
-        "--config (a JSON file {\"train\": {...}, \"model\": {...}}), else the defaults.",
+        '--config (a JSON file {"train": {...}, "model": {...}}), else the defaults.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", choices=DATASETS.names(), help="dataset name "
-                   "(default binarized-mnist)")
-    d.add_argument("--data-dir", help="directory with the data files (default: $PYROVAE_DATA, "
-                   "else a cache directory, downloading when possible)")
-    d.add_argument("--binarize", choices=["dynamic", "static"],
-                   help="binarize grayscale data (mnist, fashion-mnist)")
-    d.add_argument("--dataset-option", type=_key_value, action="append", default=[],
-                   metavar="KEY=VALUE", help="extra dataset option, e.g. x_dim=5 (repeatable)")
+    d.add_argument(
+        "--dataset", choices=DATASETS.names(), help="dataset name (default binarized-mnist)"
+    )
+    d.add_argument(
+        "--data-dir",
+        help="directory with the data files (default: $PYROVAE_DATA, "
+        "else a cache directory, downloading when possible)",
+    )
+    d.add_argument(
+        "--binarize",
+        choices=["dynamic", "static"],
+        help="binarize grayscale data (mnist, fashion-mnist)",
+    )
+    d.add_argument(
+        "--dataset-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra dataset option, e.g. x_dim=5 (repeatable)",
+    )
     d.add_argument("--n-train", type=int, help="train on a seeded random subset of this size")
     d.add_argument("--n-eval", type=int, help="validation/test subsets of this size")
     m = p.add_argument_group("model")
     m.add_argument("--z-dim", type=int, help="latent dimension (default 50)")
-    m.add_argument("--hidden", type=_hidden, help="hidden sizes, comma-separated "
-                   "(default 200,200)")
+    m.add_argument("--hidden", type=_hidden, help="hidden sizes, comma-separated (default 200,200)")
     m.add_argument("--activation", choices=sorted(ACTIVATIONS), help="default tanh")
     m.add_argument("--encoder", choices=NETS.names(), help="encoder network (default mlp)")
-    m.add_argument("--decoder", choices=NETS.names(), help="decoder network (default mlp; "
-                   "linear + a Gaussian likelihood gives an exact log p(x))")
+    m.add_argument(
+        "--decoder",
+        choices=NETS.names(),
+        help="decoder network (default mlp; "
+        "linear + a Gaussian likelihood gives an exact log p(x))",
+    )
     m.add_argument("--prior", choices=PRIORS.names(), help="default standard-normal")
     m.add_argument("--likelihood", choices=LIKELIHOODS.names(), help="default bernoulli")
     m.add_argument("--sigma", type=float, help="(initial) std of a Gaussian likelihood")
     m.add_argument("--guide", choices=GUIDES.names(), help="default diagonal-gaussian")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, help="number of epochs (default 100; with --resume: "
-                   "the new total)")
+    o.add_argument(
+        "--epochs", type=int, help="number of epochs (default 100; with --resume: the new total)"
+    )
     o.add_argument("--batch-size", type=int, help="default 100")
     o.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     o.add_argument("--estimator", choices=ESTIMATORS.names(), help="default pathwise")
-    o.add_argument("--baseline", choices=["none", "decaying-average"],
-                   help="score-function baseline (default decaying-average)")
+    o.add_argument(
+        "--baseline",
+        choices=["none", "decaying-average"],
+        help="score-function baseline (default decaying-average)",
+    )
     o.add_argument("--num-particles", type=int, help="samples of z per data point per step")
     o.add_argument("--seed", type=int, help="random seed (default 0)")
     r = p.add_argument_group("run")
-    r.add_argument("--config", help="JSON file with {\"train\": {...}, \"model\": {...}}")
-    r.add_argument("--run-dir", help="output directory (default runs/<dataset>-<estimator>-"
-                   "<time>)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its "
-                   "last checkpoint")
+    r.add_argument("--config", help='JSON file with {"train": {...}, "model": {...}}')
+    r.add_argument("--run-dir", help="output directory (default runs/<dataset>-<estimator>-<time>)")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its last checkpoint",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _eval_parser(sub) -> None:
     p = sub.add_parser(
-        "evaluate", help="importance-weighted log p(x) of a trained run",
+        "evaluate",
+        help="importance-weighted log p(x) of a trained run",
         description="Estimate log p(x) per data point with K importance samples from the "
         "guide, log (1/K) sum_k p(x,z_k)/q(z_k|x), averaged over a split, with its standard "
         "error, next to the ELBO (and the exact log p(x) for linear-Gaussian models).",
@@ -118,7 +143,8 @@ def _eval_parser(sub) -> None:
 
 def _sample_parser(sub) -> None:
     p = sub.add_parser(
-        "sample", help="figures of a trained run: samples, reconstructions, training curves",
+        "sample",
+        help="figures of a trained run: samples, reconstructions, training curves",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -154,12 +180,22 @@ def _configs_from_args(args):
             raise ValueError(f"cannot read --config {args.config}: {e}") from e
         unknown = sorted(set(cfg) - {"train", "model"})
         if unknown:
-            raise ValueError(f"--config {args.config}: unknown section(s) {unknown}; use "
-                             "\"train\" and \"model\"")
+            raise ValueError(
+                f'--config {args.config}: unknown section(s) {unknown}; use "train" and "model"'
+            )
         train_d.update(cfg.get("train", {}))
         model_d.update(cfg.get("model", {}))
-    for key in ("dataset", "n_train", "n_eval", "epochs", "batch_size", "lr", "estimator",
-                "num_particles", "seed"):
+    for key in (
+        "dataset",
+        "n_train",
+        "n_eval",
+        "epochs",
+        "batch_size",
+        "lr",
+        "estimator",
+        "num_particles",
+        "seed",
+    ):
         if getattr(args, key) is not None:
             train_d[key] = getattr(args, key)
     if args.data_dir is not None:
@@ -171,15 +207,27 @@ def _configs_from_args(args):
     if options:
         train_d["dataset_options"] = options
     if args.baseline:
-        train_d["estimator_options"] = {**train_d.get("estimator_options", {}),
-                                        "baseline": args.baseline}
-    for key in ("z_dim", "hidden", "activation", "encoder", "decoder", "prior", "likelihood",
-                "guide"):
+        train_d["estimator_options"] = {
+            **train_d.get("estimator_options", {}),
+            "baseline": args.baseline,
+        }
+    for key in (
+        "z_dim",
+        "hidden",
+        "activation",
+        "encoder",
+        "decoder",
+        "prior",
+        "likelihood",
+        "guide",
+    ):
         if getattr(args, key) is not None:
             model_d[key] = getattr(args, key)
     if args.sigma is not None:
-        model_d["likelihood_options"] = {**model_d.get("likelihood_options", {}),
-                                         "sigma": args.sigma}
+        model_d["likelihood_options"] = {
+            **model_d.get("likelihood_options", {}),
+            "sigma": args.sigma,
+        }
     return TrainConfig.from_dict(train_d), VAEConfig.from_dict(model_d)
 
 
@@ -193,8 +241,9 @@ def _cmd_train(args) -> int:
     if args.resume and args.epochs is None:
         train_cfg = dataclasses.replace(train_cfg, epochs=_saved_epochs(args.run_dir))
     t0 = time.perf_counter()
-    result = train(train_cfg, model_cfg, run_dir=args.run_dir, resume=args.resume,
-                   progress=not args.quiet)
+    result = train(
+        train_cfg, model_cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.quiet
+    )
     last = result.metrics[-1] if result.metrics else {}
     rows = [
         ("run directory", str(result.run_dir)),
@@ -220,9 +269,16 @@ def _cmd_evaluate(args) -> int:
     from .plots import summary_table
     from .runs import evaluate_run
 
-    res = evaluate_run(args.run_dir, k=args.k, split=args.split, n=args.n, seed=args.seed,
-                       which=args.checkpoint, data_dir=args.data_dir,
-                       progress=not (args.quiet or args.json))
+    res = evaluate_run(
+        args.run_dir,
+        k=args.k,
+        split=args.split,
+        n=args.n,
+        seed=args.seed,
+        which=args.checkpoint,
+        data_dir=args.data_dir,
+        progress=not args.quiet,
+    )
     if args.json:
         out = {"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}
         print(json.dumps(out))
@@ -234,8 +290,13 @@ def _cmd_evaluate(args) -> int:
         ("ELBO", f"{res.elbo:.3f} ± {res.elbo_stderr:.3f} nats"),
     ]
     if res.exact_log_px is not None:
-        rows.append(("exact log p(x)", f"{res.exact_log_px:.3f} ± {res.exact_log_px_stderr:.3f}"
-                     " nats (closed form, linear-Gaussian model)"))
+        rows.append(
+            (
+                "exact log p(x)",
+                f"{res.exact_log_px:.3f} ± {res.exact_log_px_stderr:.3f}"
+                " nats (closed form, linear-Gaussian model)",
+            )
+        )
     rows.append(("wall time", f"{res.seconds:.1f} s"))
     print("evaluation (± is the standard error over data points)\n" + summary_table(rows))
     return 0
@@ -245,8 +306,14 @@ def _cmd_sample(args) -> int:
     from .plots import summary_table
     from .runs import sample_run
 
-    paths = sample_run(args.run_dir, out_dir=args.out, n=args.n, seed=args.seed,
-                       which=args.checkpoint, data_dir=args.data_dir)
+    paths = sample_run(
+        args.run_dir,
+        out_dir=args.out,
+        n=args.n,
+        seed=args.seed,
+        which=args.checkpoint,
+        data_dir=args.data_dir,
+    )
     print("figures written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
     return 0
 
@@ -268,8 +335,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pyrovae {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"pyrovae {args.command}: interrupted; checkpoints written so far are kept",
-              file=sys.stderr)
+        print(
+            f"pyrovae {args.command}: interrupted; checkpoints written so far are kept",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -29,9 +29,11 @@ from tqdm.auto import tqdm
 
 from .estimators import MAX_PLATE_NESTING
 
-# (particle, data point) pairs evaluated at once. For MNIST's 784 outputs this keeps each
-# (pairs, 784) float tensor near 100 MB, and the peak well under 1 GB.
-DEFAULT_CHUNK_PAIRS = 2**15
+# (particle, data point) pairs evaluated at once. Memory is bounded by this whatever K is, and
+# smaller is faster up to a point: a (4096, 784) float tensor (13 MB) stays in cache between the
+# elementwise ops of the likelihood, where a 32768-pair chunk made the MNIST evaluation 1.6x
+# slower on 2 cores.
+DEFAULT_CHUNK_PAIRS = 4096
 
 
 def log_importance_weights(
@@ -138,13 +140,21 @@ def estimate_log_likelihood(
     n = data.shape[0]
     if n == 0:
         raise ValueError("cannot evaluate an empty data set")
-    k_chunk = min(k, chunk_pairs)
+    # Equal particle chunks (5000 -> 2 x 2500, not 4096 + 904) keep every chunk near the size
+    # that runs fastest.
+    k_chunk = math.ceil(k / math.ceil(k / chunk_pairs))
     batch = max(1, min(n, chunk_pairs // k_chunk))
     log_px = data.new_empty(n, dtype=torch.float64)
     elbo = data.new_empty(n, dtype=torch.float64)
     start = time.perf_counter()
-    bar = tqdm(total=n * k, desc=f"log p(x), K={k}", unit="sample", unit_scale=True,
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=n * k,
+        desc=f"log p(x), K={k}",
+        unit="sample",
+        unit_scale=True,
+        disable=None if progress else True,  # None: shown on a terminal, not in logs
+        leave=False,
+    )
     for lo in range(0, n, batch):
         x = data[lo : lo + batch]
         lse_chunks, sum_log_w = [], 0.0
@@ -165,8 +175,9 @@ def estimate_log_likelihood(
         )
     lp_mean, lp_se = _mean_stderr(log_px)
     el_mean, el_se = _mean_stderr(elbo)
-    result = LogLikelihood(lp_mean, lp_se, el_mean, el_se, k, n, seconds,
-                           per_point_log_px=log_px, per_point_elbo=elbo)
+    result = LogLikelihood(
+        lp_mean, lp_se, el_mean, el_se, k, n, seconds, per_point_log_px=log_px, per_point_elbo=elbo
+    )
     if exact_log_px is not None:
         exact = torch.cat([exact_log_px(data[lo : lo + 4096]) for lo in range(0, n, 4096)])
         result.exact_log_px, result.exact_log_px_stderr = _mean_stderr(exact)
@@ -180,8 +191,18 @@ def evaluate_vae(vae, data: torch.Tensor, k: int = 5000, **kwargs: Any) -> LogLi
     truth = vae.linear_gaussian()
     exact = None
     if truth is not None:
-        truth64 = type(truth)(*(t.double() for t in (truth.weight, truth.bias, truth.noise_var,
-                                                     truth.prior_loc, truth.prior_cov)))
+        truth64 = type(truth)(
+            *(
+                t.double()
+                for t in (
+                    truth.weight,
+                    truth.bias,
+                    truth.noise_var,
+                    truth.prior_loc,
+                    truth.prior_cov,
+                )
+            )
+        )
 
         def exact(x):
             return truth64.log_marginal(x.double())

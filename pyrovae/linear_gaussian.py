@@ -80,7 +80,9 @@ class LinearGaussian:
         eps_x = torch.randn(n, self.x_dim, generator=generator, dtype=self.weight.dtype)
         return z @ self.weight.T + self.bias + eps_x * self.noise_var.sqrt()
 
-    def elbo_diagonal(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    def elbo_diagonal(
+        self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
         """Closed-form ELBO for the guide q(z|x) = N(loc, diag(scale²)) under a standard prior.
 
         ``x`` (..., D), ``loc`` and ``scale`` (..., Dz) -> (...). Requires the standard-normal

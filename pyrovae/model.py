@@ -16,6 +16,7 @@ import pyro
 import torch
 from torch import nn
 
+from .config import config_from_dict
 from .guides import GUIDES, GuideFamily
 from .likelihoods import LIKELIHOODS, Likelihood
 from .linear_gaussian import LinearGaussian
@@ -53,14 +54,10 @@ class VAEConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "VAEConfig":
         """Inverse of ``to_dict``; unknown keys are an error so that typos fail loudly."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown model option(s) {unknown}; known: {sorted(names)}")
         d = dict(d)
         if "hidden" in d:
             d["hidden"] = tuple(int(h) for h in d["hidden"])
-        return cls(**d)
+        return config_from_dict(cls, d, "model")
 
 
 class VAE(nn.Module):

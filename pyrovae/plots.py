@@ -50,8 +50,9 @@ def save_reconstructions(
     rows = []
     for lo in range(0, inputs.shape[0], nrow):
         rows += [inputs[lo : lo + nrow], recons[lo : lo + nrow]]
-    return save_image_grid(torch.cat(rows), shape, path, nrow,
-                           "inputs (odd rows) and reconstructions (even rows)")
+    return save_image_grid(
+        torch.cat(rows), shape, path, nrow, "inputs (odd rows) and reconstructions (even rows)"
+    )
 
 
 def save_scatter(
@@ -75,8 +76,9 @@ def save_training_curves(metrics: Sequence[Dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [m["epoch"] for m in metrics]
     for key, label in (("train_elbo", "train ELBO"), ("valid_elbo", "validation ELBO")):
-        ax.plot(epochs, [m[key] for m in metrics], marker="." if len(epochs) < 30 else None,
-                label=label)
+        ax.plot(
+            epochs, [m[key] for m in metrics], marker="." if len(epochs) < 30 else None, label=label
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("ELBO (nats per data point)")
     ax.grid(alpha=0.3)

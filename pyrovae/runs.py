@@ -87,8 +87,9 @@ def sample_run(
     samples, recons = vae.sample(n), vae.reconstruct(x)
     paths: Dict[str, Path] = {}
     if data.image_shape is not None:
-        paths["samples"] = save_image_grid(samples, data.image_shape, out / "samples.png",
-                                           title=f"{n} samples: E[x | z], z ~ p(z)")
+        paths["samples"] = save_image_grid(
+            samples, data.image_shape, out / "samples.png", title=f"{n} samples: E[x | z], z ~ p(z)"
+        )
         n_rec = min(50, x.shape[0])
         paths["reconstructions"] = save_reconstructions(
             x[:n_rec], recons[:n_rec], data.image_shape, out / "reconstructions.png"

@@ -24,6 +24,7 @@ from pyro.infer import SVI
 from tqdm.auto import tqdm
 
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .config import config_from_dict
 from .data import Dataset, load_dataset
 from .estimators import Estimator, clear_estimator_state, make_estimator
 from .evaluation import estimate_log_likelihood
@@ -57,11 +58,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        """Inverse of ``to_dict``; unknown keys are an error so that typos fail loudly."""
+        return config_from_dict(cls, d, "training")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -201,8 +199,14 @@ def train(
 
     n = data.train.shape[0]
     steps_per_epoch = _steps_per_epoch(n, cfg.batch_size, estimator)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-               desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.epochs * steps_per_epoch,
+        initial=start_epoch * steps_per_epoch,
+        desc="train",
+        unit="step",
+        disable=None if progress else True,  # None: shown on a terminal, not in logs
+        dynamic_ncols=True,
+    )
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -225,8 +229,9 @@ def train(
                 if i % 50 == 0:
                     bar.set_postfix(epoch=epoch, elbo=f"{-total_loss / ((i + 1) * n):.2f}")
             train_seconds = time.perf_counter() - t0
-            record = _end_epoch(vae, data, estimator, epoch, step, total_loss / (steps_per_epoch * n),
-                                train_seconds)
+            record = _end_epoch(
+                vae, data, estimator, epoch, step, total_loss / (steps_per_epoch * n), train_seconds
+            )
             bar.set_postfix(epoch=epoch, valid_elbo=f"{record['valid_elbo']:.2f}")
             improved = record["valid_elbo"] > best
             best = max(best, record["valid_elbo"])
@@ -250,8 +255,15 @@ def _steps_per_epoch(n: int, batch_size: int, estimator: Estimator) -> int:
     return n // batch_size if estimator.fixed_batch_shape else math.ceil(n / batch_size)
 
 
-def _end_epoch(vae: VAE, data: Dataset, estimator: Estimator, epoch: int, step: int,
-               train_loss: float, train_seconds: float) -> Dict[str, Any]:
+def _end_epoch(
+    vae: VAE,
+    data: Dataset,
+    estimator: Estimator,
+    epoch: int,
+    step: int,
+    train_loss: float,
+    train_seconds: float,
+) -> Dict[str, Any]:
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"the training loss of epoch {epoch} is {train_loss}")
     valid = estimate_log_likelihood(vae.model, vae.guide, data.valid, k=1, progress=False)

@@ -23,8 +23,13 @@ def random_truth(x_dim: int, z_dim: int, seed: int) -> LinearGaussian:
 def linear_vae(truth: LinearGaussian, reparameterized: bool = True):
     """A float64 VAE whose model is exactly ``truth`` (linear decoder, learned-variance Gaussian
     likelihood) with a linear encoder, so the diagonal guide can be set in closed form."""
-    cfg = VAEConfig(x_dim=truth.x_dim, z_dim=truth.z_dim, encoder="linear", decoder="linear",
-                    likelihood="gaussian-learned")
+    cfg = VAEConfig(
+        x_dim=truth.x_dim,
+        z_dim=truth.z_dim,
+        encoder="linear",
+        decoder="linear",
+        likelihood="gaussian-learned",
+    )
     vae = build_vae(cfg, reparameterized=reparameterized).double()
     with torch.no_grad():
         dec = vae.decoder[0]

@@ -458,3 +458,17 @@ def test_download_disabled_names_url(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "_download", must_not_download)
     with pytest.raises(DataError, match=r"binarized_mnist_train\.amat does not exist \(download"):
         load_dataset("binarized-mnist", data_dir=tmp_path / "empty", download=False)
+
+
+REAL_BMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist"
+
+
+@pytest.mark.skipif(not REAL_BMNIST.is_dir(), reason="the shared binarized MNIST is not here")
+def test_real_binarized_mnist_matches_its_readme():
+    ds = load_dataset("binarized-mnist", data_dir=REAL_BMNIST)
+    assert [len(ds.split(s)) for s in ("train", "valid", "test")] == [50000, 10000, 10000]
+    means = [round(ds.split(s).mean().item(), 4) for s in ("train", "valid", "test")]
+    assert means == [0.1306, 0.1311, 0.1325]  # as ../shared/data/binarized_mnist/README.md says
+    start = time.perf_counter()
+    load_dataset("binarized-mnist", data_dir=REAL_BMNIST)
+    assert time.perf_counter() - start < 1.0  # the parse cache

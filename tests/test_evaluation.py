@@ -6,6 +6,8 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
+from pyrovae import estimate_log_likelihood, evaluate_vae, log_importance_weights
+
 from helpers import (
     exact_posterior_guide,
     guide_params,
@@ -14,7 +16,6 @@ from helpers import (
     random_truth,
     set_mean_field_guide,
 )
-from pyrovae import estimate_log_likelihood, evaluate_vae, log_importance_weights
 
 SETTINGS = [(3, 1, 0), (5, 2, 1), (8, 3, 2)]  # (x_dim, z_dim, seed)
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
-from helpers import guide_params, linear_vae, mean_and_stderr, random_truth
 from pyrovae import LinearGaussian, make_estimator
+
+from helpers import guide_params, linear_vae, mean_and_stderr, random_truth
 
 REPEATS, PARTICLES = 40, 5000
 
@@ -55,8 +56,11 @@ def sampled_gradients(vae, x, estimator_name, **options):
 
 @pytest.mark.parametrize(
     "name,options",
-    [("pathwise", {}), ("score-function", {"baseline": "none"}),
-     ("score-function", {"baseline": "decaying-average"})],
+    [
+        ("pathwise", {}),
+        ("score-function", {"baseline": "none"}),
+        ("score-function", {"baseline": "decaying-average"}),
+    ],
 )
 def test_mean_gradient_matches_analytic(name, options):
     vae, x = _setup()

@@ -1,0 +1,192 @@
+"""The command line end to end: train -> evaluate -> sample, as the README runs it."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from pyrovae.cli import main
+
+
+@pytest.fixture
+def mnist_dir(tmp_path, monkeypatch):
+    """A tiny binarized-MNIST-shaped data set in .amat files (digits are random blobs)."""
+    monkeypatch.setenv("PYROVAE_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    root = tmp_path / "bmnist"
+    root.mkdir()
+    protos = rng.random((3, 784)) < 0.2
+    for split, n in (("train", 200), ("valid", 60), ("test", 60)):
+        flips = rng.random((n, 784)) < 0.05
+        rows = protos[rng.integers(0, 3, n)] ^ flips
+        lines = (" ".join("1" if v else "0" for v in row) for row in rows)
+        (root / f"binarized_mnist_{split}.amat").write_text("\n".join(lines) + "\n")
+    warnings.filterwarnings("ignore", message=".*not comparable to published numbers")
+    return root
+
+
+def test_train_evaluate_sample_end_to_end(tmp_path, mnist_dir, capsys):
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "binarized-mnist",
+            "--data-dir",
+            str(mnist_dir),
+            "--epochs",
+            "2",
+            "--run-dir",
+            str(run),
+            "--hidden",
+            "32",
+            "--z-dim",
+            "4",
+            "--batch-size",
+            "50",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "training finished" in out and "best valid ELBO" in out
+
+    assert main(["evaluate", str(run), "--k", "50", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for key in ("log_px", "log_px_stderr", "elbo", "k", "n"):
+        assert key in res
+    assert res["k"] == 50 and res["n"] == 60 and "exact_log_px" not in res
+    assert res["elbo"] <= res["log_px"] < 0  # the K-sample bound is above the ELBO
+
+    assert main(["evaluate", str(run), "--k", "5", "--split", "valid", "--n", "10"]) == 0
+    assert "log p(x), K=5" in capsys.readouterr().out
+
+    assert main(["sample", str(run)]) == 0
+    assert "figures written" in capsys.readouterr().out
+    for name in ("samples.png", "reconstructions.png", "training_curves.png"):
+        png = run / "figures" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Resume to 3 epochs from the CLI: one more record, same run directory.
+    assert main(["train", "--run-dir", str(run), "--resume", "--epochs", "3", "--quiet"]) == 0
+    capsys.readouterr()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_linear_gaussian_run_reports_exact_log_px(tmp_path, capsys):
+    run = tmp_path / "lg"
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "linear-gaussian",
+                "--dataset-option",
+                "x_dim=4",
+                "--n-train",
+                "500",
+                "--n-eval",
+                "200",
+                "--epochs",
+                "3",
+                "--decoder",
+                "linear",
+                "--likelihood",
+                "gaussian-learned",
+                "--hidden",
+                "16",
+                "--z-dim",
+                "2",
+                "--lr",
+                "0.01",
+                "--run-dir",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--k", "2000", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert "exact_log_px" in res
+    assert abs(res["log_px"] - res["exact_log_px"]) < 4 * res["log_px_stderr"]
+    assert main(["sample", str(run)]) == 0  # 2-D data: a scatter plot
+    assert (run / "figures" / "samples.png").is_file()
+
+
+def test_clear_errors_for_bad_input(tmp_path, mnist_dir, capsys, monkeypatch):
+    import pyrovae.data
+
+    def no_network(url, dest):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(pyrovae.data, "_download", no_network)
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "not a pyrovae run directory" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "binarized-mnist",
+                "--data-dir",
+                str(tmp_path / "nodata"),
+                "--epochs",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "binarized_mnist_train.amat" in err
+    assert main(["train", "--resume", "--quiet"]) == 2
+    assert "--resume needs --run-dir" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "pyrovae.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--estimator" in out and "--data-dir" in out and "--resume" in out
+
+
+def test_config_file_sets_options_and_rejects_typos(tmp_path, capsys):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "train": {
+                    "dataset": "ring",
+                    "n_train": 200,
+                    "n_eval": 50,
+                    "epochs": 1,
+                    "batch_size": 50,
+                },
+                "model": {
+                    "z_dim": 2,
+                    "hidden": [8],
+                    "likelihood": "gaussian",
+                    "likelihood_options": {"sigma": 0.1},
+                },
+            }
+        )
+    )
+    run = tmp_path / "run"
+    assert (
+        main(["train", "--config", str(cfg), "--seed", "3", "--run-dir", str(run), "--quiet"]) == 0
+    )
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["dataset"] == "ring" and saved["train"]["seed"] == 3
+    assert saved["model"]["hidden"] == [8] and saved["model"]["likelihood_options"]["sigma"] == 0.1
+    capsys.readouterr()
+    cfg.write_text(json.dumps({"train": {"epochz": 3}}))
+    assert main(["train", "--config", str(cfg), "--quiet"]) == 2
+    assert "unknown training option(s) ['epochz']" in capsys.readouterr().err
