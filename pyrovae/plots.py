@@ -79,8 +79,14 @@ def save_training_curves(metrics: Sequence[Dict[str, Any]], path: Path) -> Path:
         ax.plot(
             epochs, [m[key] for m in metrics], marker="." if len(epochs) < 30 else None, label=label
         )
+    if len(epochs) > 10:  # the first epochs would squash the rest of the curve
+        settled = [
+            m[k] for m in metrics[len(metrics) // 10 :] for k in ("train_elbo", "valid_elbo")
+        ]
+        top = max(settled)
+        ax.set_ylim(min(settled) - 0.1 * (top - min(settled)), top + 0.1 * (top - min(settled)))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO (nats per data point)")
+    ax.set_ylabel("ELBO (nats per data point; train: running mean over the epoch)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=100, bbox_inches="tight")
