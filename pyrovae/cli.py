@@ -110,6 +110,12 @@ def _train_parser(sub) -> None:
     )
     o.add_argument("--num-particles", type=int, help="samples of z per data point per step")
     o.add_argument("--seed", type=int, help="random seed (default 0)")
+    o.add_argument(
+        "--engine",
+        choices=["auto", "fast", "pyro"],
+        help="how a step is taken: fast (the pathwise ELBO computed from the VAE's parts, fused "
+        "Adam), pyro (pyro.infer.SVI), auto (fast where it applies; default)",
+    )
     r = p.add_argument_group("run")
     r.add_argument("--config", help='JSON file with {"train": {...}, "model": {...}}')
     r.add_argument("--run-dir", help="output directory (default runs/<dataset>-<estimator>-<time>)")
@@ -195,6 +201,7 @@ def _configs_from_args(args):
         "estimator",
         "num_particles",
         "seed",
+        "engine",
     ):
         if getattr(args, key) is not None:
             train_d[key] = getattr(args, key)

@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pyro
-import pyro.optim
 import torch
-from pyro.infer import SVI
 from tqdm.auto import tqdm
 
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .config import config_from_dict
 from .data import Dataset, load_dataset
-from .estimators import Estimator, clear_estimator_state, make_estimator
-from .evaluation import estimate_log_likelihood
+from .engines import make_engine
+from .estimators import Estimator, make_estimator
+from .evaluation import evaluate_vae
 from .model import VAE, VAEConfig, build_vae
 
 
@@ -37,7 +36,8 @@ class TrainConfig:
 
     ``n_train``/``n_eval`` take seeded random subsets of the training and of the validation and
     test splits (quick runs, tests). ``estimator_options`` go to the estimator's factory (e.g.
-    ``{"baseline": "none"}`` for ``score-function``).
+    ``{"baseline": "none"}`` for ``score-function``). ``engine`` picks how a step is taken
+    (``pyrovae.engines``): ``auto`` (fast where it applies), ``fast`` or ``pyro`` (SVI).
     """
 
     dataset: str = "binarized-mnist"
@@ -52,6 +52,7 @@ class TrainConfig:
     estimator_options: Dict[str, Any] = field(default_factory=dict)
     num_particles: int = 1
     seed: int = 0
+    engine: str = "auto"
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -180,8 +181,10 @@ def train(
     pyro.set_rng_seed(cfg.seed)
     vae = build_vae(model_config, reparameterized=estimator.reparameterized)
     _check_data(vae, data)
-    optim = pyro.optim.Adam({"lr": cfg.lr})
-    svi = SVI(vae.model, estimator.wrap_guide(vae.guide), optim, loss=estimator.elbo)
+    # A resumed run keeps the engine its optimizer state belongs to (runs from before engines
+    # existed were trained by SVI).
+    engine_name = state.get("engine", "pyro") if state is not None else cfg.engine
+    engine = make_engine(engine_name, vae, estimator, cfg.lr)
     shuffle = torch.Generator().manual_seed(cfg.seed)
 
     run_path.mkdir(parents=True, exist_ok=True)
@@ -191,7 +194,7 @@ def train(
     metrics: List[Dict[str, Any]] = []
     start_epoch, step, best = 0, 0, -math.inf
     if state is not None:
-        _restore(state, vae, optim, shuffle)
+        _restore(state, vae, engine, shuffle)
         start_epoch, step, best = state["epoch"], state["step"], state["best_valid_elbo"]
         metrics = [m for m in read_metrics(run_path) if m["epoch"] <= start_epoch]
     # Rewrite the metrics file: after a resume it drops epochs newer than the checkpoint.
@@ -216,7 +219,7 @@ def train(
                 x = data.train[perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
                 if data.binarize == "dynamic":
                     x = torch.bernoulli(x)
-                loss = svi.step(x, n)
+                loss = engine.step(x, n)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"the loss became {loss} at epoch {epoch}, step {i + 1}; training stopped. "
@@ -235,7 +238,7 @@ def train(
             bar.set_postfix(epoch=epoch, valid_elbo=f"{record['valid_elbo']:.2f}")
             improved = record["valid_elbo"] > best
             best = max(best, record["valid_elbo"])
-            ckpt = _snapshot(vae, optim, shuffle, model_config, cfg, epoch, step, best, record)
+            ckpt = _snapshot(vae, engine, shuffle, model_config, cfg, epoch, step, best, record)
             save_checkpoint(ckpt, checkpoint_path(run_path, "last"))
             if improved:
                 save_checkpoint(ckpt, checkpoint_path(run_path, "best"))
@@ -266,7 +269,7 @@ def _end_epoch(
 ) -> Dict[str, Any]:
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"the training loss of epoch {epoch} is {train_loss}")
-    valid = estimate_log_likelihood(vae.model, vae.guide, data.valid, k=1, progress=False)
+    valid = evaluate_vae(vae, data.valid, k=1, progress=False)
     if not math.isfinite(valid.elbo):
         raise TrainingDiverged(f"the validation ELBO became {valid.elbo} at epoch {epoch}")
     return {
@@ -280,10 +283,7 @@ def _end_epoch(
     }
 
 
-def _snapshot(vae, optim, shuffle, model_config, cfg, epoch, step, best, record):
-    store = pyro.get_param_store()
-    prefix = vae.name + "$$$"
-    extra = {k: store[k].detach().clone() for k in store.keys() if not k.startswith(prefix)}
+def _snapshot(vae, engine, shuffle, model_config, cfg, epoch, step, best, record):
     return {
         "epoch": epoch,
         "step": step,
@@ -292,19 +292,20 @@ def _snapshot(vae, optim, shuffle, model_config, cfg, epoch, step, best, record)
         "model_config": model_config.to_dict(),
         "train_config": cfg.to_dict(),
         "model_state": vae.state_dict(),
-        "optim_state": optim.get_state(),
-        "param_store_extra": extra,
+        "engine": engine.name,
+        "engine_state": engine.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "shuffle_rng": shuffle.get_state(),
     }
 
 
-def _restore(state, vae, optim, shuffle) -> None:
+def _restore(state, vae, engine, shuffle) -> None:
     vae.load_state_dict(state["model_state"])
-    optim.set_state(state["optim_state"])
-    clear_estimator_state()
-    store = pyro.get_param_store()
-    for k, v in state["param_store_extra"].items():
-        store[k] = v
+    if "engine_state" in state:
+        engine.load_state_dict(state["engine_state"])
+    else:  # checkpoints written before engines existed: SVI state at the top level
+        engine.load_state_dict(
+            {"optim": state["optim_state"], "param_store_extra": state["param_store_extra"]}
+        )
     torch.set_rng_state(state["torch_rng"])
     shuffle.set_state(state["shuffle_rng"])

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import pyrovae.training as training
+import pyrovae.engines as engines
 from pyrovae import TrainConfig, TrainingDiverged, VAEConfig, load_vae, train
 from pyrovae.checkpoint import CheckpointError, checkpoint_path
 
@@ -71,19 +71,28 @@ def test_existing_run_is_not_overwritten(tmp_path):
     assert checkpoint_path(tmp_path / "run", "last").read_bytes() == before
 
 
-def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["fast", "pyro"])
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(
+    tmp_path, monkeypatch, engine
+):
+    cls = engines.FastEngine if engine == "fast" else engines.PyroEngine
     calls = {"n": 0}
-    real_step = training.SVI.step
+    real_step = cls.step
 
     def step(self, *args, **kwargs):
         calls["n"] += 1
         return float("nan") if calls["n"] > 8 else real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(training.SVI, "step", step)  # 6 steps per epoch: NaN in epoch 2
+    monkeypatch.setattr(cls, "step", step)  # 6 steps per epoch: NaN in epoch 2
     with pytest.raises(TrainingDiverged, match=r"nan at epoch 2.*epoch 1.*--lr"):
-        train(small_config(epochs=3), SMALL_MODEL, run_dir=tmp_path / "run", progress=False)
+        train(
+            small_config(epochs=3, engine=engine),
+            SMALL_MODEL,
+            run_dir=tmp_path / "run",
+            progress=False,
+        )
     vae, state = load_vae(tmp_path / "run", "last")
-    assert state["epoch"] == 1
+    assert state["epoch"] == 1 and state["engine"] == engine
     assert all(torch.isfinite(p).all() for p in vae.parameters())
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1

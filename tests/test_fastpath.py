@@ -1,0 +1,103 @@
+"""The fast path computes what Pyro computes from the model and guide, under the same seed."""
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyrovae import VAE, VAEConfig, build_vae, evaluate_vae, log_importance_weights
+from pyrovae.engines import make_engine
+from pyrovae.estimators import make_estimator
+from pyrovae.fastpath import supports_fast_path, vae_elbo_loss, vae_log_weights
+
+from helpers import linear_vae, random_truth
+
+
+def bernoulli_vae_and_batch():
+    torch.manual_seed(0)
+    vae = build_vae(VAEConfig(x_dim=30, z_dim=4, hidden=(16, 8)))
+    x = torch.bernoulli(torch.full((12, 30), 0.3))
+    return vae, x
+
+
+def gaussian_vae_and_batch():
+    truth = random_truth(6, 2, 0)
+    return linear_vae(truth), truth.sample(12, torch.Generator().manual_seed(1))
+
+
+BUILDERS = [bernoulli_vae_and_batch, gaussian_vae_and_batch]
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+@pytest.mark.parametrize("k", [1, 7])
+def test_log_weights_match_pyro_traces(build, k):
+    vae, x = build()
+    pyro.set_rng_seed(3)
+    expected = log_importance_weights(vae.model, vae.guide, x, k)
+    pyro.set_rng_seed(3)
+    got = vae_log_weights(vae, x, k)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+@pytest.mark.parametrize("particles", [1, 5])
+def test_elbo_loss_and_gradients_match_trace_elbo(build, particles):
+    vae, x = build()
+    elbo = Trace_ELBO(
+        num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=1
+    )
+    params = list(vae.parameters())
+    pyro.set_rng_seed(4)
+    expected = elbo.differentiable_loss(vae.model, vae.guide, x, 50)
+    expected_grads = torch.autograd.grad(expected, params)
+    pyro.set_rng_seed(4)
+    got = vae_elbo_loss(vae, x, 50, particles)
+    got_grads = torch.autograd.grad(got, params)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("build", BUILDERS)
+def test_fast_and_traced_evaluation_agree(build):
+    vae, x = build()
+    pyro.set_rng_seed(5)
+    fast = evaluate_vae(vae, x, k=100, progress=False, chunk_pairs=256)
+    pyro.set_rng_seed(5)
+    traced = evaluate_vae(vae, x, k=100, progress=False, chunk_pairs=256, fast=False)
+    torch.testing.assert_close(fast.per_point_log_px, traced.per_point_log_px, rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(fast.per_point_elbo, traced.per_point_elbo, rtol=1e-6, atol=1e-4)
+
+
+def test_fast_and_pyro_engines_take_the_same_steps():
+    vae, x = bernoulli_vae_and_batch()
+    twin = build_vae(vae.config)
+    twin.load_state_dict(vae.state_dict())
+    twin.name = "twin"  # its own names in Pyro's param store
+    est = make_estimator("pathwise")
+    fast, slow = make_engine("fast", vae, est, 1e-2), make_engine("pyro", twin, est, 1e-2)
+    for step in range(5):
+        pyro.set_rng_seed(step)
+        a = fast.step(x, 100)
+        pyro.set_rng_seed(step)
+        b = slow.step(x, 100)
+        assert a == pytest.approx(b, rel=1e-4)
+    for p, q in zip(vae.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
+
+
+def test_fast_path_only_for_the_library_model_and_guide():
+    class Custom(VAE):
+        def model(self, x, num_data=None):
+            return super().model(x, num_data)
+
+    vae, _ = bernoulli_vae_and_batch()
+    assert supports_fast_path(vae)
+    custom = Custom(vae.encoder, vae.decoder, vae.prior, vae.likelihood, vae.guide_family)
+    assert not supports_fast_path(custom)
+    assert make_engine("auto", custom, make_estimator("pathwise"), 1e-3).name == "pyro"
+    assert make_engine("auto", vae, make_estimator("score-function"), 1e-3).name == "pyro"
+    with pytest.raises(ValueError, match="--engine pyro"):
+        make_engine("fast", vae, make_estimator("score-function"), 1e-3)
+    with pytest.raises(ValueError, match="unknown engine"):
+        make_engine("turbo", vae, make_estimator("pathwise"), 1e-3)
