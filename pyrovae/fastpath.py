@@ -38,7 +38,8 @@ def vae_log_weights(vae: VAE, x: torch.Tensor, k: Optional[int] = None) -> torch
         reparameterized guide. Same random numbers as ``log_importance_weights`` and
         ``Trace_ELBO`` on ``vae.model``/``vae.guide``.
     """
-    vae._data_plate(x, None)  # shape check with the model's own message
+    if x.dim() != 2 or x.shape[-1] != vae.x_dim:
+        vae._data_plate(x, None)  # raises the model's own shape error
     q = vae.guide_family(vae.encoder(x))
     shape = torch.Size() if k is None else torch.Size((k,))
     z = q.rsample(shape) if q.has_rsample else q.sample(shape)
@@ -60,3 +61,52 @@ def vae_elbo_loss(
         raise ValueError(f"num_data={num_data} is smaller than the batch ({batch})")
     k = None if num_particles == 1 else num_particles
     return -scale * vae_log_weights(vae, x, k).sum() / num_particles
+
+
+def vae_score_function_losses(
+    vae: VAE,
+    x: torch.Tensor,
+    num_data: Optional[int] = None,
+    num_particles: int = 1,
+    baseline: Optional[torch.Tensor] = None,
+    baseline_beta: float = 0.9,
+):
+    """Pyro's ``TraceGraph_ELBO`` for a VAE whose guide is not reparameterized, computed
+    directly.
+
+    With s = num_data / B, the cost of data point b is c_b = s (log p(z_b) + log p(x_b|z_b) -
+    log q(z_b|x_b)). The surrogate whose gradient is the score-function estimator is
+    s Σ_b (log p(z_b) + log p(x_b|z_b)) + Σ_b log q(z_b|x_b) · stop_grad(c_b - baseline_b)
+    (Pyro scales costs, not the score function). The decaying-average baseline is the value
+    before this step; its update is (1 - β) c + β baseline.
+
+    Args:
+        baseline: the decaying average so far, shaped like the costs ((B,), or
+            (num_particles, B)), or ``None`` for no baseline.
+
+    Returns:
+        (loss, surrogate_loss, new_baseline): minus the ELBO estimate (no gradient), the
+        scalar to differentiate, and the updated baseline (``None`` without one). Losses are
+        averaged over particles.
+    """
+    batch = x.shape[0]
+    if x.dim() != 2 or x.shape[-1] != vae.x_dim:
+        vae._data_plate(x, None)
+    scale = 1.0 if num_data is None else num_data / batch
+    q = vae.guide_family(vae.encoder(x))
+    z = q.sample(torch.Size() if num_particles == 1 else torch.Size((num_particles,)))
+    log_p = vae.prior().log_prob(z) + vae.likelihood(vae.decoder(z)).log_prob(x)
+    log_q = q.log_prob(z)
+    cost = (scale * (log_p - log_q)).detach()
+    new_baseline = None
+    advantage = cost
+    if baseline is not None:
+        if baseline.shape != cost.shape:
+            raise ValueError(
+                f"the baseline has shape {tuple(baseline.shape)} but the batch gives costs of "
+                f"shape {tuple(cost.shape)}: a decaying-average baseline needs equal batches"
+            )
+        new_baseline = (1 - baseline_beta) * cost + baseline_beta * baseline
+        advantage = cost - baseline
+    surrogate = scale * log_p.sum() + (log_q * advantage).sum()
+    return -cost.sum() / num_particles, -surrogate / num_particles, new_baseline

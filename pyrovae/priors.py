@@ -44,7 +44,8 @@ class StandardNormal(Prior):
         self.register_buffer("scale", torch.ones(z_dim))
 
     def forward(self) -> dist.Distribution:
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        # validate_args=False: constant, valid parameters; checking them every step costs.
+        return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)
 
     def gaussian(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.loc, torch.diag(self.scale**2)

@@ -1,0 +1,118 @@
+"""Training speed of pyrovae against a hand-written PyTorch VAE, in the same process.
+
+    python benchmarks/bench_train.py [--steps 100] [--reps 7] [--epochs]
+
+Prints a table of times per step and their ratio to the reference: the default ``pyrovae
+train`` step (pathwise estimator, ``auto`` engine), the same step through ``pyro.infer.SVI``
+(``--engine pyro``), and the score-function step. With ``--epochs``, also whole epochs over the
+50,000 training images, data handling included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import warnings
+
+import pyro
+import torch
+
+from common import ReferenceVAE, binarized_mnist, interleaved_medians, reference_step, table
+from pyrovae import TrainConfig, VAEConfig, build_vae, make_estimator, train
+from pyrovae.engines import make_engine
+
+
+def pyrovae_step(estimator: str, engine: str, name: str):
+    est = make_estimator(estimator)
+    vae = build_vae(VAEConfig(), reparameterized=est.reparameterized)
+    vae.name = name  # its own names in Pyro's param store
+    eng = make_engine(engine, vae, est, 1e-3)
+    return lambda x: eng.step(x, 50000), eng.name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="steps per timed repetition")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--epochs", action="store_true", help="also time whole epochs")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    data = binarized_mnist("train")
+    batches = [data[i * 100 : (i + 1) * 100] for i in range(args.steps)]
+    ref = ReferenceVAE()
+    steps = {"hand-written PyTorch (reference)": reference_step(ref, torch.optim.Adam(
+        ref.parameters(), lr=1e-3))}
+    engines = {}
+    for label, estimator, engine in (
+        ("pyrovae train (pathwise, default engine)", "pathwise", "auto"),
+        ("pyrovae pathwise via pyro.infer.SVI", "pathwise", "pyro"),
+        ("pyrovae score-function (decaying-average baseline)", "score-function", "auto"),
+    ):
+        steps[label], engines[label] = pyrovae_step(estimator, engine, f"v{len(steps)}")
+
+    def runner(step):
+        def run(rep):
+            for x in batches:
+                step(x)
+
+        return run
+
+    med = interleaved_medians({k: runner(f) for k, f in steps.items()}, reps=args.reps)
+    ref_t = med["hand-written PyTorch (reference)"]
+    rows = [
+        (k, engines.get(k, "-"), f"{t / args.steps * 1e3:.2f}", f"{t / ref_t:.2f}")
+        for k, t in med.items()
+    ]
+    print(f"threads: {torch.get_num_threads()}, batch 100, 784-200-200-50 tanh, "
+          f"{args.steps} steps x {args.reps} interleaved repetitions (medians)\n")
+    print(table(rows, ["training step", "engine", "ms/step", "ratio to reference"]))
+    if args.epochs:
+        epoch_table(data, args.reps)
+
+
+def epoch_table(data: torch.Tensor, reps: int) -> None:
+    """Whole epochs: the reference loop against ``pyrovae.train`` (training time only)."""
+    n = data.shape[0]
+    ref = ReferenceVAE()
+    step = reference_step(ref, torch.optim.Adam(ref.parameters(), lr=1e-3))
+    gen = torch.Generator().manual_seed(0)
+
+    def ref_epoch(rep):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(n // 100):
+            step(data[perm[i * 100 : (i + 1) * 100]])
+
+    times = {"ref": [], "pyrovae": []}
+    import time
+
+    tmp = tempfile.mkdtemp()
+    try:
+        for rep in range(reps):
+            t = time.perf_counter()
+            ref_epoch(rep)
+            times["ref"].append(time.perf_counter() - t)
+            cfg = TrainConfig(dataset="binarized-mnist", data_dir=str(_data_dir()), epochs=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = train(cfg, run_dir=f"{tmp}/run{rep}", progress=False)
+            times["pyrovae"].append(r.metrics[-1]["train_seconds"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ref_t = sorted(times["ref"])[reps // 2]
+    py_t = sorted(times["pyrovae"])[reps // 2]
+    print()
+    print(table([("hand-written PyTorch (reference)", f"{ref_t:.2f}", "1.00"),
+                 ("pyrovae train, 1 epoch (training loop)", f"{py_t:.2f}", f"{py_t / ref_t:.2f}")],
+                ["epoch of 50,000 images", "seconds", "ratio to reference"]))
+
+
+def _data_dir():
+    from common import SHARED_MNIST
+
+    return SHARED_MNIST
+
+
+if __name__ == "__main__":
+    main()
