@@ -28,8 +28,11 @@ def network_flops(vae, n: int, k: int) -> float:
     """Matrix-multiply FLOPs of an evaluation: 2·in·out per Linear layer and row."""
 
     def per_row(net):
-        return sum(2 * m.in_features * m.out_features for m in net.modules()
-                   if isinstance(m, torch.nn.Linear))
+        return sum(
+            2 * m.in_features * m.out_features
+            for m in net.modules()
+            if isinstance(m, torch.nn.Linear)
+        )
 
     return n * k * per_row(vae.decoder) + n * per_row(vae.encoder)
 
@@ -40,8 +43,9 @@ def worker(run_dir: str, n: int, k: int, chunk_pairs: int) -> None:
 
     import pyro
 
-    from common import binarized_mnist
     from pyrovae import VAEConfig, build_vae, evaluate_vae, load_vae
+
+    from common import binarized_mnist
 
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
@@ -52,13 +56,31 @@ def worker(run_dir: str, n: int, k: int, chunk_pairs: int) -> None:
     pyro.set_rng_seed(0)
     res = evaluate_vae(vae, x, k=k, chunk_pairs=chunk_pairs, progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": res.seconds, "log_px": res.log_px, "peak_mb": peak,
-                      "before_mb": before, "flops": network_flops(vae, n, k)}))
+    print(
+        json.dumps(
+            {
+                "seconds": res.seconds,
+                "log_px": res.log_px,
+                "peak_mb": peak,
+                "before_mb": before,
+                "flops": network_flops(vae, n, k),
+            }
+        )
+    )
 
 
 def run_worker(run_dir, n, k, chunk_pairs):
-    cmd = [sys.executable, str(HERE / "bench_eval.py"), "--worker", "--n", str(n), "--k", str(k),
-           "--chunk-pairs", str(chunk_pairs)]
+    cmd = [
+        sys.executable,
+        str(HERE / "bench_eval.py"),
+        "--worker",
+        "--n",
+        str(n),
+        "--k",
+        str(k),
+        "--chunk-pairs",
+        str(chunk_pairs),
+    ]
     if run_dir:
         cmd += ["--run-dir", run_dir]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=HERE).stdout
@@ -67,8 +89,11 @@ def run_worker(run_dir, n, k, chunk_pairs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", help="a trained run (default: an untrained default VAE; "
-                        "speed depends a little on the weights)")
+    parser.add_argument(
+        "--run-dir",
+        help="a trained run (default: an untrained default VAE; "
+        "speed depends a little on the weights)",
+    )
     parser.add_argument("--n", type=int, default=1000, help="test images (10000: all)")
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--chunk-pairs", type=int, default=4096)
@@ -83,14 +108,35 @@ def main() -> None:
     peak = matmul_peak_gflops()
     r = run_worker(args.run_dir, args.n, args.k, args.chunk_pairs)
     gflops = r["flops"] / r["seconds"] / 1e9
-    print(f"threads: {torch.get_num_threads()}; model: {args.run_dir or 'untrained default VAE'}"
-          f"; fp32 matmul peak (4096^3 matmul): {peak:.0f} GFLOP/s\n")
-    rows = [(f"{args.n} x {args.k}", f"{r['seconds']:.1f}",
-             f"{r['seconds'] / (args.n * args.k) * 1e6:.2f}", f"{gflops:.0f}",
-             f"{gflops / peak:.0%}", f"{r['peak_mb']:.0f}",
-             f"{r['seconds'] * 10000 / args.n:.0f}")]
-    print(table(rows, ["images x K", "seconds", "µs per (particle, image)", "GFLOP/s",
-                       "of peak", "peak RSS MB", "projected s for 10,000 images"]))
+    print(
+        f"threads: {torch.get_num_threads()}; model: {args.run_dir or 'untrained default VAE'}"
+        f"; fp32 matmul peak (4096^3 matmul): {peak:.0f} GFLOP/s\n"
+    )
+    rows = [
+        (
+            f"{args.n} x {args.k}",
+            f"{r['seconds']:.1f}",
+            f"{r['seconds'] / (args.n * args.k) * 1e6:.2f}",
+            f"{gflops:.0f}",
+            f"{gflops / peak:.0%}",
+            f"{r['peak_mb']:.0f}",
+            f"{r['seconds'] * 10000 / args.n:.0f}",
+        )
+    ]
+    print(
+        table(
+            rows,
+            [
+                "images x K",
+                "seconds",
+                "µs per (particle, image)",
+                "GFLOP/s",
+                "of peak",
+                "peak RSS MB",
+                "projected s for 10,000 images",
+            ],
+        )
+    )
     if args.scaling:
         scaling(args, peak)
 
@@ -100,15 +146,33 @@ def scaling(args, peak: float) -> None:
 
     rows = []
     base = None
-    for n, k in [(200, 500), (200, 1000), (200, 2000), (200, 4000), (200, 16000),
-                 (100, 1000), (400, 1000), (800, 1000)]:
+    for n, k in [
+        (200, 500),
+        (200, 1000),
+        (200, 2000),
+        (200, 4000),
+        (200, 16000),
+        (100, 1000),
+        (400, 1000),
+        (800, 1000),
+    ]:
         r = run_worker(args.run_dir, n, k, args.chunk_pairs)
         per_pair = r["seconds"] / (n * k) * 1e6
         base = base or per_pair
-        rows.append((n, k, f"{r['seconds']:.2f}", f"{per_pair:.2f}", f"{per_pair / base:.2f}",
-                     f"{r['peak_mb']:.0f}"))
-    print("\nscaling: time per (particle, image) should stay flat as K and N grow; peak memory "
-          "should not grow with K\n")
+        rows.append(
+            (
+                n,
+                k,
+                f"{r['seconds']:.2f}",
+                f"{per_pair:.2f}",
+                f"{per_pair / base:.2f}",
+                f"{r['peak_mb']:.0f}",
+            )
+        )
+    print(
+        "\nscaling: time per (particle, image) should stay flat as K and N grow; peak memory "
+        "should not grow with K\n"
+    )
     print(table(rows, ["images", "K", "seconds", "µs per pair", "relative", "peak RSS MB"]))
 
 

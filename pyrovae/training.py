@@ -1,4 +1,5 @@
-"""Training a VAE with ``pyro.infer.SVI``: run directories, checkpoints, resume, divergence.
+"""Training a VAE: run directories, checkpoints, resume, divergence; steps by an engine
+(``pyrovae.engines``: ``pyro.infer.SVI``, or the same estimator computed from the parts).
 
 A run directory holds ``config.json`` (the resolved configuration), ``metrics.jsonl`` (one record
 per epoch), ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (by validation ELBO). A checkpoint
