@@ -182,9 +182,8 @@ def train(
     pyro.set_rng_seed(cfg.seed)
     vae = build_vae(model_config, reparameterized=estimator.reparameterized)
     _check_data(vae, data)
-    # A resumed run keeps the engine its optimizer state belongs to (runs from before engines
-    # existed were trained by SVI).
-    engine_name = state.get("engine", "pyro") if state is not None else cfg.engine
+    # A resumed run keeps the engine its optimizer state belongs to.
+    engine_name = state["engine"] if state is not None else cfg.engine
     engine = make_engine(engine_name, vae, estimator, cfg.lr)
     shuffle = torch.Generator().manual_seed(cfg.seed)
 
@@ -302,11 +301,6 @@ def _snapshot(vae, engine, shuffle, model_config, cfg, epoch, step, best, record
 
 def _restore(state, vae, engine, shuffle) -> None:
     vae.load_state_dict(state["model_state"])
-    if "engine_state" in state:
-        engine.load_state_dict(state["engine_state"])
-    else:  # checkpoints written before engines existed: SVI state at the top level
-        engine.load_state_dict(
-            {"optim": state["optim_state"], "param_store_extra": state["param_store_extra"]}
-        )
+    engine.load_state_dict(state["engine_state"])
     torch.set_rng_state(state["torch_rng"])
     shuffle.set_state(state["shuffle_rng"])
