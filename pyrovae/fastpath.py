@@ -24,6 +24,22 @@ def supports_fast_path(vae: object) -> bool:
     return isinstance(vae, VAE) and type(vae).model is VAE.model and type(vae).guide is VAE.guide
 
 
+def _log_joint_and_guide(
+    vae: VAE, x: torch.Tensor, k: Optional[int], reparameterize: Optional[bool] = None
+):
+    """(log p(x, z), log q(z | x)) for z ~ q(z | x), each (B,) or (k, B): the sampling and
+    scoring that every fast-path quantity shares. ``reparameterize=None`` samples as the
+    guide does (``rsample`` where the distribution has one)."""
+    vae.data_scale(x)  # the model's own shape check
+    q = vae.guide_family(vae.encoder(x))
+    shape = torch.Size() if k is None else torch.Size((k,))
+    if reparameterize is None:
+        reparameterize = q.has_rsample
+    z = q.rsample(shape) if reparameterize else q.sample(shape)
+    log_p = vae.prior().log_prob(z) + vae.likelihood(vae.decoder(z)).log_prob(x)
+    return log_p, q.log_prob(z)
+
+
 def vae_log_weights(vae: VAE, x: torch.Tensor, k: Optional[int] = None) -> torch.Tensor:
     """log p(x, z) - log q(z | x) with z ~ q(z | x), computed directly from the parts.
 
@@ -38,13 +54,8 @@ def vae_log_weights(vae: VAE, x: torch.Tensor, k: Optional[int] = None) -> torch
         reparameterized guide. Same random numbers as ``log_importance_weights`` and
         ``Trace_ELBO`` on ``vae.model``/``vae.guide``.
     """
-    if x.dim() != 2 or x.shape[-1] != vae.x_dim:
-        vae._data_plate(x, None)  # raises the model's own shape error
-    q = vae.guide_family(vae.encoder(x))
-    shape = torch.Size() if k is None else torch.Size((k,))
-    z = q.rsample(shape) if q.has_rsample else q.sample(shape)
-    log_px_z = vae.likelihood(vae.decoder(z)).log_prob(x)
-    return vae.prior().log_prob(z) + log_px_z - q.log_prob(z)
+    log_p, log_q = _log_joint_and_guide(vae, x, k)
+    return log_p - log_q
 
 
 def vae_elbo_loss(
@@ -55,10 +66,7 @@ def vae_elbo_loss(
     Scaled by ``num_data / B`` like the model's subsampled data plate, averaged over
     ``num_particles``. Returns a differentiable scalar.
     """
-    batch = x.shape[0]
-    scale = 1.0 if num_data is None else num_data / batch
-    if num_data is not None and num_data < batch:
-        raise ValueError(f"num_data={num_data} is smaller than the batch ({batch})")
+    scale = vae.data_scale(x, num_data)
     k = None if num_particles == 1 else num_particles
     return -scale * vae_log_weights(vae, x, k).sum() / num_particles
 
@@ -89,14 +97,9 @@ def vae_score_function_losses(
         scalar to differentiate, and the updated baseline (``None`` without one). Losses are
         averaged over particles.
     """
-    batch = x.shape[0]
-    if x.dim() != 2 or x.shape[-1] != vae.x_dim:
-        vae._data_plate(x, None)
-    scale = 1.0 if num_data is None else num_data / batch
-    q = vae.guide_family(vae.encoder(x))
-    z = q.sample(torch.Size() if num_particles == 1 else torch.Size((num_particles,)))
-    log_p = vae.prior().log_prob(z) + vae.likelihood(vae.decoder(z)).log_prob(x)
-    log_q = q.log_prob(z)
+    scale = vae.data_scale(x, num_data)
+    k = None if num_particles == 1 else num_particles
+    log_p, log_q = _log_joint_and_guide(vae, x, k, reparameterize=False)
     cost = (scale * (log_p - log_q)).detach()
     new_baseline = None
     advantage = cost

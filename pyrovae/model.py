@@ -110,19 +110,28 @@ class VAE(nn.Module):
     def reparameterized(self, value: bool) -> None:
         self.guide_family.reparameterized = bool(value)
 
-    def _data_plate(self, x: torch.Tensor, num_data: Optional[int]) -> pyro.plate:
-        """The plate over data points; scales log-densities by num_data / batch under
-        minibatching."""
+    def data_scale(self, x: torch.Tensor, num_data: Optional[int] = None) -> float:
+        """num_data / B, the factor by which a minibatch ``x`` (B, x_dim) stands for the data
+        set (1 when ``num_data`` is None); a wrong shape or too small a ``num_data`` is an
+        error."""
         if x.dim() != 2 or x.shape[-1] != self.x_dim:
             raise ValueError(
                 f"expected a batch of shape (B, {self.x_dim}), got {tuple(x.shape)}; "
                 "flatten images to vectors first"
             )
         batch = x.shape[0]
-        if num_data is None or num_data == batch:
-            return pyro.plate("data", batch, dim=-1)
+        if num_data is None:
+            return 1.0
         if num_data < batch:
             raise ValueError(f"num_data={num_data} is smaller than the batch ({batch})")
+        return num_data / batch
+
+    def _data_plate(self, x: torch.Tensor, num_data: Optional[int]) -> pyro.plate:
+        """The plate over data points; scales log-densities by num_data / batch under
+        minibatching."""
+        batch = x.shape[0]
+        if self.data_scale(x, num_data) == 1.0:
+            return pyro.plate("data", batch, dim=-1)
         if self._index_cache.numel() != batch:
             self._index_cache = torch.arange(batch, device=x.device)
         return pyro.plate("data", num_data, subsample=self._index_cache, dim=-1)
