@@ -12,7 +12,7 @@ that overrides either falls back to Pyro).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -24,20 +24,30 @@ def supports_fast_path(vae: object) -> bool:
     return isinstance(vae, VAE) and type(vae).model is VAE.model and type(vae).guide is VAE.guide
 
 
-def _log_joint_and_guide(
-    vae: VAE, x: torch.Tensor, k: Optional[int], reparameterize: Optional[bool] = None
-):
-    """(log p(x, z), log q(z | x)) for z ~ q(z | x), each (B,) or (k, B): the sampling and
-    scoring that every fast-path quantity shares. ``reparameterize=None`` samples as the
-    guide does (``rsample`` where the distribution has one)."""
+def _draw(vae: VAE, x: torch.Tensor, k: Optional[int], reparameterize: Optional[bool] = None):
+    """The random half of every fast-path quantity: q(z | x) and z ~ q, (B, z) or (k, B, z).
+    ``reparameterize=None`` samples as the guide does (``rsample`` where it can)."""
     vae.data_scale(x)  # the model's own shape check
     q = vae.guide_family(vae.encoder(x))
     shape = torch.Size() if k is None else torch.Size((k,))
     if reparameterize is None:
         reparameterize = q.has_rsample
-    z = q.rsample(shape) if reparameterize else q.sample(shape)
+    return q, (q.rsample(shape) if reparameterize else q.sample(shape))
+
+
+def _score(vae: VAE, x: torch.Tensor, q, z: torch.Tensor):
+    """The deterministic half: (log p(x, z), log q(z | x)), each (B,) or (k, B)."""
     log_p = vae.prior().log_prob(z) + vae.likelihood(vae.decoder(z)).log_prob(x)
     return log_p, q.log_prob(z)
+
+
+def _log_joint_and_guide(
+    vae: VAE, x: torch.Tensor, k: Optional[int], reparameterize: Optional[bool] = None
+):
+    """(log p(x, z), log q(z | x)) for z ~ q(z | x), each (B,) or (k, B): the sampling and
+    scoring that every fast-path quantity shares."""
+    q, z = _draw(vae, x, k, reparameterize)
+    return _score(vae, x, q, z)
 
 
 def vae_log_weights(vae: VAE, x: torch.Tensor, k: Optional[int] = None) -> torch.Tensor:
@@ -56,6 +66,23 @@ def vae_log_weights(vae: VAE, x: torch.Tensor, k: Optional[int] = None) -> torch
     """
     log_p, log_q = _log_joint_and_guide(vae, x, k)
     return log_p - log_q
+
+
+def vae_log_weights_deferred(vae: VAE, x: torch.Tensor, k: int) -> Callable[[], torch.Tensor]:
+    """``vae_log_weights`` in two halves: draws z ~ q(z | x) now, from the global random number
+    generator, and returns a function of no arguments that computes the (k, B) log weights.
+
+    The returned function draws no random numbers, so evaluation can run it on a worker thread
+    while the caller draws the next chunk's particles in order: the estimate is the one the
+    serial computation gives under the same seed.
+    """
+    q, z = _draw(vae, x, k)
+
+    def log_weights() -> torch.Tensor:
+        log_p, log_q = _score(vae, x, q, z)
+        return log_p - log_q
+
+    return log_weights
 
 
 def vae_elbo_loss(

@@ -14,6 +14,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .distributions import FactorizedBernoulli
 from .registry import Registry
 
 LIKELIHOODS: Registry = Registry("likelihood")
@@ -56,8 +57,7 @@ class BernoulliLikelihood(Likelihood):
     """x_d ~ Bernoulli(sigmoid(out_d)): the decoder outputs logits. Data must be 0 or 1."""
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
-        # validate_args=False: data was checked once by check_data; re-checking every step costs.
-        return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
+        return FactorizedBernoulli(out)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(out)
