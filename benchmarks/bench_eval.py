@@ -71,10 +71,16 @@ def worker(run_dir: str, n: int, k: int, chunk_pairs: int) -> None:
     vae = load_vae(run_dir)[0] if run_dir else build_vae(VAEConfig())
     test = binarized_mnist("test")
     x = test[torch.randperm(test.shape[0], generator=torch.Generator().manual_seed(0))[:n]]
+    from common import matmul_peak_gflops
+
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pyro.set_rng_seed(0)
     res = evaluate_vae(vae, x, k=k, chunk_pairs=chunk_pairs, progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # The machine's speed drifts by 10-20% over minutes here: measure the matmul peak right
+    # after the evaluation, in the same process, and keep the higher of that and the
+    # measurement before it (the stricter ratio).
+    gemm_peak = matmul_peak_gflops()
     print(
         json.dumps(
             {
@@ -83,6 +89,7 @@ def worker(run_dir: str, n: int, k: int, chunk_pairs: int) -> None:
                 "peak_mb": peak,
                 "before_mb": before,
                 "flops": network_flops(vae, n, k),
+                "gemm_peak": gemm_peak,
             }
         )
     )
@@ -126,10 +133,12 @@ def main() -> None:
 
     peak = matmul_peak_gflops()
     r = run_worker(args.run_dir, args.n, args.k, args.chunk_pairs)
+    peak = max(peak, r["gemm_peak"])
     gflops = r["flops"] / r["seconds"] / 1e9
     print(
         f"threads: {torch.get_num_threads()}; model: {args.run_dir or 'untrained default VAE'}"
-        f"; fp32 matmul peak (4096^3 matmul): {peak:.0f} GFLOP/s\n"
+        f"; fp32 matmul peak (4096^3 matmul, best before and after the evaluation): "
+        f"{peak:.0f} GFLOP/s\n"
     )
     rows = [
         (

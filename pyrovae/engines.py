@@ -25,6 +25,7 @@ from pyro.infer import SVI
 from .estimators import Estimator, clear_estimator_state
 from .fastpath import supports_fast_path, vae_elbo_loss, vae_score_function_losses
 from .model import VAE
+from .runtime import tune_allocator
 
 ENGINES = ("auto", "fast", "pyro")
 
@@ -127,4 +128,5 @@ def make_engine(name: str, vae: VAE, estimator: Estimator, lr: float):
         raise ValueError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
     if name == "auto":
         name = "fast" if fast_engine_applies(vae, estimator) else "pyro"
+    tune_allocator()  # batches of tensors above glibc's mmap threshold, every step
     return (FastEngine if name == "fast" else PyroEngine)(vae, estimator, lr)
