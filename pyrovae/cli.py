@@ -105,7 +105,7 @@ def _train_parser(sub) -> None:
     o.add_argument("--estimator", choices=ESTIMATORS.names(), help="default pathwise")
     o.add_argument(
         "--baseline",
-        choices=["none", "decaying-average"],
+        choices=["none", "decaying-average", "neural"],
         help="score-function baseline (default decaying-average)",
     )
     o.add_argument("--num-particles", type=int, help="samples of z per data point per step")

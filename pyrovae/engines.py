@@ -22,7 +22,7 @@ import pyro.optim
 import torch
 from pyro.infer import SVI
 
-from .estimators import Estimator, clear_estimator_state
+from .estimators import NEURAL_BASELINE_NAME, Estimator, clear_estimator_state
 from .fastpath import supports_fast_path, vae_elbo_loss, vae_score_function_losses
 from .model import VAE
 from .runtime import tune_allocator
@@ -38,6 +38,7 @@ class PyroEngine:
 
     def __init__(self, vae: VAE, estimator: Estimator, lr: float) -> None:
         self.vae = vae
+        self.baseline_net = estimator.baseline_net
         self.optim = pyro.optim.Adam({"lr": lr})
         self.svi = SVI(vae.model, estimator.wrap_guide(vae.guide), self.optim, loss=estimator.elbo)
 
@@ -45,18 +46,40 @@ class PyroEngine:
         """One SVI step on batch ``x`` (B, x_dim); returns the loss (minus scaled ELBO)."""
         return self.svi.step(x, num_data)
 
+    def _own_params(self, name: str) -> bool:
+        # The VAE's and the neural baseline's parameters live in their modules (saved as
+        # state dicts): pyro.module registers a module's own tensors, but a value already in
+        # the store would shadow the module's rather than update it.
+        return name.startswith(self.vae.name + "$$$") or name.startswith(
+            NEURAL_BASELINE_NAME + "$$$"
+        )
+
     def state_dict(self) -> Dict[str, Any]:
         store = pyro.get_param_store()
-        prefix = self.vae.name + "$$$"
-        extra = {k: store[k].detach().clone() for k in store.keys() if not k.startswith(prefix)}
-        return {"optim": self.optim.get_state(), "param_store_extra": extra}
+        extra = {k: store[k].detach().clone() for k in store.keys() if not self._own_params(k)}
+        state = {"optim": self.optim.get_state(), "param_store_extra": extra}
+        if self.baseline_net is not None and not _is_lazy(self.baseline_net):
+            state["baseline_net"] = self.baseline_net.state_dict()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.optim.set_state(state["optim"])
         clear_estimator_state()
         store = pyro.get_param_store()
+        for k in [k for k in store.keys() if k.startswith(NEURAL_BASELINE_NAME + "$$$")]:
+            del store[k]
         for k, v in state["param_store_extra"].items():
             store[k] = v
+        if "baseline_net" in state:
+            if self.baseline_net is None:
+                raise ValueError("the checkpoint holds a neural baseline this estimator lacks")
+            self.baseline_net.load_state_dict(state["baseline_net"])
+
+
+def _is_lazy(module: torch.nn.Module) -> bool:
+    return any(
+        isinstance(p, torch.nn.parameter.UninitializedParameter) for p in module.parameters()
+    )
 
 
 class FastEngine:
@@ -119,7 +142,11 @@ def _cost_shape(x: torch.Tensor, num_particles: int):
 
 def fast_engine_applies(vae: object, estimator: Estimator) -> bool:
     """Whether the fast engine computes exactly what the Pyro engine would."""
-    return estimator.name in ("pathwise", "score-function") and supports_fast_path(vae)
+    return (
+        estimator.name in ("pathwise", "score-function")
+        and estimator.baseline_net is None
+        and supports_fast_path(vae)
+    )
 
 
 def make_engine(name: str, vae: VAE, estimator: Estimator, lr: float):

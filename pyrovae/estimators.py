@@ -9,18 +9,32 @@ stays a plain Pyro function.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import pyro
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO, TraceGraph_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from torch import nn
 
+from .elbos import (
+    STL_ELBO,
+    VIMCO_ELBO,
+    ImportanceWeightedELBO,
+    ScoreFunctionELBO,
+    nn_baseline_guide,
+)
 from .registry import Registry
 
 ESTIMATORS: Registry = Registry("estimator")
 
 # Our models have one plate (data, dim -1); particles vectorize in the dim left of it.
 MAX_PLATE_NESTING = 1
+
+# pyro.module name of the score-function estimator's neural baseline.
+NEURAL_BASELINE_NAME = "score_function_baseline"
+
+ELBO_OBJECTIVE = "ELBO = E_q[log p(x,z) - log q(z|x)]"
+BOUND_OBJECTIVE = "K-sample bound E[log (1/K) sum_k p(x,z_k)/q(z_k|x)]"
 
 
 @dataclass
@@ -43,11 +57,16 @@ class Estimator:
     reparameterized: bool = True
     guide_infer: Dict[str, Any] = field(default_factory=dict)
     fixed_batch_shape: bool = False
-    objective: str = "ELBO = E_q[log p(x,z) - log q(z|x)]"
+    objective: str = ELBO_OBJECTIVE
     gradient: str = ""
+    baseline_net: Optional[nn.Module] = None
 
     def wrap_guide(self, guide: Callable) -> Callable:
-        """``guide`` with ``guide_infer`` set on its latent (unobserved sample) sites."""
+        """``guide`` with ``guide_infer`` set on its latent (unobserved sample) sites, or with
+        the neural baseline attached."""
+        if self.baseline_net is not None:
+            beta = self.guide_infer.get("baseline_beta", 0.9)
+            return nn_baseline_guide(guide, self.baseline_net, NEURAL_BASELINE_NAME, beta)
         if not self.guide_infer:
             return guide
 
@@ -80,7 +99,21 @@ def pathwise(num_particles: int = 1) -> Estimator:
     )
 
 
-BASELINES = ("none", "decaying-average")
+BASELINES = ("none", "decaying-average", "neural")
+
+
+class BaselineNet(nn.Module):
+    """An input-dependent baseline b(x) for the score-function estimator: a one-hidden-layer
+    tanh MLP, (B, ...) -> (B,). Its input width is set by the first batch it sees."""
+
+    def __init__(self, hidden: int = 100) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.LazyLinear(hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
 
 
 @ESTIMATORS.register("score-function")
@@ -90,19 +123,26 @@ def score_function(
     """REINFORCE on the latent site (non-reparameterized guide) with Pyro's ``TraceGraph_ELBO``.
 
     ``baseline``: ``"decaying-average"`` (default) subtracts an exponential moving average of the
-    downstream cost, per data point of the batch, decayed by ``baseline_beta``; ``"none"`` uses
-    the raw score-function estimator.
+    downstream cost, per data point of the batch, decayed by ``baseline_beta``; ``"neural"``
+    adds an input-dependent baseline network b(x) fitted to the cost by squared error (NVIL,
+    Mnih & Gregor, 2014) on top of that average; ``"none"`` uses the raw score-function
+    estimator.
     """
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of: {', '.join(BASELINES)}")
     infer: Dict[str, Any] = {}
     fixed = False
+    net = None
     if baseline == "decaying-average":
         infer = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": baseline_beta}}
         fixed = True
+    elif baseline == "neural":
+        infer = {"baseline_beta": baseline_beta}
+        net = BaselineNet()
+        fixed = True
     return Estimator(
         "score-function",
-        TraceGraph_ELBO(
+        ScoreFunctionELBO(
             num_particles=num_particles,
             vectorize_particles=num_particles > 1,
             max_plate_nesting=MAX_PLATE_NESTING,
@@ -111,14 +151,82 @@ def score_function(
         guide_infer=infer,
         fixed_batch_shape=fixed,
         gradient=f"score function (REINFORCE, TraceGraph_ELBO), baseline {baseline}",
+        baseline_net=net,
     )
 
 
-def make_estimator(name: str, num_particles: int = 1, **options: Any) -> Estimator:
-    """The estimator registered as ``name`` with ``num_particles`` and its own options."""
-    if num_particles < 1:
+@ESTIMATORS.register("analytic-kl")
+def analytic_kl(num_particles: int = 1) -> Estimator:
+    """Reparameterized ELBO with the KL(q || p) in closed form where torch registers it
+    (Gaussian guide and prior): Pyro's ``TraceMeanField_ELBO``."""
+    return Estimator(
+        "analytic-kl",
+        TraceMeanField_ELBO(
+            num_particles=num_particles,
+            vectorize_particles=num_particles > 1,
+            max_plate_nesting=MAX_PLATE_NESTING,
+        ),
+        gradient="pathwise on E_q[log p(x|z)], closed-form KL (TraceMeanField_ELBO)",
+    )
+
+
+@ESTIMATORS.register("stl")
+def stl(num_particles: int = 1) -> Estimator:
+    """ "Sticking the landing" (Roeder et al., 2017): pathwise with the score term of q dropped."""
+    return Estimator(
+        "stl",
+        STL_ELBO(
+            num_particles=num_particles,
+            vectorize_particles=num_particles > 1,
+            max_plate_nesting=MAX_PLATE_NESTING,
+        ),
+        gradient="pathwise with the score term of q dropped (sticking the landing)",
+    )
+
+
+@ESTIMATORS.register("iwae")
+def iwae(num_particles: int = 5) -> Estimator:
+    """The K = ``num_particles`` importance-weighted bound, reparameterized (Burda et al.)."""
+    return Estimator(
+        "iwae",
+        ImportanceWeightedELBO(num_particles, MAX_PLATE_NESTING),
+        objective=BOUND_OBJECTIVE,
+        gradient="reparameterized (IWAE)",
+    )
+
+
+@ESTIMATORS.register("dreg")
+def dreg(num_particles: int = 5) -> Estimator:
+    """The K-sample bound with the doubly reparameterized gradient (Tucker et al., 2018)."""
+    return Estimator(
+        "dreg",
+        ImportanceWeightedELBO(num_particles, MAX_PLATE_NESTING, dreg=True),
+        objective=BOUND_OBJECTIVE,
+        gradient="doubly reparameterized (DReG)",
+    )
+
+
+@ESTIMATORS.register("vimco")
+def vimco(num_particles: int = 5) -> Estimator:
+    """The K-sample bound with VIMCO's leave-one-out score-function gradient (Mnih & Rezende,
+    2016), for latents that cannot be reparameterized."""
+    return Estimator(
+        "vimco",
+        VIMCO_ELBO(num_particles, MAX_PLATE_NESTING),
+        reparameterized=False,
+        objective=BOUND_OBJECTIVE,
+        gradient="score function with leave-one-out control variates (VIMCO)",
+    )
+
+
+def make_estimator(name: str, num_particles: Optional[int] = None, **options: Any) -> Estimator:
+    """The estimator registered as ``name`` with ``num_particles`` (default: 1 for the ELBO
+    estimators, 5 for the K-sample bounds) and its own options."""
+    if num_particles is not None and num_particles < 1:
         raise ValueError(f"num_particles must be at least 1, got {num_particles}")
-    return ESTIMATORS.get(name)(num_particles=num_particles, **options)
+    if num_particles is not None:
+        options["num_particles"] = num_particles
+    return ESTIMATORS.get(name)(**options)
 
 
 def clear_estimator_state() -> None:

@@ -51,7 +51,9 @@ class TrainConfig:
     lr: float = 1e-3
     estimator: str = "pathwise"
     estimator_options: Dict[str, Any] = field(default_factory=dict)
-    num_particles: int = 1
+    num_particles: Optional[int] = (
+        None  # None: the estimator's default (1, or 5 for K-sample bounds)
+    )
     seed: int = 0
     engine: str = "auto"
 

@@ -47,12 +47,21 @@ def test_train_writes_run_directory_and_improves(tmp_path):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("estimator", ["pathwise", "score-function"])
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, estimator):
-    cfg = small_config(estimator=estimator, epochs=3)
+@pytest.mark.parametrize(
+    "estimator,options",
+    [
+        ("pathwise", {}),
+        ("score-function", {}),
+        ("score-function", {"baseline": "neural"}),
+        ("dreg", {}),
+        ("vimco", {}),
+    ],
+)
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, estimator, options):
+    cfg = small_config(estimator=estimator, estimator_options=options, epochs=3)
     straight = train(cfg, SMALL_MODEL, run_dir=tmp_path / "a", progress=False)
     train(
-        small_config(estimator=estimator, epochs=1),
+        small_config(estimator=estimator, estimator_options=options, epochs=1),
         SMALL_MODEL,
         run_dir=tmp_path / "b",
         progress=False,
