@@ -153,6 +153,13 @@ def make_engine(name: str, vae: VAE, estimator: Estimator, lr: float):
     """The engine called ``name`` (``auto``, ``fast`` or ``pyro``) for this VAE and estimator."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
+    family = getattr(vae, "guide_family", None)
+    if estimator.reparameterized and not getattr(family, "reparameterizable", True):
+        raise ValueError(
+            f"the {estimator.name!r} estimator differentiates through samples of z, but the "
+            f"{type(family).__name__} guide is discrete and cannot be reparameterized; use "
+            "--estimator score-function (e.g. --baseline neural) or --estimator vimco"
+        )
     if name == "auto":
         name = "fast" if fast_engine_applies(vae, estimator) else "pyro"
     tune_allocator()  # batches of tensors above glibc's mmap threshold, every step

@@ -12,6 +12,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .distributions import FactorizedBernoulli
 from .registry import Registry
 
 GUIDES: Registry = Registry("guide family")
@@ -31,7 +32,10 @@ class ScoreFunctionNormal(dist.Normal):
 
 class GuideFamily(nn.Module):
     """Base class. ``forward(h)`` with ``h`` (..., in_features) -> distribution with batch shape
-    (...) and event shape (z_dim,)."""
+    (...) and event shape (z_dim,). ``reparameterizable``: whether the family can give
+    pathwise gradients at all (a discrete family cannot)."""
+
+    reparameterizable = True
 
     def __init__(self, z_dim: int, reparameterized: bool = True) -> None:
         super().__init__()
@@ -55,3 +59,18 @@ class DiagonalGaussian(GuideFamily):
         loc, log_scale = h.split(self.z_dim, dim=-1)
         normal = dist.Normal if self.reparameterized else ScoreFunctionNormal
         return normal(loc, log_scale.exp(), validate_args=False).to_event(1)
+
+
+@GUIDES.register("bernoulli")
+class BernoulliFamily(GuideFamily):
+    """q(z|x) = Π_d Bernoulli(z_d | sigmoid(h_d(x))): binary latents, the encoder outputs one
+    logit per latent. Never reparameterized: train with ``score-function`` or ``vimco``."""
+
+    reparameterizable = False
+
+    @property
+    def in_features(self) -> int:
+        return self.z_dim
+
+    def forward(self, h: torch.Tensor) -> dist.Distribution:
+        return FactorizedBernoulli(h)

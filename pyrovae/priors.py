@@ -13,6 +13,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .distributions import FactorizedBernoulli
 from .registry import Registry
 
 PRIORS: Registry = Registry("prior")
@@ -49,3 +50,17 @@ class StandardNormal(Prior):
 
     def gaussian(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.loc, torch.diag(self.scale**2)
+
+
+@PRIORS.register("bernoulli")
+class BernoulliPrior(Prior):
+    """p(z) = Π_d Bernoulli(z_d | sigmoid(logit_d)) with learned logits (started at 0, p = 1/2):
+    the top layer of a sigmoid belief net. Discrete, so only score-function estimators
+    (``score-function``, ``vimco``) can train a model with it."""
+
+    def __init__(self, z_dim: int) -> None:
+        super().__init__(z_dim)
+        self.logits = nn.Parameter(torch.zeros(z_dim))
+
+    def forward(self) -> dist.Distribution:
+        return FactorizedBernoulli(self.logits)
