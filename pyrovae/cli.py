@@ -3,6 +3,7 @@
 pyrovae train --dataset binarized-mnist --data-dir DIR --epochs 100
 pyrovae evaluate RUN_DIR --k 5000 [--json]
 pyrovae sample RUN_DIR
+pyrovae gradvar RUN_DIR [--estimators pathwise,stl,iwae:num_particles=10] [--draws 100]
 """
 
 from __future__ import annotations
@@ -161,6 +162,35 @@ def _sample_parser(sub) -> None:
     p.add_argument("--data-dir", help="override the data directory saved in the run")
 
 
+def _gradvar_parser(sub) -> None:
+    p = sub.add_parser(
+        "gradvar",
+        help="gradient variance and signal-to-noise of each estimator at a checkpoint",
+        description="At the checkpoint's parameters, draw N independent gradient estimates "
+        "per estimator on one fixed minibatch and report, for the encoder (inference network) "
+        "and the decoder (generative network), the total gradient variance, the mean "
+        "signal-to-noise ratio |E g| / std g, and the wall time per estimate; writes "
+        "gradvar.json and gradvar.png. Baselines adapt for --warmup steps first.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--estimators",
+        help="comma-separated estimator specs NAME or NAME:KEY=VALUE;KEY=VALUE, e.g. "
+        "pathwise,stl,iwae:num_particles=10,score-function:baseline=neural "
+        "(default: every estimator that applies to the run's guide)",
+    )
+    p.add_argument("--draws", type=int, default=100, help="gradient estimates per estimator")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=200, help="baseline adaptation steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--data-dir", help="override the data directory saved in the run")
+    p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyrovae", description="Variational auto-encoders in Pyro: train, evaluate, sample."
@@ -170,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _eval_parser(sub)
     _sample_parser(sub)
+    _gradvar_parser(sub)
     return parser
 
 
@@ -325,6 +356,46 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _cmd_gradvar(args) -> int:
+    from .plots import summary_table
+    from .runs import gradvar_run
+
+    # Specs are comma-separated, and so are an estimator's options: "iwae:a=1;b=2".
+    specs = [s.replace(";", ",") for s in args.estimators.split(",")] if args.estimators else None
+    stats, paths = gradvar_run(
+        args.run_dir,
+        estimators=specs,
+        draws=args.draws,
+        batch_size=args.batch_size,
+        warmup=args.warmup,
+        seed=args.seed,
+        which=args.checkpoint,
+        data_dir=args.data_dir,
+        out_dir=args.out,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(
+            json.dumps({"run_dir": str(args.run_dir), "estimators": [s.to_dict() for s in stats]})
+        )
+        return 0
+    header = (
+        "| estimator | encoder total var | decoder total var | encoder mean SNR "
+        "| decoder mean SNR | ms per estimate |\n|---|---|---|---|---|---|"
+    )
+    rows = [
+        f"| {s.estimator} | {s.encoder_variance:.4g} | {s.decoder_variance:.4g} "
+        f"| {s.encoder_snr:.3f} | {s.decoder_snr:.3f} | {1e3 * s.seconds_per_estimate:.1f} |"
+        for s in stats
+    ]
+    print(
+        f"gradient noise at {args.run_dir} ({args.checkpoint}), {args.draws} draws on one "
+        f"minibatch of {args.batch_size}\n" + "\n".join([header] + rows)
+    )
+    print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``pyrovae`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -332,7 +403,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .data import DataError
     from .training import TrainingDiverged
 
-    command = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample}
+    command = {
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "sample": _cmd_sample,
+        "gradvar": _cmd_gradvar,
+    }
     try:
         return command[args.command](args)
     except TrainingDiverged as e:

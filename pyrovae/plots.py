@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -98,3 +99,36 @@ def summary_table(rows: List[Tuple[str, str]]) -> str:
     """Two-column text table of (name, value) rows."""
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def save_gradient_variance(stats: Sequence[Any], path: Path, title: str = "") -> Path:
+    """Bar charts of ``GradientStats``: total gradient variance and mean SNR of the inference
+    and generative networks (log scales), and seconds per estimate."""
+    names = [s.estimator for s in stats]
+    y = range(len(names))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(names) + 1.6), sharey=True)
+    panels = [
+        ("total gradient variance", "encoder_variance", "decoder_variance", True),
+        ("mean SNR |E g| / std g", "encoder_snr", "decoder_snr", True),
+    ]
+    for ax, (label, enc, dec, log) in zip(axes, panels):
+        h = 0.38
+        ax.barh([i - h / 2 for i in y], [getattr(s, enc) for s in stats], h, label="encoder")
+        ax.barh([i + h / 2 for i in y], [getattr(s, dec) for s in stats], h, label="decoder")
+        ax.set_xscale("log" if log else "linear")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[2].barh(list(y), [1e3 * s.seconds_per_estimate for s in stats], color="gray")
+    axes[2].set_xlabel("ms per gradient estimate")
+    axes[2].grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(list(y), names)
+    axes[0].invert_yaxis()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

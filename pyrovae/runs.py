@@ -1,22 +1,31 @@
 """Working with a trained run directory: evaluate its model, draw its figures.
 
-These are the functions behind ``pyrovae evaluate`` and ``pyrovae sample``.
+These are the functions behind ``pyrovae evaluate``, ``pyrovae sample`` and
+``pyrovae gradvar``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pyro
 import torch
 
 from .checkpoint import load_vae
 from .data import Dataset
+from .diagnostics import GradientStats, default_estimator_specs, gradient_variance
 from .evaluation import LogLikelihood, evaluate_vae
 from .model import VAE
-from .plots import save_image_grid, save_reconstructions, save_scatter, save_training_curves
+from .plots import (
+    save_gradient_variance,
+    save_image_grid,
+    save_reconstructions,
+    save_scatter,
+    save_training_curves,
+)
 from .training import prepare_data, read_config, read_metrics
 
 
@@ -101,3 +110,50 @@ def sample_run(
     if metrics:
         paths["training_curves"] = save_training_curves(metrics, out / "training_curves.png")
     return paths
+
+
+def gradvar_run(
+    run_dir: str,
+    estimators: Optional[Sequence[str]] = None,
+    draws: int = 100,
+    batch_size: int = 100,
+    warmup: int = 200,
+    seed: int = 0,
+    which: str = "best",
+    data_dir: Optional[str] = None,
+    out_dir: Optional[str] = None,
+    progress: bool = True,
+) -> Tuple[List[GradientStats], Dict[str, Path]]:
+    """Gradient variance of each estimator at a run's checkpoint, on one seeded minibatch of
+    its training data (see ``pyrovae.diagnostics``). Writes ``gradvar.json`` and
+    ``gradvar.png`` to ``out_dir`` (default ``run_dir/figures``); returns the stats and the
+    paths."""
+    vae, data, state = load_run(run_dir, which, data_dir)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(data.train.shape[0], generator=g)[:batch_size]
+    x = data.train[idx]
+    if data.binarize == "dynamic":
+        x = torch.bernoulli(x, generator=g)
+    specs = list(estimators) if estimators else default_estimator_specs(vae)
+    pyro.set_rng_seed(seed)
+    stats = gradient_variance(vae, x, specs, draws=draws, warmup=warmup, progress=progress)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "run_dir": str(run_dir),
+        "checkpoint": which,
+        "epoch": state.get("epoch"),
+        "batch_size": int(x.shape[0]),
+        "draws": draws,
+        "warmup": warmup,
+        "seed": seed,
+        "estimators": [s.to_dict() for s in stats],
+    }
+    paths = {"json": out / "gradvar.json"}
+    paths["json"].write_text(json.dumps(info, indent=1))
+    title = (
+        f"{Path(run_dir).name}, epoch {state.get('epoch')}: {draws} gradient estimates per "
+        f"estimator on one minibatch of {x.shape[0]}"
+    )
+    paths["plot"] = save_gradient_variance(stats, out / "gradvar.png", title)
+    return stats, paths

@@ -70,6 +70,16 @@ def test_train_evaluate_sample_end_to_end(tmp_path, mnist_dir, capsys):
         png = run / "figures" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    spec = "pathwise,dreg:num_particles=3,score-function:baseline=neural"
+    args = ["gradvar", str(run), "--estimators", spec, "--draws", "4", "--warmup", "2"]
+    assert main(args + ["--quiet", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["estimators"]
+    assert [r["estimator"] for r in rows] == spec.split(",")
+    assert all(r["encoder_variance"] > 0 and r["seconds_per_estimate"] > 0 for r in rows)
+    assert (run / "figures" / "gradvar.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["gradvar", str(run), "--estimators", "nope", "--draws", "2"]) == 2
+    assert "unknown estimator" in capsys.readouterr().err
+
     # Resume to 3 epochs from the CLI: one more record, same run directory.
     assert main(["train", "--run-dir", str(run), "--resume", "--epochs", "3", "--quiet"]) == 0
     capsys.readouterr()
@@ -190,3 +200,21 @@ def test_config_file_sets_options_and_rejects_typos(tmp_path, capsys):
     cfg.write_text(json.dumps({"train": {"epochz": 3}}))
     assert main(["train", "--config", str(cfg), "--quiet"]) == 2
     assert "unknown training option(s) ['epochz']" in capsys.readouterr().err
+
+
+def test_bernoulli_latent_model_with_score_function_estimators(tmp_path, mnist_dir, capsys):
+    common = ["--dataset", "binarized-mnist", "--data-dir", str(mnist_dir), "--quiet"]
+    model = ["--z-dim", "8", "--hidden", "16", "--prior", "bernoulli", "--guide", "bernoulli"]
+    run = tmp_path / "sbn"
+    args = ["train", *common, *model, "--epochs", "1", "--run-dir", str(run)]
+    assert main(args + ["--estimator", "vimco", "--num-particles", "3"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--k", "20", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["elbo"] <= res["log_px"] < 0
+    assert main(["gradvar", str(run), "--draws", "3", "--warmup", "1", "--json", "--quiet"]) == 0
+    names = [r["estimator"] for r in json.loads(capsys.readouterr().out)["estimators"]]
+    assert "vimco" in names and "pathwise" not in names  # only estimators that apply
+    bad = ["train", *common, *model, "--epochs", "1", "--run-dir", str(tmp_path / "bad")]
+    assert main(bad + ["--estimator", "pathwise"]) == 2
+    assert "cannot be reparameterized" in capsys.readouterr().err
