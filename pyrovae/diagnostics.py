@@ -113,9 +113,14 @@ def _flat_grad(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
     )
 
 
-def _warm_up_baselines(vae: VAE, est: Estimator, guide, x: torch.Tensor, steps: int) -> None:
+def _warm_up_baselines(
+    vae: VAE, est: Estimator, guide, x: torch.Tensor, steps: int, data=None
+) -> None:
     """Let an estimator's baselines adapt at the fixed VAE: decaying averages settle, a neural
-    baseline is fitted by Adam (the VAE's own parameters are frozen meanwhile)."""
+    baseline is fitted by Adam (the VAE's own parameters are frozen meanwhile). With ``data``
+    (N, ...), each step uses a fresh random minibatch of ``x``'s size from it, as in training;
+    otherwise ``x`` itself, which lets a per-position decaying average fit that batch's points
+    (a state training never reaches, since its batches change)."""
     if steps <= 0 or (not est.guide_infer and est.baseline_net is None):
         return
     frozen = [p for p in vae.parameters() if p.requires_grad]
@@ -123,14 +128,20 @@ def _warm_up_baselines(vae: VAE, est: Estimator, guide, x: torch.Tensor, steps: 
         p.requires_grad_(False)
     training = vae.training
     vae.train(False)  # (quiets pyro.module about the frozen parameters)
+
+    def batch():
+        if data is None:
+            return x
+        return data[torch.randint(data.shape[0], (x.shape[0],))]
+
     try:
         if est.baseline_net is None:
             for _ in range(steps):
-                est.elbo.loss_and_grads(vae.model, guide, x)  # updates the average
+                est.elbo.loss_and_grads(vae.model, guide, batch())  # updates the average
         else:
             svi = pyro.infer.SVI(vae.model, guide, pyro.optim.Adam({"lr": 1e-2}), est.elbo)
             for _ in range(steps):
-                svi.step(x)
+                svi.step(batch())
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -144,6 +155,7 @@ def gradient_variance(
     draws: int = 100,
     warmup: int = 200,
     progress: bool = True,
+    warmup_data: Optional[torch.Tensor] = None,
 ) -> List[GradientStats]:
     """Gradient noise of each estimator at ``vae``'s current parameters on minibatch ``x``.
 
@@ -153,6 +165,8 @@ def gradient_variance(
         estimators: specs as in ``parse_estimator_spec``.
         draws: independent gradient estimates per estimator.
         warmup: baseline adaptation steps before measuring (see ``_warm_up_baselines``).
+        warmup_data: (N, ...) data whose random minibatches the baselines adapt on (default:
+            ``x`` itself).
 
     Returns:
         One ``GradientStats`` per estimator, in order.
@@ -175,7 +189,7 @@ def gradient_variance(
             vae.reparameterized = est.reparameterized
             clear_estimator_state()
             guide = est.wrap_guide(vae.guide)
-            _warm_up_baselines(vae, est, guide, x, warmup)
+            _warm_up_baselines(vae, est, guide, x, warmup, warmup_data)
             enc, dec = _Moments(), _Moments()
             est.elbo.loss_and_grads(vae.model, guide, x)  # untimed: first-call costs
             seconds = 0.0

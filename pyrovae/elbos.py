@@ -268,8 +268,11 @@ def nn_baseline_guide(
 
     ``net`` maps the guide's first argument x (B, ...) to a baseline per data point (B,); it is
     registered with ``pyro.module(name, ...)`` so the optimizer trains it, and Pyro's
-    ``TraceGraph_ELBO`` fits it to the downstream cost by squared error. A decaying average
-    of the residual cost is kept on top, as in NVIL's centring.
+    ``TraceGraph_ELBO`` fits it to the downstream cost by squared error, on top of a decaying
+    average of the cost (NVIL's centring). The guide's second argument, when it is the data
+    set size N (``guide(x, num_data)``, as ``pyrovae.VAE.guide``), scales the net's output by
+    N / B like the costs, so the net predicts a per-data-point cost in nats: unscaled, it
+    would have to learn outputs hundreds of times larger.
     """
 
     def guided(x, *args, **kwargs):
@@ -286,9 +289,11 @@ def nn_baseline_guide(
                     if m is not net and hasattr(m, "reset_parameters"):
                         m.reset_parameters()
         pyro.module(name, net)
+        num_data = kwargs.get("num_data", args[0] if args else None)
+        scale = num_data / x.shape[0] if isinstance(num_data, int) and num_data > 0 else 1.0
         options = {
             "baseline": {
-                "nn_baseline": net,
+                "nn_baseline": (lambda inp: scale * net(inp)) if scale != 1.0 else net,
                 "nn_baseline_input": x,
                 "use_decaying_avg_baseline": True,
                 "baseline_beta": baseline_beta,

@@ -23,7 +23,15 @@ import torch
 from pyro.infer import SVI
 
 from .estimators import NEURAL_BASELINE_NAME, Estimator, clear_estimator_state
-from .fastpath import supports_fast_path, vae_elbo_loss, vae_score_function_losses
+from .fastpath import (
+    supports_fast_path,
+    vae_analytic_kl_loss,
+    vae_bound_losses,
+    vae_elbo_loss,
+    vae_score_function_losses,
+    vae_stl_loss,
+    vae_vimco_losses,
+)
 from .model import VAE
 from .runtime import tune_allocator
 
@@ -91,11 +99,12 @@ class FastEngine:
     def __init__(self, vae: VAE, estimator: Estimator, lr: float) -> None:
         if not fast_engine_applies(vae, estimator):
             raise ValueError(
-                f"the fast engine supports the pathwise and score-function estimators on a "
-                f"pyrovae VAE, not "
+                f"the fast engine supports the estimators {', '.join(FAST_ESTIMATORS)} (no "
+                f"neural baseline) on a pyrovae VAE, not "
                 f"{estimator.name!r} on {type(vae).__name__}; use --engine pyro"
             )
         self.vae = vae
+        self.estimator = estimator.name
         self.num_particles = estimator.elbo.num_particles
         self.score_function = estimator.name == "score-function"
         options = estimator.guide_infer.get("baseline", {})
@@ -122,8 +131,15 @@ class FastEngine:
                 self.baseline if self.use_baseline else None,
                 self.baseline_beta,
             )
+        elif self.estimator in ("iwae", "dreg"):
+            dreg = self.estimator == "dreg"
+            loss, surrogate = vae_bound_losses(self.vae, x, num_data, self.num_particles, dreg)
+        elif self.estimator == "vimco":
+            loss, surrogate = vae_vimco_losses(self.vae, x, num_data, self.num_particles)
         else:
-            loss = surrogate = vae_elbo_loss(self.vae, x, num_data, self.num_particles)
+            loss = surrogate = _ELBO_LOSSES[self.estimator](
+                self.vae, x, num_data, self.num_particles
+            )
         surrogate.backward()
         self.optim.step()
         return loss.item()
@@ -140,10 +156,18 @@ def _cost_shape(x: torch.Tensor, num_particles: int):
     return (x.shape[0],) if num_particles == 1 else (num_particles, x.shape[0])
 
 
+_ELBO_LOSSES = {
+    "pathwise": vae_elbo_loss,
+    "analytic-kl": vae_analytic_kl_loss,
+    "stl": vae_stl_loss,
+}
+FAST_ESTIMATORS = ("score-function", "iwae", "dreg", "vimco", *_ELBO_LOSSES)
+
+
 def fast_engine_applies(vae: object, estimator: Estimator) -> bool:
     """Whether the fast engine computes exactly what the Pyro engine would."""
     return (
-        estimator.name in ("pathwise", "score-function")
+        estimator.name in FAST_ESTIMATORS
         and estimator.baseline_net is None
         and supports_fast_path(vae)
     )

@@ -12,6 +12,7 @@ that overrides either falls back to Pyro).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -140,3 +141,76 @@ def vae_score_function_losses(
         advantage = cost - baseline
     surrogate = scale * log_p.sum() + (log_q * advantage).sum()
     return -cost.sum() / num_particles, -surrogate / num_particles, new_baseline
+
+
+def vae_analytic_kl_loss(
+    vae: VAE, x: torch.Tensor, num_data: Optional[int] = None, num_particles: int = 1
+) -> torch.Tensor:
+    """Minus the ELBO of Pyro's ``TraceMeanField_ELBO``: E_q[log p(x|z)] by Monte Carlo (the
+    guide's reparameterized sample), KL(q(z|x) || p(z)) in closed form (Monte Carlo where
+    torch has no closed form, as Pyro does). Differentiable scalar, scaled by num_data / B."""
+    scale = vae.data_scale(x, num_data)
+    k = None if num_particles == 1 else num_particles
+    q, z = _draw(vae, x, k)
+    prior = vae.prior()
+    log_lik = vae.likelihood(vae.decoder(z)).log_prob(x)
+    try:
+        kl = torch.distributions.kl_divergence(q, prior)  # (B,)
+        elbo = log_lik.sum() / num_particles - kl.sum()
+    except NotImplementedError:
+        elbo = (log_lik + prior.log_prob(z) - q.log_prob(z)).sum() / num_particles
+    return -scale * elbo
+
+
+def _stopped_guide(vae: VAE, x: torch.Tensor):
+    """q(z | x) with its parameters cut from the graph: scoring z under it keeps only the path
+    through z (what STL and DReG need)."""
+    return vae.guide_family(vae.encoder(x).detach())
+
+
+def vae_stl_loss(
+    vae: VAE, x: torch.Tensor, num_data: Optional[int] = None, num_particles: int = 1
+) -> torch.Tensor:
+    """``pyrovae.elbos.STL_ELBO`` directly: minus the ELBO whose guide gradient is the path
+    through z only. Differentiable scalar, scaled by num_data / B."""
+    scale = vae.data_scale(x, num_data)
+    k = None if num_particles == 1 else num_particles
+    q, z = _draw(vae, x, k)
+    log_p = vae.prior().log_prob(z) + vae.likelihood(vae.decoder(z)).log_prob(x)
+    return -scale * (log_p - _stopped_guide(vae, x).log_prob(z)).sum() / num_particles
+
+
+def _bound(log_w: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+
+
+def vae_bound_losses(
+    vae: VAE, x: torch.Tensor, num_data: Optional[int], k: int, dreg: bool = False
+):
+    """``pyrovae.elbos.ImportanceWeightedELBO`` directly: (loss, surrogate) for the K-sample
+    bound with the IWAE or (``dreg``) DReG gradient. Scaled by num_data / B."""
+    scale = vae.data_scale(x, num_data)
+    q, z = _draw(vae, x, k)
+    log_p = vae.prior().log_prob(z) + vae.likelihood(vae.decoder(z)).log_prob(x)
+    log_w = log_p - (_stopped_guide(vae, x) if dreg else q).log_prob(z)  # (k, B)
+    loss = -scale * _bound(log_w).sum()
+    if not dreg:
+        return loss, loss
+    weights = torch.softmax(log_w.detach(), 0)
+    z.register_hook(lambda g: g * weights.unsqueeze(-1))
+    return loss, -scale * (weights * log_w).sum()
+
+
+def vae_vimco_losses(vae: VAE, x: torch.Tensor, num_data: Optional[int], k: int):
+    """``pyrovae.elbos.VIMCO_ELBO`` directly: (loss, surrogate) for the K-sample bound with
+    VIMCO's leave-one-out score-function gradient. Scaled by num_data / B."""
+    from .elbos import VIMCO_ELBO
+
+    scale = vae.data_scale(x, num_data)
+    log_p, log_q = _log_joint_and_guide(vae, x, k, reparameterize=False)
+    log_w = log_p - log_q
+    bound = _bound(log_w)
+    with torch.no_grad():
+        signal = bound.unsqueeze(0) - VIMCO_ELBO.leave_one_out_bounds(log_w)
+    loss = -scale * bound.sum()
+    return loss, loss - scale * (signal * log_q).sum()

@@ -136,7 +136,12 @@ def gradvar_run(
         x = torch.bernoulli(x, generator=g)
     specs = list(estimators) if estimators else default_estimator_specs(vae)
     pyro.set_rng_seed(seed)
-    stats = gradient_variance(vae, x, specs, draws=draws, warmup=warmup, progress=progress)
+    warm = data.train
+    if data.binarize == "dynamic":
+        warm = torch.bernoulli(warm, generator=g)
+    stats = gradient_variance(
+        vae, x, specs, draws=draws, warmup=warmup, progress=progress, warmup_data=warm
+    )
     out = Path(out_dir) if out_dir else Path(run_dir) / "figures"
     out.mkdir(parents=True, exist_ok=True)
     info = {
