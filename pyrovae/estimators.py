@@ -33,6 +33,16 @@ MAX_PLATE_NESTING = 1
 # pyro.module name of the score-function estimator's neural baseline.
 NEURAL_BASELINE_NAME = "score_function_baseline"
 
+
+def _particles(num_particles: int) -> Dict[str, Any]:
+    """Pyro ELBO arguments: ``num_particles`` drawn in one vectorized pass when more than 1."""
+    return dict(
+        num_particles=num_particles,
+        vectorize_particles=num_particles > 1,
+        max_plate_nesting=MAX_PLATE_NESTING,
+    )
+
+
 ELBO_OBJECTIVE = "ELBO = E_q[log p(x,z) - log q(z|x)]"
 BOUND_OBJECTIVE = "K-sample bound E[log (1/K) sum_k p(x,z_k)/q(z_k|x)]"
 
@@ -90,11 +100,7 @@ def pathwise(num_particles: int = 1) -> Estimator:
     """Reparameterized Monte Carlo ELBO with a Monte Carlo KL: Pyro's ``Trace_ELBO``."""
     return Estimator(
         "pathwise",
-        Trace_ELBO(
-            num_particles=num_particles,
-            vectorize_particles=num_particles > 1,
-            max_plate_nesting=MAX_PLATE_NESTING,
-        ),
+        Trace_ELBO(**_particles(num_particles)),
         gradient="pathwise (reparameterized z, Trace_ELBO)",
     )
 
@@ -142,11 +148,7 @@ def score_function(
         fixed = True
     return Estimator(
         "score-function",
-        ScoreFunctionELBO(
-            num_particles=num_particles,
-            vectorize_particles=num_particles > 1,
-            max_plate_nesting=MAX_PLATE_NESTING,
-        ),
+        ScoreFunctionELBO(**_particles(num_particles)),
         reparameterized=False,
         guide_infer=infer,
         fixed_batch_shape=fixed,
@@ -161,11 +163,7 @@ def analytic_kl(num_particles: int = 1) -> Estimator:
     (Gaussian guide and prior): Pyro's ``TraceMeanField_ELBO``."""
     return Estimator(
         "analytic-kl",
-        TraceMeanField_ELBO(
-            num_particles=num_particles,
-            vectorize_particles=num_particles > 1,
-            max_plate_nesting=MAX_PLATE_NESTING,
-        ),
+        TraceMeanField_ELBO(**_particles(num_particles)),
         gradient="pathwise on E_q[log p(x|z)], closed-form KL (TraceMeanField_ELBO)",
     )
 
@@ -175,11 +173,7 @@ def stl(num_particles: int = 1) -> Estimator:
     """ "Sticking the landing" (Roeder et al., 2017): pathwise with the score term of q dropped."""
     return Estimator(
         "stl",
-        STL_ELBO(
-            num_particles=num_particles,
-            vectorize_particles=num_particles > 1,
-            max_plate_nesting=MAX_PLATE_NESTING,
-        ),
+        STL_ELBO(**_particles(num_particles)),
         gradient="pathwise with the score term of q dropped (sticking the landing)",
     )
 

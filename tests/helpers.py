@@ -76,3 +76,16 @@ def mean_and_stderr(values: torch.Tensor, dim: int = 0):
     """Mean and standard error of the mean along ``dim``."""
     n = values.shape[dim]
     return values.mean(dim), values.std(dim) / math.sqrt(n)
+
+
+def imperfect_linear_vae(seed: int = 5, z_dim: int = 2):
+    """A linear-Gaussian VAE (x 3-D) with a deliberately imperfect guide, so that every
+    gradient is nonzero, and a batch of 4 points from its model: (vae, x)."""
+    truth = random_truth(3, z_dim, seed)
+    x = truth.sample(4, torch.Generator().manual_seed(3))
+    vae = linear_vae(truth)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(9)
+        for p in vae.encoder.parameters():
+            p.copy_(0.4 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return vae, x

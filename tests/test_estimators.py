@@ -12,20 +12,20 @@ from pyro.infer import SVI
 from pyrovae import ESTIMATORS, LinearGaussian, make_estimator
 from pyrovae.elbos import VIMCO_ELBO
 
-from helpers import guide_params, linear_vae, mean_and_stderr, random_truth, set_mean_field_guide
+from helpers import (
+    guide_params,
+    imperfect_linear_vae,
+    linear_vae,
+    mean_and_stderr,
+    random_truth,
+    set_mean_field_guide,
+)
 
 K = 5  # particles of the K-sample bounds
 
 
-def _setup(seed=5, z_dim=2):
-    truth = random_truth(3, z_dim, seed)
-    x = truth.sample(4, torch.Generator().manual_seed(3))
-    vae = linear_vae(truth)
-    with torch.no_grad():  # an imperfect guide, so the encoder gradient is not zero
-        g = torch.Generator().manual_seed(9)
-        for p in vae.encoder.parameters():
-            p.copy_(0.4 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return vae, x
+def _setup():
+    return imperfect_linear_vae()
 
 
 def _flat_grads(vae):

@@ -8,20 +8,13 @@ from pyro.infer import Trace_ELBO
 
 from pyrovae import LinearGaussian, make_estimator
 
-from helpers import guide_params, linear_vae, mean_and_stderr, random_truth
+from helpers import guide_params, imperfect_linear_vae, mean_and_stderr
 
 REPEATS, PARTICLES = 40, 5000
 
 
 def _setup():
-    truth = random_truth(3, 2, 5)
-    x = truth.sample(4, torch.Generator().manual_seed(3))
-    vae = linear_vae(truth)
-    with torch.no_grad():  # an imperfect guide, so the encoder gradient is not zero
-        g = torch.Generator().manual_seed(9)
-        for p in vae.encoder.parameters():
-            p.copy_(0.4 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return vae, x
+    return imperfect_linear_vae()
 
 
 def _params(vae):
