@@ -52,6 +52,7 @@ class STL_ELBO(Trace_ELBO):
     Its expectation is the ELBO gradient (the dropped term has mean zero), and when q equals
     the posterior its guide gradient is exactly zero for every sample. Written for
     reparameterized guides; non-reparameterized sites fall back to ``Trace_ELBO``'s treatment.
+    Why not Pyro's: its ELBOs always keep the score term; there is no option to drop it.
     """
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
@@ -187,6 +188,10 @@ class ImportanceWeightedELBO(_KSampleELBO):
     w̃ and the score term dropped. Its guide gradient is exactly zero when q is the posterior,
     and its signal-to-noise ratio does not decay as K grows. DReG assumes one stochastic
     layer (latents conditionally independent given x under the guide).
+
+    Why not Pyro's ``RenyiELBO(alpha=0)``: it bounds the whole batch's joint weight and scales
+    it by num_data / B (biased under subsampling, not a sum of per-point bounds), has no
+    ``differentiable_loss``, and no DReG.
     """
 
     def __init__(self, num_particles: int = 2, max_plate_nesting: int = 1, dreg: bool = False):
@@ -225,7 +230,7 @@ class VIMCO_ELBO(_KSampleELBO):
 
     With L̂ = log (1/K) Σ_j w_j and L̂_{-k} the same with log w_k replaced by the mean of the
     other particles' log weights, the gradient is Σ_k (L̂ - L̂_{-k}) ∇ log q(z_k) + Σ_k w̃_k
-    ∇ log w_k (z_k held fixed). Needs K ≥ 2.
+    ∇ log w_k (z_k held fixed). Needs K ≥ 2. Pyro has no VIMCO.
     """
 
     def __init__(self, num_particles: int = 2, max_plate_nesting: int = 1) -> None:
