@@ -266,6 +266,25 @@ class VIMCO_ELBO(_KSampleELBO):
         return loss, surrogate, (model_trace, guide_trace)
 
 
+def materialize_baseline(net: torch.nn.Module, x: torch.Tensor) -> None:
+    """Give a lazily sized baseline net its input width and initial weights, once.
+
+    A lazy first layer takes its width from ``x`` (B, ...). The initial weights come from a
+    fixed seed, outside the global random stream, so that runs with the same seed agree, both
+    engines start from the same net, and a resumed run (whose net is then overwritten from the
+    checkpoint) draws what an uninterrupted run draws.
+    """
+    if not any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in net.parameters()):
+        return
+    net.to(dtype=x.dtype)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        net(x)
+        for m in net.modules():
+            if m is not net and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
 def nn_baseline_guide(
     guide: Callable, net: torch.nn.Module, name: str, baseline_beta: float
 ) -> Callable:
@@ -281,18 +300,7 @@ def nn_baseline_guide(
     """
 
     def guided(x, *args, **kwargs):
-        if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in net.parameters()):
-            net.to(dtype=x.dtype)
-            # A lazy first layer takes its width from the data. The initial weights come from
-            # a fixed seed, outside the global random stream, so that runs with the same seed
-            # agree and a resumed run (whose net is then overwritten from the checkpoint)
-            # draws what an uninterrupted run draws.
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                torch.manual_seed(0)
-                net(x)
-                for m in net.modules():
-                    if m is not net and hasattr(m, "reset_parameters"):
-                        m.reset_parameters()
+        materialize_baseline(net, x)
         pyro.module(name, net)
         num_data = kwargs.get("num_data", args[0] if args else None)
         scale = num_data / x.shape[0] if isinstance(num_data, int) and num_data > 0 else 1.0

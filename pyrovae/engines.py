@@ -22,6 +22,7 @@ import pyro.optim
 import torch
 from pyro.infer import SVI
 
+from .elbos import materialize_baseline
 from .estimators import NEURAL_BASELINE_NAME, Estimator, clear_estimator_state
 from .fastpath import (
     supports_fast_path,
@@ -91,16 +92,17 @@ def _is_lazy(module: torch.nn.Module) -> bool:
 
 
 class FastEngine:
-    """The pathwise or score-function ELBO from the VAE's parts with one fused Adam over all
-    parameters. The decaying-average baseline is engine state (saved in checkpoints)."""
+    """Every estimator computed from the VAE's parts (``pyrovae.fastpath``) with one fused Adam
+    over all parameters, a neural baseline's included. The decaying-average baseline is engine
+    state (saved in checkpoints)."""
 
     name = "fast"
 
     def __init__(self, vae: VAE, estimator: Estimator, lr: float) -> None:
         if not fast_engine_applies(vae, estimator):
             raise ValueError(
-                f"the fast engine supports the estimators {', '.join(FAST_ESTIMATORS)} (no "
-                f"neural baseline) on a pyrovae VAE, not "
+                f"the fast engine supports the estimators {', '.join(FAST_ESTIMATORS)} on a "
+                f"pyrovae VAE, not "
                 f"{estimator.name!r} on {type(vae).__name__}; use --engine pyro"
             )
         self.vae = vae
@@ -108,10 +110,17 @@ class FastEngine:
         self.num_particles = estimator.elbo.num_particles
         self.score_function = estimator.name == "score-function"
         options = estimator.guide_infer.get("baseline", {})
+        self.baseline_net = estimator.baseline_net
+        if self.baseline_net is not None:  # the neural baseline sits on a decaying average
+            options = {"use_decaying_avg_baseline": True, **estimator.guide_infer}
+            param = next(vae.parameters())
+            materialize_baseline(self.baseline_net, param.new_zeros(1, vae.config.x_dim))
         self.use_baseline = bool(options.get("use_decaying_avg_baseline", False))
         self.baseline_beta = float(options.get("baseline_beta", 0.9))
         self.baseline: Optional[torch.Tensor] = None
         params = list(vae.parameters())
+        if self.baseline_net is not None:
+            params += list(self.baseline_net.parameters())
         try:  # the fused CPU kernel (torch >= 2.4) updates every parameter in one call
             self.optim = torch.optim.Adam(params, lr=lr, fused=True)
         except (RuntimeError, TypeError, ValueError):
@@ -130,6 +139,7 @@ class FastEngine:
                 self.num_particles,
                 self.baseline if self.use_baseline else None,
                 self.baseline_beta,
+                self.baseline_net,
             )
         elif self.estimator in ("iwae", "dreg"):
             dreg = self.estimator == "dreg"
@@ -145,9 +155,16 @@ class FastEngine:
         return loss.item()
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"optim": self.optim.state_dict(), "baseline": self.baseline}
+        state = {"optim": self.optim.state_dict(), "baseline": self.baseline}
+        if self.baseline_net is not None:
+            state["baseline_net"] = self.baseline_net.state_dict()
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if "baseline_net" in state:
+            if self.baseline_net is None:
+                raise ValueError("the checkpoint holds a neural baseline this estimator lacks")
+            self.baseline_net.load_state_dict(state["baseline_net"])
         self.optim.load_state_dict(state["optim"])
         self.baseline = state.get("baseline")
 
@@ -166,11 +183,7 @@ FAST_ESTIMATORS = ("score-function", "iwae", "dreg", "vimco", *_ELBO_LOSSES)
 
 def fast_engine_applies(vae: object, estimator: Estimator) -> bool:
     """Whether the fast engine computes exactly what the Pyro engine would."""
-    return (
-        estimator.name in FAST_ESTIMATORS
-        and estimator.baseline_net is None
-        and supports_fast_path(vae)
-    )
+    return estimator.name in FAST_ESTIMATORS and supports_fast_path(vae)
 
 
 def make_engine(name: str, vae: VAE, estimator: Estimator, lr: float):

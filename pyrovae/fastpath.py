@@ -106,6 +106,7 @@ def vae_score_function_losses(
     num_particles: int = 1,
     baseline: Optional[torch.Tensor] = None,
     baseline_beta: float = 0.9,
+    baseline_net: Optional[torch.nn.Module] = None,
 ):
     """Pyro's ``TraceGraph_ELBO`` for a VAE whose guide is not reparameterized, computed
     directly.
@@ -119,6 +120,9 @@ def vae_score_function_losses(
     Args:
         baseline: the decaying average so far, shaped like the costs ((B,), or
             (num_particles, B)), or ``None`` for no baseline.
+        baseline_net: an input-dependent baseline b(x) (B, ...) -> (B,) added to the average
+            (scaled by num_data / B like the costs), fitted by the squared error it adds to
+            the surrogate: ``pyrovae.elbos.nn_baseline_guide`` under Pyro.
 
     Returns:
         (loss, surrogate_loss, new_baseline): minus the ELBO estimate (no gradient), the
@@ -139,8 +143,14 @@ def vae_score_function_losses(
             )
         new_baseline = (1 - baseline_beta) * cost + baseline_beta * baseline
         advantage = cost - baseline
+    baseline_loss = 0.0
+    if baseline_net is not None:
+        fitted = (baseline if baseline is not None else 0.0) + scale * baseline_net(x)
+        baseline_loss = (cost - fitted).pow(2).sum()
+        advantage = cost - fitted.detach()
     surrogate = scale * log_p.sum() + (log_q * advantage).sum()
-    return -cost.sum() / num_particles, -surrogate / num_particles, new_baseline
+    surrogate_loss = (baseline_loss - surrogate) / num_particles
+    return -cost.sum() / num_particles, surrogate_loss, new_baseline
 
 
 def vae_analytic_kl_loss(

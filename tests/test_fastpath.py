@@ -6,6 +6,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyrovae import VAE, VAEConfig, build_vae, evaluate_vae, log_importance_weights
+from pyrovae.diagnostics import parse_estimator_spec
 from pyrovae.engines import make_engine
 from pyrovae.estimators import make_estimator
 from pyrovae.fastpath import (
@@ -84,17 +85,28 @@ def test_fast_and_traced_evaluation_agree(build):
 
 @pytest.mark.parametrize("latent", ["gaussian", "bernoulli"])
 @pytest.mark.parametrize(
-    "estimator", ["pathwise", "score-function", "analytic-kl", "stl", "iwae", "dreg", "vimco"]
+    "estimator",
+    [
+        "pathwise",
+        "score-function",
+        "score-function:baseline=neural",
+        "analytic-kl",
+        "stl",
+        "iwae",
+        "dreg",
+        "vimco",
+    ],
 )
 def test_fast_and_pyro_engines_take_the_same_steps(estimator, latent):
     vae, x = bernoulli_vae_and_batch(latent)
-    est = make_estimator(estimator)
+    name, options = parse_estimator_spec(estimator)
+    est, est_pyro = make_estimator(name, **options), make_estimator(name, **options)
     if est.reparameterized and latent == "bernoulli":
         pytest.skip("binary latents take score-function estimators only")
     twin = build_vae(vae.config, reparameterized=est.reparameterized)
     twin.load_state_dict(vae.state_dict())
     twin.name = "twin"  # its own names in Pyro's param store
-    fast, slow = make_engine("fast", vae, est, 1e-2), make_engine("pyro", twin, est, 1e-2)
+    fast, slow = make_engine("fast", vae, est, 1e-2), make_engine("pyro", twin, est_pyro, 1e-2)
     for step in range(5):
         pyro.set_rng_seed(step)
         a = fast.step(x, 100)
@@ -103,6 +115,9 @@ def test_fast_and_pyro_engines_take_the_same_steps(estimator, latent):
         assert a == pytest.approx(b, rel=1e-4)
     for p, q in zip(vae.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
+    if est.baseline_net is not None:  # the neural baselines were fitted alike
+        for p, q in zip(est.baseline_net.parameters(), est_pyro.baseline_net.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
 
 
 def test_fast_path_only_for_the_library_model_and_guide():
