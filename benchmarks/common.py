@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyrovae.plots import markdown_table as table  # noqa: F401  (re-exported for the scripts)
+
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist"
 
 
@@ -92,10 +94,3 @@ def binarized_mnist(split: str = "train") -> torch.Tensor:
         return load_dataset("binarized-mnist", data_dir=SHARED_MNIST).split(split)
     n = {"train": 50000, "valid": 10000, "test": 10000}[split]
     return torch.bernoulli(torch.full((n, 784), 0.13, generator=None))
-
-
-def table(rows: List[Sequence[str]], header: Sequence[str]) -> str:
-    """A GitHub-flavoured markdown table."""
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(out)

@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from pyrovae import VAEConfig, build_vae, evaluate_vae, load_dataset, make_estimator  # noqa: E402
 from pyrovae.diagnostics import gradient_variance, parse_estimator_spec  # noqa: E402
 from pyrovae.engines import make_engine  # noqa: E402
+from pyrovae.plots import markdown_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED_MNIST = HERE.parent.parent / "shared" / "data" / "binarized_mnist"
@@ -229,23 +230,32 @@ def main() -> None:
         results.append(row)
         (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}))
 
-    lines = [
-        f"Model `{args.model}`, seed {args.seed}, batch {args.batch_size}, Adam {args.lr}; "
-        f"test log p(x) with K = {args.k} on {test.shape[0]} test images (± standard error).",
-        "",
-        f"| estimator | ms/step | log p(x) after {args.steps} steps | ELBO after {args.steps} "
-        f"steps | steps in {args.seconds:.0f} s | log p(x) after {args.seconds:.0f} s | "
-        f"ELBO after {args.seconds:.0f} s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        s, t = r["equal_steps"], r["equal_time"]
-        lines.append(
-            f"| {r['estimator']} | {r['ms_per_step']:.1f} | {s['log_px']:.2f} ± "
-            f"{s['log_px_se']:.2f} | {s['elbo']:.2f} | {t['steps']} | {t['log_px']:.2f} ± "
-            f"{t['log_px_se']:.2f} | {t['elbo']:.2f} |"
+    rows = [
+        (
+            r["estimator"],
+            f"{r['ms_per_step']:.1f}",
+            f"{r['equal_steps']['log_px']:.2f} ± {r['equal_steps']['log_px_se']:.2f}",
+            f"{r['equal_steps']['elbo']:.2f}",
+            r["equal_time"]["steps"],
+            f"{r['equal_time']['log_px']:.2f} ± {r['equal_time']['log_px_se']:.2f}",
+            f"{r['equal_time']['elbo']:.2f}",
         )
-    table = "\n".join(lines)
+        for r in results
+    ]
+    header = [
+        "estimator",
+        "ms/step",
+        f"log p(x) after {args.steps} steps",
+        f"ELBO after {args.steps} steps",
+        f"steps in {args.seconds:.0f} s",
+        f"log p(x) after {args.seconds:.0f} s",
+        f"ELBO after {args.seconds:.0f} s",
+    ]
+    table = (
+        f"Model `{args.model}`, seed {args.seed}, batch {args.batch_size}, Adam {args.lr}; "
+        f"test log p(x) with K = {args.k} on {test.shape[0]} test images (± standard error)."
+        f"\n\n{markdown_table(rows, header)}"
+    )
     (out / "results.md").write_text(table + "\n")
     plot(
         results,

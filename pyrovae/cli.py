@@ -357,7 +357,7 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_gradvar(args) -> int:
-    from .plots import summary_table
+    from .plots import markdown_table, summary_table
     from .runs import gradvar_run
 
     # Specs are comma-separated, and so are an estimator's options: "iwae:a=1;b=2".
@@ -379,18 +379,30 @@ def _cmd_gradvar(args) -> int:
             json.dumps({"run_dir": str(args.run_dir), "estimators": [s.to_dict() for s in stats]})
         )
         return 0
-    header = (
-        "| estimator | encoder total var | decoder total var | encoder mean SNR "
-        "| decoder mean SNR | ms per estimate |\n|---|---|---|---|---|---|"
+    table = markdown_table(
+        [
+            (
+                s.estimator,
+                f"{s.encoder_variance:.4g}",
+                f"{s.decoder_variance:.4g}",
+                f"{s.encoder_snr:.3f}",
+                f"{s.decoder_snr:.3f}",
+                f"{1e3 * s.seconds_per_estimate:.1f}",
+            )
+            for s in stats
+        ],
+        [
+            "estimator",
+            "encoder total var",
+            "decoder total var",
+            "encoder mean SNR",
+            "decoder mean SNR",
+            "ms per estimate",
+        ],
     )
-    rows = [
-        f"| {s.estimator} | {s.encoder_variance:.4g} | {s.decoder_variance:.4g} "
-        f"| {s.encoder_snr:.3f} | {s.decoder_snr:.3f} | {1e3 * s.seconds_per_estimate:.1f} |"
-        for s in stats
-    ]
     print(
         f"gradient noise at {args.run_dir} ({args.checkpoint}), {args.draws} draws on one "
-        f"minibatch of {args.batch_size}\n" + "\n".join([header] + rows)
+        f"minibatch of {args.batch_size}\n{table}"
     )
     print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
     return 0

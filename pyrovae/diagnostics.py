@@ -121,7 +121,7 @@ def _warm_up_baselines(
     (N, ...), each step uses a fresh random minibatch of ``x``'s size from it, as in training;
     otherwise ``x`` itself, which lets a per-position decaying average fit that batch's points
     (a state training never reaches, since its batches change)."""
-    if steps <= 0 or (not est.guide_infer and est.baseline_net is None):
+    if steps <= 0 or not est.decaying_average:
         return
     frozen = [p for p in vae.parameters() if p.requires_grad]
     for p in frozen:

@@ -41,6 +41,11 @@ def _shift_to(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     return value.detach() + (surrogate - surrogate.detach())
 
 
+def k_sample_bound(log_w: torch.Tensor) -> torch.Tensor:
+    """Per-point K-sample bound log (1/K) Σ_k w_k from log weights (K, B): (B,)."""
+    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+
+
 def _has_params(*traces) -> bool:
     return any(site["type"] == "param" for trace in traces for site in trace.nodes.values())
 
@@ -155,10 +160,6 @@ class _KSampleELBO(ELBO):
         total_q = sum(log_q)
         return sum(log_p) - total_q, total_q, scales.pop() if scales else 1.0, latents
 
-    def _bound(self, log_w: torch.Tensor) -> torch.Tensor:
-        """Per-point K-sample bound log (1/K) Σ_k w_k, (B,)."""
-        return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
-
     def _loss_and_surrogate(self, model, guide, args, kwargs) -> Tuple[torch.Tensor, Any]:
         raise NotImplementedError
 
@@ -209,7 +210,7 @@ class ImportanceWeightedELBO(_KSampleELBO):
                     f"the importance-weighted pathwise gradient needs a reparameterized latent, "
                     f"but site {site['name']!r} is not; use the vimco estimator for it"
                 )
-        loss = -scale * self._bound(log_w).sum()
+        loss = -scale * k_sample_bound(log_w).sum()
         if not self.dreg:
             return loss, loss, (model_trace, guide_trace)
         weights = torch.softmax(log_w.detach(), 0)  # (K, B)
@@ -258,7 +259,7 @@ class VIMCO_ELBO(_KSampleELBO):
                     "sampled without reparameterization (build the VAE with "
                     "reparameterized=False, or use a discrete latent)"
                 )
-        bound = self._bound(log_w)  # (B,), differentiable in θ and φ with z fixed
+        bound = k_sample_bound(log_w)  # (B,), differentiable in θ and φ with z fixed
         with torch.no_grad():
             signal = bound.unsqueeze(0) - self.leave_one_out_bounds(log_w)  # (K, B)
         loss = -scale * bound.sum()

@@ -109,14 +109,12 @@ class FastEngine:
         self.estimator = estimator.name
         self.num_particles = estimator.elbo.num_particles
         self.score_function = estimator.name == "score-function"
-        options = estimator.guide_infer.get("baseline", {})
         self.baseline_net = estimator.baseline_net
-        if self.baseline_net is not None:  # the neural baseline sits on a decaying average
-            options = {"use_decaying_avg_baseline": True, **estimator.guide_infer}
+        if self.baseline_net is not None:
             param = next(vae.parameters())
-            materialize_baseline(self.baseline_net, param.new_zeros(1, vae.config.x_dim))
-        self.use_baseline = bool(options.get("use_decaying_avg_baseline", False))
-        self.baseline_beta = float(options.get("baseline_beta", 0.9))
+            materialize_baseline(self.baseline_net, param.new_zeros(1, vae.x_dim))
+        self.use_baseline = estimator.decaying_average
+        self.baseline_beta = estimator.baseline_beta
         self.baseline: Optional[torch.Tensor] = None
         params = list(vae.parameters())
         if self.baseline_net is not None:

@@ -8,7 +8,7 @@ stays a plain Pyro function.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 import pyro
@@ -55,34 +55,50 @@ class Estimator:
         name: registry name.
         elbo: the Pyro ``ELBO`` computing loss and gradients.
         reparameterized: whether the guide's latent must be reparameterized.
-        guide_infer: options placed in the ``infer`` dict of the guide's latent sites.
-        fixed_batch_shape: the estimator keeps state shaped like the batch (the decaying-average
-            baseline), so every training batch must have the same size.
         objective: a formula for ``repr``.
         gradient: how the gradient is estimated, for ``repr``.
+        baseline: the score-function baseline (``none``, ``decaying-average``, ``neural``), or
+            ``None`` for estimators without one.
+        baseline_beta: decay of the decaying average (which the neural baseline sits on too).
+        baseline_net: the neural baseline b(x), when ``baseline`` is ``neural``.
     """
 
     name: str
     elbo: ELBO
     reparameterized: bool = True
-    guide_infer: Dict[str, Any] = field(default_factory=dict)
-    fixed_batch_shape: bool = False
     objective: str = ELBO_OBJECTIVE
     gradient: str = ""
+    baseline: Optional[str] = None
+    baseline_beta: float = 0.9
     baseline_net: Optional[nn.Module] = None
 
+    @property
+    def decaying_average(self) -> bool:
+        """Whether a decaying average of the cost is subtracted (alone or under b(x))."""
+        return self.baseline in ("decaying-average", "neural")
+
+    @property
+    def fixed_batch_shape(self) -> bool:
+        """The estimator keeps state shaped like the batch (the decaying average), so every
+        training batch must have the same size."""
+        return self.decaying_average
+
     def wrap_guide(self, guide: Callable) -> Callable:
-        """``guide`` with ``guide_infer`` set on its latent (unobserved sample) sites, or with
-        the neural baseline attached."""
+        """``guide`` with its baseline attached: Pyro's ``infer`` options on its latent
+        (unobserved sample) sites, or the neural baseline."""
         if self.baseline_net is not None:
-            beta = self.guide_infer.get("baseline_beta", 0.9)
-            return nn_baseline_guide(guide, self.baseline_net, NEURAL_BASELINE_NAME, beta)
-        if not self.guide_infer:
+            return nn_baseline_guide(
+                guide, self.baseline_net, NEURAL_BASELINE_NAME, self.baseline_beta
+            )
+        if not self.decaying_average:
             return guide
+        options = {
+            "baseline": {"use_decaying_avg_baseline": True, "baseline_beta": self.baseline_beta}
+        }
 
         def config(site: Dict[str, Any]) -> Dict[str, Any]:
             if site["type"] == "sample" and not site["is_observed"]:
-                return dict(self.guide_infer)
+                return options
             return {}
 
         return poutine.infer_config(guide, config)
@@ -136,24 +152,14 @@ def score_function(
     """
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of: {', '.join(BASELINES)}")
-    infer: Dict[str, Any] = {}
-    fixed = False
-    net = None
-    if baseline == "decaying-average":
-        infer = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": baseline_beta}}
-        fixed = True
-    elif baseline == "neural":
-        infer = {"baseline_beta": baseline_beta}
-        net = BaselineNet()
-        fixed = True
     return Estimator(
         "score-function",
         ScoreFunctionELBO(**_particles(num_particles)),
         reparameterized=False,
-        guide_infer=infer,
-        fixed_batch_shape=fixed,
         gradient=f"score function (REINFORCE, TraceGraph_ELBO), baseline {baseline}",
-        baseline_net=net,
+        baseline=baseline,
+        baseline_beta=baseline_beta,
+        baseline_net=BaselineNet() if baseline == "neural" else None,
     )
 
 

@@ -12,11 +12,11 @@ that overrides either falls back to Pyro).
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
 import torch
 
+from .elbos import VIMCO_ELBO, k_sample_bound
 from .model import VAE
 
 
@@ -218,10 +218,6 @@ def vae_stl_loss(
     return -scale * (log_p - _stopped_guide(vae, x).log_prob(z)).sum() / num_particles
 
 
-def _bound(log_w: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
-
-
 def vae_bound_losses(
     vae: VAE, x: torch.Tensor, num_data: Optional[int], k: int, dreg: bool = False
 ):
@@ -231,7 +227,7 @@ def vae_bound_losses(
     q, z = _draw(vae, x, k)
     log_p = vae.prior().log_prob(z) + vae.likelihood(vae.decoder(z)).log_prob(x)
     log_w = log_p - (_stopped_guide(vae, x) if dreg else q).log_prob(z)  # (k, B)
-    loss = -scale * _bound(log_w).sum()
+    loss = -scale * k_sample_bound(log_w).sum()
     if not dreg:
         return loss, loss
     weights = torch.softmax(log_w.detach(), 0)
@@ -242,12 +238,10 @@ def vae_bound_losses(
 def vae_vimco_losses(vae: VAE, x: torch.Tensor, num_data: Optional[int], k: int):
     """``pyrovae.elbos.VIMCO_ELBO`` directly: (loss, surrogate) for the K-sample bound with
     VIMCO's leave-one-out score-function gradient. Scaled by num_data / B."""
-    from .elbos import VIMCO_ELBO
-
     scale = vae.data_scale(x, num_data)
     log_p, log_q = _log_joint_and_guide(vae, x, k, reparameterize=False)
     log_w = log_p - log_q
-    bound = _bound(log_w)
+    bound = k_sample_bound(log_w)
     with torch.no_grad():
         signal = bound.unsqueeze(0) - VIMCO_ELBO.leave_one_out_bounds(log_w)
     loss = -scale * bound.sum()

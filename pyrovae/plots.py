@@ -95,6 +95,13 @@ def save_training_curves(metrics: Sequence[Dict[str, Any]], path: Path) -> Path:
     return Path(path)
 
 
+def markdown_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A GitHub-flavoured markdown table of ``rows`` under ``header``."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
 def summary_table(rows: List[Tuple[str, str]]) -> str:
     """Two-column text table of (name, value) rows."""
     width = max(len(k) for k, _ in rows)
