@@ -8,6 +8,7 @@ stays a plain Pyro function.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
@@ -226,7 +227,15 @@ def make_estimator(name: str, num_particles: Optional[int] = None, **options: An
         raise ValueError(f"num_particles must be at least 1, got {num_particles}")
     if num_particles is not None:
         options["num_particles"] = num_particles
-    return ESTIMATORS.get(name)(**options)
+    factory = ESTIMATORS.get(name)
+    known = set(inspect.signature(factory).parameters)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for the {name!r} estimator; it takes: "
+            f"{', '.join(sorted(known))}"
+        )
+    return factory(**options)
 
 
 def clear_estimator_state() -> None:

@@ -128,6 +128,8 @@ def gradvar_run(
     its training data (see ``pyrovae.diagnostics``). Writes ``gradvar.json`` and
     ``gradvar.png`` to ``out_dir`` (default ``run_dir/figures``); returns the stats and the
     paths."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     vae, data, state = load_run(run_dir, which, data_dir)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(data.train.shape[0], generator=g)[:batch_size]

@@ -79,6 +79,10 @@ def test_train_evaluate_sample_end_to_end(tmp_path, mnist_dir, capsys):
     assert (run / "figures" / "gradvar.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["gradvar", str(run), "--estimators", "nope", "--draws", "2"]) == 2
     assert "unknown estimator" in capsys.readouterr().err
+    assert main(["gradvar", str(run), "--estimators", "iwae:foo=1", "--draws", "2"]) == 2
+    assert "unknown option(s) ['foo'] for the 'iwae' estimator" in capsys.readouterr().err
+    assert main(["gradvar", str(run), "--batch-size", "0"]) == 2
+    assert "batch_size must be at least 1" in capsys.readouterr().err
 
     # Resume to 3 epochs from the CLI: one more record, same run directory.
     assert main(["train", "--run-dir", str(run), "--resume", "--epochs", "3", "--quiet"]) == 0
