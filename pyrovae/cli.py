@@ -45,17 +45,22 @@ def _key_value(text: str):
 def _train_parser(sub) -> None:
     from .data import DATASETS
     from .estimators import ESTIMATORS
-    from .guides import GUIDES
-    from .likelihoods import LIKELIHOODS
-    from .nets import ACTIVATIONS, NETS
-    from .priors import PRIORS
+    from .parts.guides import GUIDES
+    from .parts.likelihoods import LIKELIHOODS
+    from .parts.nets import ACTIVATIONS, NETS
+    from .parts.priors import PRIORS
+    from .producers import PRODUCERS
 
     p = sub.add_parser(
         "train",
         help="train a VAE and write a run directory",
-        description="Train a VAE with pyro.infer.SVI. Writes config.json, metrics.jsonl and "
-        "checkpoints/{last,best}.pt to the run directory. Options left out take the values of "
-        '--config (a JSON file {"train": {...}, "model": {...}}), else the defaults.',
+        description="Train a VAE with the chosen estimator and Adam. Each step takes the "
+        "particles of a minibatch (log p(x,z), log q(z|x), ... per sample of z and data point) "
+        "from the VAE's parts (direct producer) or from Pyro traces of its model and guide "
+        "(traced producer), applies the estimator and steps a fused Adam. Writes config.json, "
+        "metrics.jsonl and checkpoints/{last,best}.pt to the run directory. Options left out "
+        'take the values of --config (a JSON file {"train": {...}, "model": {...}}), else the '
+        "defaults.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = p.add_argument_group("data")
@@ -112,10 +117,14 @@ def _train_parser(sub) -> None:
     o.add_argument("--num-particles", type=int, help="samples of z per data point per step")
     o.add_argument("--seed", type=int, help="random seed (default 0)")
     o.add_argument(
-        "--engine",
-        choices=["auto", "fast", "pyro"],
-        help="how a step is taken: fast (the pathwise ELBO computed from the VAE's parts, fused "
-        "Adam), pyro (pyro.infer.SVI), auto (fast where it applies; default)",
+        "--producer",
+        choices=PRODUCERS,
+        help="how a batch's particles are computed: direct (from the VAE's parts, tested equal "
+        "to tracing its model and guide), traced (Pyro traces of the model and guide), auto "
+        "(direct where it applies; default). Every estimator runs on either.",
+    )
+    o.add_argument(  # pyrovae 0.1.0's name for the producer
+        "--engine", choices=["auto", "fast", "pyro"], help=argparse.SUPPRESS
     )
     r = p.add_argument_group("run")
     r.add_argument("--config", help='JSON file with {"train": {...}, "model": {...}}')
@@ -232,10 +241,19 @@ def _configs_from_args(args):
         "estimator",
         "num_particles",
         "seed",
-        "engine",
+        "producer",
     ):
         if getattr(args, key) is not None:
             train_d[key] = getattr(args, key)
+    if args.engine is not None:
+        producer = {"auto": "auto", "fast": "direct", "pyro": "traced"}[args.engine]
+        print(
+            f"pyrovae train: --engine is now --producer; --engine {args.engine} is "
+            f"--producer {producer}",
+            file=sys.stderr,
+        )
+        train_d.pop("engine", None)
+        train_d.setdefault("producer", producer)
     if args.data_dir is not None:
         train_d["data_dir"] = str(Path(args.data_dir).resolve())
     options = dict(train_d.get("dataset_options", {}))
@@ -289,6 +307,7 @@ def _cmd_train(args) -> int:
         ("train ELBO (last epoch)", f"{last.get('train_elbo', float('nan')):.3f} nats"),
         ("valid ELBO (last epoch)", f"{last.get('valid_elbo', float('nan')):.3f} nats"),
         ("best valid ELBO", f"{result.best_valid_elbo:.3f} nats"),
+        ("particles from", f"the {result.producer} producer"),
         ("seconds per epoch", f"{result.seconds_per_epoch:.2f} (training only)"),
         ("wall time", f"{time.perf_counter() - t0:.1f} s"),
         ("next", f"pyrovae evaluate {result.run_dir}"),
@@ -411,9 +430,8 @@ def _cmd_gradvar(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``pyrovae`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
     from .data import DataError
-    from .training import TrainingDiverged
+    from .training import CheckpointError, TrainingDiverged
 
     command = {
         "train": _cmd_train,

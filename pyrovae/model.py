@@ -1,9 +1,14 @@
 """The VAE: a Pyro model p(z) p_θ(x|z) and guide q_φ(z|x) built from swappable parts.
 
 ``VAE.model(x)`` and ``VAE.guide(x)`` are plain Pyro programs with one latent site ``"z"`` and one
-observed site ``"x"`` inside a ``pyro.plate("data", dim=-1)``. Everything else in pyrovae
-(training, every estimator, evaluation) works through Pyro traces of these two functions, so a
-user's own model/guide pair with the same site names works too.
+observed site ``"x"`` inside a ``pyro.plate("data", dim=-1)``: the definition of the model.
+``VAE.particles`` is their *direct producer*: the particles (``pyrovae.particles``) that tracing
+the two programs gives, computed from the same parts and random numbers without Pyro's
+handlers, which cost as much as the network itself on a CPU training step. The tests hold it
+equal to ``traced_particles(vae.model, vae.guide, ...)`` for every registered prior, guide
+family and likelihood. Estimators, the trainer and the evaluator take particles from either
+producer, so a user's own model/guide pair is trained and evaluated by the same code through the
+traced one.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import torch
 from torch import nn
 
 from .config import config_from_dict
-from .guides import GUIDES, GuideFamily
-from .likelihoods import LIKELIHOODS, Likelihood
 from .linear_gaussian import LinearGaussian
-from .nets import NETS
-from .priors import PRIORS, Prior
+from .particles import Particles
+from .parts.guides import GUIDES, GuideFamily
+from .parts.likelihoods import LIKELIHOODS, Likelihood
+from .parts.nets import NETS
+from .parts.priors import PRIORS, Prior
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,13 @@ class VAE(nn.Module):
         self.name = name
         self.config = config
         self._index_cache = torch.arange(0)
+        if prior.latent != guide_family.latent:
+            raise ValueError(
+                f"the prior models {prior.latent} latents but the guide family "
+                f"{type(guide_family).__name__} draws {guide_family.latent} ones: choose a prior "
+                "and a guide of the same kind (binary latents: --prior bernoulli --guide "
+                "bernoulli)"
+            )
 
     @property
     def x_dim(self) -> int:
@@ -100,15 +113,6 @@ class VAE(nn.Module):
     @property
     def z_dim(self) -> int:
         return self.prior.z_dim
-
-    @property
-    def reparameterized(self) -> bool:
-        """Whether the guide's latent sample is reparameterized (False: score-function)."""
-        return self.guide_family.reparameterized
-
-    @reparameterized.setter
-    def reparameterized(self, value: bool) -> None:
-        self.guide_family.reparameterized = bool(value)
 
     def data_scale(self, x: torch.Tensor, num_data: Optional[int] = None) -> float:
         """num_data / B, the factor by which a minibatch ``x`` (B, x_dim) stands for the data
@@ -151,6 +155,55 @@ class VAE(nn.Module):
         with self._data_plate(x, num_data):
             return pyro.sample("z", self.guide_family(self.encoder(x)))
 
+    def particles(
+        self,
+        x: torch.Tensor,
+        num_data: Optional[int] = None,
+        num_particles: int = 1,
+        reparameterized: Optional[bool] = None,
+    ) -> Particles:
+        """The direct producer: what ``traced_particles(self.model, self.guide, (x, num_data),
+        num_particles=..., reparameterized=...)`` gives, from the parts and the same random
+        numbers, without Pyro's handlers.
+
+        Args:
+            x: a batch, (B, x_dim).
+            num_data: the data set size when ``x`` is a minibatch (the scale is N / B).
+            num_particles: K samples of z per data point.
+            reparameterized: sample z with ``rsample`` (pathwise gradients), ``sample``
+                (False), or as the guide does by default (None: ``rsample`` where it can).
+
+        Returns:
+            ``Particles`` with (K, B) fields. z is drawn now; the densities (the decoder pass
+            among them) are computed when first read and draw no random numbers, so they may
+            be computed on another thread.
+        """
+        scale = self.data_scale(x, num_data)
+        h = self.encoder(x)
+        z, log_q, log_q_stopped = self.guide_family.draw(h, num_particles, reparameterized)
+
+        def kl() -> torch.Tensor:
+            # Closed form where torch registers one, else Monte Carlo: TraceMeanField_ELBO's rule.
+            q = self.guide_family(h)
+            try:
+                # Expanded to q's batch shape, as the plates expand it: some of torch's KLs
+                # (Bernoulli's) do not broadcast.
+                value = torch.distributions.kl_divergence(q, self.prior().expand(q.batch_shape))
+            except NotImplementedError:
+                return log_q() - self.prior.log_prob(z)
+            return value.expand(z.shape[:-1])
+
+        return Particles(
+            x=x,
+            latents={"z": z},
+            scale=scale,
+            log_prior=lambda: self.prior.log_prob(z),
+            log_lik=lambda: self.likelihood(self.decoder(z)).log_prob(x),
+            log_q=log_q,
+            log_q_stopped=log_q_stopped,
+            kl=kl,
+        )
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z] at z = the guide's sample for each row of ``x`` (B, x_dim) -> (B, x_dim)."""
@@ -186,7 +239,7 @@ class VAE(nn.Module):
             )
 
 
-def build_vae(config: VAEConfig, reparameterized: bool = True) -> VAE:
+def build_vae(config: VAEConfig) -> VAE:
     """Build a VAE from a config, each part looked up by name in its registry.
 
     Example:
@@ -196,7 +249,7 @@ def build_vae(config: VAEConfig, reparameterized: bool = True) -> VAE:
     """
     prior = PRIORS.get(config.prior)(config.z_dim)
     likelihood = LIKELIHOODS.get(config.likelihood)(config.x_dim, **config.likelihood_options)
-    family = GUIDES.get(config.guide)(config.z_dim, reparameterized=reparameterized)
+    family = GUIDES.get(config.guide)(config.z_dim)
     encoder = NETS.get(config.encoder)(
         config.x_dim, family.in_features, config.hidden, config.activation
     )

@@ -14,10 +14,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import pyro
 import torch
 
-from .checkpoint import load_vae
 from .data import Dataset
-from .diagnostics import GradientStats, default_estimator_specs, gradient_variance
 from .evaluation import LogLikelihood, evaluate_vae
+from .evaluation.gradients import GradientStats, default_estimator_specs, gradient_variance
 from .model import VAE
 from .plots import (
     save_gradient_variance,
@@ -26,7 +25,7 @@ from .plots import (
     save_scatter,
     save_training_curves,
 )
-from .training import prepare_data, read_config, read_metrics
+from .training import load_vae, prepare_data, read_config, read_metrics
 
 
 def load_run(
@@ -39,6 +38,8 @@ def load_run(
     train_cfg, _ = read_config(Path(run_dir))
     if data_dir is not None:
         train_cfg = dataclasses.replace(train_cfg, data_dir=data_dir)
+    # The model first: a run of a model/guide pair of the user's own is refused before its
+    # data is loaded.
     vae, state = load_vae(run_dir, which)
     return vae, prepare_data(train_cfg), state
 
@@ -136,7 +137,7 @@ def gradvar_run(
     x = data.train[idx]
     if data.binarize == "dynamic":
         x = torch.bernoulli(x, generator=g)
-    specs = list(estimators) if estimators else default_estimator_specs(vae)
+    specs = list(estimators) if estimators else default_estimator_specs(vae, x)
     pyro.set_rng_seed(seed)
     warm = data.train
     if data.binarize == "dynamic":
@@ -154,6 +155,7 @@ def gradvar_run(
         "draws": draws,
         "warmup": warmup,
         "seed": seed,
+        "producer": stats[0].producer if stats else None,
         "estimators": [s.to_dict() for s in stats],
     }
     paths = {"json": out / "gradvar.json"}

@@ -20,7 +20,7 @@ def random_truth(x_dim: int, z_dim: int, seed: int) -> LinearGaussian:
     return LinearGaussian.standard(weight, bias, noise_var)
 
 
-def linear_vae(truth: LinearGaussian, reparameterized: bool = True):
+def linear_vae(truth: LinearGaussian):
     """A float64 VAE whose model is exactly ``truth`` (linear decoder, learned-variance Gaussian
     likelihood) with a linear encoder, so the diagonal guide can be set in closed form."""
     cfg = VAEConfig(
@@ -30,7 +30,7 @@ def linear_vae(truth: LinearGaussian, reparameterized: bool = True):
         decoder="linear",
         likelihood="gaussian-learned",
     )
-    vae = build_vae(cfg, reparameterized=reparameterized).double()
+    vae = build_vae(cfg).double()
     with torch.no_grad():
         dec = vae.decoder[0]
         dec.weight.copy_(truth.weight)
@@ -89,3 +89,27 @@ def imperfect_linear_vae(seed: int = 5, z_dim: int = 2):
         for p in vae.encoder.parameters():
             p.copy_(0.4 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return vae, x
+
+
+def gradient_draws(vae, x, est, repeats: int, producer: str = "auto"):
+    """``repeats`` independent gradient estimates of minus the objective summed over ``x``'s
+    points, each as a training step computes it (``estimate_and_backward``): (repeats, P)."""
+    from pyrovae.producers import make_producer
+    from pyrovae.training import estimate_and_backward
+
+    route = make_producer(vae, producer)
+    est.prepare(x)
+    out = []
+    for _ in range(repeats):
+        for p in vae.parameters():
+            p.grad = None
+        estimate_and_backward(route, est, x, None)
+        out.append(
+            torch.cat(
+                [
+                    (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).clone()
+                    for p in vae.parameters()
+                ]
+            )
+        )
+    return torch.stack(out)

@@ -133,12 +133,12 @@ def test_linear_gaussian_run_reports_exact_log_px(tmp_path, capsys):
 
 
 def test_clear_errors_for_bad_input(tmp_path, mnist_dir, capsys, monkeypatch):
-    import pyrovae.data
+    import pyrovae.data.binarized_mnist
 
     def no_network(url, dest):
         raise OSError("network disabled in tests")
 
-    monkeypatch.setattr(pyrovae.data, "_download", no_network)
+    monkeypatch.setattr(pyrovae.data.binarized_mnist, "_download", no_network)
     assert main(["evaluate", str(tmp_path / "missing")]) == 2
     assert "not a pyrovae run directory" in capsys.readouterr().err
     assert (

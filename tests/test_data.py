@@ -13,7 +13,15 @@ import pytest
 import torch
 
 from pyrovae import data as D
-from pyrovae.data import DATASETS, DataError, Dataset, load_dataset, read_amat
+from pyrovae.data import (
+    DATASETS,
+    DataError,
+    Dataset,
+    binarized_mnist,
+    load_dataset,
+    read_amat,
+    vision,
+)
 
 ROWS = {"train": 5, "valid": 4, "test": 3}
 
@@ -27,7 +35,7 @@ def _isolated(tmp_path, monkeypatch):
     def no_network(url, dest):
         raise OSError("network disabled in tests")
 
-    monkeypatch.setattr(D, "_download", no_network)
+    monkeypatch.setattr(binarized_mnist, "_download", no_network)
 
 
 def _amat_text(values: np.ndarray, newline: str = "\n", trailing: str = "") -> str:
@@ -88,8 +96,8 @@ def test_second_load_uses_cache_and_cache_is_not_beside_data(tmp_path, monkeypat
     def must_not_parse(*args):
         raise AssertionError("parsed again despite a valid cache")
 
-    monkeypatch.setattr(D, "_parse_fast", must_not_parse)
-    monkeypatch.setattr(D, "_parse_lines", must_not_parse)
+    monkeypatch.setattr(binarized_mnist, "_parse_fast", must_not_parse)
+    monkeypatch.setattr(binarized_mnist, "_parse_lines", must_not_parse)
     start = time.perf_counter()
     second = _load_small(data_dir)
     assert time.perf_counter() - start < 1.0
@@ -125,7 +133,7 @@ def test_edited_file_misses_cache(tmp_path):
 def test_windows_line_endings_and_trailing_spaces_parse(tmp_path):
     arrays = _write_splits(tmp_path / "data", newline="\r\n", trailing="  ")
     raw = (tmp_path / "data" / "binarized_mnist_train.amat").read_bytes()
-    assert D._parse_fast(raw) is None  # really exercises the tolerant path
+    assert binarized_mnist._parse_fast(raw) is None  # really exercises the tolerant path
     _assert_matches(_load_small(tmp_path / "data"), arrays)
 
 
@@ -221,7 +229,7 @@ def test_download_fills_missing_file(tmp_path, monkeypatch):
         fetched.append(url)
         Path(dest).write_text(text)
 
-    monkeypatch.setattr(D, "_download", fake_download)
+    monkeypatch.setattr(binarized_mnist, "_download", fake_download)
     _assert_matches(_load_small(tmp_path / "data"), arrays)
     assert fetched == [D.BINARIZED_MNIST_URL.format(split="test")]
 
@@ -333,7 +341,7 @@ class _FakeMNIST:
 def fake_torchvision(monkeypatch):
     import torchvision.datasets
 
-    monkeypatch.setattr(D, "MNIST_VALID_SIZE", 20)
+    monkeypatch.setattr(vision, "MNIST_VALID_SIZE", 20)
     monkeypatch.setattr(_FakeMNIST, "calls", [])
     monkeypatch.setattr(torchvision.datasets, "MNIST", _FakeMNIST)
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", _FakeMNIST)
@@ -403,7 +411,7 @@ def test_torchvision_downloads_then_explains(monkeypatch, tmp_path):
                 raise RuntimeError("Dataset not found.")
             super().__init__(root, train, download)
 
-    monkeypatch.setattr(D, "MNIST_VALID_SIZE", 20)
+    monkeypatch.setattr(vision, "MNIST_VALID_SIZE", 20)
     monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
     assert len(load_dataset("mnist", data_dir=tmp_path).train) == 40
     assert attempts == [False, True, False, True]
@@ -455,7 +463,7 @@ def test_download_disabled_names_url(tmp_path, monkeypatch):
     def must_not_download(url, dest):
         raise AssertionError("download attempted")
 
-    monkeypatch.setattr(D, "_download", must_not_download)
+    monkeypatch.setattr(binarized_mnist, "_download", must_not_download)
     with pytest.raises(DataError, match=r"binarized_mnist_train\.amat does not exist \(download"):
         load_dataset("binarized-mnist", data_dir=tmp_path / "empty", download=False)
 

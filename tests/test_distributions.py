@@ -5,8 +5,8 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyrovae.distributions import FactorizedBernoulli
-from pyrovae.nets import Tanh
+from pyrovae.parts.distributions import FactorizedBernoulli
+from pyrovae.parts.nets import Tanh
 from pyrovae.runtime import tune_allocator
 
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-import pyrovae.engines as engines
 from pyrovae import TrainConfig, TrainingDiverged, VAEConfig, load_vae, train
-from pyrovae.checkpoint import CheckpointError, checkpoint_path
+from pyrovae.particles import NotApplicable
+from pyrovae.training import CheckpointError, Trainer, checkpoint_path
 
 SMALL_MODEL = VAEConfig(z_dim=2, hidden=(16,), decoder="linear", likelihood="gaussian-learned")
 
@@ -80,28 +80,27 @@ def test_existing_run_is_not_overwritten(tmp_path):
     assert checkpoint_path(tmp_path / "run", "last").read_bytes() == before
 
 
-@pytest.mark.parametrize("engine", ["fast", "pyro"])
+@pytest.mark.parametrize("producer", ["direct", "traced"])
 def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(
-    tmp_path, monkeypatch, engine
+    tmp_path, monkeypatch, producer
 ):
-    cls = engines.FastEngine if engine == "fast" else engines.PyroEngine
     calls = {"n": 0}
-    real_step = cls.step
+    real_step = Trainer.step
 
     def step(self, *args, **kwargs):
         calls["n"] += 1
         return float("nan") if calls["n"] > 8 else real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(cls, "step", step)  # 6 steps per epoch: NaN in epoch 2
+    monkeypatch.setattr(Trainer, "step", step)  # 6 steps per epoch: NaN in epoch 2
     with pytest.raises(TrainingDiverged, match=r"nan at epoch 2.*epoch 1.*--lr"):
         train(
-            small_config(epochs=3, engine=engine),
+            small_config(epochs=3, producer=producer),
             SMALL_MODEL,
             run_dir=tmp_path / "run",
             progress=False,
         )
     vae, state = load_vae(tmp_path / "run", "last")
-    assert state["epoch"] == 1 and state["engine"] == engine
+    assert state["epoch"] == 1 and state["producer"] == producer
     assert all(torch.isfinite(p).all() for p in vae.parameters())
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
@@ -122,3 +121,59 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         load_vae(tmp_path / "run", "best")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_vae(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    "estimator,options",
+    [("pathwise", {}), ("score-function", {"baseline": "neural"}), ("vimco", {})],
+)
+def test_the_producers_train_alike_and_a_run_resumes_on_the_other(tmp_path, estimator, options):
+    """The direct and traced producers take the same steps (up to float rounding), and a run
+    checkpointed by one resumes on the other: estimator and optimizer state are the trainer's,
+    not the producer's."""
+    runs = {}
+    for producer in ("direct", "traced"):
+        cfg = small_config(
+            estimator=estimator, estimator_options=options, epochs=2, producer=producer
+        )
+        runs[producer] = train(cfg, SMALL_MODEL, run_dir=tmp_path / producer, progress=False)
+        assert runs[producer].producer == producer
+        assert {m["producer"] for m in runs[producer].metrics} == {producer}
+    for a, b in zip(runs["direct"].vae.parameters(), runs["traced"].vae.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    cfg = small_config(estimator=estimator, estimator_options=options, epochs=1, producer="traced")
+    train(cfg, SMALL_MODEL, run_dir=tmp_path / "switch", progress=False)
+    config = json.loads((tmp_path / "switch" / "config.json").read_text())
+    config["train"]["producer"] = "direct"
+    (tmp_path / "switch" / "config.json").write_text(json.dumps(config))
+    resumed = train(
+        small_config(epochs=2), run_dir=tmp_path / "switch", resume=True, progress=False
+    )
+    assert [m["producer"] for m in resumed.metrics] == ["traced", "direct"]
+    for a, b in zip(runs["direct"].vae.parameters(), resumed.vae.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_an_estimator_that_does_not_apply_fails_before_anything_is_written(tmp_path):
+    with pytest.raises(NotApplicable, match="'pathwise' estimator does not apply.*discrete"):
+        train(
+            small_config(),
+            VAEConfig(
+                z_dim=2,
+                hidden=(8,),
+                likelihood="gaussian-learned",
+                prior="bernoulli",
+                guide="bernoulli",
+            ),
+            run_dir=tmp_path / "run",
+            progress=False,
+        )
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="same kind"):
+        train(
+            small_config(estimator="vimco"),
+            VAEConfig(z_dim=2, hidden=(8,), likelihood="gaussian-learned", prior="bernoulli"),
+            run_dir=tmp_path / "run",
+            progress=False,
+        )
+    assert not (tmp_path / "run").exists()

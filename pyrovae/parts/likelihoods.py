@@ -14,8 +14,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..registry import Registry
 from .distributions import FactorizedBernoulli
-from .registry import Registry
 
 LIKELIHOODS: Registry = Registry("likelihood")
 

@@ -5,14 +5,14 @@ For each data point x the estimator is
     log p̂_K(x) = log (1/K) Σ_k p(x, z_k) / q(z_k | x),    z_k ~ q(z | x),
 
 a stochastic lower bound whose bias shrinks as K grows (Burda et al., 2015); K = 1 gives a
-single-sample ELBO. The log weights come from one trace of the guide and one replay of the model
-under a ``pyro.plate`` over particles placed outside the model's data plate, so any Pyro
-model/guide pair works, not only ours. Particles and data points are evaluated in chunks whose
+single-sample ELBO. The log weights are the particles' ``log_w`` (``pyrovae.particles``), from a
+producer: traced (one trace of the guide and one replay of the model under a particle plate
+left of the data plate: any Pyro model/guide pair) or, for the library's VAE, direct (the same
+numbers from its parts, tested equal). Particles and data points are evaluated in chunks whose
 size bounds memory whatever K is.
 
-Why not Pyro's own tools: ``pyro.infer.Importance`` draws one trace per sample (sequential), and
-``RenyiELBO(alpha=0)`` scales the log-sum-exp by the subsampling factor, which biases it under
-minibatching; neither returns per-data-point estimates.
+Why not Pyro's own tools: ``pyro.infer.Importance`` draws one trace per sample (sequential) and
+returns no per-data-point estimates.
 """
 
 from __future__ import annotations
@@ -22,17 +22,14 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from functools import partial
 from typing import Any, Callable, Dict, Optional
 
-import pyro
 import torch
-from pyro import poutine
 from tqdm.auto import tqdm
 
-from .estimators import MAX_PLATE_NESTING
-from .fastpath import supports_fast_path, vae_log_weights_deferred
-from .runtime import tune_allocator
+from ..particles import traced_particles
+from ..producers import Producer, TracedProducer, make_producer
+from ..runtime import tune_allocator
 
 # (particle, data point) pairs evaluated at once. Memory is bounded by this whatever K is, and
 # smaller is faster up to a point: a (4096, 784) float tensor (13 MB) stays in cache between the
@@ -40,19 +37,15 @@ from .runtime import tune_allocator
 # slower on 2 cores.
 DEFAULT_CHUNK_PAIRS = 4096
 
-# Draws a chunk's particles for data (B, ...) and returns a function computing their (k, B)
-# log weights without drawing random numbers.
-DrawLogWeights = Callable[[torch.Tensor, int], Callable[[], torch.Tensor]]
-
 
 def log_importance_weights(
     model: Callable,
     guide: Callable,
     x: torch.Tensor,
     k: int,
-    max_plate_nesting: int = MAX_PLATE_NESTING,
+    max_plate_nesting: int = 1,
 ) -> torch.Tensor:
-    """log p(x, z_k) - log q(z_k | x) for k particles and every row of ``x``.
+    """log p(x, z_k) - log q(z_k | x) for k particles and every row of ``x``, traced.
 
     Args:
         model, guide: Pyro programs taking ``x`` (B, ...) with a data plate at dim -1.
@@ -63,20 +56,9 @@ def log_importance_weights(
     Returns:
         (k, B) log weights.
     """
-    with pyro.plate("particles", k, dim=-(max_plate_nesting + 1)):
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    log_w = x.new_zeros(k, x.shape[0])
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                lp = site["log_prob"]
-                # Sum out any plates nested inside the data plate, keep (particles, data).
-                while lp.dim() > 2:
-                    lp = lp.sum(-1)
-                log_w = log_w + sign * lp
-    return log_w
+    return traced_particles(
+        model, guide, (x,), num_particles=k, max_plate_nesting=max_plate_nesting
+    ).log_w
 
 
 @dataclass
@@ -121,43 +103,43 @@ def _mean_stderr(values: torch.Tensor):
 
 @torch.no_grad()
 def estimate_log_likelihood(
-    model: Callable,
-    guide: Callable,
+    model: Optional[Callable],
+    guide: Optional[Callable],
     data: torch.Tensor,
     k: int = 5000,
     chunk_pairs: int = DEFAULT_CHUNK_PAIRS,
     exact_log_px: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     progress: bool = True,
-    max_plate_nesting: int = MAX_PLATE_NESTING,
-    log_weights: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None,
-    draw_log_weights: Optional[DrawLogWeights] = None,
+    max_plate_nesting: int = 1,
+    producer: Optional[Producer] = None,
     workers: Optional[int] = None,
 ) -> LogLikelihood:
     """The importance-weighted estimate of log p(x) over a data set, in bounded memory.
 
     Args:
-        model, guide: Pyro programs of ``x`` (B, ...), data plate at dim -1.
+        model, guide: Pyro programs of ``x`` (B, ...), data plate at dim -1 (traced); ignored
+            when ``producer`` is given.
         data: (N, ...) data points.
         k: particles per data point.
         chunk_pairs: at most this many (particle, data point) pairs are evaluated at once; the
             particles of a data point are split across chunks when k exceeds it.
         exact_log_px: optional function (B, ...) -> (B,) giving the exact log p(x).
         progress: show a progress bar.
-        log_weights: optional ``(x (B, ...), k) -> (k, B)`` computing the same log weights as
-            ``log_importance_weights(model, guide, x, k)`` by a faster route.
-        draw_log_weights: optional ``(x, k) -> f`` that draws the particles and returns a
-            function ``f() -> (k, B)`` computing their log weights without drawing random
-            numbers (``evaluate_vae`` passes ``pyrovae.fastpath.vae_log_weights_deferred``).
-            Particles are drawn in order on the calling thread and the ``f`` run on
-            ``workers`` threads of one core each, so the estimate does not depend on
-            ``workers``, and small chunks cost no thread synchronisation.
-        workers: threads for ``draw_log_weights`` (default: ``torch.get_num_threads()``).
+        producer: where the particles come from (``pyrovae.producers``); default: tracing
+            ``model`` and ``guide``. A producer whose scoring is thread-safe (the direct one)
+            has its particles drawn in order on the calling thread and scored on ``workers``
+            threads of one core each, so the estimate does not depend on ``workers``.
+        workers: threads for scoring (default: ``torch.get_num_threads()``).
 
     Returns:
         A ``LogLikelihood`` with the means, standard errors and per-point values.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    if producer is None:
+        if model is None or guide is None:
+            raise ValueError("give a model and a guide, or a producer")
+        producer = TracedProducer(model, guide, max_plate_nesting)
     tune_allocator()
     n = data.shape[0]
     if n == 0:
@@ -193,20 +175,16 @@ def estimate_log_likelihood(
         if len(parts) == per_batch:
             log_px[lo:hi] = torch.logsumexp(torch.stack(lse_parts.pop(lo)), 0) - math.log(k)
 
+    def draw(lo: int, hi: int, kk: int):
+        return producer(data[lo:hi], None, kk, None)  # sampled as the guide does
+
     workers = torch.get_num_threads() if workers is None else workers
     try:
-        if draw_log_weights is not None and workers > 1:
-            _run_on_workers(draw_log_weights, data, chunks, workers, finish)
+        if producer.thread_safe and workers > 1:
+            _run_on_workers(draw, chunks, workers, finish)
         else:
             for lo, hi, kk in chunks:
-                x = data[lo:hi]
-                if draw_log_weights is not None:
-                    log_w = draw_log_weights(x, kk)()
-                elif log_weights is not None:
-                    log_w = log_weights(x, kk)
-                else:
-                    log_w = log_importance_weights(model, guide, x, kk, max_plate_nesting)
-                finish(lo, hi, kk, *_reduce(log_w))
+                finish(lo, hi, kk, *_reduce(draw(lo, hi, kk).log_w))
     finally:
         bar.close()
     elbo /= k
@@ -233,12 +211,12 @@ def _reduce(log_w: torch.Tensor):
     return torch.logsumexp(log_w, 0), log_w.sum(0)
 
 
-def _reduce_on_worker(log_weights: Callable[[], torch.Tensor]):
+def _reduce_on_worker(particles):
     with torch.no_grad():  # grad mode is per thread
-        return _reduce(log_weights())
+        return _reduce(particles.log_w)
 
 
-def _run_on_workers(draw_log_weights, data, chunks, workers: int, finish) -> None:
+def _run_on_workers(draw, chunks, workers: int, finish) -> None:
     """Draw each chunk's particles here, in order; score them on ``workers`` threads that run
     one core's worth of torch ops each; hand results to ``finish`` in chunk order.
 
@@ -254,7 +232,7 @@ def _run_on_workers(draw_log_weights, data, chunks, workers: int, finish) -> Non
     pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
     try:
         for lo, hi, kk in chunks:
-            future = pool.submit(_reduce_on_worker, draw_log_weights(data[lo:hi], kk))
+            future = pool.submit(_reduce_on_worker, draw(lo, hi, kk))
             pending.append((lo, hi, kk, future))
             # Two chunks per worker in flight keep every core busy and memory bounded.
             while len(pending) > 2 * workers:
@@ -269,15 +247,13 @@ def _run_on_workers(draw_log_weights, data, chunks, workers: int, finish) -> Non
 
 
 def evaluate_vae(
-    vae, data: torch.Tensor, k: int = 5000, fast: bool = True, **kwargs: Any
+    vae, data: torch.Tensor, k: int = 5000, producer: str = "auto", **kwargs: Any
 ) -> LogLikelihood:
     """``estimate_log_likelihood`` for a ``VAE``, adding the exact log p(x) when the VAE is
-    linear-Gaussian. ``data`` (N, x_dim). ``fast`` computes the log weights directly from the
-    VAE's parts (``pyrovae.fastpath``; the same numbers as tracing its model and guide) where
-    the VAE allows it."""
+    linear-Gaussian. ``data`` (N, x_dim). ``producer`` (``auto``, ``direct``, ``traced``)
+    picks how the particles are computed (``pyrovae.producers``; the same numbers either
+    way)."""
     vae.likelihood.check_data(data)
-    if fast and supports_fast_path(vae):
-        kwargs.setdefault("draw_log_weights", partial(vae_log_weights_deferred, vae))
     truth = vae.linear_gaussian()
     exact = None
     if truth is not None:
@@ -297,4 +273,12 @@ def evaluate_vae(
         def exact(x):
             return truth64.log_marginal(x.double())
 
-    return estimate_log_likelihood(vae.model, vae.guide, data, k, exact_log_px=exact, **kwargs)
+    return estimate_log_likelihood(
+        None,
+        None,
+        data,
+        k,
+        exact_log_px=exact,
+        producer=make_producer(vae, producer),
+        **kwargs,
+    )

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .registry import Registry
+from ..registry import Registry
 
 
 class Tanh(nn.Module):

@@ -2,29 +2,40 @@
 
 A prior is an ``nn.Module`` (so it may hold learned parameters) whose ``forward()`` returns a
 distribution with batch shape () and event shape (z_dim,). The model places it inside its data
-plate, which broadcasts it over data points and particles.
+plate, which broadcasts it over data points and particles. ``log_prob(z)`` is its density at z;
+a prior may override it with a faster computation of the same numbers (tested equal to tracing
+``VAE.model``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..registry import Registry
 from .distributions import FactorizedBernoulli
-from .registry import Registry
 
 PRIORS: Registry = Registry("prior")
 
 
 class Prior(nn.Module):
-    """Base class: ``forward()`` -> distribution over z, batch shape (), event shape (z_dim,)."""
+    """Base class: ``forward()`` -> distribution over z, batch shape (), event shape (z_dim,).
+    ``latent`` is the kind of z it models (``"real"`` or ``"binary"``); the guide family must
+    model the same."""
+
+    latent = "real"
 
     def __init__(self, z_dim: int) -> None:
         super().__init__()
         self.z_dim = z_dim
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) for z (..., z_dim) -> (...)."""
+        return self().log_prob(z)
 
     def gaussian(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """(loc (z_dim,), covariance (z_dim, z_dim)) if the prior is Gaussian, else ``None``.
@@ -48,6 +59,11 @@ class StandardNormal(Prior):
         # validate_args=False: constant, valid parameters; checking them every step costs.
         return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)
 
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        # -|z|²/2 - D log(2π)/2: the training step's hot path, in three ops instead of
+        # Normal.log_prob's eight.
+        return z.square().sum(-1).mul(-0.5) - 0.5 * self.z_dim * math.log(2 * math.pi)
+
     def gaussian(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.loc, torch.diag(self.scale**2)
 
@@ -57,6 +73,8 @@ class BernoulliPrior(Prior):
     """p(z) = Π_d Bernoulli(z_d | sigmoid(logit_d)) with learned logits (started at 0, p = 1/2):
     the top layer of a sigmoid belief net. Discrete, so only score-function estimators
     (``score-function``, ``vimco``) can train a model with it."""
+
+    latent = "binary"
 
     def __init__(self, z_dim: int) -> None:
         super().__init__(z_dim)

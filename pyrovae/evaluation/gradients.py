@@ -6,6 +6,9 @@ generative network (decoder, prior, likelihood): the total variance (the sum ove
 elements of each element's variance across draws), the mean signal-to-noise ratio
 |E g| / std g over elements (Rainforth et al., 2018), and the wall time per estimate. The
 gradients are those of the objective averaged over the minibatch's data points.
+
+Each estimate is what a training step computes (``pyrovae.training.estimate_and_backward``:
+the same producer, the same estimator), so the time per estimate is the training route's.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .estimators import Estimator, clear_estimator_state, make_estimator
-from .model import VAE
+from ..estimators import ESTIMATORS, Estimator, make_estimator
+from ..model import VAE
+from ..producers import Producer, applies, make_producer
 
 
 @dataclass
@@ -29,6 +32,7 @@ class GradientStats:
 
     estimator: str
     description: str
+    producer: str
     draws: int
     encoder_variance: float
     decoder_variance: float
@@ -59,17 +63,24 @@ def parse_estimator_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
     return name.strip(), options
 
 
-def default_estimator_specs(vae: VAE) -> List[str]:
-    """Every estimator that applies to ``vae``'s guide (discrete guides: score-function ones)."""
-    score = [
-        "score-function:baseline=none",
-        "score-function:baseline=decaying-average",
-        "score-function:baseline=neural",
-        "vimco",
-    ]
-    if not getattr(vae.guide_family, "reparameterizable", True):
-        return score
-    return ["pathwise", "analytic-kl", "stl", "iwae", "dreg"] + score
+def estimator_specs() -> List[str]:
+    """Every registered estimator with each of its variants (``Estimator.variants``)."""
+    specs = []
+    for name in ESTIMATORS.names():
+        for options in ESTIMATORS.get(name).variants():
+            specs.append(make_estimator(name, **options).spec)
+    return specs
+
+
+def default_estimator_specs(vae: VAE, x: torch.Tensor, producer: str = "auto") -> List[str]:
+    """Every registered estimator (and variant) that applies to ``vae``, judged on ``x``."""
+    route = make_producer(vae, producer)
+    return [s for s in estimator_specs() if applies(route, _make(s), x)]
+
+
+def _make(spec: str) -> Estimator:
+    name, options = parse_estimator_spec(spec)
+    return make_estimator(name, **options)
 
 
 class _Moments:
@@ -114,20 +125,22 @@ def _flat_grad(params: Sequence[torch.nn.Parameter]) -> torch.Tensor:
 
 
 def _warm_up_baselines(
-    vae: VAE, est: Estimator, guide, x: torch.Tensor, steps: int, data=None
+    producer: Producer, est: Estimator, x: torch.Tensor, steps: int, vae: VAE, data=None
 ) -> None:
     """Let an estimator's baselines adapt at the fixed VAE: decaying averages settle, a neural
     baseline is fitted by Adam (the VAE's own parameters are frozen meanwhile). With ``data``
     (N, ...), each step uses a fresh random minibatch of ``x``'s size from it, as in training;
     otherwise ``x`` itself, which lets a per-position decaying average fit that batch's points
     (a state training never reaches, since its batches change)."""
-    if steps <= 0 or not est.decaying_average:
+    from ..training import estimate_and_backward, fused_adam
+
+    own = list(est.parameters())
+    if steps <= 0 or (not own and not est.fixed_batch_shape):
         return
     frozen = [p for p in vae.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    training = vae.training
-    vae.train(False)  # (quiets pyro.module about the frozen parameters)
+    optim = fused_adam(own, 1e-2) if own else None
 
     def batch():
         if data is None:
@@ -135,17 +148,19 @@ def _warm_up_baselines(
         return data[torch.randint(data.shape[0], (x.shape[0],))]
 
     try:
-        if est.baseline_net is None:
-            for _ in range(steps):
-                est.elbo.loss_and_grads(vae.model, guide, batch())  # updates the average
-        else:
-            svi = pyro.infer.SVI(vae.model, guide, pyro.optim.Adam({"lr": 1e-2}), est.elbo)
-            for _ in range(steps):
-                svi.step(batch())
+        for _ in range(steps):
+            if optim is None:  # a decaying average alone: no gradient to take
+                with torch.no_grad():
+                    xb = batch()
+                    est(producer(xb, None, est.num_particles, est.reparameterized))
+            else:
+                optim.zero_grad(set_to_none=True)
+                estimate_and_backward(producer, est, batch(), None)
+                optim.step()
     finally:
         for p in frozen:
             p.requires_grad_(True)
-        vae.train(training)
+        vae.zero_grad(set_to_none=True)
 
 
 def gradient_variance(
@@ -156,6 +171,7 @@ def gradient_variance(
     warmup: int = 200,
     progress: bool = True,
     warmup_data: Optional[torch.Tensor] = None,
+    producer: str = "auto",
 ) -> List[GradientStats]:
     """Gradient noise of each estimator at ``vae``'s current parameters on minibatch ``x``.
 
@@ -167,48 +183,51 @@ def gradient_variance(
         warmup: baseline adaptation steps before measuring (see ``_warm_up_baselines``).
         warmup_data: (N, ...) data whose random minibatches the baselines adapt on (default:
             ``x`` itself).
+        producer: the route particles take (``auto``: the one training takes).
 
     Returns:
         One ``GradientStats`` per estimator, in order.
     """
+    from ..training import estimate_and_backward
+
     if draws < 2:
         raise ValueError(f"draws must be at least 2 to estimate a variance, got {draws}")
+    route = make_producer(vae, producer)
     inference, generative = _split_params(vae)
     saved = {k: v.detach().clone() for k, v in vae.state_dict().items()}
-    reparameterized = vae.reparameterized
     out = []
     try:
         for spec in estimators:
-            name, options = parse_estimator_spec(spec)
-            est = make_estimator(name, **options)
-            family = vae.guide_family
-            if est.reparameterized and not getattr(family, "reparameterizable", True):
-                raise ValueError(
-                    f"{spec!r} needs a reparameterizable guide; this run's guide is discrete"
-                )
-            vae.reparameterized = est.reparameterized
-            clear_estimator_state()
-            guide = est.wrap_guide(vae.guide)
-            _warm_up_baselines(vae, est, guide, x, warmup, warmup_data)
+            est = _make(spec)
+            if not applies(route, est, x):
+                raise ValueError(f"the estimator {spec!r} does not apply to this run's model")
+            est.prepare(x)
+            _warm_up_baselines(route, est, x, warmup, vae, warmup_data)
             enc, dec = _Moments(), _Moments()
-            est.elbo.loss_and_grads(vae.model, guide, x)  # untimed: first-call costs
+            estimate_and_backward(route, est, x, None)  # untimed: first-call costs
             seconds = 0.0
             for _ in tqdm(range(draws), desc=spec, disable=None if progress else True):
                 vae.zero_grad(set_to_none=True)
                 start = time.perf_counter()
-                est.elbo.loss_and_grads(vae.model, guide, x)
+                estimate_and_backward(route, est, x, None)
                 seconds += time.perf_counter() - start
                 enc.add(_flat_grad(inference) / x.shape[0])
                 dec.add(_flat_grad(generative) / x.shape[0])
             (enc_var, enc_snr), (dec_var, dec_snr) = enc.summary(), dec.summary()
             out.append(
                 GradientStats(
-                    spec, repr(est), draws, enc_var, dec_var, enc_snr, dec_snr, seconds / draws
+                    spec,
+                    repr(est),
+                    route.name,
+                    draws,
+                    enc_var,
+                    dec_var,
+                    enc_snr,
+                    dec_snr,
+                    seconds / draws,
                 )
             )
     finally:
         vae.zero_grad(set_to_none=True)
-        vae.reparameterized = reparameterized
         vae.load_state_dict(saved)
-        clear_estimator_state()
     return out

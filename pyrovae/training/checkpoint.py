@@ -3,6 +3,12 @@
 A checkpoint is a ``torch.save``d dict of tensors and plain values (loaded with
 ``weights_only=True``, so loading one cannot run code). It is written to a temporary file and
 renamed into place, so a crash while saving never destroys the previous checkpoint.
+
+Format 2 (pyrovae 0.2) holds the model's state, the estimator's state (its module's
+``state_dict``: baselines) and the optimizer's, whichever producer trained it, so a run resumes
+with either producer. Format 1 (pyrovae 0.1.0) kept estimator state per engine, partly in
+Pyro's param store; ``pyrovae.training.legacy`` reads it, so those runs evaluate, sample and
+resume.
 """
 
 from __future__ import annotations
@@ -13,10 +19,10 @@ from typing import Any, Dict, Tuple, Union
 
 import torch
 
-from .model import VAE, VAEConfig, build_vae
+from ..model import VAE, VAEConfig, build_vae
 
 FORMAT = "pyrovae-checkpoint"
-VERSION = 1
+VERSION = 2
 PathLike = Union[str, os.PathLike]
 
 
@@ -81,6 +87,12 @@ def load_vae(source: PathLike, which: str = "best") -> Tuple[VAE, Dict[str, Any]
     else:
         path = source
     state = load_checkpoint(path)
+    if state.get("model_config") is None:
+        raise CheckpointError(
+            f"{path} holds a model/guide pair of your own ({state.get('custom_model', '?')}), "
+            "not a pyrovae VAE: rebuild it in Python and load its state with "
+            "pyrovae.training.load_pair_state"
+        )
     vae = build_vae(VAEConfig.from_dict(state["model_config"]))
     try:
         vae.load_state_dict(state["model_state"])

@@ -1,0 +1,75 @@
+"""ELBO estimators by name, each defined once as a function of a batch's particles.
+
+- ``base``: the ``Estimator`` interface and its ``pyro.infer.ELBO`` view (``EstimatorELBO``);
+- ``elbo``: ``pathwise``, ``analytic-kl``, ``stl``;
+- ``score_function``: ``score-function``, baselines ``none``, ``decaying-average``, ``neural``;
+- ``bounds``: the K-sample bound with three gradients, ``iwae``, ``dreg``, ``vimco``.
+
+Adding an estimator is one subclass of ``Estimator`` and one ``@ESTIMATORS.register(name)``
+line (the README shows a worked example); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional, Type, TypeVar
+
+from ..registry import Registry
+from .base import (
+    BOUND_OBJECTIVE,
+    ELBO_OBJECTIVE,
+    Estimator,
+    EstimatorELBO,
+    k_sample_bound,
+    shift_to,
+)
+
+E = TypeVar("E", bound=Type[Estimator])
+
+
+class EstimatorRegistry(Registry):
+    """The registry of estimators; registering a class also sets its ``name``."""
+
+    def register(self, name: str) -> Callable[[E], E]:
+        add = super().register(name)
+
+        def decorate(cls: E) -> E:
+            cls.name = name
+            return add(cls)
+
+        return decorate
+
+
+ESTIMATORS: EstimatorRegistry = EstimatorRegistry("estimator")
+
+
+def make_estimator(name: str, num_particles: Optional[int] = None, **options: Any) -> Estimator:
+    """The estimator registered as ``name`` with ``num_particles`` (default: 1 for the ELBO
+    estimators, 5 for the K-sample bounds) and its own options (e.g. ``baseline="neural"``);
+    an unknown option is an error naming the known ones."""
+    if num_particles is not None and num_particles < 1:
+        raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+    cls = ESTIMATORS.get(name)
+    known = set(inspect.signature(cls.__init__).parameters) - {"self", "num_particles"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for the {name!r} estimator; it takes: "
+            f"{', '.join(sorted(known | {'num_particles'}))}"
+        )
+    return cls(num_particles=num_particles, **options)
+
+
+# The families register themselves on import.
+from . import bounds, elbo, score_function  # noqa: E402,F401
+
+__all__ = [
+    "BOUND_OBJECTIVE",
+    "ELBO_OBJECTIVE",
+    "ESTIMATORS",
+    "Estimator",
+    "EstimatorELBO",
+    "k_sample_bound",
+    "make_estimator",
+    "shift_to",
+]

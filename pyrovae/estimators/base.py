@@ -1,0 +1,195 @@
+"""The estimator interface: particles in, (loss, surrogate) out, state in an ``nn.Module``.
+
+An ``Estimator`` is one objective and one gradient estimator, written once as a function of a
+batch's ``Particles`` (``pyrovae.particles``). It returns the *loss*, minus the objective
+estimate scaled to the data set, which is what gets reported, and the *surrogate*, the scalar
+whose gradient is the estimator's gradient. Whatever it keeps between steps (a decaying
+average, a baseline network) is a buffer or parameter of the estimator's own module, saved with
+the run and optimized by the same Adam as the model.
+
+``Estimator.elbo`` gives the same estimator as a ``pyro.infer.ELBO`` (``loss``,
+``loss_and_grads``, ``differentiable_loss``) over the traced producer, for ``pyro.infer.SVI``
+and plain ``torch.optim`` loops.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
+
+import pyro
+import torch
+from pyro.infer import ELBO
+from pyro.infer.util import torch_item
+from torch import nn
+
+from ..particles import Particles, traced_particles
+
+ELBO_OBJECTIVE = "ELBO = E_q[log p(x,z) - log q(z|x)]"
+BOUND_OBJECTIVE = "K-sample bound E[log (1/K) sum_k p(x,z_k)/q(z_k|x)]"
+
+Output = Tuple[torch.Tensor, torch.Tensor]
+
+
+def k_sample_bound(log_w: torch.Tensor) -> torch.Tensor:
+    """Per-point K-sample bound log (1/K) Σ_k w_k from log weights (K, B): (B,)."""
+    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+
+
+def shift_to(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """A tensor with ``value``'s value and ``surrogate``'s gradient."""
+    return value.detach() + (surrogate - surrogate.detach())
+
+
+class Estimator(nn.Module):
+    """Base class of the named estimators.
+
+    Subclasses set the class attributes and define ``forward``; registering one with
+    ``@ESTIMATORS.register(name)`` makes it a name on the command line, in config files and in
+    ``make_estimator``, and puts it under the producer-equality test.
+
+    Class attributes:
+        name: the registered name (set by the registry).
+        objective: a formula for ``repr``.
+        gradient: how the gradient is estimated, for ``repr``.
+        reparameterized: whether the estimator differentiates through z (the producer then
+            samples with ``rsample``); False for score-function estimators.
+        default_particles: K when ``num_particles`` is not given.
+        min_particles: the smallest K it is defined for.
+
+    Args:
+        num_particles: K, samples of z per data point per step.
+    """
+
+    name: ClassVar[str] = ""
+    objective: ClassVar[str] = ELBO_OBJECTIVE
+    gradient: ClassVar[str] = ""
+    reparameterized: ClassVar[bool] = True
+    default_particles: ClassVar[int] = 1
+    min_particles: ClassVar[int] = 1
+
+    def __init__(self, num_particles: Optional[int] = None) -> None:
+        super().__init__()
+        k = self.default_particles if num_particles is None else int(num_particles)
+        if k < self.min_particles:
+            raise ValueError(
+                f"the {self.name} estimator needs at least {self.min_particles} particle"
+                f"{'s' if self.min_particles > 1 else ''}, got {k}"
+            )
+        self.num_particles = k
+        self._elbo: Optional[EstimatorELBO] = None
+
+    def forward(self, particles: Particles, update_state: bool = True) -> Output:
+        """(loss, surrogate) for a batch's particles: scalars, the loss minus the objective
+        estimate summed over the batch and scaled by N / B, the surrogate's gradient the
+        estimator's. ``update_state=False`` leaves the estimator's state (baselines) as it
+        was, for reporting a loss without taking a step."""
+        raise NotImplementedError
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """Create state shaped by the data from a batch ``x`` (B, ...) as the model sees it:
+        called before the optimizer collects ``parameters()``. Nothing by default."""
+
+    @property
+    def fixed_batch_shape(self) -> bool:
+        """Whether the estimator keeps state shaped like the batch, so every training batch
+        must have the same size."""
+        return False
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        """The options it was made with, as ``make_estimator`` takes them (besides
+        ``num_particles``)."""
+        return {}
+
+    @classmethod
+    def variants(cls) -> List[Dict[str, Any]]:
+        """Option sets worth comparing and testing (every baseline of the score-function
+        estimator, say); ``[{}]`` when the defaults say it all."""
+        return [{}]
+
+    @property
+    def spec(self) -> str:
+        """``name`` or ``name:key=value,...``, as ``pyrovae gradvar --estimators`` takes it."""
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name}:{opts}" if opts else self.name
+
+    @property
+    def elbo(self) -> "EstimatorELBO":
+        """This estimator as a ``pyro.infer.ELBO`` over the traced producer."""
+        if self._elbo is None:
+            self._elbo = EstimatorELBO(self)
+        return self._elbo
+
+    def extra_repr(self) -> str:
+        return f"num_particles={self.num_particles}"
+
+    def __repr__(self) -> str:
+        k = self.num_particles
+        return (
+            f"{self.name}: objective {self.objective}; gradient {self.gradient}; "
+            f"{k} particle{'s' if k > 1 else ''}"
+        )
+
+
+_store_names = itertools.count()
+
+
+class EstimatorELBO(ELBO):
+    """An ``Estimator`` as a ``pyro.infer.ELBO``: each call traces the model and guide
+    (``traced_particles``, particles vectorized left of ``max_plate_nesting`` plates) and
+    applies the estimator. Works with ``pyro.infer.SVI`` and with ``torch.optim``.
+
+    The estimator's own parameters (a neural baseline) are registered with ``pyro.module``
+    under a name unique to this object, so that ``SVI`` optimizes them; their values live in
+    the estimator's module. A neural baseline takes the model's first argument as its input.
+    """
+
+    def __init__(self, estimator: Estimator, max_plate_nesting: int = 1) -> None:
+        # (Not Pyro's vectorize_particles, which would count the particle plate in
+        # max_plate_nesting: ``traced_particles`` vectorizes the particles itself.)
+        super().__init__(num_particles=estimator.num_particles, max_plate_nesting=max_plate_nesting)
+        self.estimator = estimator
+        self._store_name = f"pyrovae-estimator-{estimator.name}-{next(_store_names)}"
+        self._prepared = False
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("the particles are drawn in one vectorized trace")
+
+    def _particles(self, model, guide, args, kwargs) -> Particles:
+        particles = traced_particles(
+            model,
+            guide,
+            args,
+            kwargs,
+            num_particles=self.estimator.num_particles,
+            reparameterized=self.estimator.reparameterized,
+            max_plate_nesting=self.max_plate_nesting,
+        )
+        if not self._prepared and particles.x is not None:
+            self.estimator.prepare(particles.x)
+            self._prepared = True
+        if any(p.requires_grad for p in self.estimator.parameters()):
+            pyro.module(self._store_name, self.estimator)
+        return particles
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """Minus the objective estimate, without gradients or state updates."""
+        with torch.no_grad():
+            loss, _ = self.estimator(
+                self._particles(model, guide, args, kwargs), update_state=False
+            )
+        return torch_item(loss)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The loss, carrying the estimator's gradient (and updating its state)."""
+        loss, surrogate = self.estimator(self._particles(model, guide, args, kwargs))
+        return shift_to(loss, surrogate)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """The loss; the estimator's gradient is accumulated into ``.grad``."""
+        loss, surrogate = self.estimator(self._particles(model, guide, args, kwargs))
+        if surrogate.requires_grad:
+            surrogate.backward(retain_graph=self.retain_graph)
+        return torch_item(loss)

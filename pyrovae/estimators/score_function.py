@@ -1,0 +1,159 @@
+"""The score-function (REINFORCE) estimator of the ELBO, with variance-reducing baselines.
+
+z is sampled without reparameterization, so the gradient reaches the guide through its score
+∇_φ log q(z | x). With s = N / B and the cost of particle k of data point b
+
+    c_kb = s (log p(x_b, z_kb) - log q(z_kb | x_b)),
+
+the surrogate is s Σ log p(x, z) + Σ log q(z | x) · stop(c - baseline), averaged over
+particles: its gradient is the decoder's (z held fixed) plus the score-function term. This is
+the estimator Pyro's ``TraceGraph_ELBO`` computes for a one-latent model (the tests check it
+step for step); here it is written over particles, so it serves every producer.
+
+Baselines (subtracted from the cost in the score term only, so the estimate stays unbiased):
+
+- ``none``: the raw estimator.
+- ``decaying-average`` (default): an exponential moving average of the cost per (particle,
+  batch position), decayed by ``baseline_beta`` and updated after each step, as Pyro's
+  ``use_decaying_avg_baseline``.
+- ``neural``: an input-dependent baseline b(x), a small MLP scaled by N / B like the costs,
+  added to the decaying average and fitted to the cost by squared error (NVIL, Mnih & Gregor,
+  2014).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+
+from . import ESTIMATORS
+from .base import Estimator, Output
+
+BASELINES = ("none", "decaying-average", "neural")
+
+
+class BaselineNet(nn.Module):
+    """An input-dependent baseline b(x) for the score-function estimator: a one-hidden-layer
+    tanh MLP, (B, ...) -> (B,). Its input width is set by the first batch it sees."""
+
+    def __init__(self, hidden: int = 100) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.LazyLinear(hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def materialize(net: nn.Module, x: torch.Tensor) -> None:
+    """Give a lazily sized net its input width from ``x`` (B, ...) and initial weights, once.
+
+    The weights come from a fixed seed, outside the global random stream, so that runs with
+    the same seed agree and a resumed run (whose net is then loaded from the checkpoint) draws
+    what an uninterrupted run draws.
+    """
+    if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in net.parameters()):
+        return
+    net.to(dtype=x.dtype, device=x.device)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(0)
+        net(x)
+        for m in net.modules():
+            if m is not net and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
+@ESTIMATORS.register("score-function")
+class ScoreFunction(Estimator):
+    """REINFORCE on the latents with a baseline ``none``, ``decaying-average`` (default) or
+    ``neural``; ``baseline_beta`` is the decay of the average (which the neural baseline sits
+    on too)."""
+
+    reparameterized = False
+
+    def __init__(
+        self,
+        num_particles: int | None = None,
+        baseline: str = "decaying-average",
+        baseline_beta: float = 0.9,
+    ) -> None:
+        super().__init__(num_particles)
+        if baseline not in BASELINES:
+            raise ValueError(
+                f"unknown baseline {baseline!r}; choose one of: {', '.join(BASELINES)}"
+            )
+        if not 0 <= baseline_beta < 1:
+            raise ValueError(f"baseline_beta must be in [0, 1), got {baseline_beta}")
+        self.baseline = baseline
+        self.baseline_beta = float(baseline_beta)
+        # The decaying average, shaped (K, B) by ``prepare``: empty until then.
+        self.register_buffer("average", torch.zeros(0))
+        self.baseline_net = BaselineNet() if baseline == "neural" else None
+
+    @property
+    def gradient(self) -> str:  # type: ignore[override]
+        return f"score function (REINFORCE), baseline {self.baseline}"
+
+    @property
+    def uses_average(self) -> bool:
+        return self.baseline != "none"
+
+    @property
+    def fixed_batch_shape(self) -> bool:
+        return self.uses_average
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        opts: Dict[str, Any] = {"baseline": self.baseline}
+        if self.baseline_beta != 0.9:
+            opts["baseline_beta"] = self.baseline_beta
+        return opts
+
+    @classmethod
+    def variants(cls) -> List[Dict[str, Any]]:
+        return [{"baseline": b} for b in BASELINES]
+
+    def prepare(self, x: torch.Tensor) -> None:
+        if self.uses_average and self.average.numel() == 0:
+            self.average = x.new_zeros(self.num_particles, x.shape[0])
+        if self.baseline_net is not None:
+            materialize(self.baseline_net, x)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The average's shape comes from the data: take the saved one.
+        saved = state_dict.get(prefix + "average")
+        if saved is not None and saved.shape != self.average.shape:
+            self.average = torch.zeros_like(saved)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, particles, update_state: bool = True) -> Output:
+        p = particles
+        k = p.num_particles
+        log_p, log_q = p.log_p, p.log_q
+        cost = (p.scale * (log_p - log_q)).detach()  # (K, B)
+        advantage = cost
+        baseline_loss = 0.0
+        if self.uses_average:
+            if self.average.numel() == 0:
+                self.prepare(p.x if p.x is not None else cost.new_zeros(cost.shape[1], 1))
+            if self.average.shape != cost.shape:
+                raise ValueError(
+                    f"the decaying-average baseline has shape {tuple(self.average.shape)} but "
+                    f"the batch gives costs of shape {tuple(cost.shape)}: it needs batches of "
+                    "one size"
+                )
+            advantage = cost - self.average
+            if self.baseline_net is not None:
+                if p.x is None:
+                    raise ValueError("the neural baseline needs the batch x as its input")
+                fitted = self.average + p.scale * self.baseline_net(p.x)
+                baseline_loss = (cost - fitted).pow(2).sum()
+                advantage = cost - fitted.detach()
+            if update_state:
+                with torch.no_grad():
+                    self.average.mul_(self.baseline_beta).add_(cost, alpha=1 - self.baseline_beta)
+        surrogate = p.scale * log_p.sum() + (log_q * advantage).sum()
+        return -cost.sum() / k, (baseline_loss - surrogate) / k

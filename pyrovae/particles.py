@@ -1,0 +1,313 @@
+"""Particles: what every estimator and the evaluator consume, and the traced producer of them.
+
+A batch's **particles** are, for K samples z_k ~ q(z | x_b) of every data point x_b, the
+per-particle and per-point log densities the estimators are written in: log p(x, z) split into
+the latent part log p(z) and the likelihood log p(x | z), log q(z | x), the guide's density
+with its parameters cut from the graph (for STL and DReG), the KL to the prior in closed form
+where torch has one (for the analytic-KL ELBO), the latent values z and the data scale N / B.
+Every field has shape (K, B), unscaled: an estimator multiplies by ``scale`` itself.
+
+Two producers make them:
+
+- ``traced_particles`` (here): any Pyro model/guide pair. The guide is traced once under a
+  particle plate left of the data plate and the model replayed against it, as in Pyro's
+  vectorized ELBOs; the per-site log densities are kept per data point.
+- ``VAE.particles`` (``pyrovae.model``): the library's VAE computed from its parts without
+  Pyro's handlers; tests hold it equal to tracing ``VAE.model`` and ``VAE.guide``.
+
+Fields may be given as tensors or as functions of no arguments, computed on first use: an
+estimator pays only for what it reads, and evaluation can draw the particles (random) on one
+thread and score them (deterministic) on another.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+Field = Union[torch.Tensor, Callable[[], torch.Tensor]]
+
+# Pyro's vectorized ELBOs use this name for their particle plate; a user's model will not.
+PARTICLE_PLATE = "num_particles_vectorized"
+
+
+class NotApplicable(ValueError):
+    """An estimator needs something this model/guide pair cannot give (a reparameterized
+    sample of a discrete latent, say); the message says what and what to use instead."""
+
+
+class Particles:
+    """K particles of a batch of B data points; every log density is (K, B), unscaled.
+
+    Attributes:
+        x: the batch as the model sees it, (B, ...), or ``None`` when unknown.
+        latents: latent site name -> value z, (K, B, ...); differentiable when sampled with
+            reparameterization.
+        scale: N / B, the factor by which the batch stands for the data set (1 without
+            subsampling).
+
+    Log densities, each (K, B) (read as attributes; computed on first use when given as
+    functions):
+        log_prior: Σ over latent sites of log p(z_s | parents), in the model.
+        log_lik: Σ over observed sites of log p(x | z).
+        log_q: Σ over latent sites of log q(z_s | x, parents), in the guide.
+        log_q_stopped: log q(z | x) with the guide's parameters cut from the graph and the
+            path through z kept (its gradient is the path term alone).
+        kl: Σ over latent sites of KL(q || p) in closed form where torch registers one,
+            log q - log p where it does not (Pyro's ``TraceMeanField_ELBO`` rule).
+    """
+
+    _FIELDS = ("log_prior", "log_lik", "log_q", "log_q_stopped", "kl")
+
+    def __init__(
+        self,
+        *,
+        x: Optional[torch.Tensor],
+        latents: Mapping[str, torch.Tensor],
+        scale: float,
+        log_prior: Field,
+        log_lik: Field,
+        log_q: Field,
+        log_q_stopped: Optional[Field] = None,
+        kl: Optional[Field] = None,
+    ) -> None:
+        self.x = x
+        self.latents = dict(latents)
+        self.scale = float(scale)
+        self._fields: Dict[str, Optional[Field]] = {
+            "log_prior": log_prior,
+            "log_lik": log_lik,
+            "log_q": log_q,
+            "log_q_stopped": log_q_stopped,
+            "kl": kl,
+        }
+
+    def _get(self, name: str) -> torch.Tensor:
+        value = self._fields[name]
+        if value is None:
+            raise NotApplicable(f"this producer does not give {name}")
+        if callable(value):
+            value = value()
+            self._fields[name] = value
+        return value
+
+    @property
+    def log_prior(self) -> torch.Tensor:
+        return self._get("log_prior")
+
+    @property
+    def log_lik(self) -> torch.Tensor:
+        return self._get("log_lik")
+
+    @property
+    def log_q(self) -> torch.Tensor:
+        return self._get("log_q")
+
+    @property
+    def log_q_stopped(self) -> torch.Tensor:
+        return self._get("log_q_stopped")
+
+    @property
+    def kl(self) -> torch.Tensor:
+        return self._get("kl")
+
+    @property
+    def log_p(self) -> torch.Tensor:
+        """log p(x, z) = log p(z) + log p(x | z), (K, B)."""
+        return self.log_prior + self.log_lik
+
+    @property
+    def log_w(self) -> torch.Tensor:
+        """Log importance weights log p(x, z) - log q(z | x), (K, B)."""
+        return self.log_prior + self.log_lik - self.log_q
+
+    @property
+    def num_particles(self) -> int:
+        return next(iter(self.latents.values())).shape[0]
+
+    def __repr__(self) -> str:
+        z = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in self.latents.items())
+        return f"Particles(latents {{{z}}}, scale {self.scale:g})"
+
+
+class _ScoreFunctionSampling(Messenger):
+    """Draws the latent sites it sees with ``fn.sample()``: no gradient path from z back to the
+    guide's parameters, as the score-function estimators need. It asks for this by handler,
+    leaving the guide (and its distributions) as the user wrote them.
+
+    Entered outside the particle plate, it processes each site after the plates have
+    broadcast its distribution, so it draws the same numbers as ``rsample`` would.
+    """
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["is_observed"] or msg["value"] is not None or site_is_subsample(msg):
+            return
+        msg["value"] = msg["fn"].sample(*msg["args"], **msg["kwargs"])
+
+
+def _per_point(site: Dict[str, Any], log_prob: torch.Tensor, k: int, nesting: int) -> torch.Tensor:
+    """A site's log density reduced to (K, B): masked, broadcast over particles, and with the
+    dims of plates nested inside the data plate summed out."""
+    lp = scale_and_mask(log_prob, 1.0, site["mask"])
+    lp = lp.expand(torch.broadcast_shapes(lp.shape, (k,) + (1,) * nesting))
+    if lp.dim() != nesting + 1:
+        raise ValueError(
+            f"site {site['name']!r} has log-density shape {tuple(lp.shape)}: the particle "
+            f"dimension sits left of max_plate_nesting = {nesting} plate dims, so that must "
+            "count every plate of the model"
+        )
+    while lp.dim() > 2:  # plates right of the data plate
+        lp = lp.sum(-1)
+    return lp
+
+
+def _check_shapes(per_site: Dict[str, torch.Tensor]) -> None:
+    shapes = {tuple(t.shape) for t in per_site.values()}
+    if len(shapes) > 1:
+        detail = ", ".join(f"{n}: {tuple(t.shape)}" for n, t in per_site.items())
+        raise ValueError(
+            "pyrovae's estimators need every sample site inside one data plate, so that each "
+            f"reduces to one (particles, data points) log density, but the sites give {detail}; "
+            "a latent shared by all data points (a global latent) is not supported"
+        )
+
+
+def traced_particles(
+    model: Callable,
+    guide: Callable,
+    args: Sequence[Any] = (),
+    kwargs: Optional[Dict[str, Any]] = None,
+    num_particles: int = 1,
+    reparameterized: Optional[bool] = None,
+    scale: float = 1.0,
+    max_plate_nesting: int = 1,
+) -> Particles:
+    """The particles of any Pyro model/guide pair, from one guide trace and one model replay.
+
+    Args:
+        model, guide: Pyro programs called as ``model(*args, **kwargs)``, every sample site
+            inside one data plate, the leftmost of the model's ``max_plate_nesting`` plates.
+        args, kwargs: their arguments; ``args[0]``, when a tensor, is taken as the batch x
+            (a neural baseline's input).
+        num_particles: K, drawn in one vectorized pass under a plate at dim
+            ``-(max_plate_nesting + 1)``.
+        reparameterized: draw latents with ``rsample`` (pathwise gradients; an error for a
+            latent without one), with ``sample`` (False: score-function estimators), or as
+            Pyro does by default (None: ``rsample`` where the distribution has it).
+        scale: a further factor on the data scale, for callers that subsample outside the
+            model (the trainer calls ``model(x)`` with a minibatch x and passes N / B here).
+            The sites' own subsampling scale (a plate with ``subsample``) multiplies it.
+
+    Returns:
+        ``Particles`` with (K, B) fields.
+
+    Raises:
+        NotApplicable: a reparameterized sample was asked of a latent without ``rsample``.
+        ValueError: a site outside the data plate, or a model latent missing from the guide.
+    """
+    kwargs = kwargs or {}
+    k, nesting = num_particles, max_plate_nesting
+    with ExitStack() as stack:
+        if reparameterized is False:
+            stack.enter_context(_ScoreFunctionSampling())
+        stack.enter_context(pyro.plate(PARTICLE_PLATE, k, dim=-(nesting + 1)))
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    with pyro.plate(PARTICLE_PLATE, k, dim=-(nesting + 1)):
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+
+    def sample_sites(trace):
+        return [
+            s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)
+        ]
+
+    guide_sites = {s["name"]: s for s in sample_sites(guide_trace) if not s["is_observed"]}
+    model_latent = {s["name"]: s for s in sample_sites(model_trace) if not s["is_observed"]}
+    observed = [s for s in sample_sites(model_trace) if s["is_observed"]]
+    missing = sorted(set(model_latent) - set(guide_sites))
+    if missing:
+        raise ValueError(
+            f"the model samples {missing} but the guide does not: every latent of the model "
+            "needs a site of the same name in the guide"
+        )
+    if reparameterized:
+        for name, site in guide_sites.items():
+            if not site["fn"].has_rsample:
+                raise NotApplicable(
+                    f"latent {name!r} has no reparameterized sampler "
+                    f"({type(site['fn']).__name__}), so its gradient cannot pass through z; "
+                    "use a score-function estimator (score-function, vimco)"
+                )
+    scales = {float(s["scale"]) for s in list(guide_sites.values()) + observed}
+    scales |= {float(s["scale"]) for s in model_latent.values()}
+    if len(scales) > 1:
+        raise ValueError(
+            "every sample site must sit in the same data plate with one subsampling scale, "
+            f"but the sites have scales {sorted(scales)}"
+        )
+
+    def reduce(site, lp):
+        return _per_point(site, lp, k, nesting)
+
+    log_q_sites = {n: reduce(s, s["fn"].log_prob(s["value"])) for n, s in guide_sites.items()}
+    log_p_sites = {n: reduce(s, s["fn"].log_prob(s["value"])) for n, s in model_latent.items()}
+    log_lik_sites = {s["name"]: reduce(s, s["fn"].log_prob(s["value"])) for s in observed}
+    _check_shapes({**log_q_sites, **log_lik_sites})
+
+    def total(per_site: Dict[str, torch.Tensor]) -> torch.Tensor:
+        values = list(per_site.values())
+        out = values[0]
+        for v in values[1:]:
+            out = out + v
+        return out
+
+    def one_layer(what: str) -> Tuple[str, Dict[str, Any]]:
+        if len(guide_sites) != 1:
+            raise NotApplicable(
+                f"{what} is formed here for a guide with one latent site, but this guide has "
+                f"{sorted(guide_sites)}: with several (a hierarchical guide) a trace cannot "
+                "separate the guide's parameters from the latents they depend on"
+            )
+        return next(iter(guide_sites.items()))
+
+    def log_q_stopped() -> torch.Tensor:
+        name, site = one_layer("the guide density with its parameters stopped (STL, DReG)")
+        z = site["value"]
+        # log q_φ(z) less the score term log q_φ(stop z), which has value zero: the φ-gradient
+        # left is the path through z.
+        score = reduce(site, site["fn"].log_prob(z.detach()))
+        return log_q_sites[name] - (score - score.detach())
+
+    def kl() -> torch.Tensor:
+        # Closed form per site, as TraceMeanField_ELBO; valid for one latent layer.
+        name, site = one_layer("the closed-form KL (analytic-kl)")
+        q, p = site["fn"], model_latent[name]["fn"]
+        if p.batch_shape != q.batch_shape:  # some of torch's KLs (Bernoulli's) do not broadcast
+            p = p.expand(torch.broadcast_shapes(p.batch_shape, q.batch_shape))
+            q = q.expand(p.batch_shape)
+        try:
+            value = torch.distributions.kl_divergence(q, p)
+        except NotImplementedError:
+            return log_q_sites[name] - log_p_sites[name]
+        return reduce(site, value)
+
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    site_scale = scales.pop() if scales else 1.0
+    return Particles(
+        x=x,
+        latents={n: s["value"] for n, s in guide_sites.items()},
+        scale=site_scale * scale,
+        log_prior=total(log_p_sites),
+        log_lik=total(log_lik_sites),
+        log_q=total(log_q_sites),
+        log_q_stopped=log_q_stopped,
+        kl=kl,
+    )

@@ -1,0 +1,145 @@
+"""Producers: the route by which a batch's particles are computed, chosen once per run.
+
+A producer is called as ``producer(x, num_data, num_particles, reparameterized)`` and returns
+``Particles`` (``pyrovae.particles``); ``reparameterized`` is True (``rsample``), False
+(``sample``, for score-function estimators) or None (as the guide samples by default, for
+evaluation). Two exist:
+
+- ``direct``: ``VAE.particles``, the library's VAE computed from its parts (the default where it
+  applies: a ``VAE`` whose ``model`` and ``guide`` are the library's own).
+- ``traced``: any Pyro model/guide pair, traced (``traced_particles``). The model and guide are
+  called as ``model(x)`` and ``guide(x)`` with a minibatch x; the data scale N / B is applied
+  by the producer, so the pair needs no ``num_data`` argument (a plate that subsamples by
+  itself multiplies in).
+
+The trainer, the evaluator and ``pyrovae gradvar`` take the same producer, so what is measured
+is what trains; the run records which one it was.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
+
+import torch
+
+from .model import VAE
+from .particles import NotApplicable, Particles, traced_particles
+
+if TYPE_CHECKING:
+    from .estimators import Estimator
+
+PRODUCERS = ("auto", "direct", "traced")
+
+
+class DirectProducer:
+    """``vae.particles``: a ``VAE``'s particles from its parts, tested equal to tracing it."""
+
+    name = "direct"
+    # Scoring particles runs no Pyro handler, so it may run on worker threads.
+    thread_safe = True
+
+    def __init__(self, vae: VAE) -> None:
+        if not supports_direct(vae):
+            raise ValueError(
+                f"the direct producer computes the library's own VAE.model and VAE.guide; "
+                f"{type(vae).__name__} overrides them: use the traced producer"
+            )
+        self.vae = vae
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        num_data: Optional[int],
+        num_particles: int,
+        reparameterized: Optional[bool],
+    ) -> Particles:
+        return self.vae.particles(x, num_data, num_particles, reparameterized)
+
+
+class TracedProducer:
+    """Any Pyro model/guide pair, called as ``model(x)``/``guide(x)`` and traced."""
+
+    name = "traced"
+    # Pyro's handler stack is global to the process: one trace at a time.
+    thread_safe = False
+
+    def __init__(self, model: Callable, guide: Callable, max_plate_nesting: int = 1) -> None:
+        self.model, self.guide, self.max_plate_nesting = model, guide, max_plate_nesting
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        num_data: Optional[int],
+        num_particles: int,
+        reparameterized: Optional[bool],
+    ) -> Particles:
+        scale = 1.0
+        if num_data is not None:
+            if num_data < x.shape[0]:
+                raise ValueError(f"num_data={num_data} is smaller than the batch ({x.shape[0]})")
+            scale = num_data / x.shape[0]
+        return traced_particles(
+            self.model,
+            self.guide,
+            (x,),
+            num_particles=num_particles,
+            reparameterized=reparameterized,
+            scale=scale,
+            max_plate_nesting=self.max_plate_nesting,
+        )
+
+
+Producer = Union[DirectProducer, TracedProducer]
+Subject = Union[VAE, Tuple[Callable, Callable]]
+
+
+def supports_direct(vae: object) -> bool:
+    """Whether ``vae`` is a ``VAE`` whose model and guide are the library's own, so that its
+    ``particles`` method is their equal."""
+    return isinstance(vae, VAE) and type(vae).model is VAE.model and type(vae).guide is VAE.guide
+
+
+def make_producer(subject: Subject, kind: str = "auto", max_plate_nesting: int = 1) -> Producer:
+    """The producer called ``kind`` for ``subject``: a ``VAE``, or a ``(model, guide)`` pair.
+
+    ``auto`` is ``direct`` for a ``VAE`` that supports it and ``traced`` otherwise.
+    """
+    if kind not in PRODUCERS:
+        raise ValueError(f"unknown producer {kind!r}; choose one of: {', '.join(PRODUCERS)}")
+    if isinstance(subject, tuple):
+        if kind == "direct":
+            raise ValueError(
+                "the direct producer is the library's VAE computed from its parts; a "
+                "model/guide pair of your own goes through the traced producer"
+            )
+        model, guide = subject
+        return TracedProducer(model, guide, max_plate_nesting)
+    if kind == "direct" or (kind == "auto" and supports_direct(subject)):
+        return DirectProducer(subject)
+    return TracedProducer(subject.model, subject.guide, max_plate_nesting)
+
+
+def check_applies(producer: Producer, estimator: "Estimator", x: torch.Tensor) -> None:
+    """Compute ``estimator`` once on ``producer``'s particles of ``x`` (B, ...), leaving no
+    trace on the random stream or the estimator's state (which it shapes, ``prepare``).
+
+    Raises:
+        NotApplicable: the estimator cannot be computed for this model (a reparameterized
+            estimator on discrete latents, say), with its name in the message.
+    """
+    with torch.random.fork_rng(devices=[]):
+        estimator.prepare(x)
+        try:
+            particles = producer(x, None, estimator.num_particles, estimator.reparameterized)
+            estimator(particles, update_state=False)
+        except NotApplicable as e:
+            raise NotApplicable(f"the {estimator.name!r} estimator does not apply: {e}") from e
+
+
+def applies(producer: Producer, estimator: "Estimator", x: torch.Tensor) -> bool:
+    """Whether ``check_applies`` passes."""
+    try:
+        check_applies(producer, estimator, x)
+    except NotApplicable:
+        return False
+    return True

@@ -1,0 +1,564 @@
+"""Training: one trainer for every estimator, producer and model/guide pair.
+
+A step takes a minibatch's particles from the producer (``pyrovae.producers``: direct for the
+library's VAE, traced for any Pyro model/guide pair), applies the estimator (particles in,
+loss and surrogate out), differentiates the surrogate and takes one fused ``torch.optim.Adam``
+step over the model's and the estimator's parameters. The run records which producer it used.
+
+A run directory holds ``config.json`` (the resolved configuration), ``metrics.jsonl`` (one record
+per epoch), ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (by validation ELBO). A checkpoint
+holds the parameters, the optimizer state, the estimator's state (baselines) and the
+random-number states, so ``resume`` continues exactly where the run left off: a resumed run ends
+with the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import pyro
+import torch
+from pyro import poutine
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import config_from_dict
+from ..data import Dataset, load_dataset
+from ..estimators import Estimator, make_estimator
+from ..evaluation import estimate_log_likelihood
+from ..model import VAE, VAEConfig, build_vae
+from ..producers import PRODUCERS, Producer, check_applies, make_producer
+from ..runtime import tune_allocator
+from . import legacy
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+
+# 0.1.0 named the route an "engine"; a config file or run directory may still say so.
+_ENGINE_TO_PRODUCER = {"auto": "auto", "fast": "direct", "pyro": "traced"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Saved as ``config.json`` in the run directory.
+
+    ``n_train``/``n_eval`` take seeded random subsets of the training and of the validation and
+    test splits (quick runs, tests). ``estimator_options`` go to the estimator's factory (e.g.
+    ``{"baseline": "none"}`` for ``score-function``). ``producer`` picks how particles are
+    computed (``pyrovae.producers``): ``auto`` (direct for the library's VAE), ``direct`` or
+    ``traced``.
+    """
+
+    dataset: str = "binarized-mnist"
+    data_dir: Optional[str] = None
+    dataset_options: Dict[str, Any] = field(default_factory=dict)
+    n_train: Optional[int] = None
+    n_eval: Optional[int] = None
+    epochs: int = 100
+    batch_size: int = 100
+    lr: float = 1e-3
+    estimator: str = "pathwise"
+    estimator_options: Dict[str, Any] = field(default_factory=dict)
+    num_particles: Optional[int] = (
+        None  # None: the estimator's default (1, or 5 for K-sample bounds)
+    )
+    seed: int = 0
+    producer: str = "auto"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """Inverse of ``to_dict``; unknown keys are an error so that typos fail loudly. The
+        0.1.0 key ``engine`` (``fast``, ``pyro``, ``auto``) is read as ``producer``."""
+        d = dict(d)
+        if "engine" in d:
+            engine = d.pop("engine")
+            if engine not in _ENGINE_TO_PRODUCER:
+                raise ValueError(f"unknown engine {engine!r} in the training config")
+            d.setdefault("producer", _ENGINE_TO_PRODUCER[engine])
+        return config_from_dict(cls, d, "training")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    ``vae`` is the trained VAE (``None`` when a model/guide pair of the user's own was
+    trained: ``model`` and ``guide`` are then that pair, trained in place). ``producer`` names
+    the route particles took (``direct`` or ``traced``).
+    """
+
+    run_dir: Path
+    vae: Optional[VAE]
+    metrics: List[Dict[str, Any]]
+    best_valid_elbo: float
+    producer: str
+    model: Callable
+    guide: Callable
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        """Mean wall time of the training part of an epoch (validation excluded)."""
+        times = [m["train_seconds"] for m in self.metrics]
+        return sum(times) / len(times) if times else float("nan")
+
+
+def estimate_and_backward(
+    producer: Producer, estimator: Estimator, x: torch.Tensor, num_data: Optional[int]
+) -> float:
+    """The gradient part of a training step: particles of ``x`` (B, ...) from ``producer``,
+    the estimator's surrogate differentiated into ``.grad``. Returns the loss (minus the
+    objective estimate, scaled by num_data / B). ``pyrovae gradvar`` measures exactly this."""
+    particles = producer(x, num_data, estimator.num_particles, estimator.reparameterized)
+    loss, surrogate = estimator(particles)
+    if surrogate.requires_grad:
+        surrogate.backward()
+    return loss.item()
+
+
+def fused_adam(params: Sequence[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """``torch.optim.Adam`` over ``params`` with the fused CPU kernel where torch has it (one
+    call updates every parameter; torch >= 2.4), else the multi-tensor one."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+class Trainer:
+    """Steps of one estimator on one producer, with one fused Adam over ``params`` (the
+    model's) and the estimator's own parameters.
+
+    Args:
+        producer: gives a batch's particles.
+        estimator: its state must already be shaped (``estimator.prepare``).
+        params: the model's trainable tensors.
+        lr: Adam's learning rate.
+    """
+
+    def __init__(
+        self, producer: Producer, estimator: Estimator, params: Sequence[torch.Tensor], lr: float
+    ) -> None:
+        self.producer, self.estimator = producer, estimator
+        self.optim = fused_adam(list(params) + list(estimator.parameters()), lr)
+
+    def step(self, x: torch.Tensor, num_data: int) -> float:
+        """One Adam step on batch ``x`` (B, ...); returns the loss (minus the scaled
+        objective estimate)."""
+        self.optim.zero_grad(set_to_none=True)
+        loss = estimate_and_backward(self.producer, self.estimator, x, num_data)
+        self.optim.step()
+        return loss
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"optim": self.optim.state_dict(), "estimator": self.estimator.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.estimator.load_state_dict(state["estimator"])
+        self.optim.load_state_dict(state["optim"])
+
+
+class TrainedState:
+    """The trainable tensors and saved state of what is trained.
+
+    For a ``VAE`` (or any ``nn.Module``): its parameters and ``state_dict``. For a model/guide
+    pair of the user's own: the parameters found by tracing it once on a batch (every
+    ``pyro.param`` site: modules registered with ``pyro.module``, ``PyroModule`` attributes and
+    bare ``pyro.param`` calls), by their names in Pyro's param store, plus the buffers of the
+    ``nn.Module`` whose method ``model`` is, if it is one.
+    """
+
+    def __init__(self, module: Optional[nn.Module] = None, params=None, buffers=None) -> None:
+        self.module = module
+        self.named_params: Dict[str, torch.Tensor] = dict(params or {})
+        self.buffers: Dict[str, torch.Tensor] = dict(buffers or {})
+
+    @classmethod
+    def of_pair(cls, model: Callable, guide: Callable, producer: Producer, x: torch.Tensor):
+        with torch.random.fork_rng(devices=[]), poutine.trace(param_only=True) as capture:
+            producer(x, None, 1, False)
+        params = {}
+        for name, site in capture.trace.nodes.items():
+            value = site["value"]
+            value = value.unconstrained() if hasattr(value, "unconstrained") else value
+            if value.requires_grad:
+                params[name] = value
+        if not params:
+            raise ValueError(
+                "the model and guide have no parameters to train: register their modules with "
+                "pyro.module, use PyroModule, or pyro.param"
+            )
+        owner = getattr(model, "__self__", None)
+        buffers = dict(owner.named_buffers()) if isinstance(owner, nn.Module) else {}
+        return cls(params=params, buffers=buffers)
+
+    @property
+    def params(self) -> List[torch.Tensor]:
+        if self.module is not None:
+            return [p for p in self.module.parameters() if p.requires_grad]
+        return list(self.named_params.values())
+
+    def state_dict(self) -> Dict[str, Any]:
+        if self.module is not None:
+            return self.module.state_dict()
+        return {
+            "params": {k: v.detach().clone() for k, v in self.named_params.items()},
+            "buffers": {k: v.detach().clone() for k, v in self.buffers.items()},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if self.module is not None:
+            self.module.load_state_dict(state)
+            return
+        for what, mine in (("parameters", self.named_params), ("buffers", self.buffers)):
+            saved = state[what if what == "buffers" else "params"]
+            if set(saved) != set(mine):
+                raise ValueError(
+                    f"the model/guide pair's {what} {sorted(mine)} are not the saved ones "
+                    f"{sorted(saved)}: resume with the pair the run was trained with"
+                )
+            with torch.no_grad():
+                for name, value in saved.items():
+                    if mine[name].shape != value.shape:
+                        raise ValueError(
+                            f"{name} has shape {tuple(mine[name].shape)}, but the saved value "
+                            f"{tuple(value.shape)}"
+                        )
+                    mine[name].copy_(value)
+
+
+def prepare_data(cfg: TrainConfig) -> Dataset:
+    """Load the configured dataset and take the configured subsets."""
+    data = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
+    if cfg.n_train is not None or cfg.n_eval is not None:
+        data = data.subset(n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed)
+    return data
+
+
+def _check_data(vae: VAE, data: Dataset) -> None:
+    vae.likelihood.check_data(data.valid, f"the {data.name} validation split")
+    if data.binarize == "dynamic":
+        if data.train.min() < 0 or data.train.max() > 1:
+            raise ValueError(f"dynamic binarization needs {data.name} in [0, 1]")
+    else:
+        vae.likelihood.check_data(data.train, f"the {data.name} training split")
+
+
+def _default_run_dir(cfg: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.dataset}-{cfg.estimator}-{stamp}"
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
+    """The per-epoch records of a run, oldest first."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_config(run_dir: Path) -> Tuple[TrainConfig, Optional[VAEConfig]]:
+    """The (training, model) configuration saved in a run directory; the model's is ``None``
+    for a run that trained a model/guide pair of the user's own."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a pyrovae run directory")
+    try:
+        cfg = json.loads(path.read_text())
+        model = cfg["model"]
+        return TrainConfig.from_dict(cfg["train"]), (
+            None if model is None else VAEConfig.from_dict(model)
+        )
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a valid pyrovae config ({e})") from e
+
+
+def _describe(fn: Callable) -> str:
+    owner = getattr(fn, "__self__", None)
+    where = type(owner) if owner is not None else fn
+    return f"{where.__module__}.{getattr(where, '__qualname__', repr(where))}"
+
+
+def _first_batch(data: Dataset, batch_size: int) -> torch.Tensor:
+    x = data.train[:batch_size]
+    return torch.bernoulli(x) if data.binarize == "dynamic" else x
+
+
+def train(
+    train_config: TrainConfig = TrainConfig(),
+    model_config: Optional[VAEConfig] = None,
+    run_dir: Optional[str] = None,
+    resume: bool = False,
+    progress: bool = True,
+    data: Optional[Dataset] = None,
+    *,
+    model: Optional[Callable] = None,
+    guide: Optional[Callable] = None,
+) -> TrainResult:
+    """Train a VAE, or a Pyro model/guide pair of the user's own, checkpointing every epoch.
+
+    Args:
+        train_config: data, optimisation, estimator and producer settings.
+        model_config: the VAE's parts; ``x_dim`` is taken from the data. Default:
+            ``VAEConfig()``. Not used with ``model`` and ``guide``.
+        run_dir: where to write config, metrics and checkpoints (default ``runs/<name>-<time>``).
+        resume: continue the run in ``run_dir`` from its last checkpoint. Its saved config is
+            used, except ``epochs``, which is taken from ``train_config`` (the new total). A
+            pair of the user's own must be passed again, built as before.
+        progress: show a progress bar and say which producer runs.
+        data: an already loaded dataset (otherwise loaded from ``train_config``).
+        model, guide: a Pyro model/guide pair of your own instead of a VAE: called as
+            ``model(x)`` and ``guide(x)`` with a minibatch x (B, ...), every sample site inside
+            one data plate at dim -1 (the trainer scales by N / B). Trained through the traced
+            producer, with any estimator that applies to it. Pyro's param store is cleared
+            first, as for the VAE.
+
+    Returns:
+        A ``TrainResult`` with the trained model (the last epoch's parameters) and its metrics.
+
+    Raises:
+        TrainingDiverged: the loss became NaN/inf; the checkpoints of earlier epochs are kept.
+        NotApplicable: the estimator does not apply to the model (a reparameterized estimator
+            on discrete latents, say); nothing is written.
+    """
+    if (model is None) != (guide is None):
+        raise ValueError("give both a model and a guide of your own, or neither")
+    custom = model is not None
+    state = None
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume needs the run directory to continue")
+        run_path = Path(run_dir)
+        saved_train, saved_model = read_config(run_path)
+        if (saved_model is None) != custom:
+            raise ValueError(
+                f"{run_path} trained "
+                + (
+                    "a model/guide pair of your own: pass it again as model= and guide="
+                    if saved_model is None
+                    else "a pyrovae VAE: resume it without model/guide"
+                )
+            )
+        model_config = saved_model
+        train_config = dataclasses.replace(saved_train, epochs=train_config.epochs)
+        state = load_checkpoint(checkpoint_path(run_path, "last"))
+    else:
+        run_path = Path(run_dir) if run_dir else _default_run_dir(train_config)
+        if checkpoint_path(run_path, "last").exists():
+            raise FileExistsError(
+                f"{run_path} already holds a training run; pass resume=True (--resume) to "
+                "continue it, or choose another run directory"
+            )
+    cfg = train_config
+    if cfg.producer not in PRODUCERS:
+        raise ValueError(
+            f"unknown producer {cfg.producer!r}; choose one of: {', '.join(PRODUCERS)}"
+        )
+    data = data if data is not None else prepare_data(cfg)
+    estimator = make_estimator(cfg.estimator, cfg.num_particles, **cfg.estimator_options)
+    steps_per_epoch = _steps_per_epoch(data.train.shape[0], cfg.batch_size, estimator)
+
+    # Pyro's param store is global: stale parameters with our names would shadow the new ones.
+    pyro.clear_param_store()
+    pyro.set_rng_seed(cfg.seed)
+    with torch.random.fork_rng(devices=[]):
+        x0 = _first_batch(data, cfg.batch_size)
+    if custom:
+        vae = None
+        producer = make_producer((model, guide), cfg.producer)
+        trained = TrainedState.of_pair(model, guide, producer, x0)
+    else:
+        model_config = dataclasses.replace(model_config or VAEConfig(), x_dim=data.x_dim)
+        vae = build_vae(model_config)
+        _check_data(vae, data)
+        model, guide = vae.model, vae.guide
+        producer = make_producer(vae, cfg.producer)
+        trained = TrainedState(module=vae)
+    # An estimator that does not apply to the model fails here, before anything is written.
+    check_applies(producer, estimator, x0)
+    trainer = Trainer(producer, estimator, trained.params, cfg.lr)
+    tune_allocator()  # batches of tensors above glibc's mmap threshold, every step
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+
+    run_path.mkdir(parents=True, exist_ok=True)
+    (run_path / "checkpoints").mkdir(exist_ok=True)
+    config_record = {
+        "train": cfg.to_dict(),
+        "model": None if custom else model_config.to_dict(),
+    }
+    if custom:
+        config_record["custom_model"] = _describe(model)
+    _write_json(run_path / "config.json", config_record)
+
+    metrics: List[Dict[str, Any]] = []
+    start_epoch, step, best = 0, 0, -math.inf
+    if state is not None:
+        _restore(state, trained, trainer, shuffle, vae)
+        start_epoch, step, best = state["epoch"], state["step"], state["best_valid_elbo"]
+        metrics = [m for m in read_metrics(run_path) if m["epoch"] <= start_epoch]
+    # Rewrite the metrics file: after a resume it drops epochs newer than the checkpoint.
+    (run_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+    if progress:
+        what = "VAE" if vae is not None else _describe(model)
+        print(
+            f"pyrovae: training the {what} with {estimator!r}, particles from the "
+            f"{producer.name} producer",
+            file=sys.stderr,
+        )
+    n = data.train.shape[0]
+    bar = tqdm(
+        total=cfg.epochs * steps_per_epoch,
+        initial=start_epoch * steps_per_epoch,
+        desc="train",
+        unit="step",
+        disable=None if progress else True,  # None: shown on a terminal, not in logs
+        dynamic_ncols=True,
+    )
+    try:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            total_loss = 0.0
+            perm = torch.randperm(n, generator=shuffle)
+            for i in range(steps_per_epoch):
+                x = data.train[perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
+                if data.binarize == "dynamic":
+                    x = torch.bernoulli(x)
+                loss = trainer.step(x, n)
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"the loss became {loss} at epoch {epoch}, step {i + 1}; training stopped. "
+                        f"The checkpoints of epoch {epoch - 1} in {run_path / 'checkpoints'} are "
+                        "kept: lower the learning rate (--lr) and resume, or check the data"
+                    )
+                total_loss += loss
+                step += 1
+                bar.update()
+                if i % 50 == 0:
+                    bar.set_postfix(epoch=epoch, elbo=f"{-total_loss / ((i + 1) * n):.2f}")
+            train_seconds = time.perf_counter() - t0
+            record = _end_epoch(
+                producer,
+                data,
+                estimator,
+                epoch,
+                step,
+                total_loss / (steps_per_epoch * n),
+                train_seconds,
+            )
+            bar.set_postfix(epoch=epoch, valid_elbo=f"{record['valid_elbo']:.2f}")
+            improved = record["valid_elbo"] > best
+            best = max(best, record["valid_elbo"])
+            ckpt = _snapshot(
+                trained, trainer, shuffle, model_config, cfg, epoch, step, best, record, model
+            )
+            save_checkpoint(ckpt, checkpoint_path(run_path, "last"))
+            if improved:
+                save_checkpoint(ckpt, checkpoint_path(run_path, "best"))
+            metrics.append(record)
+            with open(run_path / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+    finally:
+        bar.close()
+    if vae is not None:
+        vae.eval()
+    return TrainResult(run_path, vae, metrics, best, producer.name, model, guide)
+
+
+def _steps_per_epoch(n: int, batch_size: int, estimator: Estimator) -> int:
+    # Estimator state shaped like the batch (a decaying average): drop a short final batch.
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if n < batch_size:
+        raise ValueError(f"the training set has {n} points, fewer than one batch ({batch_size})")
+    return n // batch_size if estimator.fixed_batch_shape else math.ceil(n / batch_size)
+
+
+def _end_epoch(
+    producer: Producer,
+    data: Dataset,
+    estimator: Estimator,
+    epoch: int,
+    step: int,
+    train_loss: float,
+    train_seconds: float,
+) -> Dict[str, Any]:
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"the training loss of epoch {epoch} is {train_loss}")
+    valid = estimate_log_likelihood(None, None, data.valid, k=1, progress=False, producer=producer)
+    if not math.isfinite(valid.elbo):
+        raise TrainingDiverged(f"the validation ELBO became {valid.elbo} at epoch {epoch}")
+    return {
+        "epoch": epoch,
+        "step": step,
+        "train_elbo": -train_loss,
+        "valid_elbo": valid.elbo,
+        "train_seconds": train_seconds,
+        "valid_seconds": valid.seconds,
+        "estimator": estimator.name,
+        "producer": producer.name,
+    }
+
+
+def _snapshot(trained, trainer, shuffle, model_config, cfg, epoch, step, best, record, model):
+    return {
+        "epoch": epoch,
+        "step": step,
+        "best_valid_elbo": best,
+        "valid_elbo": record["valid_elbo"],
+        "model_config": None if model_config is None else model_config.to_dict(),
+        "custom_model": None if model_config is not None else _describe(model),
+        "train_config": cfg.to_dict(),
+        "model_state": trained.state_dict(),
+        "producer": trainer.producer.name,
+        "trainer_state": trainer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "shuffle_rng": shuffle.get_state(),
+    }
+
+
+def _restore(state, trained: TrainedState, trainer: Trainer, shuffle, vae) -> None:
+    trained.load_state_dict(state["model_state"])
+    if state.get("version", 1) < 2:
+        trainer_state = legacy.trainer_state(state, vae, trainer)
+    else:
+        trainer_state = state["trainer_state"]
+    trainer.load_state_dict(trainer_state)
+    torch.set_rng_state(state["torch_rng"])
+    shuffle.set_state(state["shuffle_rng"])
+
+
+def load_pair_state(
+    source, model: Callable, guide: Callable, x: torch.Tensor, which: str = "best"
+) -> Dict[str, Any]:
+    """Load the parameters a run saved for a model/guide pair of the user's own into that pair
+    (rebuilt as it was trained), from a run directory or a checkpoint file. ``x`` (B, ...) is
+    a batch to trace the pair on, to find its parameters. Returns the checkpoint dict."""
+    source = Path(source)
+    path = checkpoint_path(source, which) if source.is_dir() else source
+    if source.is_dir() and not path.is_file() and which == "best":
+        path = checkpoint_path(source, "last")
+    state = load_checkpoint(path)
+    if state.get("model_config") is not None:
+        raise ValueError(f"{path} holds a pyrovae VAE: load it with pyrovae.load_vae")
+    pyro.clear_param_store()
+    producer = make_producer((model, guide), "traced")
+    TrainedState.of_pair(model, guide, producer, x).load_state_dict(state["model_state"])
+    return state

@@ -1,0 +1,222 @@
+"""The direct producer (``VAE.particles``) gives what tracing ``VAE.model`` and ``VAE.guide``
+gives: particles, every estimator's loss, gradient and state update, for every registered
+estimator (and variant) x prior x guide family x likelihood. The combinations come from the
+registries, so a part registered later is covered without editing this file."""
+
+import copy
+import itertools
+
+import pyro
+import pytest
+import torch
+
+from pyrovae import (
+    ESTIMATORS,
+    GUIDES,
+    LIKELIHOODS,
+    PRIORS,
+    VAE,
+    VAEConfig,
+    build_vae,
+    evaluate_vae,
+    log_importance_weights,
+    make_estimator,
+)
+from pyrovae.particles import NotApplicable, traced_particles
+from pyrovae.producers import applies, make_producer
+
+FIELDS = ("log_prior", "log_lik", "log_q", "log_q_stopped", "kl")
+NUM_DATA = 40
+
+
+def _specs():
+    return [
+        (name, options)
+        for name in ESTIMATORS.names()
+        for options in ESTIMATORS.get(name).variants()
+    ]
+
+
+def _vae(prior, guide, likelihood):
+    """A small float64 VAE of these parts, or None where the prior and guide disagree on the
+    kind of latent (which build_vae refuses)."""
+    torch.manual_seed(0)
+    cfg = VAEConfig(x_dim=6, z_dim=3, hidden=(8,), prior=prior, guide=guide, likelihood=likelihood)
+    try:
+        vae = build_vae(cfg)
+    except ValueError as e:
+        assert "kind" in str(e)
+        return None
+    vae = vae.double()
+    with torch.no_grad():  # away from symmetric starting values, where gradients can cancel
+        for p in vae.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return vae
+
+
+COMBINATIONS = [
+    (name, options, prior, guide, likelihood)
+    for (name, options), prior, guide, likelihood in itertools.product(
+        _specs(), PRIORS.names(), GUIDES.names(), LIKELIHOODS.names()
+    )
+]
+
+
+def _id(case):
+    name, options, prior, guide, likelihood = case
+    opts = ",".join(f"{k}={v}" for k, v in options.items())
+    return f"{name}{':' + opts if opts else ''}-{prior}-{guide}-{likelihood}"
+
+
+def _grads(surrogate, params):
+    grads = torch.autograd.grad(surrogate, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+@pytest.mark.parametrize("case", COMBINATIONS, ids=[_id(c) for c in COMBINATIONS])
+def test_direct_producer_equals_traced_for_every_registered_part(case):
+    name, options, prior, guide, likelihood = case
+    vae = _vae(prior, guide, likelihood)
+    if vae is None:
+        return  # a continuous prior with a binary guide (or the reverse): refused, as checked
+    twin = copy.deepcopy(vae)
+    twin.name = "twin"  # its own names in Pyro's param store
+    direct, traced = make_producer(vae, "direct"), make_producer(twin, "traced")
+    assert (direct.name, traced.name) == ("direct", "traced")
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        x = vae.sample(10, mean=False)  # data the likelihood can score
+    est, est_twin = make_estimator(name, **options), make_estimator(name, **options)
+    est, est_twin = est.double(), est_twin.double()
+
+    # Both producers agree on whether the estimator applies at all.
+    if not applies(direct, est, x):
+        assert not applies(traced, est_twin, x)
+        with pytest.raises(NotApplicable):
+            est(direct(x, NUM_DATA, est.num_particles, est.reparameterized))
+        return
+    assert applies(traced, est_twin, x)
+
+    params = list(vae.parameters()) + list(est.parameters())
+    params_twin = list(twin.parameters()) + list(est_twin.parameters())
+    for step in range(3):
+        pyro.set_rng_seed(step)
+        a = direct(x, NUM_DATA, est.num_particles, est.reparameterized)
+        pyro.set_rng_seed(step)
+        b = traced(x, NUM_DATA, est.num_particles, est.reparameterized)
+        assert a.scale == b.scale == NUM_DATA / x.shape[0]
+        torch.testing.assert_close(a.latents["z"], b.latents["z"], rtol=0, atol=0)
+        for field in FIELDS:
+            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-10, atol=1e-10)
+        loss, surrogate = est(a)
+        loss_twin, surrogate_twin = est_twin(b)
+        torch.testing.assert_close(loss, loss_twin, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(surrogate, surrogate_twin, rtol=1e-10, atol=1e-10)
+        grads, grads_twin = _grads(surrogate, params), _grads(surrogate_twin, params_twin)
+        assert any(g.abs().sum() > 0 for g in grads)
+        for g, h in zip(grads, grads_twin):
+            torch.testing.assert_close(g, h, rtol=1e-8, atol=1e-10)
+        state, state_twin = est.state_dict(), est_twin.state_dict()
+        assert state.keys() == state_twin.keys()
+        for key in state:
+            torch.testing.assert_close(state[key], state_twin[key], rtol=1e-10, atol=1e-10)
+        with torch.no_grad():  # the same small step on both, so the next one is elsewhere
+            for p, q, g in zip(params, params_twin, grads):
+                p.sub_(1e-3 * g)
+                q.sub_(1e-3 * g)
+
+
+def test_every_registered_estimator_applies_to_some_registered_vae():
+    """Nothing is registered that the equality test would only ever see refused."""
+    for name, options in _specs():
+        found = False
+        for prior, guide, likelihood in itertools.product(
+            PRIORS.names(), GUIDES.names(), LIKELIHOODS.names()
+        ):
+            vae = _vae(prior, guide, likelihood)
+            if vae is not None:
+                est = make_estimator(name, **options).double()
+                if applies(make_producer(vae, "direct"), est, vae.sample(4, mean=False)):
+                    found = True
+                    break
+        assert found, (name, options)
+
+
+def test_traced_producer_scale_and_argument_routes_agree():
+    """The trainer calls model(x) and passes N / B; SVI users call model(x, N) and the plate
+    scales: the same particles either way."""
+    vae = _vae("standard-normal", "diagonal-gaussian", "bernoulli")
+    x = vae.sample(5, mean=False)
+    pyro.set_rng_seed(0)
+    a = make_producer(vae, "traced")(x, 50, 2, True)
+    pyro.set_rng_seed(0)
+    b = traced_particles(vae.model, vae.guide, (x, 50), num_particles=2)
+    assert a.scale == b.scale == 10
+    torch.testing.assert_close(a.log_w, b.log_w, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="smaller than the batch"):
+        make_producer(vae, "traced")(x, 2, 1, True)
+
+
+def test_direct_producer_only_for_the_library_model_and_guide():
+    class Custom(VAE):
+        def model(self, x, num_data=None):
+            return super().model(x, num_data)
+
+    vae = _vae("standard-normal", "diagonal-gaussian", "bernoulli")
+    custom = Custom(vae.encoder, vae.decoder, vae.prior, vae.likelihood, vae.guide_family)
+    assert make_producer(vae).name == "direct"
+    assert make_producer(custom).name == "traced"
+    with pytest.raises(ValueError, match="traced producer"):
+        make_producer(custom, "direct")
+    with pytest.raises(ValueError, match="unknown producer"):
+        make_producer(vae, "turbo")
+    with pytest.raises(ValueError, match="traced producer"):
+        make_producer((vae.model, vae.guide), "direct")
+
+
+@pytest.mark.parametrize("latent", ["standard-normal", "bernoulli"])
+@pytest.mark.parametrize("k", [1, 7])
+def test_evaluation_log_weights_match_tracing(latent, k):
+    """Evaluation uses the direct producer's log weights: equal to tracing (float32, as run)."""
+    guide = "diagonal-gaussian" if latent == "standard-normal" else "bernoulli"
+    vae = _vae(latent, guide, "bernoulli").float()
+    x = vae.sample(12, mean=False)
+    pyro.set_rng_seed(3)
+    expected = log_importance_weights(vae.model, vae.guide, x, k)
+    pyro.set_rng_seed(3)
+    with torch.no_grad():
+        got = make_producer(vae, "direct")(x, None, k, None).log_w
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    pyro.set_rng_seed(5)
+    direct = evaluate_vae(vae, x, k=100, progress=False, chunk_pairs=256)
+    pyro.set_rng_seed(5)
+    traced = evaluate_vae(vae, x, k=100, progress=False, chunk_pairs=256, producer="traced")
+    torch.testing.assert_close(
+        direct.per_point_log_px, traced.per_point_log_px, rtol=1e-6, atol=1e-4
+    )
+    torch.testing.assert_close(direct.per_point_elbo, traced.per_point_elbo, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("latent", ["standard-normal", "bernoulli"])
+def test_worker_threads_give_the_serial_estimate(latent):
+    """Particles are drawn in order on the calling thread whatever the number of workers, so
+    the estimate is the same up to float rounding of one- against two-threaded ops."""
+    guide = "diagonal-gaussian" if latent == "standard-normal" else "bernoulli"
+    vae = _vae(latent, guide, "bernoulli").float()
+    x = vae.sample(12, mean=False)
+    results = []
+    for workers in (1, 3):
+        pyro.set_rng_seed(6)
+        results.append(
+            evaluate_vae(vae, x, k=300, progress=False, chunk_pairs=128, workers=workers)
+        )
+    threads = torch.get_num_threads()
+    serial, threaded = results
+    assert torch.get_num_threads() == threads  # restored after the workers
+    torch.testing.assert_close(
+        threaded.per_point_log_px, serial.per_point_log_px, rtol=1e-6, atol=1e-5
+    )
+    torch.testing.assert_close(threaded.per_point_elbo, serial.per_point_elbo, rtol=1e-6, atol=1e-5)
+    pyro.set_rng_seed(7)
+    other = evaluate_vae(vae, x, k=300, progress=False, chunk_pairs=128, workers=3)
+    assert not torch.allclose(other.per_point_log_px, serial.per_point_log_px)
