@@ -2,10 +2,13 @@
 
     python benchmarks/bench_train.py [--steps 100] [--reps 7] [--epochs]
 
-Prints a table of times per step and their ratio to the reference: the default ``pyrovae
-train`` step (pathwise estimator, ``auto`` engine), the same step through ``pyro.infer.SVI``
-(``--engine pyro``), and the score-function step. With ``--epochs``, also whole epochs over the
-50,000 training images, data handling included.
+Prints a table of times per step and their ratio to the reference, each a step of pyrovae's
+trainer (``pyrovae.training.Trainer``: particles from a producer, the estimator, one fused
+Adam): the default ``pyrovae train`` step (pathwise estimator, the VAE's direct producer), the
+same default VAE given to the trainer as a plain Pyro model/guide pair (the traced producer),
+and the score-function step (decaying-average baseline); and, for reference, the same pathwise
+step through ``pyro.infer.SVI`` with ``Trace_ELBO``. With ``--epochs``, also whole epochs over
+the 50,000 training images, data handling included.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import warnings
 
 import pyro
 import torch
+from pyro.infer import SVI, Trace_ELBO
 
 from pyrovae import TrainConfig, VAEConfig, build_vae, make_estimator, train
-from pyrovae.engines import make_engine
+from pyrovae.producers import make_producer
+from pyrovae.runtime import tune_allocator
+from pyrovae.training import Trainer
 
 from common import (
     SHARED_MNIST,
@@ -32,12 +38,25 @@ from common import (
 )
 
 
-def pyrovae_step(estimator: str, engine: str, name: str):
+def pyrovae_step(estimator: str, pair: bool, name: str):
+    """A trainer step of the default VAE: through its direct producer, or given as the plain
+    Pyro pair (vae.model, vae.guide), which only the traced producer can compute."""
     est = make_estimator(estimator)
-    vae = build_vae(VAEConfig(), reparameterized=est.reparameterized)
+    vae = build_vae(VAEConfig())
     vae.name = name  # its own names in Pyro's param store
-    eng = make_engine(engine, vae, est, 1e-3)
-    return lambda x: eng.step(x, 50000), eng.name
+    producer = make_producer((vae.model, vae.guide) if pair else vae)
+    x0 = torch.zeros(100, vae.x_dim)
+    est.prepare(x0)
+    trainer = Trainer(producer, est, list(vae.parameters()), 1e-3)
+    return lambda x: trainer.step(x, 50000), producer.name
+
+
+def svi_step(name: str):
+    """The same pathwise step through pyro.infer.SVI (per-parameter Adams, Trace_ELBO)."""
+    vae = build_vae(VAEConfig())
+    vae.name = name
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    return lambda x: svi.step(x, 50000), "pyro.infer.SVI"
 
 
 def main() -> None:
@@ -56,13 +75,16 @@ def main() -> None:
             ref, torch.optim.Adam(ref.parameters(), lr=1e-3)
         )
     }
-    engines = {}
-    for label, estimator, engine in (
-        ("pyrovae train (pathwise, default engine)", "pathwise", "auto"),
-        ("pyrovae pathwise via pyro.infer.SVI", "pathwise", "pyro"),
-        ("pyrovae score-function (decaying-average baseline)", "score-function", "auto"),
+    tune_allocator()  # as pyrovae train does
+    routes = {}
+    for label, estimator, pair in (
+        ("pyrovae train (pathwise, default)", "pathwise", False),
+        ("trainer on the default VAE as a plain Pyro pair (pathwise)", "pathwise", True),
+        ("pyrovae train, score-function (decaying-average baseline)", "score-function", False),
     ):
-        steps[label], engines[label] = pyrovae_step(estimator, engine, f"v{len(steps)}")
+        steps[label], routes[label] = pyrovae_step(estimator, pair, f"v{len(steps)}")
+    label = "pyro.infer.SVI + Trace_ELBO on the default VAE (reference)"
+    steps[label], routes[label] = svi_step(f"v{len(steps)}")
 
     def runner(step):
         def run(rep):
@@ -74,14 +96,14 @@ def main() -> None:
     med = interleaved_medians({k: runner(f) for k, f in steps.items()}, reps=args.reps)
     ref_t = med["hand-written PyTorch (reference)"]
     rows = [
-        (k, engines.get(k, "-"), f"{t / args.steps * 1e3:.2f}", f"{t / ref_t:.2f}")
+        (k, routes.get(k, "-"), f"{t / args.steps * 1e3:.2f}", f"{t / ref_t:.2f}")
         for k, t in med.items()
     ]
     print(
         f"threads: {torch.get_num_threads()}, batch 100, 784-200-200-50 tanh, "
         f"{args.steps} steps x {args.reps} interleaved repetitions (medians)\n"
     )
-    print(table(rows, ["training step", "engine", "ms/step", "ratio to reference"]))
+    print(table(rows, ["training step", "producer", "ms/step", "ratio to reference"]))
     if args.epochs:
         epoch_table(data, args.reps)
 

@@ -63,8 +63,17 @@ class TracedProducer:
     # Pyro's handler stack is global to the process: one trace at a time.
     thread_safe = False
 
-    def __init__(self, model: Callable, guide: Callable, max_plate_nesting: int = 1) -> None:
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        max_plate_nesting: int = 1,
+        record_params: bool = False,
+    ) -> None:
         self.model, self.guide, self.max_plate_nesting = model, guide, max_plate_nesting
+        # The trainer holds the parameters already: the pair's param statements need not
+        # reach any handler (see ``traced_particles``).
+        self.record_params = record_params
 
     def __call__(
         self,
@@ -86,6 +95,7 @@ class TracedProducer:
             reparameterized=reparameterized,
             scale=scale,
             max_plate_nesting=self.max_plate_nesting,
+            record_params=self.record_params,
         )
 
 

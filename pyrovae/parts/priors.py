@@ -54,15 +54,22 @@ class StandardNormal(Prior):
         # Buffers, not parameters: they follow .to(device) and dtype changes but are not trained.
         self.register_buffer("loc", torch.zeros(z_dim))
         self.register_buffer("scale", torch.ones(z_dim))
+        # -D log(2π)/2, a constant (not saved): float64 so that a model made float64 later has
+        # it exact; a 0-dim tensor does not change the dtype of float32 arithmetic.
+        self.register_buffer(
+            "log_normalizer",
+            torch.tensor(-0.5 * z_dim * math.log(2 * math.pi), dtype=torch.float64),
+            persistent=False,
+        )
 
     def forward(self) -> dist.Distribution:
         # validate_args=False: constant, valid parameters; checking them every step costs.
         return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        # -|z|²/2 - D log(2π)/2: the training step's hot path, in three ops instead of
-        # Normal.log_prob's eight.
-        return z.square().sum(-1).mul(-0.5) - 0.5 * self.z_dim * math.log(2 * math.pi)
+        # -|z|²/2 - D log(2π)/2 on the training step's hot path: two autograd nodes instead
+        # of Normal.log_prob's nine.
+        return torch.add(self.log_normalizer, torch.linalg.vecdot(z, z), alpha=-0.5)
 
     def gaussian(self) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.loc, torch.diag(self.scale**2)

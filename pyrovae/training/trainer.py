@@ -34,6 +34,7 @@ from ..data import Dataset, load_dataset
 from ..estimators import Estimator, make_estimator
 from ..evaluation import estimate_log_likelihood
 from ..model import VAE, VAEConfig, build_vae
+from ..particles import traced_particles
 from ..producers import PRODUCERS, Producer, check_applies, make_producer
 from ..runtime import tune_allocator
 from . import legacy
@@ -185,9 +186,9 @@ class TrainedState:
         self.buffers: Dict[str, torch.Tensor] = dict(buffers or {})
 
     @classmethod
-    def of_pair(cls, model: Callable, guide: Callable, producer: Producer, x: torch.Tensor):
+    def of_pair(cls, model: Callable, guide: Callable, x: torch.Tensor):
         with torch.random.fork_rng(devices=[]), poutine.trace(param_only=True) as capture:
-            producer(x, None, 1, False)
+            traced_particles(model, guide, (x,), reparameterized=False, record_params=True)
         params = {}
         for name, site in capture.trace.nodes.items():
             value = site["value"]
@@ -383,7 +384,7 @@ def train(
     if custom:
         vae = None
         producer = make_producer((model, guide), cfg.producer)
-        trained = TrainedState.of_pair(model, guide, producer, x0)
+        trained = TrainedState.of_pair(model, guide, x0)
     else:
         model_config = dataclasses.replace(model_config or VAEConfig(), x_dim=data.x_dim)
         vae = build_vae(model_config)
@@ -559,6 +560,5 @@ def load_pair_state(
     if state.get("model_config") is not None:
         raise ValueError(f"{path} holds a pyrovae VAE: load it with pyrovae.load_vae")
     pyro.clear_param_store()
-    producer = make_producer((model, guide), "traced")
-    TrainedState.of_pair(model, guide, producer, x).load_state_dict(state["model_state"])
+    TrainedState.of_pair(model, guide, x).load_state_dict(state["model_state"])
     return state
