@@ -36,9 +36,11 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 
 from pyrovae import VAEConfig, build_vae, evaluate_vae, load_dataset, make_estimator  # noqa: E402
-from pyrovae.diagnostics import gradient_variance, parse_estimator_spec  # noqa: E402
-from pyrovae.engines import make_engine  # noqa: E402
+from pyrovae.evaluation.gradients import gradient_variance, parse_estimator_spec  # noqa: E402
 from pyrovae.plots import markdown_table  # noqa: E402
+from pyrovae.producers import check_applies, make_producer  # noqa: E402
+from pyrovae.runtime import tune_allocator  # noqa: E402
+from pyrovae.training import Trainer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHARED_MNIST = HERE.parent.parent / "shared" / "data" / "binarized_mnist"
@@ -95,9 +97,12 @@ def train_one(spec, cfg, data, args, init_state):
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     est = make_estimator(name, **options)
-    vae = build_vae(cfg, reparameterized=est.reparameterized)
+    vae = build_vae(cfg)
     vae.load_state_dict(init_state)
-    engine = make_engine("auto", vae, est, args.lr)
+    producer = make_producer(vae)  # as pyrovae train: the VAE's direct producer
+    check_applies(producer, est, data.train[: args.batch_size])
+    trainer = Trainer(producer, est, list(vae.parameters()), args.lr)
+    tune_allocator()
     train, n = data.train, data.train.shape[0]
     valid = data.valid[: args.valid_n]
     probe = train[torch.randperm(n, generator=torch.Generator().manual_seed(1))[:100]]
@@ -106,7 +111,6 @@ def train_one(spec, cfg, data, args, init_state):
     seconds, step = 0.0, 0
 
     def record():
-        pyro_state = pyro.get_param_store().get_state()
         rng = torch.get_rng_state()
         # A fresh estimator of the same spec, its baselines adapted to the current model.
         gv = gradient_variance(
@@ -119,8 +123,6 @@ def train_one(spec, cfg, data, args, init_state):
             warmup_data=train,
         )[0]
         torch.set_rng_state(rng)
-        pyro.get_param_store().set_state(pyro_state)
-        vae.reparameterized = est.reparameterized
         curve.append(
             {
                 "step": step,
@@ -135,7 +137,7 @@ def train_one(spec, cfg, data, args, init_state):
     while step < args.steps or seconds < args.seconds:
         start = time.perf_counter()
         for _ in range(args.record_every):
-            loss = engine.step(train[next(order)], n)
+            loss = trainer.step(train[next(order)], n)
             step += 1
             if not math.isfinite(loss):
                 raise FloatingPointError(f"{spec}: the loss became {loss} at step {step}")

@@ -114,6 +114,14 @@ def _train_parser(sub) -> None:
         choices=["none", "decaying-average", "neural"],
         help="score-function baseline (default decaying-average)",
     )
+    o.add_argument(
+        "--estimator-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the estimator, e.g. baseline_beta=0.8 (repeatable)",
+    )
     o.add_argument("--num-particles", type=int, help="samples of z per data point per step")
     o.add_argument("--seed", type=int, help="random seed (default 0)")
     o.add_argument(
@@ -154,6 +162,13 @@ def _eval_parser(sub) -> None:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--data-dir", help="override the data directory saved in the run")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument(
+        "--producer",
+        choices=["auto", "direct", "traced"],
+        default="auto",
+        help="how the log weights are computed: direct (the VAE's parts), traced (Pyro traces "
+        "of its model and guide); the same numbers up to float rounding",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -197,6 +212,12 @@ def _gradvar_parser(sub) -> None:
     p.add_argument("--data-dir", help="override the data directory saved in the run")
     p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument(
+        "--producer",
+        choices=["auto", "direct", "traced"],
+        default="auto",
+        help="the route gradients are computed by (auto: the one pyrovae train takes)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -262,11 +283,12 @@ def _configs_from_args(args):
         options["binarize"] = args.binarize
     if options:
         train_d["dataset_options"] = options
+    estimator_options = dict(train_d.get("estimator_options", {}))
+    estimator_options.update(dict(args.estimator_option))
     if args.baseline:
-        train_d["estimator_options"] = {
-            **train_d.get("estimator_options", {}),
-            "baseline": args.baseline,
-        }
+        estimator_options["baseline"] = args.baseline
+    if estimator_options:
+        train_d["estimator_options"] = estimator_options
     for key in (
         "z_dim",
         "hidden",
@@ -335,6 +357,7 @@ def _cmd_evaluate(args) -> int:
         which=args.checkpoint,
         data_dir=args.data_dir,
         progress=not args.quiet,
+        producer=args.producer,
     )
     if args.json:
         out = {"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}
@@ -354,6 +377,7 @@ def _cmd_evaluate(args) -> int:
                 " nats (closed form, linear-Gaussian model)",
             )
         )
+    rows.append(("particles from", f"the {res.producer} producer"))
     rows.append(("wall time", f"{res.seconds:.1f} s"))
     print("evaluation (± is the standard error over data points)\n" + summary_table(rows))
     return 0
@@ -392,6 +416,7 @@ def _cmd_gradvar(args) -> int:
         data_dir=args.data_dir,
         out_dir=args.out,
         progress=not args.quiet,
+        producer=args.producer,
     )
     if args.json:
         print(
@@ -419,9 +444,10 @@ def _cmd_gradvar(args) -> int:
             "ms per estimate",
         ],
     )
+    route = stats[0].producer if stats else args.producer
     print(
         f"gradient noise at {args.run_dir} ({args.checkpoint}), {args.draws} draws on one "
-        f"minibatch of {args.batch_size}\n{table}"
+        f"minibatch of {args.batch_size}, particles from the {route} producer\n{table}"
     )
     print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
     return 0

@@ -13,7 +13,9 @@ evaluation). Two exist:
   itself multiplies in).
 
 The trainer, the evaluator and ``pyrovae gradvar`` take the same producer, so what is measured
-is what trains; the run records which one it was.
+is what trains; the run records which one it was. ``estimate_and_backward`` is the part of a
+training step they share (particles, estimator, gradient), and ``check_applies`` asks whether
+an estimator can be computed for a model at all.
 """
 
 from __future__ import annotations
@@ -153,3 +155,16 @@ def applies(producer: Producer, estimator: "Estimator", x: torch.Tensor) -> bool
     except NotApplicable:
         return False
     return True
+
+
+def estimate_and_backward(
+    producer: Producer, estimator: Estimator, x: torch.Tensor, num_data: Optional[int]
+) -> float:
+    """The gradient part of a training step: particles of ``x`` (B, ...) from ``producer``,
+    the estimator's surrogate differentiated into ``.grad``. Returns the loss (minus the
+    objective estimate, scaled by num_data / B). ``pyrovae gradvar`` measures exactly this."""
+    particles = producer(x, num_data, estimator.num_particles, estimator.reparameterized)
+    loss, surrogate = estimator(particles)
+    if surrogate.requires_grad:
+        surrogate.backward()
+    return loss.item()

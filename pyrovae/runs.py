@@ -53,6 +53,7 @@ def evaluate_run(
     which: str = "best",
     data_dir: Optional[str] = None,
     progress: bool = True,
+    producer: str = "auto",
 ) -> LogLikelihood:
     """Importance-weighted log p(x) of a run's model on one split.
 
@@ -64,6 +65,7 @@ def evaluate_run(
             by digit, so a prefix would be biased); ``None`` for the whole split.
         seed: seeds the subset and the importance samples.
         which: ``best`` (by validation ELBO) or ``last`` checkpoint.
+        producer: how the particles are computed (``pyrovae.producers``).
     """
     vae, data, _ = load_run(run_dir, which, data_dir)
     x = data.split(split)
@@ -73,7 +75,7 @@ def evaluate_run(
     if data.binarize == "dynamic" and split == "train":
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
     pyro.set_rng_seed(seed)
-    return evaluate_vae(vae, x, k=k, progress=progress)
+    return evaluate_vae(vae, x, k=k, progress=progress, producer=producer)
 
 
 def sample_run(
@@ -124,6 +126,7 @@ def gradvar_run(
     data_dir: Optional[str] = None,
     out_dir: Optional[str] = None,
     progress: bool = True,
+    producer: str = "auto",
 ) -> Tuple[List[GradientStats], Dict[str, Path]]:
     """Gradient variance of each estimator at a run's checkpoint, on one seeded minibatch of
     its training data (see ``pyrovae.diagnostics``). Writes ``gradvar.json`` and
@@ -137,13 +140,20 @@ def gradvar_run(
     x = data.train[idx]
     if data.binarize == "dynamic":
         x = torch.bernoulli(x, generator=g)
-    specs = list(estimators) if estimators else default_estimator_specs(vae, x)
+    specs = list(estimators) if estimators else default_estimator_specs(vae, x, producer)
     pyro.set_rng_seed(seed)
     warm = data.train
     if data.binarize == "dynamic":
         warm = torch.bernoulli(warm, generator=g)
     stats = gradient_variance(
-        vae, x, specs, draws=draws, warmup=warmup, progress=progress, warmup_data=warm
+        vae,
+        x,
+        specs,
+        draws=draws,
+        warmup=warmup,
+        progress=progress,
+        warmup_data=warm,
+        producer=producer,
     )
     out = Path(out_dir) if out_dir else Path(run_dir) / "figures"
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,7 @@
 """Process-level settings that the hot paths need to run at speed.
 
+``fused_adam`` is the fastest ``torch.optim.Adam`` this torch has.
+
 glibc's ``malloc`` serves blocks above a threshold (128 KiB, raised on the fly up to the size
 of the last large block freed) with fresh ``mmap`` pages and gives memory back to the system
 when the heap's free top exceeds a trim threshold. An evaluation chunk allocates and frees
@@ -13,6 +15,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from typing import Sequence
+
+import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -43,3 +48,12 @@ def tune_allocator() -> bool:
         mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
     )
     return _tuned
+
+
+def fused_adam(params: Sequence[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """``torch.optim.Adam`` over ``params`` with the fused CPU kernel where torch has it (one
+    call updates every parameter; torch >= 2.4), else the multi-tensor one."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)

@@ -222,3 +222,50 @@ def test_bernoulli_latent_model_with_score_function_estimators(tmp_path, mnist_d
     bad = ["train", *common, *model, "--epochs", "1", "--run-dir", str(tmp_path / "bad")]
     assert main(bad + ["--estimator", "pathwise"]) == 2
     assert "cannot be reparameterized" in capsys.readouterr().err
+
+
+def test_producer_and_estimator_options_and_the_0_1_0_engine_flag(tmp_path, capsys):
+    common = [
+        "train",
+        "--dataset",
+        "linear-gaussian",
+        "--dataset-option",
+        "x_dim=4",
+        "--n-train",
+        "200",
+        "--n-eval",
+        "50",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--decoder",
+        "linear",
+        "--likelihood",
+        "gaussian-learned",
+        "--hidden",
+        "8",
+        "--z-dim",
+        "2",
+        "--quiet",
+    ]
+    run = tmp_path / "traced"
+    args = ["--producer", "traced", "--estimator", "score-function"]
+    args += ["--estimator-option", "baseline_beta=0.8", "--run-dir", str(run)]
+    assert main(common + args) == 0
+    out = capsys.readouterr().out
+    assert "the traced producer" in out
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["producer"] == "traced"
+    assert saved["estimator_options"] == {"baseline_beta": 0.8}
+    assert json.loads((run / "metrics.jsonl").read_text())["producer"] == "traced"
+    assert main(["evaluate", str(run), "--k", "10", "--json", "--producer", "traced"]) == 0
+    assert json.loads(capsys.readouterr().out)["producer"] == "traced"
+    # pyrovae 0.1.0's --engine still works, as the producer it now names.
+    assert main(common + ["--engine", "pyro", "--run-dir", str(tmp_path / "old")]) == 0
+    assert "--engine pyro is --producer traced" in capsys.readouterr().err
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["train"]["producer"] == (
+        "traced"
+    )
+    assert main(common + ["--estimator-option", "beta=2", "--run-dir", str(tmp_path / "x")]) == 2
+    assert "unknown option(s) ['beta'] for the 'pathwise' estimator" in capsys.readouterr().err

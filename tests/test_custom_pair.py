@@ -109,7 +109,7 @@ def test_the_two_layer_vae_resumes_exactly(tmp_path, estimator, options):
     again = small_net()  # rebuilt, as a user resuming in a new process would
     with torch.no_grad():
         for p in again.parameters():
-            p.add_(1.0)  # the checkpoint, not the construction, sets the parameters
+            p.mul_(0.5)  # the checkpoint, not the construction, sets the parameters
     resumed = train(config(epochs=3), data=data, model=again.model, guide=again.guide,
                     run_dir=tmp_path / "b", resume=True, progress=False)  # fmt: skip
     for (name, a), b in zip(net.named_parameters(), again.parameters()):

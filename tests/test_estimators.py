@@ -171,10 +171,11 @@ def _encoder_variance(vae, x, est, draws=400, warmup=0):
 
 @pytest.mark.filterwarnings("ignore:.*was not registered in the param store")
 def test_baselines_reduce_the_score_function_variance():
-    """With a near-optimal guide (as after training), measured on this model: the decaying
-    average cuts the total encoder-gradient variance by 20x and the trained neural baseline
-    by 41x; the test asks for 8x and 15x. The neural baseline is trained through
-    pyro.infer.SVI and the estimator's ELBO view, with the VAE frozen."""
+    """With a near-optimal guide (as after training), measured on this model over six seeds:
+    the decaying average cuts the total encoder-gradient variance by 17-34x and the trained
+    neural baseline by 21-30x; the test asks for 8x and 15x. The neural baseline is trained
+    (Adam 0.01, 600 steps, where its fit has settled) through pyro.infer.SVI and the
+    estimator's ELBO view, with the VAE frozen."""
     truth = random_truth(3, 2, 5)
     x = truth.sample(4, torch.Generator().manual_seed(3))
     vae = linear_vae(truth)
@@ -186,8 +187,8 @@ def test_baselines_reduce_the_score_function_variance():
     est = make_estimator("score-function", baseline="neural").double()
     for p in vae.parameters():
         p.requires_grad_(False)
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.05}), est.elbo)
-    for _ in range(300):
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), est.elbo)
+    for _ in range(600):
         svi.step(x)
     for p in vae.parameters():
         p.requires_grad_(True)

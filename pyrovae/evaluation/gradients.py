@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from ..estimators import ESTIMATORS, Estimator, make_estimator
 from ..model import VAE
-from ..producers import Producer, applies, make_producer
+from ..producers import Producer, applies, estimate_and_backward, make_producer
+from ..runtime import fused_adam
 
 
 @dataclass
@@ -132,8 +133,6 @@ def _warm_up_baselines(
     (N, ...), each step uses a fresh random minibatch of ``x``'s size from it, as in training;
     otherwise ``x`` itself, which lets a per-position decaying average fit that batch's points
     (a state training never reaches, since its batches change)."""
-    from ..training import estimate_and_backward, fused_adam
-
     own = list(est.parameters())
     if steps <= 0 or (not own and not est.fixed_batch_shape):
         return
@@ -188,8 +187,6 @@ def gradient_variance(
     Returns:
         One ``GradientStats`` per estimator, in order.
     """
-    from ..training import estimate_and_backward
-
     if draws < 2:
         raise ValueError(f"draws must be at least 2 to estimate a variance, got {draws}")
     route = make_producer(vae, producer)

@@ -68,7 +68,8 @@ class LogLikelihood:
     ``log_px`` is the mean over data points of log p̂_K(x) and ``elbo`` the mean of the average
     log weight (a K-sample estimate of the ELBO), each with the standard error of that mean over
     data points. ``exact_log_px`` is the closed-form mean log p(x) where the model admits one.
-    ``per_point_log_px`` and ``per_point_elbo`` are (n,) tensors.
+    ``per_point_log_px`` and ``per_point_elbo`` are (n,) tensors. ``producer`` names the route
+    the log weights took (``direct`` or ``traced``).
     """
 
     log_px: float
@@ -80,6 +81,7 @@ class LogLikelihood:
     seconds: float
     exact_log_px: Optional[float] = None
     exact_log_px_stderr: Optional[float] = None
+    producer: Optional[str] = None
     per_point_log_px: Optional[torch.Tensor] = None
     per_point_elbo: Optional[torch.Tensor] = None
 
@@ -197,7 +199,16 @@ def estimate_log_likelihood(
     lp_mean, lp_se = _mean_stderr(log_px)
     el_mean, el_se = _mean_stderr(elbo)
     result = LogLikelihood(
-        lp_mean, lp_se, el_mean, el_se, k, n, seconds, per_point_log_px=log_px, per_point_elbo=elbo
+        lp_mean,
+        lp_se,
+        el_mean,
+        el_se,
+        k,
+        n,
+        seconds,
+        producer=producer.name,
+        per_point_log_px=log_px,
+        per_point_elbo=elbo,
     )
     if exact_log_px is not None:
         exact = torch.cat([exact_log_px(data[lo : lo + 4096]) for lo in range(0, n, 4096)])

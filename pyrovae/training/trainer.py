@@ -35,8 +35,8 @@ from ..estimators import Estimator, make_estimator
 from ..evaluation import estimate_log_likelihood
 from ..model import VAE, VAEConfig, build_vae
 from ..particles import traced_particles
-from ..producers import PRODUCERS, Producer, check_applies, make_producer
-from ..runtime import tune_allocator
+from ..producers import PRODUCERS, Producer, check_applies, estimate_and_backward, make_producer
+from ..runtime import fused_adam, tune_allocator
 from . import legacy
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 
@@ -113,28 +113,6 @@ class TrainResult:
         """Mean wall time of the training part of an epoch (validation excluded)."""
         times = [m["train_seconds"] for m in self.metrics]
         return sum(times) / len(times) if times else float("nan")
-
-
-def estimate_and_backward(
-    producer: Producer, estimator: Estimator, x: torch.Tensor, num_data: Optional[int]
-) -> float:
-    """The gradient part of a training step: particles of ``x`` (B, ...) from ``producer``,
-    the estimator's surrogate differentiated into ``.grad``. Returns the loss (minus the
-    objective estimate, scaled by num_data / B). ``pyrovae gradvar`` measures exactly this."""
-    particles = producer(x, num_data, estimator.num_particles, estimator.reparameterized)
-    loss, surrogate = estimator(particles)
-    if surrogate.requires_grad:
-        surrogate.backward()
-    return loss.item()
-
-
-def fused_adam(params: Sequence[torch.Tensor], lr: float) -> torch.optim.Adam:
-    """``torch.optim.Adam`` over ``params`` with the fused CPU kernel where torch has it (one
-    call updates every parameter; torch >= 2.4), else the multi-tensor one."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
 class Trainer:
