@@ -19,6 +19,16 @@ from typing import Any, Dict, List, Optional
 from . import __version__
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, except where it has none: there the help text says what
+    applies (the config file's value, else the library's default)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _hidden(text: str):
     text = text.strip()
     if text in ("", "none"):
@@ -61,7 +71,7 @@ def _train_parser(sub) -> None:
         "metrics.jsonl and checkpoints/{last,best}.pt to the run directory. Options left out "
         'take the values of --config (a JSON file {"train": {...}, "model": {...}}), else the '
         "defaults.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     d = p.add_argument_group("data")
     d.add_argument(
@@ -152,7 +162,7 @@ def _eval_parser(sub) -> None:
         description="Estimate log p(x) per data point with K importance samples from the "
         "guide, log (1/K) sum_k p(x,z_k)/q(z_k|x), averaged over a split, with its standard "
         "error, next to the ELBO (and the exact log p(x) for linear-Gaussian models).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--k", type=int, default=5000, help="importance samples per data point")
@@ -176,7 +186,7 @@ def _sample_parser(sub) -> None:
     p = sub.add_parser(
         "sample",
         help="figures of a trained run: samples, reconstructions, training curves",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Defaults,
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--n", type=int, default=100, help="number of samples")
@@ -194,8 +204,9 @@ def _gradvar_parser(sub) -> None:
         "per estimator on one fixed minibatch and report, for the encoder (inference network) "
         "and the decoder (generative network), the total gradient variance, the mean "
         "signal-to-noise ratio |E g| / std g, and the wall time per estimate; writes "
-        "gradvar.json and gradvar.png. Baselines adapt for --warmup steps first.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "gradvar.json and gradvar.png. Each estimate is what a training step computes, through "
+        "the producer training uses. Baselines adapt for --warmup steps first.",
+        formatter_class=_Defaults,
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument(
