@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from ..estimators import ESTIMATORS, Estimator, make_estimator
+from ..estimators import ELBO_OBJECTIVE, ESTIMATORS, Estimator, make_estimator
 from ..model import VAE
 from ..producers import Producer, applies, estimate_and_backward, make_producer
 from ..runtime import fused_adam
@@ -65,9 +65,15 @@ def parse_estimator_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
 
 
 def estimator_specs() -> List[str]:
-    """Every registered estimator with each of its variants (``Estimator.variants``)."""
+    """Every registered estimator with each of its variants (``Estimator.variants``): the ELBO
+    estimators, then the K-sample bounds, each pathwise before score-function, then by name."""
+
+    def order(name: str):
+        cls = ESTIMATORS.get(name)
+        return cls.objective != ELBO_OBJECTIVE, not cls.reparameterized, name
+
     specs = []
-    for name in ESTIMATORS.names():
+    for name in sorted(ESTIMATORS.names(), key=order):
         for options in ESTIMATORS.get(name).variants():
             specs.append(make_estimator(name, **options).spec)
     return specs
