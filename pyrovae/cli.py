@@ -20,8 +20,8 @@ from . import __version__
 
 
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default, except where it has none: there the help text says what
-    applies (the config file's value, else the library's default)."""
+    """Shows an option's default, except where it has none (``None``): there the help text
+    says what applies (the config file's value, else the library's default)."""
 
     def _get_help_string(self, action):
         if action.default is None or action.default == []:
@@ -166,18 +166,25 @@ def _eval_parser(sub) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--k", type=int, default=5000, help="importance samples per data point")
-    p.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    p.add_argument(
+        "--split", choices=["train", "valid", "test"], default="test", help="the data to evaluate"
+    )
     p.add_argument("--n", type=int, help="evaluate a seeded random subset of this size")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--seed", type=int, default=0, help="seeds the subset and the samples")
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        default="best",
+        help="best (by validation ELBO) or last",
+    )
     p.add_argument("--data-dir", help="override the data directory saved in the run")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument(
         "--producer",
         choices=["auto", "direct", "traced"],
-        default="auto",
         help="how the log weights are computed: direct (the VAE's parts), traced (Pyro traces "
-        "of its model and guide); the same numbers up to float rounding",
+        "of its model and guide); the same numbers up to float rounding (default: as the run "
+        "was trained)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -191,8 +198,13 @@ def _sample_parser(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--n", type=int, default=100, help="number of samples")
     p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--seed", type=int, default=0, help="seeds the images shown and the samples")
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        default="best",
+        help="best (by validation ELBO) or last",
+    )
     p.add_argument("--data-dir", help="override the data directory saved in the run")
 
 
@@ -205,7 +217,8 @@ def _gradvar_parser(sub) -> None:
         "and the decoder (generative network), the total gradient variance, the mean "
         "signal-to-noise ratio |E g| / std g, and the wall time per estimate; writes "
         "gradvar.json and gradvar.png. Each estimate is what a training step computes, through "
-        "the producer training uses. Baselines adapt for --warmup steps first.",
+        "the producer the run was trained with. Baselines adapt for --warmup steps on random "
+        "minibatches first and are then held fixed, so the estimates are independent.",
         formatter_class=_Defaults,
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -216,18 +229,22 @@ def _gradvar_parser(sub) -> None:
         "(default: every estimator that applies to the run's guide)",
     )
     p.add_argument("--draws", type=int, default=100, help="gradient estimates per estimator")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=100, help="the minibatch's size")
     p.add_argument("--warmup", type=int, default=200, help="baseline adaptation steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--seed", type=int, default=0, help="seeds the minibatch and the estimates")
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        default="best",
+        help="best (by validation ELBO) or last",
+    )
     p.add_argument("--data-dir", help="override the data directory saved in the run")
     p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument(
         "--producer",
         choices=["auto", "direct", "traced"],
-        default="auto",
-        help="the route gradients are computed by (auto: the one pyrovae train takes)",
+        help="the route gradients are computed by (default: the one the run was trained with)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -455,7 +472,7 @@ def _cmd_gradvar(args) -> int:
             "ms per estimate",
         ],
     )
-    route = stats[0].producer if stats else args.producer
+    route = stats[0].producer if stats else args.producer or "the run's"
     print(
         f"gradient noise at {args.run_dir} ({args.checkpoint}), {args.draws} draws on one "
         f"minibatch of {args.batch_size}, particles from the {route} producer\n{table}"
@@ -481,7 +498,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except TrainingDiverged as e:
         print(f"pyrovae {args.command}: training diverged: {e}", file=sys.stderr)
         return 3
-    except (DataError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (
+        DataError,
+        CheckpointError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        FloatingPointError,  # a non-finite estimate from a damaged model
+    ) as e:
         print(f"pyrovae {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ traced one.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -255,7 +256,16 @@ def build_vae(config: VAEConfig) -> VAE:
         torch.Size([3, 2])
     """
     prior = PRIORS.get(config.prior)(config.z_dim)
-    likelihood = LIKELIHOODS.get(config.likelihood)(config.x_dim, **config.likelihood_options)
+    likelihood_cls = LIKELIHOODS.get(config.likelihood)
+    takes = set(inspect.signature(likelihood_cls).parameters) - {"x_dim"}
+    unknown = sorted(set(config.likelihood_options) - takes)
+    if unknown:
+        raise ValueError(
+            f"the {config.likelihood!r} likelihood takes no option(s) {unknown}"
+            + (f"; it takes: {', '.join(sorted(takes))}" if takes else "")
+            + (" (--sigma is for the Gaussian likelihoods)" if "sigma" in unknown else "")
+        )
+    likelihood = likelihood_cls(config.x_dim, **config.likelihood_options)
     family = GUIDES.get(config.guide)(config.z_dim)
     encoder = NETS.get(config.encoder)(
         config.x_dim, family.in_features, config.hidden, config.activation

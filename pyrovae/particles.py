@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -63,6 +63,12 @@ class Particles:
             path through z kept (its gradient is the path term alone).
         kl: Σ over latent sites of KL(q || p) in closed form where torch registers one,
             log q - log p where it does not (Pyro's ``TraceMeanField_ELBO`` rule).
+
+    Gradients: every field is differentiable in the parameters as the traced producer's is,
+    through z where z is reparameterized (its total derivative). ``log_prior``, ``log_lik``
+    and ``log_q_stopped`` also carry their derivative with respect to z as a tensor (STL and
+    DReG rely on it). ``log_q`` need not: a producer may compute it from the noise behind z
+    (the direct producer does), which gives the same value and the same parameter gradient.
     """
 
     _FIELDS = ("log_prior", "log_lik", "log_q", "log_q_stopped", "kl")
@@ -143,11 +149,17 @@ def _leaf(value: torch.Tensor) -> torch.Tensor:
     return value.unconstrained() if hasattr(value, "unconstrained") else value
 
 
+def _module_parameters(fn: Callable) -> List[torch.Tensor]:
+    """The parameters of the ``nn.Module`` whose bound method ``fn`` is (none otherwise)."""
+    owner = getattr(fn, "__self__", None)
+    return list(owner.parameters()) if isinstance(owner, torch.nn.Module) else []
+
+
 @contextmanager
 def _frozen(params: Sequence[torch.Tensor]):
     """Parameters with ``requires_grad`` off for the duration: computations from them record no
     gradient path back to them. (pyro.module warns about such parameters; not here.)"""
-    live = [p for p in params if p.requires_grad]
+    live = list({id(p): p for p in params if p.requires_grad}.values())
     for p in live:
         p.requires_grad_(False)
     try:
@@ -211,6 +223,7 @@ def traced_particles(
     scale: float = 1.0,
     max_plate_nesting: int = 1,
     record_params: bool = True,
+    params: Sequence[torch.Tensor] = (),
 ) -> Particles:
     """The particles of any Pyro model/guide pair, from one guide trace and one model replay.
 
@@ -232,6 +245,9 @@ def traced_particles(
             ``poutine.trace(param_only=True)`` see them. False hides them from every handler
             (they still return their values): a caller that holds the parameters already, like
             the trainer, saves a third of the traced step's handler work.
+        params: the pair's trainable tensors where the caller knows them (the trainer does).
+            ``log_q_stopped`` holds them fixed, with those Pyro knows of and those of the module
+            whose method the guide is.
 
     Returns:
         ``Particles`` with (K, B) fields.
@@ -242,6 +258,7 @@ def traced_particles(
     """
     kwargs = kwargs or {}
     k, nesting = num_particles, max_plate_nesting
+    guide_params = list(params) + _module_parameters(guide)
     if not record_params:
         # Innermost, so that a param statement stops here instead of visiting every handler.
         model = poutine.block(model, hide_types=["param"])
@@ -264,11 +281,23 @@ def traced_particles(
     guide_sites = {s["name"]: s for s in sample_sites(guide_trace) if not s["is_observed"]}
     model_latent = {s["name"]: s for s in sample_sites(model_trace) if not s["is_observed"]}
     observed = [s for s in sample_sites(model_trace) if s["is_observed"]]
+    if not guide_sites or not observed:
+        what = "no latent site" if not guide_sites else "no observed site (obs=...)"
+        raise ValueError(
+            f"the guide and model have {what}: pyrovae's estimators need a latent z drawn by the "
+            "guide and an observed x in the model"
+        )
     missing = sorted(set(model_latent) - set(guide_sites))
     if missing:
         raise ValueError(
             f"the model samples {missing} but the guide does not: every latent of the model "
             "needs a site of the same name in the guide"
+        )
+    extra = sorted(set(guide_sites) - set(model_latent))
+    if extra:
+        raise ValueError(
+            f"the guide samples {extra} but the model does not: every latent of the guide "
+            "needs a site of the same name in the model"
         )
     if reparameterized:
         for name, site in guide_sites.items():
@@ -313,13 +342,16 @@ def traced_particles(
         # The guide replayed on the same z with its parameters frozen: each site's density
         # then depends on the parameters only through z (and, in a hierarchical guide, through
         # the latents upstream of it), which is the path term alone.
-        # Every parameter Pyro knows of (the param store holds pyro.module's and
-        # pyro.param's; the trace any others it recorded): freezing the model's too is
-        # harmless, as only the guide runs.
+        # Every tensor the guide may compute from: the caller's, those of the module whose
+        # method the guide is (what pyro.module-registered code computes with, even when
+        # Pyro's param store holds stale tensors under its names), and those Pyro knows of
+        # (the store's and the trace's). Freezing the model's too is harmless: only the guide
+        # runs.
+        frozen = list(guide_params)
         store = pyro.get_param_store()
-        params = [_leaf(store[name]) for name in store.keys()]
-        params += [_leaf(s["value"]) for s in guide_trace.nodes.values() if s["type"] == "param"]
-        with _frozen(params), pyro.plate(PARTICLE_PLATE, k, dim=-(nesting + 1)):
+        frozen += [_leaf(store[name]) for name in store.keys()]
+        frozen += [_leaf(s["value"]) for s in guide_trace.nodes.values() if s["type"] == "param"]
+        with _frozen(frozen), pyro.plate(PARTICLE_PLATE, k, dim=-(nesting + 1)):
             replayed = poutine.trace(poutine.replay(guide, trace=guide_trace)).get_trace(
                 *args, **kwargs
             )

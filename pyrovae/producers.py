@@ -20,7 +20,7 @@ an estimator can be computed for a model at all.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -71,8 +71,12 @@ class TracedProducer:
         guide: Callable,
         max_plate_nesting: int = 1,
         record_params: bool = False,
+        params: Sequence[torch.Tensor] = (),
     ) -> None:
         self.model, self.guide, self.max_plate_nesting = model, guide, max_plate_nesting
+        # The pair's trainable tensors where known (the trainer sets them): held fixed in
+        # ``log_q_stopped``.
+        self.params = list(params)
         # The trainer holds the parameters already: the pair's param statements need not
         # reach any handler (see ``traced_particles``).
         self.record_params = record_params
@@ -98,6 +102,7 @@ class TracedProducer:
             scale=scale,
             max_plate_nesting=self.max_plate_nesting,
             record_params=self.record_params,
+            params=self.params,
         )
 
 
@@ -158,13 +163,18 @@ def applies(producer: Producer, estimator: "Estimator", x: torch.Tensor) -> bool
 
 
 def estimate_and_backward(
-    producer: Producer, estimator: Estimator, x: torch.Tensor, num_data: Optional[int]
+    producer: Producer,
+    estimator: "Estimator",
+    x: torch.Tensor,
+    num_data: Optional[int],
+    update_state: bool = True,
 ) -> float:
     """The gradient part of a training step: particles of ``x`` (B, ...) from ``producer``,
     the estimator's surrogate differentiated into ``.grad``. Returns the loss (minus the
-    objective estimate, scaled by num_data / B). ``pyrovae gradvar`` measures exactly this."""
+    objective estimate, scaled by num_data / B). ``update_state=False`` leaves the
+    estimator's state as it is (``pyrovae gradvar`` measures this with its state frozen)."""
     particles = producer(x, num_data, estimator.num_particles, estimator.reparameterized)
-    loss, surrogate = estimator(particles)
+    loss, surrogate = estimator(particles, update_state=update_state)
     if surrogate.requires_grad:
         surrogate.backward()
     return loss.item()

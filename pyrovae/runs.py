@@ -53,7 +53,7 @@ def evaluate_run(
     which: str = "best",
     data_dir: Optional[str] = None,
     progress: bool = True,
-    producer: str = "auto",
+    producer: Optional[str] = None,
 ) -> LogLikelihood:
     """Importance-weighted log p(x) of a run's model on one split.
 
@@ -65,9 +65,13 @@ def evaluate_run(
             by digit, so a prefix would be biased); ``None`` for the whole split.
         seed: seeds the subset and the importance samples.
         which: ``best`` (by validation ELBO) or ``last`` checkpoint.
-        producer: how the particles are computed (``pyrovae.producers``).
+        producer: how the particles are computed (``pyrovae.producers``); default: as the run
+            was trained.
     """
+    if n is not None and n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
     vae, data, _ = load_run(run_dir, which, data_dir)
+    producer = producer or read_config(Path(run_dir))[0].producer
     x = data.split(split)
     if n is not None and n < x.shape[0]:
         idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
@@ -90,6 +94,8 @@ def sample_run(
     the inputs (image data) or a scatter of data, samples and reconstructions (2-D data), and
     the training curves. Returns {figure name: path}; files go to ``out_dir`` (default
     ``run_dir/figures``)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
     out = Path(out_dir) if out_dir else Path(run_dir) / "figures"
     out.mkdir(parents=True, exist_ok=True)
     vae, data, _ = load_run(run_dir, which, data_dir)
@@ -126,15 +132,16 @@ def gradvar_run(
     data_dir: Optional[str] = None,
     out_dir: Optional[str] = None,
     progress: bool = True,
-    producer: str = "auto",
+    producer: Optional[str] = None,
 ) -> Tuple[List[GradientStats], Dict[str, Path]]:
     """Gradient variance of each estimator at a run's checkpoint, on one seeded minibatch of
-    its training data (see ``pyrovae.diagnostics``). Writes ``gradvar.json`` and
+    its training data (see ``pyrovae.evaluation.gradients``). Writes ``gradvar.json`` and
     ``gradvar.png`` to ``out_dir`` (default ``run_dir/figures``); returns the stats and the
     paths."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     vae, data, state = load_run(run_dir, which, data_dir)
+    producer = producer or read_config(Path(run_dir))[0].producer
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(data.train.shape[0], generator=g)[:batch_size]
     x = data.train[idx]

@@ -50,3 +50,44 @@ def test_gradient_variance_at_the_posterior():
         stats["score-function:baseline=none"].encoder_variance > stats["pathwise"].encoder_variance
     )
     assert all(s.decoder_variance > 0 for s in stats.values())
+
+
+def test_gradvar_holds_the_adapted_state_and_measures_the_runs_producer(tmp_path, monkeypatch):
+    """Baselines adapt during the warm-up (state updated) and are then held fixed for every
+    draw, so the draws are independent; and a run trained on the traced producer is measured
+    on it."""
+    from pyrovae import TrainConfig, VAEConfig, train
+    from pyrovae.estimators.score_function import ScoreFunction
+    from pyrovae.runs import gradvar_run
+
+    cfg = TrainConfig(
+        dataset="linear-gaussian",
+        dataset_options={"x_dim": 4, "z_dim": 2},
+        n_train=200,
+        n_eval=50,
+        epochs=1,
+        batch_size=50,
+        producer="traced",
+    )
+    model = VAEConfig(z_dim=2, hidden=(8,), decoder="linear", likelihood="gaussian-learned")
+    train(cfg, model, run_dir=tmp_path / "run", progress=False)
+    updates = []
+    forward = ScoreFunction.forward
+
+    def recording(self, particles, update_state=True):
+        updates.append(update_state)
+        return forward(self, particles, update_state)
+
+    monkeypatch.setattr(ScoreFunction, "forward", recording)
+    stats, _ = gradvar_run(
+        str(tmp_path / "run"),
+        estimators=["score-function"],
+        draws=5,
+        warmup=3,
+        batch_size=20,
+        progress=False,
+        out_dir=str(tmp_path / "out"),
+    )
+    assert stats[0].producer == "traced"
+    # applies() (no update), 3 warm-up steps (updates), the untimed call and 5 draws (none).
+    assert updates == [False, True, True, True] + [False] * 6

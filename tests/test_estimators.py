@@ -220,16 +220,22 @@ def test_every_estimator_has_loss_grads_and_differentiable_loss(case):
             p.grad = None
         return copy.deepcopy(base)
 
+    def params(est):  # the model's and the estimator's own (a neural baseline's)
+        return list(vae.parameters()) + list(est.parameters())
+
     loss = fresh().elbo.loss(vae.model, vae.guide, x, 40)
-    diff = fresh().elbo.differentiable_loss(vae.model, vae.guide, x, 40)
+    est = fresh()
+    diff = est.elbo.differentiable_loss(vae.model, vae.guide, x, 40)
     assert diff.item() == pytest.approx(loss, rel=1e-9)
-    grads = torch.autograd.grad(diff, list(vae.parameters()))
-    assert fresh().elbo.loss_and_grads(vae.model, vae.guide, x, 40) == pytest.approx(loss, rel=1e-9)
-    for p, g in zip(vae.parameters(), grads):
+    grads = torch.autograd.grad(diff, params(est))
+    est = fresh()
+    assert est.elbo.loss_and_grads(vae.model, vae.guide, x, 40) == pytest.approx(loss, rel=1e-9)
+    for p, g in zip(params(est), grads):
         torch.testing.assert_close(p.grad, g)
-    step_loss = estimate_and_backward(make_producer(vae), fresh(), x, 40)
+    est = fresh()
+    step_loss = estimate_and_backward(make_producer(vae), est, x, 40)
     assert step_loss == pytest.approx(loss, rel=1e-9)
-    for p, g in zip(vae.parameters(), grads):
+    for p, g in zip(params(est), grads):
         torch.testing.assert_close(p.grad, g)
 
 

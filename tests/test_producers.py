@@ -7,6 +7,7 @@ import copy
 import itertools
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -108,6 +109,11 @@ def test_direct_producer_equals_traced_for_every_registered_part(case):
         torch.testing.assert_close(a.latents["z"], b.latents["z"], rtol=1e-12, atol=1e-12)
         for field in FIELDS:
             torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-10, atol=1e-10)
+        if est.reparameterized:  # the fields whose derivative in z STL and DReG use
+            for field in ("log_prior", "log_lik", "log_q_stopped"):
+                da = torch.autograd.grad(getattr(a, field).sum(), a.latents["z"], retain_graph=True)
+                db = torch.autograd.grad(getattr(b, field).sum(), b.latents["z"], retain_graph=True)
+                torch.testing.assert_close(da[0], db[0], rtol=1e-10, atol=1e-10)
         loss, surrogate = est(a)
         loss_twin, surrogate_twin = est_twin(b)
         torch.testing.assert_close(loss, loss_twin, rtol=1e-10, atol=1e-10)
@@ -220,3 +226,51 @@ def test_worker_threads_give_the_serial_estimate(latent):
     pyro.set_rng_seed(7)
     other = evaluate_vae(vae, x, k=300, progress=False, chunk_pairs=128, workers=3)
     assert not torch.allclose(other.per_point_log_px, serial.per_point_log_px)
+
+
+def test_a_part_subclass_that_changes_its_distribution_gets_the_generic_densities():
+    """The parts' fast densities reproduce their own forward only: a subclass with another
+    distribution must still give the traced producer's numbers."""
+    from pyrovae.parts.guides import DiagonalGaussian
+    from pyrovae.parts.priors import StandardNormal
+
+    class SoftplusScale(DiagonalGaussian):
+        def forward(self, h):
+            loc, raw = h.split(self.z_dim, dim=-1)
+            return dist.Normal(loc, torch.nn.functional.softplus(raw)).to_event(1)
+
+    class Wide(StandardNormal):
+        def forward(self):
+            return dist.Normal(self.loc, 3 * self.scale).to_event(1)
+
+    vae = _vae("standard-normal", "diagonal-gaussian", "bernoulli")
+    vae.guide_family, vae.prior = SoftplusScale(3), Wide(3).double()
+    x = vae.sample(5, mean=False)
+    for reparameterized in (True, False):
+        pyro.set_rng_seed(0)
+        a = make_producer(vae, "direct")(x, None, 2, reparameterized)
+        pyro.set_rng_seed(0)
+        b = make_producer(vae, "traced")(x, None, 2, reparameterized)
+        for field in FIELDS:
+            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-10, atol=1e-10)
+
+
+def test_stopped_guide_density_with_a_stale_param_store():
+    """A VAE built after another of the same name: Pyro's param store holds the first one's
+    tensors under the names the second registers. The traced log_q_stopped must still stop
+    the parameters the guide computes with (STL's gradient equal on both producers)."""
+    first = _vae("standard-normal", "diagonal-gaussian", "bernoulli")
+    x = first.sample(5, mean=False)
+    _ = make_producer(first, "traced")(x, None, 1, True).log_w  # fills the store
+    second = _vae("standard-normal", "diagonal-gaussian", "bernoulli")
+    with torch.no_grad():
+        for p in second.parameters():
+            p.mul_(1.5)
+    stl = make_estimator("stl")
+    grads = []
+    for kind in ("direct", "traced"):
+        pyro.set_rng_seed(0)
+        _, surrogate = stl(make_producer(second, kind)(x, None, 1, True))
+        grads.append(torch.autograd.grad(surrogate, list(second.encoder.parameters())))
+    for g, h in zip(*grads):
+        torch.testing.assert_close(g, h, rtol=1e-8, atol=1e-10)

@@ -143,13 +143,12 @@ def test_the_producers_train_alike_and_a_run_resumes_on_the_other(tmp_path, esti
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     cfg = small_config(estimator=estimator, estimator_options=options, epochs=1, producer="traced")
     train(cfg, SMALL_MODEL, run_dir=tmp_path / "switch", progress=False)
-    config = json.loads((tmp_path / "switch" / "config.json").read_text())
-    config["train"]["producer"] = "direct"
-    (tmp_path / "switch" / "config.json").write_text(json.dumps(config))
-    resumed = train(
-        small_config(epochs=2), run_dir=tmp_path / "switch", resume=True, progress=False
-    )
+    again = small_config(epochs=2, producer="direct")  # named: the run continues on it
+    resumed = train(again, run_dir=tmp_path / "switch", resume=True, progress=False)
     assert [m["producer"] for m in resumed.metrics] == ["traced", "direct"]
+    # "auto" keeps the run's own producer.
+    kept = train(small_config(epochs=3), run_dir=tmp_path / "switch", resume=True, progress=False)
+    assert kept.producer == "direct"
     for a, b in zip(runs["direct"].vae.parameters(), resumed.vae.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 

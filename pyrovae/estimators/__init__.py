@@ -50,8 +50,11 @@ def make_estimator(name: str, num_particles: Optional[int] = None, **options: An
     """The estimator registered as ``name`` with ``num_particles`` (default: 1 for the ELBO
     estimators, 5 for the K-sample bounds) and its own options (e.g. ``baseline="neural"``);
     an unknown option is an error naming the known ones."""
-    if num_particles is not None and num_particles < 1:
-        raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+    if num_particles is not None:
+        if isinstance(num_particles, bool) or not isinstance(num_particles, int):
+            raise ValueError(f"num_particles must be a whole number, got {num_particles!r}")
+        if num_particles < 1:
+            raise ValueError(f"num_particles must be at least 1, got {num_particles}")
     cls = ESTIMATORS.get(name)
     known = set(inspect.signature(cls.__init__).parameters) - {"self", "num_particles"}
     unknown = sorted(set(options) - known)
@@ -60,7 +63,10 @@ def make_estimator(name: str, num_particles: Optional[int] = None, **options: An
             f"unknown option(s) {unknown} for the {name!r} estimator; it takes: "
             f"{', '.join(sorted(known | {'num_particles'}))}"
         )
-    return cls(num_particles=num_particles, **options)
+    try:
+        return cls(num_particles=num_particles, **options)
+    except TypeError as e:  # a value of the wrong type, compared or computed with
+        raise ValueError(f"bad option value for the {name!r} estimator ({options}): {e}") from e
 
 
 def _import_families() -> None:

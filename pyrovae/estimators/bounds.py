@@ -15,7 +15,7 @@ summed over the batch and scaled by N / B. Three gradients:
 Why not Pyro's ``RenyiELBO(alpha=0)``: without subsampling its loss is this bound (it keeps the
 data plate, ``get_dependent_plate_dims``), but under subsampling it applies the N / B scale
 inside the exponential, log (1/K) Σ_k w_k^(N/B), which is not N / B times the bound
-(``tests/test_renyi.py`` checks both). It also has no DReG or VIMCO gradient.
+(``tests/test_pyro_agreement.py`` checks both). It also has no DReG or VIMCO gradient.
 """
 
 from __future__ import annotations

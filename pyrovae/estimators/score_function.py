@@ -85,6 +85,8 @@ class ScoreFunction(Estimator):
             raise ValueError(
                 f"unknown baseline {baseline!r}; choose one of: {', '.join(BASELINES)}"
             )
+        if isinstance(baseline_beta, bool) or not isinstance(baseline_beta, (int, float)):
+            raise ValueError(f"baseline_beta must be a number in [0, 1), got {baseline_beta!r}")
         if not 0 <= baseline_beta < 1:
             raise ValueError(f"baseline_beta must be in [0, 1), got {baseline_beta}")
         self.baseline = baseline

@@ -7,8 +7,10 @@ elements of each element's variance across draws), the mean signal-to-noise rati
 |E g| / std g over elements (Rainforth et al., 2018), and the wall time per estimate. The
 gradients are those of the objective averaged over the minibatch's data points.
 
-Each estimate is what a training step computes (``pyrovae.training.estimate_and_backward``:
-the same producer, the same estimator), so the time per estimate is the training route's.
+Each estimate is what a training step computes (``pyrovae.producers.estimate_and_backward``:
+the same producer, the same estimator), so the time per estimate is the training route's. A
+baseline first adapts on random minibatches, as in training, and is then held fixed, so the
+estimates are independent.
 """
 
 from __future__ import annotations
@@ -188,7 +190,8 @@ def gradient_variance(
         warmup: baseline adaptation steps before measuring (see ``_warm_up_baselines``).
         warmup_data: (N, ...) data whose random minibatches the baselines adapt on (default:
             ``x`` itself).
-        producer: the route particles take (``auto``: the one training takes).
+        producer: the route particles take (``pyrovae.runs.gradvar_run`` passes the one the run
+            trained with).
 
     Returns:
         One ``GradientStats`` per estimator, in order.
@@ -207,12 +210,15 @@ def gradient_variance(
             est.prepare(x)
             _warm_up_baselines(route, est, x, warmup, vae, warmup_data)
             enc, dec = _Moments(), _Moments()
-            estimate_and_backward(route, est, x, None)  # untimed: first-call costs
+            # The state the baselines reached is held for the draws: updating it on the fixed
+            # batch would fit the average to that batch's points, which training never does,
+            # and make the draws depend on each other.
+            estimate_and_backward(route, est, x, None, False)  # untimed: first-call costs
             seconds = 0.0
             for _ in tqdm(range(draws), desc=spec, disable=None if progress else True):
                 vae.zero_grad(set_to_none=True)
                 start = time.perf_counter()
-                estimate_and_backward(route, est, x, None)
+                estimate_and_backward(route, est, x, None, False)
                 seconds += time.perf_counter() - start
                 enc.add(_flat_grad(inference) / x.shape[0])
                 dec.add(_flat_grad(generative) / x.shape[0])

@@ -67,6 +67,8 @@ class StandardNormal(Prior):
         return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        if type(self).forward is not StandardNormal.forward:  # a subclass changed p(z)
+            return super().log_prob(z)
         # -|z|²/2 - D log(2π)/2 on the training step's hot path: two autograd nodes instead
         # of Normal.log_prob's nine.
         return torch.add(self.log_normalizer, torch.linalg.vecdot(z, z), alpha=-0.5)

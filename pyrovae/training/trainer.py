@@ -168,7 +168,9 @@ class TrainedState:
         with torch.random.fork_rng(devices=[]), poutine.trace(param_only=True) as capture:
             traced_particles(model, guide, (x,), reparameterized=False, record_params=True)
         params = {}
-        for name, site in capture.trace.nodes.items():
+        # By name: the optimizer's state is saved by position, which must not depend on the
+        # order in which a rebuilt pair happens to register its parameters.
+        for name, site in sorted(capture.trace.nodes.items()):
             value = site["value"]
             value = value.unconstrained() if hasattr(value, "unconstrained") else value
             if value.requires_grad:
@@ -299,8 +301,10 @@ def train(
             ``VAEConfig()``. Not used with ``model`` and ``guide``.
         run_dir: where to write config, metrics and checkpoints (default ``runs/<name>-<time>``).
         resume: continue the run in ``run_dir`` from its last checkpoint. Its saved config is
-            used, except ``epochs``, which is taken from ``train_config`` (the new total). A
-            pair of the user's own must be passed again, built as before.
+            used, except ``epochs``, taken from ``train_config`` (the new total), and
+            ``producer`` where ``train_config`` names one (not ``auto``): the run then
+            continues on that route. A pair of the user's own must be passed again, built as
+            before.
         progress: show a progress bar and say which producer runs.
         data: an already loaded dataset (otherwise loaded from ``train_config``).
         model, guide: a Pyro model/guide pair of your own instead of a VAE: called as
@@ -336,7 +340,14 @@ def train(
                 )
             )
         model_config = saved_model
-        train_config = dataclasses.replace(saved_train, epochs=train_config.epochs)
+        # The saved config, but for the new total of epochs and a producer asked for by name
+        # (the state saved does not depend on it; "auto" keeps the run's).
+        producer = (
+            saved_train.producer if train_config.producer == "auto" else train_config.producer
+        )
+        train_config = dataclasses.replace(
+            saved_train, epochs=train_config.epochs, producer=producer
+        )
         state = load_checkpoint(checkpoint_path(run_path, "last"))
     else:
         run_path = Path(run_dir) if run_dir else _default_run_dir(train_config)
@@ -351,7 +362,7 @@ def train(
             f"unknown producer {cfg.producer!r}; choose one of: {', '.join(PRODUCERS)}"
         )
     data = data if data is not None else prepare_data(cfg)
-    estimator = make_estimator(cfg.estimator, cfg.num_particles, **cfg.estimator_options)
+    estimator = _estimator(cfg)
     steps_per_epoch = _steps_per_epoch(data.train.shape[0], cfg.batch_size, estimator)
 
     # Pyro's param store is global: stale parameters with our names would shadow the new ones.
@@ -370,6 +381,8 @@ def train(
         model, guide = vae.model, vae.guide
         producer = make_producer(vae, cfg.producer)
         trained = TrainedState(module=vae)
+    if hasattr(producer, "params"):  # the traced producer holds them fixed in log_q_stopped
+        producer.params = trained.params
     # An estimator that does not apply to the model fails here, before anything is written.
     check_applies(producer, estimator, x0)
     trainer = Trainer(producer, estimator, trained.params, cfg.lr)
@@ -459,6 +472,18 @@ def train(
     if vae is not None:
         vae.eval()
     return TrainResult(run_path, vae, metrics, best, producer.name, model, guide)
+
+
+def _estimator(cfg: TrainConfig) -> Estimator:
+    """The configured estimator; ``num_particles`` may also come as one of its options."""
+    options = dict(cfg.estimator_options)
+    k = cfg.num_particles
+    if "num_particles" in options:
+        given = options.pop("num_particles")
+        if k is not None and given != k:
+            raise ValueError(f"num_particles is given twice, as {k} and as {given}")
+        k = given
+    return make_estimator(cfg.estimator, k, **options)
 
 
 def _steps_per_epoch(n: int, batch_size: int, estimator: Estimator) -> int:
