@@ -155,6 +155,18 @@ def _train_parser(sub) -> None:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _run_options(p, seed: str) -> None:
+    """The options every command on a run directory takes; ``seed`` says what it seeds."""
+    p.add_argument("--seed", type=int, default=0, help=seed)
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        default="best",
+        help="best (by validation ELBO) or last",
+    )
+    p.add_argument("--data-dir", help="override the data directory saved in the run")
+
+
 def _eval_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -170,14 +182,7 @@ def _eval_parser(sub) -> None:
         "--split", choices=["train", "valid", "test"], default="test", help="the data to evaluate"
     )
     p.add_argument("--n", type=int, help="evaluate a seeded random subset of this size")
-    p.add_argument("--seed", type=int, default=0, help="seeds the subset and the samples")
-    p.add_argument(
-        "--checkpoint",
-        choices=["best", "last"],
-        default="best",
-        help="best (by validation ELBO) or last",
-    )
-    p.add_argument("--data-dir", help="override the data directory saved in the run")
+    _run_options(p, seed="seeds the subset and the samples")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument(
         "--producer",
@@ -198,14 +203,7 @@ def _sample_parser(sub) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--n", type=int, default=100, help="number of samples")
     p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the images shown and the samples")
-    p.add_argument(
-        "--checkpoint",
-        choices=["best", "last"],
-        default="best",
-        help="best (by validation ELBO) or last",
-    )
-    p.add_argument("--data-dir", help="override the data directory saved in the run")
+    _run_options(p, seed="seeds the images shown and the samples")
 
 
 def _gradvar_parser(sub) -> None:
@@ -231,14 +229,7 @@ def _gradvar_parser(sub) -> None:
     p.add_argument("--draws", type=int, default=100, help="gradient estimates per estimator")
     p.add_argument("--batch-size", type=int, default=100, help="the minibatch's size")
     p.add_argument("--warmup", type=int, default=200, help="baseline adaptation steps")
-    p.add_argument("--seed", type=int, default=0, help="seeds the minibatch and the estimates")
-    p.add_argument(
-        "--checkpoint",
-        choices=["best", "last"],
-        default="best",
-        help="best (by validation ELBO) or last",
-    )
-    p.add_argument("--data-dir", help="override the data directory saved in the run")
+    _run_options(p, seed="seeds the minibatch and the estimates")
     p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument(
@@ -265,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _configs_from_args(args):
     from .model import VAEConfig
     from .training import TrainConfig
+    from .training.trainer import ENGINE_TO_PRODUCER
 
     train_d: Dict[str, Any] = {}
     model_d: Dict[str, Any] = {}
@@ -295,7 +287,7 @@ def _configs_from_args(args):
         if getattr(args, key) is not None:
             train_d[key] = getattr(args, key)
     if args.engine is not None:
-        producer = {"auto": "auto", "fast": "direct", "pyro": "traced"}[args.engine]
+        producer = ENGINE_TO_PRODUCER[args.engine]
         print(
             f"pyrovae train: --engine is now --producer; --engine {args.engine} is "
             f"--producer {producer}",

@@ -44,6 +44,22 @@ class NotApplicable(ValueError):
     sample of a discrete latent, say); the message says what and what to use instead."""
 
 
+class _LazyField:
+    """A log-density attribute of ``Particles``: the tensor its producer gave, or the result
+    of the function it gave, computed on first read and kept."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, particles: "Particles", owner=None) -> torch.Tensor:
+        value = particles._fields[self.name]
+        if value is None:
+            raise NotApplicable(f"this producer does not give {self.name}")
+        if callable(value):
+            value = particles._fields[self.name] = value()
+        return value
+
+
 class Particles:
     """K particles of a batch of B data points; every log density is (K, B), unscaled.
 
@@ -71,8 +87,6 @@ class Particles:
     (the direct producer does), which gives the same value and the same parameter gradient.
     """
 
-    _FIELDS = ("log_prior", "log_lik", "log_q", "log_q_stopped", "kl")
-
     def __init__(
         self,
         *,
@@ -88,6 +102,7 @@ class Particles:
         self.x = x
         self.latents = dict(latents)
         self.scale = float(scale)
+        # Tensors, or functions computing them on first read (``_LazyField``).
         self._fields: Dict[str, Optional[Field]] = {
             "log_prior": log_prior,
             "log_lik": log_lik,
@@ -96,34 +111,11 @@ class Particles:
             "kl": kl,
         }
 
-    def _get(self, name: str) -> torch.Tensor:
-        value = self._fields[name]
-        if value is None:
-            raise NotApplicable(f"this producer does not give {name}")
-        if callable(value):
-            value = value()
-            self._fields[name] = value
-        return value
-
-    @property
-    def log_prior(self) -> torch.Tensor:
-        return self._get("log_prior")
-
-    @property
-    def log_lik(self) -> torch.Tensor:
-        return self._get("log_lik")
-
-    @property
-    def log_q(self) -> torch.Tensor:
-        return self._get("log_q")
-
-    @property
-    def log_q_stopped(self) -> torch.Tensor:
-        return self._get("log_q_stopped")
-
-    @property
-    def kl(self) -> torch.Tensor:
-        return self._get("kl")
+    log_prior = _LazyField()
+    log_lik = _LazyField()
+    log_q = _LazyField()
+    log_q_stopped = _LazyField()
+    kl = _LazyField()
 
     @property
     def log_p(self) -> torch.Tensor:
@@ -321,7 +313,7 @@ def traced_particles(
     log_q_sites = {n: reduce(s, s["fn"].log_prob(s["value"])) for n, s in guide_sites.items()}
     log_p_sites = {n: reduce(s, s["fn"].log_prob(s["value"])) for n, s in model_latent.items()}
     log_lik_sites = {s["name"]: reduce(s, s["fn"].log_prob(s["value"])) for s in observed}
-    _check_shapes({**log_q_sites, **log_lik_sites})
+    _check_shapes({**log_q_sites, **log_p_sites, **log_lik_sites})
 
     def total(per_site: Dict[str, torch.Tensor]) -> torch.Tensor:
         values = list(per_site.values())

@@ -74,7 +74,7 @@ class TracedProducer:
         params: Sequence[torch.Tensor] = (),
     ) -> None:
         self.model, self.guide, self.max_plate_nesting = model, guide, max_plate_nesting
-        # The pair's trainable tensors where known (the trainer sets them): held fixed in
+        # The pair's trainable tensors where known (the trainer's): held fixed in
         # ``log_q_stopped``.
         self.params = list(params)
         # The trainer holds the parameters already: the pair's param statements need not
@@ -116,10 +116,17 @@ def supports_direct(vae: object) -> bool:
     return isinstance(vae, VAE) and type(vae).model is VAE.model and type(vae).guide is VAE.guide
 
 
-def make_producer(subject: Subject, kind: str = "auto", max_plate_nesting: int = 1) -> Producer:
+def make_producer(
+    subject: Subject,
+    kind: str = "auto",
+    max_plate_nesting: int = 1,
+    params: Sequence[torch.Tensor] = (),
+) -> Producer:
     """The producer called ``kind`` for ``subject``: a ``VAE``, or a ``(model, guide)`` pair.
 
-    ``auto`` is ``direct`` for a ``VAE`` that supports it and ``traced`` otherwise.
+    ``auto`` is ``direct`` for a ``VAE`` that supports it and ``traced`` otherwise. ``params``,
+    the pair's trainable tensors where the caller knows them, go to the traced producer (see
+    ``TracedProducer``).
     """
     if kind not in PRODUCERS:
         raise ValueError(f"unknown producer {kind!r}; choose one of: {', '.join(PRODUCERS)}")
@@ -130,10 +137,10 @@ def make_producer(subject: Subject, kind: str = "auto", max_plate_nesting: int =
                 "model/guide pair of your own goes through the traced producer"
             )
         model, guide = subject
-        return TracedProducer(model, guide, max_plate_nesting)
+        return TracedProducer(model, guide, max_plate_nesting, params=params)
     if kind == "direct" or (kind == "auto" and supports_direct(subject)):
         return DirectProducer(subject)
-    return TracedProducer(subject.model, subject.guide, max_plate_nesting)
+    return TracedProducer(subject.model, subject.guide, max_plate_nesting, params=params)
 
 
 def check_applies(producer: Producer, estimator: "Estimator", x: torch.Tensor) -> None:

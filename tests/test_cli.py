@@ -10,6 +10,10 @@ import pytest
 
 from pyrovae.cli import main
 
+# A linear-Gaussian data set and model: its log p(x) is exact.
+LINEAR_GAUSSIAN = ["--dataset", "linear-gaussian", "--dataset-option", "x_dim=4", "--z-dim", "2"]
+LINEAR_GAUSSIAN += ["--decoder", "linear", "--likelihood", "gaussian-learned"]
+
 
 @pytest.fixture
 def mnist_dir(tmp_path, monkeypatch):
@@ -96,24 +100,15 @@ def test_linear_gaussian_run_reports_exact_log_px(tmp_path, capsys):
         main(
             [
                 "train",
-                "--dataset",
-                "linear-gaussian",
-                "--dataset-option",
-                "x_dim=4",
+                *LINEAR_GAUSSIAN,
                 "--n-train",
                 "500",
                 "--n-eval",
                 "200",
                 "--epochs",
                 "3",
-                "--decoder",
-                "linear",
-                "--likelihood",
-                "gaussian-learned",
                 "--hidden",
                 "16",
-                "--z-dim",
-                "2",
                 "--lr",
                 "0.01",
                 "--run-dir",
@@ -225,30 +220,8 @@ def test_bernoulli_latent_model_with_score_function_estimators(tmp_path, mnist_d
 
 
 def test_producer_and_estimator_options_and_the_0_1_0_engine_flag(tmp_path, capsys):
-    common = [
-        "train",
-        "--dataset",
-        "linear-gaussian",
-        "--dataset-option",
-        "x_dim=4",
-        "--n-train",
-        "200",
-        "--n-eval",
-        "50",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "50",
-        "--decoder",
-        "linear",
-        "--likelihood",
-        "gaussian-learned",
-        "--hidden",
-        "8",
-        "--z-dim",
-        "2",
-        "--quiet",
-    ]
+    common = ["train", *LINEAR_GAUSSIAN, "--n-train", "200", "--n-eval", "50", "--epochs", "1"]
+    common += ["--batch-size", "50", "--hidden", "8", "--quiet"]
     run = tmp_path / "traced"
     args = ["--producer", "traced", "--estimator", "score-function"]
     args += ["--estimator-option", "baseline_beta=0.8", "--run-dir", str(run)]

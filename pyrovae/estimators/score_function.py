@@ -139,8 +139,8 @@ class ScoreFunction(Estimator):
         advantage = cost
         baseline_loss = 0.0
         if self.uses_average:
-            if self.average.numel() == 0:
-                self.prepare(p.x if p.x is not None else cost.new_zeros(cost.shape[1], 1))
+            if self.average.numel() == 0:  # not prepared: the first costs give its shape
+                self.average = torch.zeros_like(cost)
             if self.average.shape != cost.shape:
                 raise ValueError(
                     f"the decaying-average baseline has shape {tuple(self.average.shape)} but "

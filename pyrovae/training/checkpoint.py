@@ -71,21 +71,27 @@ def checkpoint_path(run_dir: PathLike, which: str = "best") -> Path:
     return Path(run_dir) / "checkpoints" / f"{which}.pt"
 
 
+def find_checkpoint(source: PathLike, which: str = "best") -> Path:
+    """The checkpoint file of a run directory (its ``which`` one, falling back from ``best``
+    to ``last``), or ``source`` itself when it is a file."""
+    source = Path(source)
+    if not source.is_dir():
+        return source
+    path = checkpoint_path(source, which)
+    if not path.is_file() and which == "best":
+        path = checkpoint_path(source, "last")
+    if not path.is_file():
+        raise CheckpointError(
+            f"{source} holds no checkpoint (looked for checkpoints/best.pt and last.pt); "
+            "is it a run directory made by `pyrovae train`?"
+        )
+    return path
+
+
 def load_vae(source: PathLike, which: str = "best") -> Tuple[VAE, Dict[str, Any]]:
     """Rebuild a trained VAE from a run directory (its ``which`` checkpoint, falling back to
     ``last``) or from a checkpoint file. Returns (vae in eval mode, checkpoint dict)."""
-    source = Path(source)
-    if source.is_dir():
-        path = checkpoint_path(source, which)
-        if not path.is_file() and which == "best":
-            path = checkpoint_path(source, "last")
-        if not path.is_file():
-            raise CheckpointError(
-                f"{source} holds no checkpoint (looked for checkpoints/best.pt and last.pt); "
-                "is it a run directory made by `pyrovae train`?"
-            )
-    else:
-        path = source
+    path = find_checkpoint(source, which)
     state = load_checkpoint(path)
     if state.get("model_config") is None:
         raise CheckpointError(

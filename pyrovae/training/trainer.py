@@ -38,10 +38,10 @@ from ..particles import traced_particles
 from ..producers import PRODUCERS, Producer, check_applies, estimate_and_backward, make_producer
 from ..runtime import fused_adam, tune_allocator
 from . import legacy
-from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_path, find_checkpoint, load_checkpoint, save_checkpoint
 
-# 0.1.0 named the route an "engine"; a config file or run directory may still say so.
-_ENGINE_TO_PRODUCER = {"auto": "auto", "fast": "direct", "pyro": "traced"}
+# 0.1.0 named the route an "engine"; a config file, run directory or command line may still.
+ENGINE_TO_PRODUCER = {"auto": "auto", "fast": "direct", "pyro": "traced"}
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,9 @@ class TrainConfig:
         d = dict(d)
         if "engine" in d:
             engine = d.pop("engine")
-            if engine not in _ENGINE_TO_PRODUCER:
+            if engine not in ENGINE_TO_PRODUCER:
                 raise ValueError(f"unknown engine {engine!r} in the training config")
-            d.setdefault("producer", _ENGINE_TO_PRODUCER[engine])
+            d.setdefault("producer", ENGINE_TO_PRODUCER[engine])
         return config_from_dict(cls, d, "training")
 
 
@@ -372,17 +372,15 @@ def train(
         x0 = _first_batch(data, cfg.batch_size)
     if custom:
         vae = None
-        producer = make_producer((model, guide), cfg.producer)
         trained = TrainedState.of_pair(model, guide, x0)
     else:
         model_config = dataclasses.replace(model_config or VAEConfig(), x_dim=data.x_dim)
         vae = build_vae(model_config)
         _check_data(vae, data)
         model, guide = vae.model, vae.guide
-        producer = make_producer(vae, cfg.producer)
         trained = TrainedState(module=vae)
-    if hasattr(producer, "params"):  # the traced producer holds them fixed in log_q_stopped
-        producer.params = trained.params
+    subject = vae if vae is not None else (model, guide)
+    producer = make_producer(subject, cfg.producer, params=trained.params)
     # An estimator that does not apply to the model fails here, before anything is written.
     check_applies(producer, estimator, x0)
     trainer = Trainer(producer, estimator, trained.params, cfg.lr)
@@ -555,10 +553,7 @@ def load_pair_state(
     """Load the parameters a run saved for a model/guide pair of the user's own into that pair
     (rebuilt as it was trained), from a run directory or a checkpoint file. ``x`` (B, ...) is
     a batch to trace the pair on, to find its parameters. Returns the checkpoint dict."""
-    source = Path(source)
-    path = checkpoint_path(source, which) if source.is_dir() else source
-    if source.is_dir() and not path.is_file() and which == "best":
-        path = checkpoint_path(source, "last")
+    path = find_checkpoint(source, which)
     state = load_checkpoint(path)
     if state.get("model_config") is not None:
         raise ValueError(f"{path} holds a pyrovae VAE: load it with pyrovae.load_vae")
