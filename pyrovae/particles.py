@@ -250,7 +250,7 @@ def traced_particles(
     """
     kwargs = kwargs or {}
     k, nesting = num_particles, max_plate_nesting
-    guide_params = list(params) + _module_parameters(guide)
+    user_guide = guide  # before any wrapping: log_q_stopped looks for its module
     if not record_params:
         # Innermost, so that a param statement stops here instead of visiting every handler.
         model = poutine.block(model, hide_types=["param"])
@@ -339,7 +339,7 @@ def traced_particles(
         # Pyro's param store holds stale tensors under its names), and those Pyro knows of
         # (the store's and the trace's). Freezing the model's too is harmless: only the guide
         # runs.
-        frozen = list(guide_params)
+        frozen = list(params) + _module_parameters(user_guide)
         store = pyro.get_param_store()
         frozen += [_leaf(store[name]) for name in store.keys()]
         frozen += [_leaf(s["value"]) for s in guide_trace.nodes.values() if s["type"] == "param"]
