@@ -9,14 +9,15 @@ pyrovae gradvar RUN_DIR [--estimators pathwise,stl,iwae:num_particles=10] [--dra
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import errno
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
+from .config import Rule, check_arguments, check_values
 
 
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -253,7 +254,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configs_from_args(args):
+def _read_config_file(path: str) -> Dict[str, Dict[str, Any]]:
+    """The sections of a ``--config`` file, each checked to be an object of options."""
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ValueError(f"cannot read --config {path}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"--config {path} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(
+            f'--config {path} must hold an object {{"train": {{...}}, "model": {{...}}}}, '
+            f"got {type(cfg).__name__}"
+        )
+    unknown = sorted(set(cfg) - {"train", "model"})
+    if unknown:
+        raise ValueError(f'--config {path}: unknown section(s) {unknown}; use "train" and "model"')
+    for section, value in cfg.items():
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"--config {path}: {section} must be an object of options, got {value!r}"
+            )
+    return cfg
+
+
+def _flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The (training, model) options the user gave, from ``--config`` and the flags (which
+    win), each value checked where it was given, so an error names the flag or the file's
+    key. Options left out are absent: the defaults, or a resumed run's saved values, apply."""
     from .model import VAEConfig
     from .training import TrainConfig
     from .training.trainer import ENGINE_TO_PRODUCER
@@ -261,17 +293,18 @@ def _configs_from_args(args):
     train_d: Dict[str, Any] = {}
     model_d: Dict[str, Any] = {}
     if args.config:
-        try:
-            cfg = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read --config {args.config}: {e}") from e
-        unknown = sorted(set(cfg) - {"train", "model"})
-        if unknown:
-            raise ValueError(
-                f'--config {args.config}: unknown section(s) {unknown}; use "train" and "model"'
-            )
-        train_d.update(cfg.get("train", {}))
-        model_d.update(cfg.get("model", {}))
+        cfg = _read_config_file(args.config)
+        for section, cls, out in (("train", TrainConfig, train_d), ("model", VAEConfig, model_d)):
+            given = dict(cfg.get(section, {}))
+            if section == "train" and "engine" in given:  # 0.1.0's name
+                engine = given.pop("engine")
+                if engine not in ENGINE_TO_PRODUCER:
+                    raise ValueError(f"--config {args.config}: unknown train.engine {engine!r}")
+                given.setdefault("producer", ENGINE_TO_PRODUCER[engine])
+            # Checked whole (unknown keys too), with the file's key names.
+            cls.from_dict(given, name=lambda k, s=section: f"--config {args.config}: {s}.{k}")
+            out.update(given)
+    flags: Dict[str, Any] = {}
     for key in (
         "dataset",
         "n_train",
@@ -285,7 +318,7 @@ def _configs_from_args(args):
         "producer",
     ):
         if getattr(args, key) is not None:
-            train_d[key] = getattr(args, key)
+            flags[key] = getattr(args, key)
     if args.engine is not None:
         producer = ENGINE_TO_PRODUCER[args.engine]
         print(
@@ -294,7 +327,8 @@ def _configs_from_args(args):
             file=sys.stderr,
         )
         train_d.pop("engine", None)
-        train_d.setdefault("producer", producer)
+        flags.setdefault("producer", producer)
+    train_d.update(check_values(TrainConfig, flags, _flag_name))
     if args.data_dir is not None:
         train_d["data_dir"] = str(Path(args.data_dir).resolve())
     options = dict(train_d.get("dataset_options", {}))
@@ -309,38 +343,47 @@ def _configs_from_args(args):
         estimator_options["baseline"] = args.baseline
     if estimator_options:
         train_d["estimator_options"] = estimator_options
-    for key in (
-        "z_dim",
-        "hidden",
-        "activation",
-        "encoder",
-        "decoder",
-        "prior",
-        "likelihood",
-        "guide",
-    ):
-        if getattr(args, key) is not None:
-            model_d[key] = getattr(args, key)
+    flags = {
+        key: getattr(args, key)
+        for key in (
+            "z_dim",
+            "hidden",
+            "activation",
+            "encoder",
+            "decoder",
+            "prior",
+            "likelihood",
+            "guide",
+        )
+        if getattr(args, key) is not None
+    }
+    model_d.update(check_values(VAEConfig, flags, _flag_name))
     if args.sigma is not None:
-        model_d["likelihood_options"] = {
-            **model_d.get("likelihood_options", {}),
-            "sigma": args.sigma,
-        }
-    return TrainConfig.from_dict(train_d), VAEConfig.from_dict(model_d)
+        sigma = Rule("number", positive=True).check("--sigma", args.sigma)
+        model_d["likelihood_options"] = {**model_d.get("likelihood_options", {}), "sigma": sigma}
+    return train_d, model_d
 
 
 def _cmd_train(args) -> int:
+    from .model import VAEConfig
     from .plots import summary_table
-    from .training import train
+    from .training import TrainConfig, train
 
-    train_cfg, model_cfg = _configs_from_args(args)
-    if args.resume and not args.run_dir:
-        raise ValueError("--resume needs --run-dir, the run to continue")
-    if args.resume and args.epochs is None:
-        train_cfg = dataclasses.replace(train_cfg, epochs=_saved_epochs(args.run_dir))
+    train_d, model_d = _given_options(args)
+    if args.resume:
+        if not args.run_dir:
+            raise ValueError("--resume needs --run-dir, the run to continue")
+        train_cfg, model_cfg, changes = TrainConfig(), None, {**train_d, **model_d}
+    else:
+        train_cfg, model_cfg, changes = TrainConfig(**train_d), VAEConfig(**model_d), None
     t0 = time.perf_counter()
     result = train(
-        train_cfg, model_cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.quiet
+        train_cfg,
+        model_cfg,
+        run_dir=args.run_dir,
+        resume=args.resume,
+        progress=not args.quiet,
+        changes=changes,
     )
     last = result.metrics[-1] if result.metrics else {}
     rows = [
@@ -358,16 +401,11 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _saved_epochs(run_dir: str) -> int:
-    from .training import read_config
-
-    return read_config(Path(run_dir))[0].epochs
-
-
 def _cmd_evaluate(args) -> int:
     from .plots import summary_table
-    from .runs import evaluate_run
+    from .runs import EVALUATE_ARGUMENTS, evaluate_run
 
+    check_arguments(EVALUATE_ARGUMENTS, vars(args), _flag_name)
     res = evaluate_run(
         args.run_dir,
         k=args.k,
@@ -384,7 +422,7 @@ def _cmd_evaluate(args) -> int:
         print(json.dumps(out))
         return 0
     rows = [
-        ("run / checkpoint", f"{args.run_dir} ({args.checkpoint})"),
+        ("run / checkpoint", f"{args.run_dir} ({res.checkpoint})"),
         ("split, points", f"{args.split}, {res.n}"),
         (f"log p(x), K={res.k}", f"{res.log_px:.3f} ± {res.log_px_stderr:.3f} nats"),
         ("ELBO", f"{res.elbo:.3f} ± {res.elbo_stderr:.3f} nats"),
@@ -405,8 +443,9 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_sample(args) -> int:
     from .plots import summary_table
-    from .runs import sample_run
+    from .runs import SAMPLE_ARGUMENTS, sample_run
 
+    check_arguments(SAMPLE_ARGUMENTS, vars(args), _flag_name)
     paths = sample_run(
         args.run_dir,
         out_dir=args.out,
@@ -421,8 +460,9 @@ def _cmd_sample(args) -> int:
 
 def _cmd_gradvar(args) -> int:
     from .plots import markdown_table, summary_table
-    from .runs import gradvar_run
+    from .runs import GRADVAR_ARGUMENTS, gradvar_run
 
+    check_arguments(GRADVAR_ARGUMENTS, vars(args), _flag_name)
     # Specs are comma-separated, and so are an estimator's options: "iwae:a=1;b=2".
     specs = [s.replace(";", ",") for s in args.estimators.split(",")] if args.estimators else None
     stats, paths = gradvar_run(
@@ -465,9 +505,11 @@ def _cmd_gradvar(args) -> int:
         ],
     )
     route = stats[0].producer if stats else args.producer or "the run's"
+    batch = stats[0].batch_size if stats else args.batch_size
+    used = json.loads(paths["json"].read_text()).get("checkpoint", args.checkpoint)
     print(
-        f"gradient noise at {args.run_dir} ({args.checkpoint}), {args.draws} draws on one "
-        f"minibatch of {args.batch_size}, particles from the {route} producer\n{table}"
+        f"gradient noise at {args.run_dir} ({used}), {args.draws} draws on one "
+        f"minibatch of {batch}, particles from the {route} producer\n{table}"
     )
     print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
     return 0
@@ -493,12 +535,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (
         DataError,
         CheckpointError,
-        FileNotFoundError,
-        FileExistsError,
-        ValueError,
+        ValueError,  # OptionError, RunDirError, NotApplicable among them
         FloatingPointError,  # a non-finite estimate from a damaged model
+        MemoryError,
     ) as e:
-        print(f"pyrovae {args.command}: error: {e}", file=sys.stderr)
+        print(f"pyrovae {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or directory the system refuses: FileExistsError among them
+        print(f"pyrovae {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -506,6 +550,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _os_error(e: OSError) -> str:
+    """One line for an error from the system: what it refused, and on which path."""
+    if e.strerror is None:  # raised by pyrovae with its own message
+        return _one_line(e)
+    where = f" {e.filename}" if e.filename is not None else ""
+    hint = {
+        errno.ENOSPC: "free some disk space; files written before are intact",
+        errno.EACCES: "check the permissions, or choose another path",
+        errno.EROFS: "choose a writable path",
+        errno.ENOTDIR: "a part of the path is a file, not a directory",
+        errno.ENOENT: "check the path",
+    }.get(e.errno, "check the path")
+    return f"cannot use{where}: {e.strerror} ({hint})"
 
 
 if __name__ == "__main__":

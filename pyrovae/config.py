@@ -1,18 +1,139 @@
-"""Strict construction of the frozen dataclass configs from dicts (JSON files, checkpoints)."""
+"""One validation layer for every configuration value, wherever it comes from.
+
+The frozen dataclass configs (``TrainConfig``, ``VAEConfig``) declare each field's rule in its
+metadata (:func:`option`). The same rules run on a value from the command line, from a
+``--config`` file and from the Python API, before anything is written, and a value that breaks
+one raises :class:`OptionError` with one line naming the value as the user wrote it (``--lr``,
+``cfg.json: train.lr``, ``lr``), what was expected and what was given.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Type, TypeVar
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
 
 C = TypeVar("C")
+Namer = Callable[[str], str]
 
 
-def config_from_dict(cls: Type[C], d: Dict[str, Any], what: str) -> C:
-    """``cls(**d)``, but an unknown key is a ``ValueError`` naming the known ones, so that a typo
-    in a config file fails loudly instead of being ignored. ``what`` names the section."""
+class OptionError(ValueError):
+    """A configuration value of the wrong type or out of range."""
+
+
+def _given(value: Any) -> str:
+    kind = {str: "a string", bool: "a boolean", list: "a list", dict: "an object"}.get(type(value))
+    return f"{value!r} ({kind})" if kind else repr(value)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one option accepts.
+
+    ``kind``: ``int`` (not a bool, not a float), ``number`` (an int or a float, finite), ``str``,
+    ``dict`` (a JSON object) or ``ints`` (a list of ints). ``minimum`` bounds ints and each of
+    ``ints`` from below, ``maximum`` ints from above (inclusive); ``positive`` asks a number to
+    be > 0; ``optional`` lets the value be ``None`` (the library's default applies).
+    """
+
+    kind: str
+    minimum: Optional[int] = None
+    maximum: Optional[int] = None
+    positive: bool = False
+    optional: bool = False
+
+    def expected(self) -> str:
+        text = {
+            "int": "an integer",
+            "number": "a finite number",
+            "str": "a string",
+            "dict": "an object of options",
+            "ints": "a list of integers like [200, 200]",
+        }[self.kind]
+        if self.minimum is not None and self.maximum is not None:
+            text += f" from {self.minimum} to {self.maximum}"
+        elif self.minimum is not None:
+            text += f" >= {self.minimum}" if self.kind == "int" else f", each >= {self.minimum}"
+        if self.positive:
+            text += " > 0"
+        return text + (" (or null)" if self.optional else "")
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` if it obeys the rule (lists of ints as tuples, numbers as floats), else an
+        ``OptionError`` naming ``name``."""
+        if value is None and self.optional:
+            return None
+        ok, out = self._normalized(value)
+        if not ok:
+            raise OptionError(f"{name} must be {self.expected()}, got {_given(value)}")
+        return out
+
+    def _normalized(self, value: Any) -> Tuple[bool, Any]:
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if self.kind == "int":
+            ok = is_int(value) and (self.minimum is None or value >= self.minimum)
+            return ok and (self.maximum is None or value <= self.maximum), value
+        if self.kind == "number":
+            if not (is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+                return False, value
+            return not self.positive or value > 0, float(value)
+        if self.kind == "str":
+            return isinstance(value, str), value
+        if self.kind == "dict":
+            return isinstance(value, dict), dict(value) if isinstance(value, dict) else value
+        if self.kind == "ints":
+            if not isinstance(value, (list, tuple)) or not all(is_int(v) for v in value):
+                return False, value
+            ok = self.minimum is None or all(v >= self.minimum for v in value)
+            return ok, tuple(value)
+        raise AssertionError(self.kind)
+
+
+def option(default: Any = None, rule: Optional[Rule] = None, **kwargs: Any) -> Any:
+    """A dataclass field with a validation ``rule`` (``default_factory`` etc. pass through)."""
+    if "default_factory" not in kwargs:
+        kwargs["default"] = default
+    return dataclasses.field(metadata={"rule": rule}, **kwargs)
+
+
+def check_values(cls: Type, d: Dict[str, Any], name: Namer = str) -> Dict[str, Any]:
+    """``d`` (some of ``cls``'s fields) with each value checked against its field's rule and
+    normalized; ``name(key)`` is how the user wrote the key (a flag, a config-file path)."""
+    rules = {f.name: f.metadata.get("rule") for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in d.items():
+        rule = rules.get(key)
+        out[key] = rule.check(name(key), value) if rule is not None else value
+    return out
+
+
+def validate_fields(obj: Any) -> None:
+    """Check and normalize every field of a frozen dataclass instance (its ``__post_init__``)."""
+    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    for key, value in check_values(type(obj), values).items():
+        object.__setattr__(obj, key, value)
+
+
+def config_from_dict(cls: Type[C], d: Any, what: str, name: Optional[Namer] = None) -> C:
+    """``cls(**d)``, but an unknown key or a bad value is an ``OptionError`` naming it (by
+    ``name(key)``, default ``key``), so that a typo in a config file fails loudly instead of
+    being ignored. ``what`` names the section."""
+    name = name or str
+    if not isinstance(d, dict):
+        raise OptionError(f"the {what} options must be an object of options, got {_given(d)}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"unknown {what} option(s) {unknown}; known: {sorted(names)}")
-    return cls(**d)
+        shown = ", ".join(name(k) for k in unknown)
+        raise OptionError(f"unknown {what} option(s) {shown}; known: {sorted(names)}")
+    return cls(**check_values(cls, d, name))
+
+
+def check_arguments(rules: Dict[str, Rule], values: Dict[str, Any], name: Namer = str) -> None:
+    """Check the arguments of a function (or the flags of a command) that have a rule."""
+    for key, rule in rules.items():
+        if key in values:
+            rule.check(name(key), values[key])

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import pyro
 import torch
 from torch import nn
 
-from .config import config_from_dict
+from .config import Rule, config_from_dict, option, validate_fields
 from .linear_gaussian import LinearGaussian
 from .particles import Particles
 from .parts.guides import GUIDES, GuideFamily
@@ -41,16 +41,19 @@ class VAEConfig:
     (e.g. ``{"sigma": 0.5}``).
     """
 
-    x_dim: int = 784
-    z_dim: int = 50
-    hidden: Tuple[int, ...] = (200, 200)
-    activation: str = "tanh"
-    encoder: str = "mlp"
-    decoder: str = "mlp"
-    prior: str = "standard-normal"
-    likelihood: str = "bernoulli"
-    likelihood_options: Dict[str, Any] = field(default_factory=dict)
-    guide: str = "diagonal-gaussian"
+    x_dim: int = option(784, Rule("int", minimum=1))
+    z_dim: int = option(50, Rule("int", minimum=1))
+    hidden: Tuple[int, ...] = option((200, 200), Rule("ints", minimum=1))
+    activation: str = option("tanh", Rule("str"))
+    encoder: str = option("mlp", Rule("str"))
+    decoder: str = option("mlp", Rule("str"))
+    prior: str = option("standard-normal", Rule("str"))
+    likelihood: str = option("bernoulli", Rule("str"))
+    likelihood_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
+    guide: str = option("diagonal-gaussian", Rule("str"))
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict."""
@@ -59,12 +62,10 @@ class VAEConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "VAEConfig":
-        """Inverse of ``to_dict``; unknown keys are an error so that typos fail loudly."""
-        d = dict(d)
-        if "hidden" in d:
-            d["hidden"] = tuple(int(h) for h in d["hidden"])
-        return config_from_dict(cls, d, "model")
+    def from_dict(cls, d: Dict[str, Any], name=None) -> "VAEConfig":
+        """Inverse of ``to_dict``; unknown keys and bad values are an ``OptionError`` naming
+        them (``name(key)``: how the user wrote the key), so that typos fail loudly."""
+        return config_from_dict(cls, d, "model", name)
 
 
 class VAE(nn.Module):

@@ -205,6 +205,20 @@ def _check_shapes(per_site: Dict[str, torch.Tensor]) -> None:
         )
 
 
+def _check_data_plate(sites: Sequence[Dict[str, Any]], nesting: int) -> None:
+    """Every sample site must sit in the data plate (the plate at dim ``-nesting``): without
+    it, a site's log density is one number for the whole batch, which would be taken for
+    each data point's."""
+    for site in sites:
+        dims = {f.dim for f in site["cond_indep_stack"] if f.name != PARTICLE_PLATE}
+        if -nesting not in dims:
+            raise ValueError(
+                f"sample site {site['name']!r} is not inside a data plate, so its log density "
+                "cannot be split per data point: in the model and the guide, draw every sample "
+                f'inside `with pyro.plate("data", x.shape[0], dim={-nesting}):`'
+            )
+
+
 def traced_particles(
     model: Callable,
     guide: Callable,
@@ -291,6 +305,7 @@ def traced_particles(
             f"the guide samples {extra} but the model does not: every latent of the guide "
             "needs a site of the same name in the model"
         )
+    _check_data_plate(list(guide_sites.values()) + list(model_latent.values()) + observed, nesting)
     if reparameterized:
         for name, site in guide_sites.items():
             if not site["fn"].has_rsample:

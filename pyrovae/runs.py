@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pyro
 import torch
 
-from .data import Dataset
+from .config import Rule, check_arguments
+from .data import SPLITS, Dataset
 from .evaluation import LogLikelihood, evaluate_vae
 from .evaluation.gradients import GradientStats, default_estimator_specs, gradient_variance
 from .model import VAE
@@ -26,22 +28,59 @@ from .plots import (
     save_training_curves,
 )
 from .training import load_vae, prepare_data, read_config, read_metrics
+from .training.checkpoint import find_checkpoint
+
+# A figure of samples shows at most this many; drawing more would only cost memory.
+MAX_FIGURE_SAMPLES = 1000
+EVALUATE_ARGUMENTS = {
+    "k": Rule("int", minimum=1),
+    "n": Rule("int", minimum=1, optional=True),
+    "seed": Rule("int", minimum=0),
+}
+SAMPLE_ARGUMENTS = {
+    "n": Rule("int", minimum=1, maximum=MAX_FIGURE_SAMPLES),
+    "seed": Rule("int", minimum=0),
+}
+GRADVAR_ARGUMENTS = {
+    "draws": Rule("int", minimum=2),
+    "batch_size": Rule("int", minimum=1),
+    "warmup": Rule("int", minimum=0),
+    "seed": Rule("int", minimum=0),
+}
 
 
 def load_run(
-    run_dir: str, which: str = "best", data_dir: Optional[str] = None
+    run_dir: str,
+    which: str = "best",
+    data_dir: Optional[str] = None,
+    splits: Sequence[str] = SPLITS,
 ) -> Tuple[VAE, Dataset, Dict]:
-    """The trained VAE of ``run_dir`` (its ``which`` checkpoint) and the run's dataset.
+    """The trained VAE of ``run_dir`` (its ``which`` checkpoint, else ``last``), the run's
+    dataset (only ``splits`` loaded; the others are empty) and the checkpoint dict, whose
+    ``"checkpoint"`` entry names the file used (``best`` or ``last``).
 
     ``data_dir`` overrides the data directory saved in the run's config.
     """
     train_cfg, _ = read_config(Path(run_dir))
     if data_dir is not None:
-        train_cfg = dataclasses.replace(train_cfg, data_dir=data_dir)
+        train_cfg = dataclasses.replace(train_cfg, data_dir=str(Path(data_dir).resolve()))
     # The model first: a run of a model/guide pair of the user's own is refused before its
     # data is loaded.
     vae, state = load_vae(run_dir, which)
-    return vae, prepare_data(train_cfg), state
+    state["checkpoint"] = find_checkpoint(run_dir, which).stem
+    return vae, prepare_data(train_cfg, splits), state
+
+
+def writable_dir(path: Path) -> Path:
+    """Create ``path`` if needed and check that files can be written in it, so that a command
+    fails before its work, not after (an ``OSError`` naming the path)."""
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".pyrovae-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+    finally:
+        probe.unlink(missing_ok=True)
+    return path
 
 
 def evaluate_run(
@@ -60,17 +99,19 @@ def evaluate_run(
     Args:
         run_dir: a directory made by ``train``.
         k: importance samples per data point.
-        split: ``train``, ``valid`` or ``test``.
+        split: ``train``, ``valid`` or ``test``; only that split's data is read.
         n: evaluate a seeded random subset of this many points (the MNIST test file is sorted
             by digit, so a prefix would be biased); ``None`` for the whole split.
         seed: seeds the subset and the importance samples.
-        which: ``best`` (by validation ELBO) or ``last`` checkpoint.
+        which: ``best`` (by validation ELBO) or ``last`` checkpoint; the result's
+            ``checkpoint`` says which was evaluated (``last`` where there is no ``best``).
         producer: how the particles are computed (``pyrovae.producers``); default: as the run
             was trained.
     """
-    if n is not None and n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    vae, data, _ = load_run(run_dir, which, data_dir)
+    check_arguments(EVALUATE_ARGUMENTS, {"k": k, "n": n, "seed": seed})
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    vae, data, state = load_run(run_dir, which, data_dir, splits=(split,))
     producer = producer or read_config(Path(run_dir))[0].producer
     x = data.split(split)
     if n is not None and n < x.shape[0]:
@@ -79,7 +120,8 @@ def evaluate_run(
     if data.binarize == "dynamic" and split == "train":
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
     pyro.set_rng_seed(seed)
-    return evaluate_vae(vae, x, k=k, progress=progress, producer=producer)
+    result = evaluate_vae(vae, x, k=k, progress=progress, producer=producer)
+    return dataclasses.replace(result, checkpoint=state["checkpoint"])
 
 
 def sample_run(
@@ -90,15 +132,13 @@ def sample_run(
     which: str = "best",
     data_dir: Optional[str] = None,
 ) -> Dict[str, Path]:
-    """Draw a run's figures as PNG files: model samples, reconstructions of test points next to
-    the inputs (image data) or a scatter of data, samples and reconstructions (2-D data), and
-    the training curves. Returns {figure name: path}; files go to ``out_dir`` (default
-    ``run_dir/figures``)."""
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    out = Path(out_dir) if out_dir else Path(run_dir) / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    vae, data, _ = load_run(run_dir, which, data_dir)
+    """Draw a run's figures as PNG files: ``n`` (at most ``MAX_FIGURE_SAMPLES``) model
+    samples, reconstructions of test points next to the inputs (image data) or a scatter of
+    data, samples and reconstructions (2-D data), and the training curves. Returns {figure
+    name: path}; files go to ``out_dir`` (default ``run_dir/figures``)."""
+    check_arguments(SAMPLE_ARGUMENTS, {"n": n, "seed": seed})
+    out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
+    vae, data, _ = load_run(run_dir, which, data_dir, splits=("test",))
     pyro.set_rng_seed(seed)
     idx = torch.randperm(data.test.shape[0], generator=torch.Generator().manual_seed(seed))
     x = data.test[idx[:n]]
@@ -138,9 +178,12 @@ def gradvar_run(
     its training data (see ``pyrovae.evaluation.gradients``). Writes ``gradvar.json`` and
     ``gradvar.png`` to ``out_dir`` (default ``run_dir/figures``); returns the stats and the
     paths."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    vae, data, state = load_run(run_dir, which, data_dir)
+    check_arguments(
+        GRADVAR_ARGUMENTS,
+        {"draws": draws, "batch_size": batch_size, "warmup": warmup, "seed": seed},
+    )
+    out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
+    vae, data, state = load_run(run_dir, which, data_dir, splits=("train",))
     producer = producer or read_config(Path(run_dir))[0].producer
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(data.train.shape[0], generator=g)[:batch_size]
@@ -162,11 +205,9 @@ def gradvar_run(
         warmup_data=warm,
         producer=producer,
     )
-    out = Path(out_dir) if out_dir else Path(run_dir) / "figures"
-    out.mkdir(parents=True, exist_ok=True)
     info = {
         "run_dir": str(run_dir),
-        "checkpoint": which,
+        "checkpoint": state["checkpoint"],
         "epoch": state.get("epoch"),
         "batch_size": int(x.shape[0]),
         "draws": draws,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -57,3 +57,42 @@ def fused_adam(params: Sequence[torch.Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process can still use (Linux's ``MemAvailable``; ``None`` where
+    it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# Bytes per (particle, data point) pair per value a layer computes: the value, the input kept
+# for backward and its gradient, in float32, with room for the temporaries around them.
+_BYTES_PER_VALUE = 16
+
+
+def check_step_memory(
+    params: Sequence[torch.Tensor], x: torch.Tensor, num_particles: int, what: str
+) -> None:
+    """Refuse, with a ``MemoryError`` saying what to lower, a step on ``num_particles`` samples
+    of z for each row of the batch ``x`` (B, D) whose activations would not fit in the memory
+    left. The estimate is an upper bound: every layer (each 2-D parameter's rows) computes one
+    value per (particle, data point) pair, as the decoder does, plus the likelihood's D."""
+    free = available_memory()
+    if free is None:
+        return
+    widths = sum(p.shape[0] for p in params if p.dim() == 2) + 3 * x[0].numel()
+    pairs = num_particles * x.shape[0]
+    need = pairs * widths * _BYTES_PER_VALUE
+    if need > free:
+        raise MemoryError(
+            f"{what} on {num_particles} particles x {x.shape[0]} data points needs about "
+            f"{need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB of memory is free: lower the "
+            "number of particles (--num-particles) or the batch size (--batch-size)"
+        )

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..estimators import ELBO_OBJECTIVE, ESTIMATORS, Estimator, make_estimator
 from ..model import VAE
 from ..producers import Producer, applies, estimate_and_backward, make_producer
-from ..runtime import fused_adam
+from ..runtime import check_step_memory, fused_adam
 
 
 @dataclass
@@ -42,6 +42,7 @@ class GradientStats:
     encoder_snr: float
     decoder_snr: float
     seconds_per_estimate: float
+    batch_size: Optional[int] = None  # the minibatch's size, B
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -205,6 +206,7 @@ def gradient_variance(
     try:
         for spec in estimators:
             est = _make(spec)
+            check_step_memory(list(vae.parameters()), x, est.num_particles, f"{spec!r}'s step")
             if not applies(route, est, x):
                 raise ValueError(f"the estimator {spec!r} does not apply to this run's model")
             est.prepare(x)
@@ -234,6 +236,7 @@ def gradient_variance(
                     enc_snr,
                     dec_snr,
                     seconds / draws,
+                    x.shape[0],
                 )
             )
     finally:

@@ -82,6 +82,7 @@ class LogLikelihood:
     exact_log_px: Optional[float] = None
     exact_log_px_stderr: Optional[float] = None
     producer: Optional[str] = None
+    checkpoint: Optional[str] = None  # the run's checkpoint evaluated (best, last), if any
     per_point_log_px: Optional[torch.Tensor] = None
     per_point_elbo: Optional[torch.Tensor] = None
 
@@ -93,6 +94,8 @@ class LogLikelihood:
         if d["exact_log_px"] is None:
             d.pop("exact_log_px")
             d.pop("exact_log_px_stderr")
+        if d["checkpoint"] is None:
+            d.pop("checkpoint")
         return d
 
 

@@ -1,7 +1,8 @@
-"""Training: one trainer (``trainer``), checkpoints (``checkpoint``) and the reading of
-pyrovae 0.1.0's checkpoints (``legacy``)."""
+"""Training: one trainer (``trainer``), run directories (``rundir``), checkpoints
+(``checkpoint``) and the reading of pyrovae 0.1.0's checkpoints (``legacy``)."""
 
 from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_vae, save_checkpoint
+from .rundir import RunDirError, RunLock
 from .trainer import (
     TrainConfig,
     TrainedState,
@@ -14,6 +15,7 @@ from .trainer import (
     prepare_data,
     read_config,
     read_metrics,
+    resumed_config,
     train,
 )
 
@@ -33,6 +35,9 @@ __all__ = [
     "prepare_data",
     "read_config",
     "read_metrics",
+    "resumed_config",
+    "RunDirError",
+    "RunLock",
     "save_checkpoint",
     "train",
 ]

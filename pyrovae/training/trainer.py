@@ -19,7 +19,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -29,16 +29,25 @@ from pyro import poutine
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import config_from_dict
-from ..data import Dataset, load_dataset
+from ..config import OptionError, Rule, config_from_dict, option, validate_fields
+from ..data import SPLITS, Dataset, load_dataset
 from ..estimators import Estimator, make_estimator
 from ..evaluation import estimate_log_likelihood
 from ..model import VAE, VAEConfig, build_vae
 from ..particles import traced_particles
 from ..producers import PRODUCERS, Producer, check_applies, estimate_and_backward, make_producer
-from ..runtime import fused_adam, tune_allocator
+from ..runtime import check_step_memory, fused_adam, tune_allocator
 from . import legacy
 from .checkpoint import checkpoint_path, find_checkpoint, load_checkpoint, save_checkpoint
+from .rundir import (
+    RunLock,
+    check_new_run_dir,
+    check_resumable,
+    default_run_dir,
+    read_metrics,
+    write_json,
+    write_metrics,
+)
 
 # 0.1.0 named the route an "engine"; a config file, run directory or command line may still.
 ENGINE_TO_PRODUCER = {"auto": "auto", "fast": "direct", "pyro": "traced"}
@@ -55,36 +64,43 @@ class TrainConfig:
     ``traced``.
     """
 
-    dataset: str = "binarized-mnist"
-    data_dir: Optional[str] = None
-    dataset_options: Dict[str, Any] = field(default_factory=dict)
-    n_train: Optional[int] = None
-    n_eval: Optional[int] = None
-    epochs: int = 100
-    batch_size: int = 100
-    lr: float = 1e-3
-    estimator: str = "pathwise"
-    estimator_options: Dict[str, Any] = field(default_factory=dict)
-    num_particles: Optional[int] = (
-        None  # None: the estimator's default (1, or 5 for K-sample bounds)
-    )
-    seed: int = 0
-    producer: str = "auto"
+    dataset: str = option("binarized-mnist", Rule("str"))
+    data_dir: Optional[str] = option(None, Rule("str", optional=True))
+    dataset_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
+    n_train: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
+    n_eval: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
+    epochs: int = option(100, Rule("int", minimum=1))
+    batch_size: int = option(100, Rule("int", minimum=1))
+    lr: float = option(1e-3, Rule("number", positive=True))
+    estimator: str = option("pathwise", Rule("str"))
+    estimator_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
+    # None: the estimator's default (1, or 5 for K-sample bounds)
+    num_particles: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
+    seed: int = option(0, Rule("int", minimum=0))
+    producer: str = option("auto", Rule("str"))
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if self.producer not in PRODUCERS:
+            raise OptionError(
+                f"producer must be one of {', '.join(PRODUCERS)}, got {self.producer!r}"
+            )
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        """Inverse of ``to_dict``; unknown keys are an error so that typos fail loudly. The
-        0.1.0 key ``engine`` (``fast``, ``pyro``, ``auto``) is read as ``producer``."""
-        d = dict(d)
-        if "engine" in d:
+    def from_dict(cls, d: Dict[str, Any], name: Optional[Callable[[str], str]] = None):
+        """Inverse of ``to_dict``; unknown keys and bad values are an ``OptionError`` naming
+        them (``name(key)``: how the user wrote the key), so that typos fail loudly. The 0.1.0
+        key ``engine`` (``fast``, ``pyro``, ``auto``) is read as ``producer``."""
+        if isinstance(d, dict) and "engine" in d:
+            d = dict(d)
             engine = d.pop("engine")
             if engine not in ENGINE_TO_PRODUCER:
-                raise ValueError(f"unknown engine {engine!r} in the training config")
+                raise OptionError(f"unknown engine {engine!r} in the training config")
             d.setdefault("producer", ENGINE_TO_PRODUCER[engine])
-        return config_from_dict(cls, d, "training")
+        return config_from_dict(cls, d, "training", name)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -139,6 +155,11 @@ class Trainer:
         loss = estimate_and_backward(self.producer, self.estimator, x, num_data)
         self.optim.step()
         return loss
+
+    def set_lr(self, lr: float) -> None:
+        """Change Adam's learning rate (a resumed run may)."""
+        for group in self.optim.param_groups:
+            group["lr"] = lr
 
     def state_dict(self) -> Dict[str, Any]:
         return {"optim": self.optim.state_dict(), "estimator": self.estimator.state_dict()}
@@ -219,9 +240,15 @@ class TrainedState:
                     mine[name].copy_(value)
 
 
-def prepare_data(cfg: TrainConfig) -> Dataset:
-    """Load the configured dataset and take the configured subsets."""
-    data = load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
+def prepare_data(cfg: TrainConfig, splits: Sequence[str] = SPLITS) -> Dataset:
+    """Load the configured dataset (``splits``; the others may be empty) and take the
+    configured subsets."""
+    # A subset's rows are drawn from one generator split after split, so the rows of a split
+    # depend on the sizes of the subsetted splits before it: those are loaded too.
+    order = [("train", cfg.n_train), ("valid", cfg.n_eval), ("test", cfg.n_eval)]
+    last = max(i for i, (name, _) in enumerate(order) if name in splits)
+    needed = [name for i, (name, n) in enumerate(order) if name in splits or (i < last and n)]
+    data = load_dataset(cfg.dataset, cfg.data_dir, splits=needed, **cfg.dataset_options)
     if cfg.n_train is not None or cfg.n_eval is not None:
         data = data.subset(n_train=cfg.n_train, n_eval=cfg.n_eval, seed=cfg.seed)
     return data
@@ -236,25 +263,6 @@ def _check_data(vae: VAE, data: Dataset) -> None:
         vae.likelihood.check_data(data.train, f"the {data.name} training split")
 
 
-def _default_run_dir(cfg: TrainConfig) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.dataset}-{cfg.estimator}-{stamp}"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
-    """The per-epoch records of a run, oldest first."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def read_config(run_dir: Path) -> Tuple[TrainConfig, Optional[VAEConfig]]:
     """The (training, model) configuration saved in a run directory; the model's is ``None``
     for a run that trained a model/guide pair of the user's own."""
@@ -267,8 +275,72 @@ def read_config(run_dir: Path) -> Tuple[TrainConfig, Optional[VAEConfig]]:
         return TrainConfig.from_dict(cfg["train"]), (
             None if model is None else VAEConfig.from_dict(model)
         )
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not a valid pyrovae config ({e})") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a valid pyrovae config ({e}); restore it") from None
+
+
+# What a resumed run may change: the state saved does not depend on these.
+RESUMABLE = ("epochs", "lr", "producer", "data_dir")
+
+
+def _flag(key: str) -> str:
+    return {
+        "likelihood_options": "--sigma",
+        "estimator_options": "--estimator-option",
+        "dataset_options": "--dataset-option",
+    }.get(key, "--" + key.replace("_", "-"))
+
+
+def _given_fields(config: Any) -> Dict[str, Any]:
+    """The fields of a config that differ from its class's defaults: what an API caller asked
+    for when resuming with ``train(TrainConfig(epochs=20), ..., resume=True)``."""
+    default = type(config)()
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(default, f.name)
+    }
+
+
+def resumed_config(
+    saved_train: TrainConfig,
+    saved_model: Optional[VAEConfig],
+    changes: Dict[str, Any],
+    epochs_done: int,
+) -> Tuple[TrainConfig, Dict[str, Tuple[Any, Any]]]:
+    """The configuration a resumed run continues under: the saved one with ``changes`` (keys
+    of ``TrainConfig`` or ``VAEConfig``) applied where they may change (``RESUMABLE``: the
+    total of epochs, the learning rate, the producer, where the data is). A change to anything
+    else (the architecture, the estimator, the batch size, the data...) is an ``OptionError``:
+    the saved parameters and optimizer state belong to the saved values. Returns the config
+    and {key: (old, new)} for what changed."""
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved_model_d = saved_model.to_dict() if saved_model is not None else {}
+    updates, changed = {}, {}
+    for key, value in changes.items():
+        if key == "producer" and value == "auto":
+            continue  # auto keeps the run's route
+        if key == "x_dim":
+            continue  # taken from the data
+        old = getattr(saved_train, key) if key in train_keys else saved_model_d.get(key)
+        if key == "hidden":
+            old, value = tuple(old), tuple(value)
+        if value == old:
+            continue
+        if key not in RESUMABLE:
+            raise OptionError(
+                f"a resumed run cannot change {key} ({_flag(key)}): the run has {old!r}, asked "
+                f"for {value!r}; its saved state belongs to its own settings: leave "
+                f"{_flag(key)} out, or start a new run in another directory"
+            )
+        updates[key], changed[key] = value, (old, value)
+    cfg = dataclasses.replace(saved_train, **updates)
+    if cfg.epochs <= epochs_done:
+        raise OptionError(
+            f"epochs (--epochs) is the new total and must be more than the {epochs_done} epochs "
+            f"the run has done, got {cfg.epochs}"
+        )
+    return cfg, changed
 
 
 def _describe(fn: Callable) -> str:
@@ -292,6 +364,7 @@ def train(
     *,
     model: Optional[Callable] = None,
     guide: Optional[Callable] = None,
+    changes: Optional[Dict[str, Any]] = None,
 ) -> TrainResult:
     """Train a VAE, or a Pyro model/guide pair of the user's own, checkpointing every epoch.
 
@@ -299,12 +372,16 @@ def train(
         train_config: data, optimisation, estimator and producer settings.
         model_config: the VAE's parts; ``x_dim`` is taken from the data. Default:
             ``VAEConfig()``. Not used with ``model`` and ``guide``.
-        run_dir: where to write config, metrics and checkpoints (default ``runs/<name>-<time>``).
-        resume: continue the run in ``run_dir`` from its last checkpoint. Its saved config is
-            used, except ``epochs``, taken from ``train_config`` (the new total), and
-            ``producer`` where ``train_config`` names one (not ``auto``): the run then
-            continues on that route. A pair of the user's own must be passed again, built as
-            before.
+        run_dir: where to write config, metrics and checkpoints (default
+            ``runs/<dataset>-<estimator>-<time>``, a new name). A new run needs a directory
+            that does not exist or is empty; one process at a time trains in a directory.
+        resume: continue the run in ``run_dir`` from its last checkpoint, under its saved
+            config with the fields of ``train_config`` and ``model_config`` that differ from
+            their defaults applied (or exactly ``changes``, when given): ``epochs`` (the new
+            total), ``lr``, ``producer`` (not ``auto``: the run continues on that route) and
+            ``data_dir`` may change, and the change is recorded in ``config.json``; asking to
+            change anything else is an ``OptionError``. A pair of the user's own must be passed
+            again, built as before.
         progress: show a progress bar and say which producer runs.
         data: an already loaded dataset (otherwise loaded from ``train_config``).
         model, guide: a Pyro model/guide pair of your own instead of a VAE: called as
@@ -320,15 +397,18 @@ def train(
         TrainingDiverged: the loss became NaN/inf; the checkpoints of earlier epochs are kept.
         NotApplicable: the estimator does not apply to the model (a reparameterized estimator
             on discrete latents, say); nothing is written.
+        OptionError, DataError, RunDirError, FileExistsError: a bad value, bad data, or a run
+            directory that is taken; nothing is written.
     """
     if (model is None) != (guide is None):
         raise ValueError("give both a model and a guide of your own, or neither")
     custom = model is not None
-    state = None
+    state, changed, run_path = None, {}, None
     if resume:
         if run_dir is None:
-            raise ValueError("resume needs the run directory to continue")
+            raise ValueError("resume needs the run directory to continue (--run-dir)")
         run_path = Path(run_dir)
+        check_resumable(run_path)
         saved_train, saved_model = read_config(run_path)
         if (saved_model is None) != custom:
             raise ValueError(
@@ -339,28 +419,17 @@ def train(
                     else "a pyrovae VAE: resume it without model/guide"
                 )
             )
-        model_config = saved_model
-        # The saved config, but for the new total of epochs and a producer asked for by name
-        # (the state saved does not depend on it; "auto" keeps the run's).
-        producer = (
-            saved_train.producer if train_config.producer == "auto" else train_config.producer
-        )
-        train_config = dataclasses.replace(
-            saved_train, epochs=train_config.epochs, producer=producer
-        )
         state = load_checkpoint(checkpoint_path(run_path, "last"))
-    else:
-        run_path = Path(run_dir) if run_dir else _default_run_dir(train_config)
-        if checkpoint_path(run_path, "last").exists():
-            raise FileExistsError(
-                f"{run_path} already holds a training run; pass resume=True (--resume) to "
-                "continue it, or choose another run directory"
-            )
+        if changes is None:
+            changes = _given_fields(train_config)
+            if model_config is not None:
+                changes.update(_given_fields(model_config))
+        train_config, changed = resumed_config(saved_train, saved_model, changes, state["epoch"])
+        model_config = saved_model
+    elif run_dir is not None:
+        run_path = Path(run_dir)
+        check_new_run_dir(run_path)
     cfg = train_config
-    if cfg.producer not in PRODUCERS:
-        raise ValueError(
-            f"unknown producer {cfg.producer!r}; choose one of: {', '.join(PRODUCERS)}"
-        )
     data = data if data is not None else prepare_data(cfg)
     estimator = _estimator(cfg)
     steps_per_epoch = _steps_per_epoch(data.train.shape[0], cfg.batch_size, estimator)
@@ -381,95 +450,196 @@ def train(
         trained = TrainedState(module=vae)
     subject = vae if vae is not None else (model, guide)
     producer = make_producer(subject, cfg.producer, params=trained.params)
-    # An estimator that does not apply to the model fails here, before anything is written.
+    # An estimator that does not apply, or a step that would not fit in memory, fails here,
+    # before anything is written.
+    check_step_memory(trained.params, x0, estimator.num_particles, "a training step")
     check_applies(producer, estimator, x0)
     trainer = Trainer(producer, estimator, trained.params, cfg.lr)
     tune_allocator()  # batches of tensors above glibc's mmap threshold, every step
     shuffle = torch.Generator().manual_seed(cfg.seed)
 
+    # Claim the directory: from here on this process alone writes there.
+    if run_path is None:
+        run_path = default_run_dir(cfg.dataset, cfg.estimator)
     run_path.mkdir(parents=True, exist_ok=True)
-    (run_path / "checkpoints").mkdir(exist_ok=True)
-    config_record = {
-        "train": cfg.to_dict(),
-        "model": None if custom else model_config.to_dict(),
-    }
-    if custom:
-        config_record["custom_model"] = _describe(model)
-    _write_json(run_path / "config.json", config_record)
-
-    metrics: List[Dict[str, Any]] = []
-    start_epoch, step, best = 0, 0, -math.inf
-    if state is not None:
-        _restore(state, trained, trainer, shuffle, vae)
-        start_epoch, step, best = state["epoch"], state["step"], state["best_valid_elbo"]
-        metrics = [m for m in read_metrics(run_path) if m["epoch"] <= start_epoch]
-    # Rewrite the metrics file: after a resume it drops epochs newer than the checkpoint.
-    (run_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-
-    if progress:
-        what = "VAE" if vae is not None else _describe(model)
-        print(
-            f"pyrovae: training the {what} with {estimator!r}, particles from the "
-            f"{producer.name} producer",
-            file=sys.stderr,
-        )
-    n = data.train.shape[0]
-    bar = tqdm(
-        total=cfg.epochs * steps_per_epoch,
-        initial=start_epoch * steps_per_epoch,
-        desc="train",
-        unit="step",
-        disable=None if progress else True,  # None: shown on a terminal, not in logs
-        dynamic_ncols=True,
-    )
+    lock = RunLock(run_path).acquire()
     try:
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            total_loss = 0.0
-            perm = torch.randperm(n, generator=shuffle)
-            for i in range(steps_per_epoch):
-                x = data.train[perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
-                if data.binarize == "dynamic":
-                    x = torch.bernoulli(x)
-                loss = trainer.step(x, n)
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"the loss became {loss} at epoch {epoch}, step {i + 1}; training stopped. "
-                        f"The checkpoints of epoch {epoch - 1} in {run_path / 'checkpoints'} are "
-                        "kept: lower the learning rate (--lr) and resume, or check the data"
-                    )
-                total_loss += loss
-                step += 1
-                bar.update()
-                if i % 50 == 0:
-                    bar.set_postfix(epoch=epoch, elbo=f"{-total_loss / ((i + 1) * n):.2f}")
-            train_seconds = time.perf_counter() - t0
-            record = _end_epoch(
-                producer,
-                data,
-                estimator,
-                epoch,
-                step,
-                total_loss / (steps_per_epoch * n),
-                train_seconds,
+        if not resume:
+            check_new_run_dir(run_path)  # again: another process may have started meanwhile
+        metrics: List[Dict[str, Any]] = []
+        start_epoch, step, best = 0, 0, -math.inf
+        history: List[Dict[str, Any]] = []
+        if state is not None:
+            _restore(state, trained, trainer, shuffle, vae)
+            start_epoch, step, best = state["epoch"], state["step"], state["best_valid_elbo"]
+            # The checkpoint holds every record up to it (0.1.0's did not: read the file).
+            metrics = state.get("metrics") or [
+                m for m in read_metrics(run_path) if m["epoch"] <= start_epoch
+            ]
+            history = _saved_history(run_path)
+            if changed:
+                history.append(
+                    {"epoch": start_epoch, "changed": {k: list(v) for k, v in changed.items()}}
+                )
+            trainer.set_lr(cfg.lr)  # the optimizer state brings the old one
+        (run_path / "checkpoints").mkdir(exist_ok=True)
+        config_record: Dict[str, Any] = {
+            "train": cfg.to_dict(),
+            "model": None if custom else model_config.to_dict(),
+        }
+        if custom:
+            config_record["custom_model"] = _describe(model)
+        if history:
+            config_record["resumed"] = history
+        write_json(run_path / "config.json", config_record)
+        # After a resume this repairs the file: records the checkpoint has and the file lost
+        # are written back, records of epochs newer than the checkpoint dropped.
+        write_metrics(run_path, metrics)
+        if progress:
+            what = "VAE" if vae is not None else _describe(model)
+            print(
+                f"pyrovae: training the {what} with {estimator!r}, particles from the "
+                f"{producer.name} producer"
+                + "".join(f"; {k} {old} -> {new}" for k, (old, new) in changed.items()),
+                file=sys.stderr,
             )
-            bar.set_postfix(epoch=epoch, valid_elbo=f"{record['valid_elbo']:.2f}")
-            improved = record["valid_elbo"] > best
-            best = max(best, record["valid_elbo"])
-            ckpt = _snapshot(
-                trained, trainer, shuffle, model_config, cfg, epoch, step, best, record, model
-            )
-            save_checkpoint(ckpt, checkpoint_path(run_path, "last"))
-            if improved:
-                save_checkpoint(ckpt, checkpoint_path(run_path, "best"))
-            metrics.append(record)
-            with open(run_path / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        loop = _EpochLoop(
+            cfg, data, producer, trainer, trained, shuffle, model_config, model, run_path
+        )
+        best = loop.run(start_epoch, step, best, metrics, steps_per_epoch, progress)
     finally:
-        bar.close()
+        lock.release()
     if vae is not None:
         vae.eval()
     return TrainResult(run_path, vae, metrics, best, producer.name, model, guide)
+
+
+def _saved_history(run_path: Path) -> List[Dict[str, Any]]:
+    try:
+        history = json.loads((run_path / "config.json").read_text()).get("resumed", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return history if isinstance(history, list) else []
+
+
+class _EpochLoop:
+    """The epochs of one ``train`` call: steps, validation, and each epoch's commit."""
+
+    def __init__(self, cfg, data, producer, trainer, trained, shuffle, model_config, model, run):
+        self.cfg, self.data, self.producer, self.trainer = cfg, data, producer, trainer
+        self.trained, self.shuffle, self.model_config, self.model = (
+            trained,
+            shuffle,
+            model_config,
+            model,
+        )
+        self.run_path = run
+
+    def _diverged(self, what: str, epoch: int) -> TrainingDiverged:
+        kept = epoch - 1
+        if kept < 1:
+            advice = (
+                "no checkpoint was written (it diverged in its first epoch): lower the learning "
+                "rate (--lr) and start the run again"
+            )
+        else:
+            advice = (
+                f"the checkpoints of epoch {kept} in {self.run_path / 'checkpoints'} are kept: "
+                "lower the learning rate and resume (--resume --lr ...), or check the data"
+            )
+        return TrainingDiverged(f"{what}; training stopped. {advice}")
+
+    def run(self, start_epoch, step, best, metrics, steps_per_epoch, progress) -> float:
+        cfg, data, n = self.cfg, self.data, self.data.train.shape[0]
+        bar = tqdm(
+            total=cfg.epochs * steps_per_epoch,
+            initial=start_epoch * steps_per_epoch,
+            desc="train",
+            unit="step",
+            disable=None if progress else True,  # None: shown on a terminal, not in logs
+            dynamic_ncols=True,
+        )
+        try:
+            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+                t0 = time.perf_counter()
+                total_loss = 0.0
+                perm = torch.randperm(n, generator=self.shuffle)
+                for i in range(steps_per_epoch):
+                    x = data.train[perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
+                    if data.binarize == "dynamic":
+                        x = torch.bernoulli(x)
+                    try:
+                        loss = self.trainer.step(x, n)
+                    except FloatingPointError as e:  # a NaN inside a distribution
+                        raise self._diverged(f"{e} at epoch {epoch}, step {i + 1}", epoch) from e
+                    if not math.isfinite(loss):
+                        raise self._diverged(
+                            f"the loss became {loss} at epoch {epoch}, step {i + 1}", epoch
+                        )
+                    total_loss += loss
+                    step += 1
+                    bar.update()
+                    if i % 50 == 0:
+                        bar.set_postfix(epoch=epoch, elbo=f"{-total_loss / ((i + 1) * n):.2f}")
+                train_seconds = time.perf_counter() - t0
+                record = self._validate(epoch, step, total_loss / (steps_per_epoch * n))
+                record["train_seconds"] = train_seconds
+                bar.set_postfix(epoch=epoch, valid_elbo=f"{record['valid_elbo']:.2f}")
+                improved = record["valid_elbo"] > best
+                best = max(best, record["valid_elbo"])
+                metrics.append(record)
+                self._commit(epoch, step, best, record, metrics, improved)
+        finally:
+            bar.close()
+        return best
+
+    def _validate(self, epoch: int, step: int, train_loss: float) -> Dict[str, Any]:
+        if not math.isfinite(train_loss):
+            raise self._diverged(f"the training loss of epoch {epoch} is {train_loss}", epoch)
+        try:
+            valid = estimate_log_likelihood(
+                None, None, self.data.valid, k=1, progress=False, producer=self.producer
+            )
+        except FloatingPointError as e:
+            raise self._diverged(f"validation at epoch {epoch} failed: {e}", epoch) from e
+        if not math.isfinite(valid.elbo):
+            raise self._diverged(f"the validation ELBO became {valid.elbo} at epoch {epoch}", epoch)
+        return {
+            "epoch": epoch,
+            "step": step,
+            "train_elbo": -train_loss,
+            "valid_elbo": valid.elbo,
+            "train_seconds": None,
+            "valid_seconds": valid.seconds,
+            "estimator": self.trainer.estimator.name,
+            "producer": self.producer.name,
+            "lr": self.cfg.lr,
+        }
+
+    def _commit(self, epoch, step, best, record, metrics, improved) -> None:
+        """Write the epoch: ``best.pt`` first, then ``last.pt`` (the commit point, holding the
+        metrics), then ``metrics.jsonl``. A kill between any two leaves a run that resumes
+        from ``last.pt`` with nothing lost: an epoch newer than ``last.pt`` is redone, exactly,
+        and rewrites ``best.pt``; a metrics file behind ``last.pt`` is rebuilt from it."""
+        ckpt = {
+            "epoch": epoch,
+            "step": step,
+            "best_valid_elbo": best,
+            "valid_elbo": record["valid_elbo"],
+            "model_config": None if self.model_config is None else self.model_config.to_dict(),
+            "custom_model": None if self.model_config is not None else _describe(self.model),
+            "train_config": self.cfg.to_dict(),
+            "model_state": self.trained.state_dict(),
+            "producer": self.trainer.producer.name,
+            "trainer_state": self.trainer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": self.shuffle.get_state(),
+            "metrics": list(metrics),
+        }
+        if improved:
+            save_checkpoint(ckpt, checkpoint_path(self.run_path, "best"))
+        save_checkpoint(ckpt, checkpoint_path(self.run_path, "last"))
+        write_metrics(self.run_path, metrics)
 
 
 def _estimator(cfg: TrainConfig) -> Estimator:
@@ -491,49 +661,6 @@ def _steps_per_epoch(n: int, batch_size: int, estimator: Estimator) -> int:
     if n < batch_size:
         raise ValueError(f"the training set has {n} points, fewer than one batch ({batch_size})")
     return n // batch_size if estimator.fixed_batch_shape else math.ceil(n / batch_size)
-
-
-def _end_epoch(
-    producer: Producer,
-    data: Dataset,
-    estimator: Estimator,
-    epoch: int,
-    step: int,
-    train_loss: float,
-    train_seconds: float,
-) -> Dict[str, Any]:
-    if not math.isfinite(train_loss):
-        raise TrainingDiverged(f"the training loss of epoch {epoch} is {train_loss}")
-    valid = estimate_log_likelihood(None, None, data.valid, k=1, progress=False, producer=producer)
-    if not math.isfinite(valid.elbo):
-        raise TrainingDiverged(f"the validation ELBO became {valid.elbo} at epoch {epoch}")
-    return {
-        "epoch": epoch,
-        "step": step,
-        "train_elbo": -train_loss,
-        "valid_elbo": valid.elbo,
-        "train_seconds": train_seconds,
-        "valid_seconds": valid.seconds,
-        "estimator": estimator.name,
-        "producer": producer.name,
-    }
-
-
-def _snapshot(trained, trainer, shuffle, model_config, cfg, epoch, step, best, record, model):
-    return {
-        "epoch": epoch,
-        "step": step,
-        "best_valid_elbo": best,
-        "valid_elbo": record["valid_elbo"],
-        "model_config": None if model_config is None else model_config.to_dict(),
-        "custom_model": None if model_config is not None else _describe(model),
-        "train_config": cfg.to_dict(),
-        "model_state": trained.state_dict(),
-        "producer": trainer.producer.name,
-        "trainer_state": trainer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "shuffle_rng": shuffle.get_state(),
-    }
 
 
 def _restore(state, trained: TrainedState, trainer: Trainer, shuffle, vae) -> None:
