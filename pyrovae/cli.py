@@ -302,7 +302,11 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
                     raise ValueError(f"--config {args.config}: unknown train.engine {engine!r}")
                 given.setdefault("producer", ENGINE_TO_PRODUCER[engine])
             # Checked whole (unknown keys too), with the file's key names.
-            cls.from_dict(given, name=lambda k, s=section: f"--config {args.config}: {s}.{k}")
+            where = f"--config {args.config}: {section}"
+            cls.from_dict(given, name=lambda k, where=where: f"{where}.{k}")
+            sigma = given.get("likelihood_options", {}).get("sigma") if section == "model" else None
+            if sigma is not None:
+                Rule("number", positive=True).check(f"{where}.likelihood_options.sigma", sigma)
             out.update(given)
     flags: Dict[str, Any] = {}
     for key in (
@@ -321,6 +325,11 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
             flags[key] = getattr(args, key)
     if args.engine is not None:
         producer = ENGINE_TO_PRODUCER[args.engine]
+        if args.producer is not None and args.producer != producer:
+            raise ValueError(
+                f"--engine {args.engine} (the old name of --producer {producer}) contradicts "
+                f"--producer {args.producer}: give --producer alone"
+            )
         print(
             f"pyrovae train: --engine is now --producer; --engine {args.engine} is "
             f"--producer {producer}",

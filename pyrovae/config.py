@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 C = TypeVar("C")
 Namer = Callable[[str], str]
@@ -34,7 +34,8 @@ class Rule:
     ``kind``: ``int`` (not a bool, not a float), ``number`` (an int or a float, finite), ``str``,
     ``dict`` (a JSON object) or ``ints`` (a list of ints). ``minimum`` bounds ints and each of
     ``ints`` from below, ``maximum`` ints from above (inclusive); ``positive`` asks a number to
-    be > 0; ``optional`` lets the value be ``None`` (the library's default applies).
+    be > 0; ``optional`` lets the value be ``None`` (the library's default applies);
+    ``choices`` lists the names a string may take.
     """
 
     kind: str
@@ -42,6 +43,8 @@ class Rule:
     maximum: Optional[int] = None
     positive: bool = False
     optional: bool = False
+    # The names a string may take, or a function giving them (a registry's, read when checked).
+    choices: Optional[Union[Sequence[str], Callable[[], Sequence[str]]]] = None
 
     def expected(self) -> str:
         text = {
@@ -67,6 +70,12 @@ class Rule:
         ok, out = self._normalized(value)
         if not ok:
             raise OptionError(f"{name} must be {self.expected()}, got {_given(value)}")
+        if self.choices is not None:
+            names = list(self.choices() if callable(self.choices) else self.choices)
+            if out not in names:
+                raise OptionError(
+                    f"{name} must be one of {', '.join(map(str, names))}, got {_given(value)}"
+                )
         return out
 
     def _normalized(self, value: Any) -> Tuple[bool, Any]:

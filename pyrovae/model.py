@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from .config import Rule, config_from_dict, option, validate_fields
+from .data import as_data_tensor
 from .linear_gaussian import LinearGaussian
 from .particles import Particles
 from .parts.guides import GUIDES, GuideFamily
 from .parts.likelihoods import LIKELIHOODS, Likelihood
-from .parts.nets import NETS
+from .parts.nets import ACTIVATIONS, NETS
 from .parts.priors import PRIORS, Prior
 
 
@@ -44,13 +45,13 @@ class VAEConfig:
     x_dim: int = option(784, Rule("int", minimum=1))
     z_dim: int = option(50, Rule("int", minimum=1))
     hidden: Tuple[int, ...] = option((200, 200), Rule("ints", minimum=1))
-    activation: str = option("tanh", Rule("str"))
-    encoder: str = option("mlp", Rule("str"))
-    decoder: str = option("mlp", Rule("str"))
-    prior: str = option("standard-normal", Rule("str"))
-    likelihood: str = option("bernoulli", Rule("str"))
+    activation: str = option("tanh", Rule("str", choices=sorted(ACTIVATIONS)))
+    encoder: str = option("mlp", Rule("str", choices=NETS.names))
+    decoder: str = option("mlp", Rule("str", choices=NETS.names))
+    prior: str = option("standard-normal", Rule("str", choices=PRIORS.names))
+    likelihood: str = option("bernoulli", Rule("str", choices=LIKELIHOODS.names))
     likelihood_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
-    guide: str = option("diagonal-gaussian", Rule("str"))
+    guide: str = option("diagonal-gaussian", Rule("str", choices=GUIDES.names))
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -216,6 +217,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z] at z = the guide's sample for each row of ``x`` (B, x_dim) -> (B, x_dim)."""
+        x = as_data_tensor(x, "x", next(self.parameters()).dtype)
+        self.data_scale(x)  # the shape
         z = self.guide_family(self.encoder(x)).sample()
         return self.likelihood.mean(self.decoder(z))
 

@@ -1,10 +1,16 @@
-"""Tests for pyrovae.data: the .amat reader and its cache, torchvision splits, synthetic sets."""
+"""Tests for pyrovae.data: the .amat reader and its cache, torchvision splits, synthetic sets,
+and that every bad input (a mistyped directory, an unreadable file, an unknown split, NaN values,
+a bad option) is a one-line DataError that names what was wrong."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import sys
 import time
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -24,6 +30,7 @@ from pyrovae.data import (
 )
 
 ROWS = {"train": 5, "valid": 4, "test": 3}
+_REAL_DOWNLOAD = binarized_mnist._download  # before the autouse fixture replaces it
 
 
 @pytest.fixture(autouse=True)
@@ -247,7 +254,7 @@ def test_registry_and_option_errors():
         load_dataset("ring", n_trian=10)
     with pytest.raises(DataError, match="accepted options: n_train, n_valid, n_test, seed, x_dim"):
         load_dataset("linear-gaussian", bogus=1)
-    with pytest.raises(DataError, match="noise_std must be a positive number"):
+    with pytest.raises(DataError, match="noise_std must be a finite positive number"):
         load_dataset("linear-gaussian", noise_std=0)
     with pytest.raises(DataError, match="n_train must be an integer >= 1"):
         load_dataset("gmm2d", n_train=0)
@@ -464,6 +471,7 @@ def test_download_disabled_names_url(tmp_path, monkeypatch):
         raise AssertionError("download attempted")
 
     monkeypatch.setattr(binarized_mnist, "_download", must_not_download)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"binarized_mnist_train\.amat does not exist \(download"):
         load_dataset("binarized-mnist", data_dir=tmp_path / "empty", download=False)
 
@@ -480,3 +488,399 @@ def test_real_binarized_mnist_matches_its_readme():
     start = time.perf_counter()
     load_dataset("binarized-mnist", data_dir=REAL_BMNIST)
     assert time.perf_counter() - start < 1.0  # the parse cache
+
+
+# --- data directories: a typo creates nothing -------------------------------------------------
+
+
+@pytest.fixture
+def recorded_urlopen(monkeypatch):
+    """The real ``_download``, with a network that refuses every URL and records it."""
+    urls = []
+
+    def refuse(url, timeout=None):
+        urls.append(url)
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(binarized_mnist, "_download", _REAL_DOWNLOAD)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return urls
+
+
+@pytest.mark.parametrize("via", ["argument", "PYROVAE_DATA"])
+def test_missing_data_dir_creates_nothing_and_downloads_nothing(
+    tmp_path, monkeypatch, recorded_urlopen, via
+):
+    typo = tmp_path / "dta" / "binarized_mnist"
+    if via == "PYROVAE_DATA":
+        monkeypatch.setenv("PYROVAE_DATA", str(typo))
+    with pytest.raises(DataError) as info:
+        load_dataset("binarized-mnist", data_dir=typo if via == "argument" else None)
+    assert not (tmp_path / "dta").exists()
+    assert recorded_urlopen == []
+    message = str(info.value)
+    assert message.startswith(f"data directory {typo} does not exist; check ")
+    assert ("--data-dir" if via == "argument" else "PYROVAE_DATA") in message
+    assert "\n" not in message
+
+
+def test_default_cache_dir_is_created_by_the_real_download(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    arrays = {s: rng.integers(0, 2, size=(n, 784)) for s, n in ROWS.items()}
+    served = {D.BINARIZED_MNIST_URL.format(split=s): _amat_text(a) for s, a in arrays.items()}
+    monkeypatch.setattr(binarized_mnist, "_download", _REAL_DOWNLOAD)
+    monkeypatch.setattr(
+        urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(served[url].encode())
+    )
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ds = _load_small(None)
+    _assert_matches(ds, arrays)
+    default = tmp_path / "home" / ".cache" / "pyrovae" / "binarized_mnist"
+    assert sorted(p.name for p in default.iterdir()) == sorted(
+        f"binarized_mnist_{s}.amat" for s in ROWS
+    )
+
+
+def test_missing_torchvision_dir_creates_nothing_and_downloads_nothing(tmp_path, monkeypatch):
+    import torchvision.datasets.mnist
+
+    attempts = []
+
+    def refuse(url, *args, **kwargs):
+        attempts.append(url)
+        raise RuntimeError("network disabled in tests")
+
+    # The real torchvision MNIST class: it creates MNIST/raw before it downloads.
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", refuse)
+    typo = tmp_path / "torchvison"
+    for name in ("mnist", "fashion-mnist"):
+        with pytest.raises(DataError) as info:
+            load_dataset(name, data_dir=typo)
+        assert not typo.exists()
+        assert attempts == []
+        assert str(info.value).startswith(f"data directory {typo} does not exist; check --data-dir")
+
+
+def test_data_dir_that_is_a_file_or_not_a_path(tmp_path):
+    _write_splits(tmp_path / "data")
+    amat = tmp_path / "data" / "binarized_mnist_train.amat"
+    with pytest.raises(DataError, match=r"is a file, not a directory; check --data-dir") as info:
+        load_dataset("binarized-mnist", data_dir=amat)
+    assert str(amat) in str(info.value)
+    with pytest.raises(DataError, match=r"data_dir must be a path \(str or os.PathLike\), got 5"):
+        load_dataset("binarized-mnist", data_dir=5)
+    with pytest.raises(DataError, match="data_dir is an empty string; pass --data-dir DIR"):
+        load_dataset("mnist", data_dir="")
+
+
+# --- OS errors and the parse cache --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (PermissionError(13, "Permission denied"), "Permission denied"),
+        (IsADirectoryError(21, "Is a directory"), "Is a directory"),
+        (OSError(5, "Input/output error"), "Input/output error"),
+        (OSError("disk on fire"), "disk on fire"),
+    ],
+    ids=["permission", "is-a-directory", "io-error", "no-errno"],
+)
+def test_os_error_while_reading_names_file_and_reason(tmp_path, monkeypatch, error, reason):
+    _write_splits(tmp_path / "data")
+    bad = tmp_path / "data" / "binarized_mnist_valid.amat"
+    read_bytes = Path.read_bytes
+
+    def failing_read_bytes(self):
+        if self == bad:
+            raise error
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", failing_read_bytes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DataError) as info:
+            load_dataset("binarized-mnist", data_dir=tmp_path / "data")
+    message = str(info.value)
+    assert message.startswith(f"cannot read {bad}: {reason}; ")
+    assert "\n" not in message
+
+
+def test_directory_where_a_file_should_be(tmp_path):
+    _write_splits(tmp_path / "data")
+    path = tmp_path / "data" / "binarized_mnist_test.amat"
+    path.unlink()
+    path.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DataError, match=r"is a directory, not an \.amat file") as info:
+            load_dataset("binarized-mnist", data_dir=tmp_path / "data")
+    assert str(path) in str(info.value)
+    with pytest.raises(DataError, match=r"nope\.amat does not exist; check the path"):
+        read_amat(tmp_path / "nope.amat")
+
+
+def _raise(error):
+    def fail(*args, **kwargs):
+        raise error
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    "target, error",
+    [
+        ("tempfile.mkstemp", PermissionError(13, "Permission denied")),
+        ("os.replace", OSError(28, "No space left on device")),
+        ("torch.save", RuntimeError("PytorchStreamWriter failed writing file data/0")),
+    ],
+    ids=["read-only-cache", "disk-full-on-rename", "torch-save-disk-full"],
+)
+def test_cache_write_failure_is_only_a_warning(tmp_path, monkeypatch, target, error):
+    arrays = _write_splits(tmp_path / "data")
+    monkeypatch.setattr(target, _raise(error))
+    with pytest.warns(UserWarning) as record:
+        ds = load_dataset("binarized-mnist", data_dir=tmp_path / "data")
+    assert any("could not write the parse cache" in str(w.message) for w in record)
+    _assert_matches(ds, arrays)
+    assert not list((tmp_path / "cache").glob("*.tmp"))  # no half-written file left behind
+
+
+def test_unreadable_cache_directory_is_ignored(tmp_path, monkeypatch):
+    arrays = _write_splits(tmp_path / "data")
+    cache = tmp_path / "cache"
+    exists = Path.exists
+
+    def guarded_exists(self, *args, **kwargs):
+        if cache in self.parents:
+            raise PermissionError(13, "Permission denied", str(self))
+        return exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", guarded_exists)
+    _assert_matches(_load_small(tmp_path / "data"), arrays)
+
+
+# --- loading only some splits -----------------------------------------------------------------
+
+
+def test_evaluating_test_split_never_reads_the_train_file(tmp_path):
+    arrays = _write_splits(tmp_path / "data")
+    (tmp_path / "data" / "binarized_mnist_train.amat").write_text("garbage\n")
+    (tmp_path / "data" / "binarized_mnist_valid.amat").unlink()
+    with pytest.warns(UserWarning, match=r"binarized_mnist_test\.amat has 3 rows") as record:
+        ds = load_dataset("binarized-mnist", data_dir=tmp_path / "data", splits=("test",))
+    assert len(record) == 1  # only the test file was looked at
+    assert torch.equal(ds.test, torch.as_tensor(arrays["test"], dtype=torch.float32))
+    for split in ("train", "valid"):
+        assert ds.split(split).shape == (0, 784) and ds.split(split).dtype == torch.float32
+    assert ds.x_dim == 784 and ds.image_shape == (28, 28) and ds.binary
+    # A single name is one split; the loader called directly takes the same keyword.
+    with pytest.warns(UserWarning):
+        direct = D.load_binarized_mnist(tmp_path / "data", splits="test", download=False)
+    assert torch.equal(direct.test, ds.test) and len(direct.train) == 0
+
+
+def test_splits_of_a_synthetic_dataset_are_the_same_rows():
+    full = load_dataset("linear-gaussian", n_train=30, n_valid=20, n_test=10, x_dim=4)
+    part = load_dataset(
+        "linear-gaussian", n_train=30, n_valid=20, n_test=10, x_dim=4, splits=["valid"]
+    )
+    assert torch.equal(part.valid, full.valid)
+    assert part.train.shape == (0, 4) and part.test.shape == (0, 4)
+    assert part.truth is not None
+
+
+def test_unknown_or_no_splits():
+    with pytest.raises(DataError, match=r"unknown split\(s\) 'tset' in splits; choose from: train"):
+        load_dataset("ring", splits=("tset",))
+    with pytest.raises(DataError, match="splits is empty; ask for at least one of"):
+        load_dataset("ring", splits=())
+    with pytest.raises(DataError, match="splits must be a sequence of split names"):
+        load_dataset("ring", splits=3)
+    # splits is not a dataset option: the accepted options do not list it.
+    with pytest.raises(DataError, match=r"accepted options: download$"):
+        load_dataset("binarized-mnist", bogus=1)
+    with pytest.raises(DataError, match=r"accepted options: binarize$"):
+        load_dataset("mnist", bogus=1)
+
+
+def test_torchvision_reads_only_the_needed_official_file(fake_torchvision, tmp_path):
+    full = load_dataset("mnist", data_dir=tmp_path, binarize="dynamic")
+    fake_torchvision.calls.clear()
+    test_only = load_dataset("mnist", data_dir=tmp_path, binarize="dynamic", splits=["test"])
+    assert fake_torchvision.calls == [(str(tmp_path), False, False)]
+    assert torch.equal(test_only.test, full.test)  # the same fixed binarization
+    assert test_only.train.shape == (0, 784) and test_only.valid.shape == (0, 784)
+    fake_torchvision.calls.clear()
+    valid_only = load_dataset("mnist", data_dir=tmp_path, binarize="dynamic", splits=["valid"])
+    assert fake_torchvision.calls == [(str(tmp_path), True, False)]
+    assert torch.equal(valid_only.valid, full.valid) and len(valid_only.test) == 0
+
+
+def test_subset_skips_empty_splits():
+    ds = load_dataset("ring", n_test=50, splits=("test",))
+    small = ds.subset(n_train=10, n_eval=5, seed=0)
+    assert (len(small.train), len(small.valid), len(small.test)) == (0, 0, 5)
+    rows = {tuple(r) for r in ds.test.tolist()}
+    assert all(tuple(r) in rows for r in small.test.tolist())
+
+
+# --- as_data_tensor and what a Dataset accepts --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: torch.as_tensor(v, dtype=torch.uint8),
+        lambda v: torch.as_tensor(v, dtype=torch.bool),
+        lambda v: torch.as_tensor(v, dtype=torch.int64),
+        lambda v: torch.as_tensor(v, dtype=torch.float64),
+        lambda v: torch.as_tensor(v, dtype=torch.float16),
+        lambda v: np.asarray(v, dtype=np.uint8),
+        lambda v: np.asarray(v, dtype=np.float64),
+        lambda v: np.asarray(v, dtype=">f4"),  # big-endian, as some files hold it
+        lambda v: v,  # nested list of ints
+    ],
+    ids=["uint8", "bool", "int64", "float64", "float16", "np-uint8", "np-float64", "np-be", "list"],
+)
+def test_as_data_tensor_converts_to_float32(make):
+    values = [[0, 1, 1], [1, 0, 1]]
+    out = D.as_data_tensor(make(values))
+    assert out.dtype == torch.float32 and out.shape == (2, 3)
+    assert torch.equal(out, torch.tensor(values, dtype=torch.float32))
+
+
+def test_as_data_tensor_copies_only_when_needed():
+    x = torch.rand(4, 3)
+    assert D.as_data_tensor(x) is x
+    array = np.zeros((2, 3), dtype=np.float32)
+    out = D.as_data_tensor(array)
+    array[0, 0] = 5  # shares memory
+    assert out[0, 0] == 5
+    read_only = np.zeros((2, 3), dtype=np.float32)
+    read_only.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns about sharing a read-only buffer
+        assert D.as_data_tensor(read_only).sum() == 0
+    assert D.as_data_tensor([[1, 2]], dtype=torch.float64).dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.array([["0", "1"]]), r"pixels holds string values \(numpy dtype <U1\), not numbers"),
+        ([[0, "a"]], r"pixels holds string values"),
+        ([[0, None]], r"pixels holds Python object values"),
+        (np.array([[1 + 2j]]), r"pixels holds complex values"),
+        (torch.ones(2, 2, dtype=torch.complex64), r"pixels holds torch.complex64 values"),
+        ([[0, 1], [1]], r"pixels is not a rectangular array of numbers"),
+        (
+            torch.tensor([[0.0, math.nan], [math.nan, math.nan]]),
+            r"pixels has 3 NaN values; remove or replace them",
+        ),
+        (np.array([[math.inf, 0.0], [-math.inf, 1.0]]), r"pixels has 2 infinite values"),
+        (np.array([[1e300, math.nan]]), r"pixels has 1 NaN value and 1 infinite value \(or too"),
+    ],
+    ids=[
+        "np-str",
+        "list-str",
+        "object",
+        "complex",
+        "torch-complex",
+        "ragged",
+        "nan",
+        "inf",
+        "overflow",
+    ],
+)
+def test_as_data_tensor_rejects_non_numbers_and_nan(bad, message):
+    with pytest.raises(DataError, match=message) as info:
+        D.as_data_tensor(bad, what="pixels")
+    assert "\n" not in str(info.value)
+
+
+def test_dataset_converts_its_splits():
+    rows = [[0, 1, 1, 0], [1, 1, 0, 0]]
+    ds = Dataset(
+        "toy",
+        torch.tensor(rows, dtype=torch.uint8),  # what read_amat returns
+        np.asarray(rows, dtype=np.float64),
+        rows,
+        binary=True,
+        image_shape=(2, 2),
+    )
+    for split in D.SPLITS:
+        assert ds.split(split).dtype == torch.float32
+        assert torch.equal(ds.split(split), torch.tensor(rows, dtype=torch.float32))
+    assert len(ds.subset(n_train=1).train) == 1  # and survives dataclasses.replace
+    nan = torch.tensor([[0.0, math.nan, 1.0, 1.0]])
+    with pytest.raises(DataError, match=r"dataset 'toy': the valid split has 1 NaN value"):
+        Dataset("toy", torch.ones(2, 4), nan, torch.ones(1, 4), binary=False)
+
+
+# --- other bad input --------------------------------------------------------------------------
+
+
+def test_bad_option_values_are_data_errors(tmp_path):
+    _write_splits(tmp_path / "data")
+    with pytest.raises(DataError, match="option download must be True or False, got 'no'"):
+        load_dataset("binarized-mnist", data_dir=tmp_path / "data", download="no")
+    with pytest.raises(DataError, match="option noise_std must be a finite positive number"):
+        load_dataset("linear-gaussian", noise_std=math.inf)
+    with pytest.raises(DataError, match="option radius must be a finite positive number"):
+        load_dataset("gmm2d", radius=float("nan"))
+    with pytest.raises(DataError, match="option n_test must be an integer >= 1, got 2.5"):
+        load_dataset("ring", n_test=2.5)
+    with pytest.raises(DataError, match=r"dataset name must be a string"):
+        load_dataset(["ring"])
+    # numpy integers (from a config computed with numpy) are integers
+    assert load_dataset("ring", n_train=np.int64(7)).train.shape == (7, 2)
+
+
+def test_bad_subset_sizes_and_split_names():
+    ds = load_dataset("ring", n_train=20, n_valid=10, n_test=10)
+    for kwargs, message in [
+        (dict(n_train=-1), r"n_train must be None or an integer >= 0, got -1"),
+        (dict(n_eval=2.5), r"n_eval must be None or an integer >= 0, got 2.5"),
+        (dict(n_eval=True), r"n_eval must be None or an integer >= 0, got True"),
+        (dict(seed="0"), r"seed must be an integer, got '0'"),
+        (
+            dict(n_eval=11),
+            r"cannot take 11 rows from the 10 valid rows of 'ring'; pass --n-eval \(n_eval\) <= 10",
+        ),
+    ]:
+        with pytest.raises(DataError, match=message):
+            ds.subset(**kwargs)
+    with pytest.raises(DataError, match="unknown split 'validation'"):
+        ds.split("validation")
+
+
+def test_malformed_dataset_fields():
+    x = torch.zeros(3, 4)
+    with pytest.raises(DataError, match=r"image_shape must be None or \(H, W\) of positive"):
+        Dataset("toy", x, x, x, binary=False, image_shape=4)
+    with pytest.raises(DataError, match="binary must be True or False"):
+        Dataset("toy", x, x, x, binary="yes")
+    truth = load_dataset("linear-gaussian", n_train=5, x_dim=3).truth
+    with pytest.raises(DataError, match="truth has x_dim 3, the data 4"):
+        Dataset("toy", x, x, x, binary=False, truth=truth)
+
+
+def test_torchvision_errors_are_one_line(monkeypatch, tmp_path):
+    import torchvision.datasets
+
+    class Broken:
+        def __init__(self, root, train=True, download=False):
+            if download:
+                raise RuntimeError("Error downloading x.gz:\nTried a, got:\nno network\n")
+            raise AssertionError()  # what torchvision's reader does on a corrupt raw file
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Broken)
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", data_dir=tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "download=False: AssertionError; download=True: Error downloading x.gz: Tried" in message
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", None)  # a broken install
+    with pytest.raises(DataError, match="cannot import torchvision, needed for MNIST"):
+        load_dataset("mnist", data_dir=tmp_path)

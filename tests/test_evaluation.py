@@ -131,7 +131,7 @@ def test_chunking_does_not_change_the_estimate():
 def test_bad_k_and_empty_data_are_clear_errors():
     truth = random_truth(3, 1, 0)
     vae = linear_vae(truth)
-    with pytest.raises(ValueError, match="k must be at least 1"):
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
         estimate_log_likelihood(vae.model, vae.guide, torch.zeros(2, 3, dtype=torch.float64), 0)
     with pytest.raises(ValueError, match="empty"):
         estimate_log_likelihood(vae.model, vae.guide, torch.zeros(0, 3, dtype=torch.float64), 5)

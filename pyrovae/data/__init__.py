@@ -6,13 +6,20 @@ Every loader returns a :class:`Dataset` holding three float32 tensors of flatten
     data = load_dataset("binarized-mnist", data_dir="/data/binarized_mnist")
     data = load_dataset("linear-gaussian", x_dim=5, seed=3)
 
-Every problem with the data itself (a missing file that cannot be downloaded, a truncated or
-non-binary file, an unknown option) raises :class:`DataError`, whose message says what was wrong
-and how to fix it.
+``splits`` loads only some splits, so evaluating the test split never reads the training file;
+the others come back empty, ``(0, D)``::
 
-This package holds :class:`Dataset`, :class:`DataError`, :data:`DATASETS`, :func:`load_dataset`
-and the helpers the sources share; each source is a module that registers its loaders when
-``pyrovae.data`` is imported:
+    data = load_dataset("binarized-mnist", splits=("test",))
+
+Every problem with the data itself (a mistyped data directory, a missing file that cannot be
+downloaded, an unreadable, truncated or non-binary file, an unknown option or split, NaN values)
+raises :class:`DataError`, whose one-line message says what was wrong, names the file or option
+and says how to fix it. Only the default cache directory is ever created: a data directory given
+explicitly (``data_dir`` or ``$PYROVAE_DATA``) must exist.
+
+This package holds :class:`Dataset`, :class:`DataError`, :data:`DATASETS`, :func:`load_dataset`,
+:func:`as_data_tensor` and the helpers the sources share; each source is a module that
+registers its loaders when ``pyrovae.data`` is imported:
 
 - :mod:`pyrovae.data.binarized_mnist`: statically binarized MNIST from ``.amat`` files.
 - :mod:`pyrovae.data.vision`: MNIST and Fashion-MNIST through torchvision.
@@ -23,11 +30,14 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Tuple, Union
+from typing import Callable, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from pyrovae.linear_gaussian import LinearGaussian
@@ -42,9 +52,120 @@ class DataError(ValueError):
     """A dataset is missing, corrupt, malformed, or was asked for with options it does not take."""
 
 
+# --- converting user-supplied values ------------------------------------------------------------
+
+# numpy dtype kinds that are not numbers, as an error message names them
+_NON_NUMERIC_KINDS = {
+    "U": "string",
+    "S": "bytes",
+    "O": "Python object",
+    "c": "complex",
+    "M": "datetime",
+    "m": "timedelta",
+    "V": "structured",
+}
+_NUMPY_FLOATS = {torch.float16: np.float16, torch.float64: np.float64}  # else via float32
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line, or its type when the message is empty."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def as_data_tensor(x: object, what: str = "x", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Convert user-supplied data to a floating tensor, refusing values a model would choke on.
+
+    Bool and integer values (e.g. the ``uint8`` of :func:`read_amat` or of image files) become
+    the floating numbers they stand for; NaN and infinite values are refused rather than left
+    to turn a loss into NaN many steps later.
+
+    Args:
+        x: Values of any shape ``(...)``: a torch tensor, a numpy array or a nested list of
+            bool, integer or floating numbers (float16, float32 or float64).
+        what: What ``x`` is, for error messages, e.g. ``"the train split"``.
+        dtype: The floating dtype wanted.
+
+    Returns:
+        A tensor of shape ``(...)`` and dtype ``dtype``: ``x`` itself, not a copy, when it already
+        is one; a tensor sharing memory with a writable numpy array of that dtype; a new tensor
+        otherwise. A tensor keeps its device.
+
+    Raises:
+        DataError: For values that are not numbers (strings, objects, complex), rows of unequal
+            length, or NaN or infinite values (including values too large for ``dtype``); the
+            message names ``what``.
+
+    >>> as_data_tensor(np.array([[0, 1], [1, 1]], dtype=np.uint8))
+    tensor([[0., 1.],
+            [1., 1.]])
+    """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise DataError(f"as_data_tensor: dtype must be a floating torch dtype, got {dtype!r}")
+    if isinstance(x, torch.Tensor):
+        if x.dtype.is_complex or x.is_quantized:
+            raise DataError(
+                f"{what} holds {x.dtype} values, not real numbers; convert it to bool, integer or "
+                "floating values first"
+            )
+        source_floating = x.dtype.is_floating_point
+        tensor = x.to(dtype)
+    else:
+        try:
+            array = np.asarray(x)
+        except (ValueError, TypeError) as exc:  # rows of unequal length, an odd object
+            raise DataError(
+                f"{what} is not a rectangular array of numbers ({_one_line(exc)}); pass a tensor, "
+                "a numpy array or a nested list whose rows have equal lengths"
+            ) from None
+        if array.dtype.kind not in "biuf":
+            kind = _NON_NUMERIC_KINDS.get(array.dtype.kind, "non-numeric")
+            raise DataError(
+                f"{what} holds {kind} values (numpy dtype {array.dtype}), not numbers; convert it "
+                "to bool, integer or floating values first"
+            )
+        source_floating = array.dtype.kind == "f"
+        with np.errstate(over="ignore"):  # values too large for dtype become inf: reported below
+            array = array.astype(_NUMPY_FLOATS.get(dtype, np.float32), copy=False)
+        if not array.flags.writeable:
+            array = array.copy()  # torch cannot share a read-only buffer safely
+        tensor = torch.from_numpy(array).to(dtype)
+    # Bool and integer values (at most 2**64 in size) are finite in float32 and float64.
+    if source_floating or torch.finfo(dtype).max < 2.0**64:
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            n_nan = int(torch.isnan(tensor).sum())
+            n_inf = int((~finite).sum()) - n_nan
+            found = []
+            if n_nan:
+                found.append(_plural(n_nan, "NaN value"))
+            if n_inf:
+                found.append(_plural(n_inf, "infinite value") + f" (or too large for {dtype})")
+            raise DataError(
+                f"{what} has {' and '.join(found)}; remove or replace them (e.g. with "
+                "torch.nan_to_num) before using it as data"
+            )
+    return tensor
+
+
+def _is_int(value: object) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+# --- the dataset --------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class Dataset:
     """Three splits of flattened examples plus what a model needs to know about them.
+
+    The splits are converted with :func:`as_data_tensor`, so bool, integer and float64 tensors,
+    numpy arrays and nested lists are accepted and stored as float32; NaN is refused. A split
+    that was not loaded (see :func:`load_dataset`'s ``splits``) is empty, ``(0, D)``.
 
     Attributes:
         name: The registry name the dataset was loaded under.
@@ -70,11 +191,27 @@ class Dataset:
 
     def __post_init__(self) -> None:
         # Catch a malformed dataset here, once, rather than as a shape error deep in a model.
+        if not isinstance(self.name, str):
+            raise DataError(f"dataset name must be a string, got {self.name!r}")
+        for split in SPLITS:
+            what = f"dataset {self.name!r}: the {split} split"
+            object.__setattr__(self, split, as_data_tensor(getattr(self, split), what))
         shapes = {s: tuple(self.split(s).shape) for s in SPLITS}
         if any(len(shape) != 2 for shape in shapes.values()):
             raise DataError(f"dataset {self.name!r}: every split must be (N, D), got {shapes}")
         if len({shape[1] for shape in shapes.values()}) != 1:
             raise DataError(f"dataset {self.name!r}: splits disagree on D: {shapes}")
+        if not isinstance(self.binary, (bool, np.bool_)):
+            raise DataError(f"dataset {self.name!r}: binary must be True or False")
+        if self.image_shape is not None and not (
+            isinstance(self.image_shape, (tuple, list))
+            and len(self.image_shape) == 2
+            and all(_is_int(n) and n > 0 for n in self.image_shape)
+        ):
+            raise DataError(
+                f"dataset {self.name!r}: image_shape must be None or (H, W) of positive integers, "
+                f"got {self.image_shape!r}"
+            )
         if self.image_shape is not None and math.prod(self.image_shape) != self.x_dim:
             raise DataError(
                 f"dataset {self.name!r}: image_shape {self.image_shape} does not hold "
@@ -82,6 +219,10 @@ class Dataset:
             )
         if self.binarize not in (None, "dynamic"):
             raise DataError(f"dataset {self.name!r}: binarize must be None or 'dynamic'")
+        if self.truth is not None and self.truth.x_dim != self.x_dim:
+            raise DataError(
+                f"dataset {self.name!r}: truth has x_dim {self.truth.x_dim}, the data {self.x_dim}"
+            )
 
     def split(self, name: str) -> torch.Tensor:
         """The examples of one split.
@@ -90,13 +231,13 @@ class Dataset:
             name: ``"train"``, ``"valid"`` or ``"test"``.
 
         Returns:
-            The split's examples, (N_split, D) float32.
+            The split's examples, (N_split, D) float32; (0, D) when the split was not loaded.
 
         Raises:
-            ValueError: For any other name.
+            DataError: For any other name (a ValueError).
         """
         if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
+            raise DataError(f"unknown split {name!r}; choose one of: {', '.join(SPLITS)}")
         return getattr(self, name)
 
     @property
@@ -110,7 +251,9 @@ class Dataset:
         """A smaller copy made of seeded random rows, for tests and quick runs.
 
         Rows are drawn at random, never as a prefix, because the canonical MNIST test file is
-        sorted by digit class: its first 1000 rows are all zeros.
+        sorted by digit class: its first 1000 rows are all zeros. The splits are drawn in turn
+        from one generator, so the rows picked from valid and test depend on the sizes of the
+        splits before them. Empty splits (not loaded) are kept empty.
 
         Args:
             n_train: Rows to keep from train, (n_train, D); None keeps all of them.
@@ -121,17 +264,28 @@ class Dataset:
             A new Dataset with the same name, flags and truth.
 
         Raises:
-            ValueError: If a size is negative or larger than its split.
+            DataError: If a size is not an integer, is negative or is larger than its split
+                (a ValueError).
         """
-        generator = torch.Generator().manual_seed(seed)
+        for option, value in (("n_train", n_train), ("n_eval", n_eval)):
+            if value is not None and not (_is_int(value) and value >= 0):
+                raise DataError(f"subset: {option} must be None or an integer >= 0, got {value!r}")
+        if not _is_int(seed):
+            raise DataError(f"subset: seed must be an integer, got {seed!r}")
+        generator = torch.Generator().manual_seed(int(seed))
         picked = {}
         for split, n in (("train", n_train), ("valid", n_eval), ("test", n_eval)):
             full = self.split(split)
-            if n is None:
+            if n is None or len(full) == 0:
                 picked[split] = full
                 continue
-            if not 0 <= n <= len(full):
-                raise ValueError(f"cannot take {n} rows from the {len(full)} {split} rows")
+            if n > len(full):
+                option = "n_train" if split == "train" else "n_eval"
+                raise DataError(
+                    f"cannot take {n} rows from the {len(full)} {split} rows of {self.name!r}; "
+                    f"pass --{option.replace('_', '-')} ({option}) <= {len(full)}, or leave it "
+                    "out to keep them all"
+                )
             picked[split] = full[torch.randperm(len(full), generator=generator)[:n]]
         return replace(self, **picked)
 
@@ -145,31 +299,50 @@ class Dataset:
         )
 
 
+# --- loading by name ----------------------------------------------------------------------------
+
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 
 
-def load_dataset(name: str, data_dir: PathLike | None = None, **options: object) -> Dataset:
+def load_dataset(
+    name: str,
+    data_dir: PathLike | None = None,
+    *,
+    splits: Sequence[str] = SPLITS,
+    **options: object,
+) -> Dataset:
     """Load a registered dataset by name.
 
     Args:
         name: A name in ``DATASETS.names()``, e.g. ``"binarized-mnist"`` or ``"ring"``.
         data_dir: Where the files are (or go); None uses ``$PYROVAE_DATA`` or a directory under
-            ``~/.cache/pyrovae``. Synthetic datasets ignore it.
+            ``~/.cache/pyrovae``. A directory given here or in ``$PYROVAE_DATA`` must exist;
+            only the default one is created. Synthetic datasets ignore it.
+        splits: The splits to load, some of ``SPLITS`` (a single name is one split). The others
+            are empty, (0, D), and their files are not read where the loader can avoid it
+            (binarized MNIST never reads them; MNIST reads the official test file for
+            ``("test",)`` only).
         **options: Keyword options of that dataset's loader.
 
     Returns:
         The Dataset; every split is (N_split, D) float32.
 
     Raises:
-        DataError: For an unknown name, an option the loader does not take, or bad data.
+        DataError: For an unknown name, split or option, a missing data directory, or bad data.
     """
+    if not isinstance(name, str):
+        raise DataError(f"dataset name must be a string such as 'ring', got {name!r}")
     try:
         loader = DATASETS.get(name)
     except ValueError as exc:
         raise DataError(str(exc)) from None
+    wanted = _check_splits(splits)
     # Check option names against the loader's signature so a typo names the accepted options
-    # instead of surfacing as a TypeError about an unexpected keyword argument.
+    # instead of surfacing as a TypeError about an unexpected keyword argument. ``splits`` is
+    # ours, not a dataset option: passed on to the loaders that take it.
     params = list(inspect.signature(loader).parameters.values())[1:]
+    takes_splits = any(p.name == "splits" for p in params)
+    params = [p for p in params if p.name != "splits"]
     accepted = [p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
     if len(accepted) == len(params):
         unknown = sorted(set(options) - set(accepted))
@@ -178,16 +351,107 @@ def load_dataset(name: str, data_dir: PathLike | None = None, **options: object)
                 f"dataset {name!r} does not take option(s) {', '.join(unknown)}; "
                 f"accepted options: {', '.join(accepted) or '(none)'}"
             )
-    return loader(data_dir, **options)
+    if takes_splits:
+        options["splits"] = wanted
+    return _keep_splits(loader(data_dir, **options), wanted)
+
+
+def _check_splits(splits: object) -> Tuple[str, ...]:
+    """The requested splits as a tuple in ``SPLITS`` order; a single name is one split.
+
+    Raises:
+        DataError: For an unknown or missing split name.
+    """
+    if isinstance(splits, str):
+        splits = (splits,)
+    try:
+        asked = list(splits)  # type: ignore[call-overload]
+    except TypeError:
+        raise DataError(
+            f"splits must be a sequence of split names from {', '.join(SPLITS)}, got {splits!r}"
+        ) from None
+    unknown = [s for s in asked if not isinstance(s, str) or s not in SPLITS]
+    if unknown:
+        raise DataError(
+            f"unknown split(s) {', '.join(map(repr, unknown))} in splits; "
+            f"choose from: {', '.join(SPLITS)}"
+        )
+    if not asked:
+        raise DataError(f"splits is empty; ask for at least one of: {', '.join(SPLITS)}")
+    return tuple(s for s in SPLITS if s in asked)
+
+
+def _keep_splits(dataset: Dataset, wanted: Sequence[str]) -> Dataset:
+    """``dataset`` with every split not in ``wanted`` emptied to (0, D)."""
+    emptied = {s: dataset.split(s)[:0] for s in SPLITS if s not in wanted and len(dataset.split(s))}
+    return replace(dataset, **emptied) if emptied else dataset
+
+
+def _os_reason(exc: OSError) -> str:
+    """The operating system's reason, e.g. ``Permission denied``, without the repeated path."""
+    return exc.strerror or _one_line(exc)
+
+
+def _expand(path: Path, source: str) -> Path:
+    """``path`` with ``~`` expanded; DataError naming ``source`` when that is impossible."""
+    try:
+        return path.expanduser()
+    except RuntimeError as exc:  # "~nosuchuser", or no home directory at all
+        raise DataError(f"cannot expand {path} from {source}: {_one_line(exc)}") from None
 
 
 def _data_root(data_dir: PathLike | None, default_subdir: str) -> Path:
-    """``data_dir``, else ``$PYROVAE_DATA``, else ``~/.cache/pyrovae/<default_subdir>``."""
+    """``data_dir``, else ``$PYROVAE_DATA``, else ``~/.cache/pyrovae/<default_subdir>``.
+
+    A directory given explicitly must exist: a typo must not create a new directory tree and
+    start a download there. Only the default directory is created, by the download.
+
+    Raises:
+        DataError: If ``data_dir`` is not a path, or an explicit directory is missing or is not
+            a directory.
+    """
     if data_dir is not None:
-        return Path(data_dir).expanduser()
-    if os.environ.get("PYROVAE_DATA"):
-        return Path(os.environ["PYROVAE_DATA"]).expanduser()
-    return Path.home() / ".cache" / "pyrovae" / default_subdir
+        if not isinstance(data_dir, (str, os.PathLike)) or not isinstance(os.fspath(data_dir), str):
+            raise DataError(
+                f"data_dir must be a path (str or os.PathLike), got {data_dir!r}; "
+                "pass --data-dir DIR"
+            )
+        if os.fspath(data_dir) == "":
+            raise DataError(
+                "data_dir is an empty string; pass --data-dir DIR, or leave it out to use "
+                "PYROVAE_DATA or the default cache directory"
+            )
+        source = "--data-dir (data_dir)"
+        root = _expand(Path(data_dir), source)
+    elif os.environ.get("PYROVAE_DATA"):
+        source = "PYROVAE_DATA"
+        root = _expand(Path(os.environ["PYROVAE_DATA"]), source)
+    else:
+        try:
+            return Path.home() / ".cache" / "pyrovae" / default_subdir
+        except RuntimeError as exc:
+            raise DataError(
+                f"no home directory for the default data directory ({_one_line(exc)}); "
+                "pass --data-dir DIR or set PYROVAE_DATA"
+            ) from None
+    try:
+        info = root.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(
+            f"data directory {root} does not exist; check {source} for a typo (a directory "
+            "named there must exist: only the default cache directory is ever created)"
+        ) from None
+    except OSError as exc:
+        raise DataError(
+            f"cannot read data directory {root}: {_os_reason(exc)}; check {source} and the "
+            "directory's permissions"
+        ) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise DataError(
+            f"data directory {root} is a file, not a directory; check {source}: it names the "
+            "directory that holds the data files"
+        )
+    return root
 
 
 # The source modules import the names above and register their loaders in DATASETS, so they are
@@ -210,6 +474,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "PathLike",
+    "as_data_tensor",
     "load_binarized_mnist",
     "load_dataset",
     "load_fashion_mnist",

@@ -7,16 +7,29 @@ import hashlib
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
 
-from pyrovae.data import _PIXELS, DATASETS, SPLITS, DataError, Dataset, PathLike, _data_root
+from pyrovae.data import (
+    _PIXELS,
+    DATASETS,
+    SPLITS,
+    DataError,
+    Dataset,
+    PathLike,
+    _check_splits,
+    _data_root,
+    _expand,
+    _one_line,
+    _os_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +46,11 @@ _CACHE_VERSION = 1  # bump when the cached format changes so old entries are nev
 
 
 def _download(url: str, dest: Path) -> None:
-    """Fetch ``url`` into ``dest`` through a temporary file, so a failure leaves no partial file."""
+    """Fetch ``url`` into ``dest`` through a temporary file, so a failure leaves no partial file.
+
+    Creates ``dest``'s directory: the loader only downloads into an explicitly given directory
+    that exists, so only the default cache directory is ever created here.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     try:
@@ -133,20 +150,24 @@ def _cache_dir() -> Path:
     return Path.home() / ".cache" / "pyrovae" / "parsed"
 
 
-def _cache_file(path: Path) -> Path:
-    """Cache location keyed by absolute path, size and mtime: an edited file misses the cache."""
-    stat = path.stat()
-    key = f"v{_CACHE_VERSION}\0{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+def _cache_file(path: Path, info: os.stat_result) -> Path:
+    """Cache location keyed by absolute path, size and mtime: an edited file misses the cache.
+
+    Args:
+        path: The data file.
+        info: Its ``os.stat`` result.
+    """
+    key = f"v{_CACHE_VERSION}\0{path.resolve()}\0{info.st_size}\0{info.st_mtime_ns}"
     return _cache_dir() / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
 
 
 def _load_cache(cache_file: Path) -> torch.Tensor | None:
     """The cached (N, 784) uint8 tensor, or None when absent or unusable."""
-    if not cache_file.exists():
-        return None
     try:
+        if not cache_file.exists():
+            return None
         cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-    except Exception:  # truncated by a crash, garbage, or written by another torch: rebuild it
+    except Exception:  # unreadable, truncated by a crash, garbage, from another torch: rebuild
         return None
     ok = (
         isinstance(cached, torch.Tensor)
@@ -160,7 +181,10 @@ def _load_cache(cache_file: Path) -> torch.Tensor | None:
 
 
 def _save_cache(cache_file: Path, values: torch.Tensor) -> None:
-    """Write the cache atomically, so a concurrent reader never sees half a file."""
+    """Write the cache atomically, so a concurrent reader never sees half a file.
+
+    A failure is a warning, never an error: the cache only saves time.
+    """
     tmp = None
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -169,13 +193,13 @@ def _save_cache(cache_file: Path, values: torch.Tensor) -> None:
             torch.save(values, out)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; the parsed data is no secret
         os.replace(tmp, cache_file)
-    except OSError as exc:
+    except Exception as exc:  # OSError; torch.save raises RuntimeError on a full disk
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         warnings.warn(
-            f"could not write the parse cache {cache_file} ({exc}); every load will re-parse. "
-            "Set PYROVAE_CACHE to a writable directory.",
+            f"could not write the parse cache {cache_file} ({_one_line(exc)}); every load will "
+            "re-parse. Set PYROVAE_CACHE to a writable directory.",
             stacklevel=3,
         )
 
@@ -191,18 +215,28 @@ def read_amat(path: PathLike, cache: bool = True) -> torch.Tensor:
         (N, 784) uint8 tensor of 0/1.
 
     Raises:
-        DataError: If the file is absent, empty, truncated or not binary; the message names
-            the file and the first bad line.
+        DataError: If the file is absent, a directory, unreadable (the OS's reason), empty,
+            truncated or not binary; the message names the file and the first bad line.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"{path} does not exist or is not a file")
-    cache_file = _cache_file(path) if cache else None
-    if cache_file is not None:
-        cached = _load_cache(cache_file)
+    path = _expand(Path(path), "the path of an .amat file")
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise DataError(
+                f"{path} is a directory, not an .amat file; remove it or pass the path of the file"
+            )
+        cache_file = _cache_file(path, info) if cache else None
+        cached = _load_cache(cache_file) if cache_file is not None else None
         if cached is not None:
             return cached
-    raw = path.read_bytes()
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"{path} does not exist; check the path") from None
+    except OSError as exc:  # permission denied, a directory, an I/O error, ...
+        raise DataError(
+            f"cannot read {path}: {_os_reason(exc)}; check that it is a readable file, or "
+            "replace it with a fresh copy"
+        ) from None
     values = _parse_fast(raw)
     if values is None:
         values = _parse_lines(raw, path)
@@ -212,39 +246,61 @@ def read_amat(path: PathLike, cache: bool = True) -> torch.Tensor:
     return tensor
 
 
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; an error other than "absent" counts as there, for read_amat to
+    report with its reason."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
 @DATASETS.register("binarized-mnist")
-def load_binarized_mnist(data_dir: PathLike | None = None, *, download: bool = True) -> Dataset:
+def load_binarized_mnist(
+    data_dir: PathLike | None = None, *, download: bool = True, splits: Sequence[str] = SPLITS
+) -> Dataset:
     """Statically binarized MNIST in the Larochelle & Murray split (50000/10000/10000).
 
     Args:
         data_dir: Directory of ``binarized_mnist_{train,valid,test}.amat`` (or its parent, if it
             has a ``binarized_mnist`` subdirectory holding them); None uses ``$PYROVAE_DATA``,
-            else ``~/.cache/pyrovae/binarized_mnist``.
+            else ``~/.cache/pyrovae/binarized_mnist``. A directory given here or in
+            ``$PYROVAE_DATA`` must exist; only the default one is created for a download.
         download: Whether to fetch missing files from ``BINARIZED_MNIST_URL``.
+        splits: The splits to read; only their files are read (or downloaded), the other
+            splits are empty, (0, 784).
 
     Returns:
         Dataset with splits (N_split, 784) float32 of 0/1, binary=True, image_shape (28, 28).
 
     Raises:
-        DataError: If a file is missing and cannot be downloaded, or is malformed.
+        DataError: If the data directory is missing, a file is missing and cannot be
+            downloaded, or is unreadable or malformed, or an option is bad.
     """
+    if not isinstance(download, bool):
+        raise DataError(f"option download must be True or False, got {download!r}")
+    wanted = _check_splits(splits)
     root = _data_root(data_dir, "binarized_mnist")
-    names = {s: f"binarized_mnist_{s}.amat" for s in SPLITS}
+    names = {s: f"binarized_mnist_{s}.amat" for s in wanted}
     nested = root / "binarized_mnist"
-    if not any((root / n).exists() for n in names.values()) and any(
-        (nested / n).exists() for n in names.values()
+    if not any(_exists(root / n) for n in names.values()) and any(
+        _exists(nested / n) for n in names.values()
     ):
         root = nested  # let PYROVAE_DATA point at a shared data root
-    splits = {}
+    values = {s: torch.zeros(0, _PIXELS) for s in SPLITS}
     for split, name in names.items():
         path = root / name
-        if not path.exists():
+        if not _exists(path):
             _fetch_amat(path, split, download)
-        splits[split] = read_amat(path).to(torch.float32)
-        if len(splits[split]) != CANONICAL_ROWS[split]:
+        values[split] = read_amat(path)
+        if len(values[split]) != CANONICAL_ROWS[split]:
             warnings.warn(
-                f"{path} has {len(splits[split])} rows, the canonical {split} split has "
+                f"{path} has {len(values[split])} rows, the canonical {split} split has "
                 f"{CANONICAL_ROWS[split]}: results are not comparable to published numbers",
                 stacklevel=2,
             )
-    return Dataset("binarized-mnist", binary=True, image_shape=(28, 28), **splits)
+    # Dataset converts the uint8 values to float32.
+    return Dataset("binarized-mnist", binary=True, image_shape=(28, 28), **values)

@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Dict, Tuple
 
 import numpy as np
 import torch
 
-from pyrovae.data import DATASETS, SPLITS, DataError, Dataset, PathLike
+from pyrovae.data import DATASETS, SPLITS, DataError, Dataset, PathLike, _is_int
 from pyrovae.linear_gaussian import LinearGaussian
 
 # --- synthetic datasets ------------------------------------------------------------------------
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """``value`` as an int (numpy integers too); DataError naming option ``name`` otherwise."""
+    if not _is_int(value) or value < minimum:
         raise DataError(f"option {name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise DataError(f"option {name} must be a positive number, got {value!r}")
+    """``value`` as a finite positive float; DataError naming option ``name`` otherwise."""
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not 0 < value < math.inf
+    ):
+        raise DataError(f"option {name} must be a finite positive number, got {value!r}")
     return float(value)
 
 

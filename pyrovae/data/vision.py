@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
 
-from pyrovae.data import _PIXELS, DATASETS, SPLITS, DataError, Dataset, PathLike, _data_root
+from pyrovae.data import (
+    _PIXELS,
+    DATASETS,
+    SPLITS,
+    DataError,
+    Dataset,
+    PathLike,
+    _check_splits,
+    _data_root,
+    _one_line,
+)
 
 # --- MNIST and Fashion-MNIST through torchvision -----------------------------------------------
 
@@ -17,8 +28,13 @@ _BINARIZE_SEED = 0  # fixed, so evaluation splits are the same binary images in 
 
 def _torchvision_images(class_name: str, root: Path, train: bool) -> torch.Tensor:
     """One official split as (N, 784) float32 in [0, 1]."""
-    import torchvision.datasets  # lazily: importing torchvision is slow and rarely needed
-
+    try:  # lazily: importing torchvision is slow and rarely needed
+        import torchvision.datasets
+    except Exception as exc:  # not installed, or built for another torch (RuntimeError)
+        raise DataError(
+            f"cannot import torchvision, needed for {class_name} ({_one_line(exc)}); install the "
+            f"torchvision release that matches torch {torch.__version__}"
+        ) from None
     dataset_cls = getattr(torchvision.datasets, class_name)
     failures = []
     for download in (False, True):  # use files already there before touching the network
@@ -26,7 +42,7 @@ def _torchvision_images(class_name: str, root: Path, train: bool) -> torch.Tenso
             dataset = dataset_cls(str(root), train=train, download=download)
             break
         except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ...
-            failures.append(f"download={download}: {exc}")
+            failures.append(f"download={download}: {_one_line(exc)}")
     else:
         raise DataError(
             f"could not load {class_name} ({'train' if train else 'test'}) from {root}: "
@@ -39,7 +55,7 @@ def _torchvision_images(class_name: str, root: Path, train: bool) -> torch.Tenso
     if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
         raise DataError(
             f"{class_name} in {root} holds {tuple(images.shape)} {images.dtype} images, expected "
-            "(N, 28, 28) uint8; delete its directory so it is downloaded again"
+            f"(N, 28, 28) uint8; delete {root / class_name} so it is downloaded again"
         )
     return images.reshape(len(images), _PIXELS).to(torch.float32) / 255.0
 
@@ -55,70 +71,98 @@ def _binarize_once(x: torch.Tensor, split: str) -> torch.Tensor:
 
 
 def _load_torchvision(
-    name: str, class_name: str, data_dir: PathLike | None, binarize: str | None
+    name: str,
+    class_name: str,
+    data_dir: PathLike | None,
+    binarize: str | None,
+    splits: Sequence[str],
 ) -> Dataset:
+    """One torchvision dataset, reading only the official files that ``splits`` need.
+
+    train and valid come from the official training file, test from the official test file;
+    the splits not asked for are empty, (0, 784).
+    """
     if binarize == "none":
         binarize = None  # the spelling a command line produces
     if binarize not in (None, "dynamic", "static"):
         raise DataError(
             f"dataset {name!r}: unknown binarize={binarize!r}; choose None, 'dynamic' or 'static'"
         )
+    wanted = _check_splits(splits)
     root = _data_root(data_dir, "torchvision")
-    full_train = _torchvision_images(class_name, root, train=True)
-    if len(full_train) <= MNIST_VALID_SIZE:
-        raise DataError(
-            f"{class_name} in {root} has only {len(full_train)} training images; expected 60000"
-        )
-    splits = {
-        "train": full_train[:-MNIST_VALID_SIZE],
-        "valid": full_train[-MNIST_VALID_SIZE:],
-        "test": _torchvision_images(class_name, root, train=False),
-    }
+    images: Dict[str, torch.Tensor] = {s: torch.zeros(0, _PIXELS) for s in SPLITS}
+    if "train" in wanted or "valid" in wanted:
+        full_train = _torchvision_images(class_name, root, train=True)
+        if len(full_train) <= MNIST_VALID_SIZE:
+            raise DataError(
+                f"{class_name} in {root} has only {len(full_train)} training images, expected "
+                f"60000; delete {root / class_name} so it is downloaded again"
+            )
+        images["train"] = full_train[:-MNIST_VALID_SIZE]
+        images["valid"] = full_train[-MNIST_VALID_SIZE:]
+    if "test" in wanted:
+        images["test"] = _torchvision_images(class_name, root, train=False)
     # Dynamic: the trainer redraws training pixels each step, but evaluation must see the same
     # images every time, so valid and test are drawn once here. Static: every split drawn once.
     to_binarize = {None: (), "dynamic": ("valid", "test"), "static": SPLITS}[binarize]
     for split in to_binarize:
-        splits[split] = _binarize_once(splits[split], split)
+        images[split] = _binarize_once(images[split], split)
     return Dataset(
         name,
         binary=binarize is not None,
         image_shape=(28, 28),
         binarize="dynamic" if binarize == "dynamic" else None,
-        **splits,
+        **images,
     )
 
 
 @DATASETS.register("mnist")
-def load_mnist(data_dir: PathLike | None = None, *, binarize: str | None = None) -> Dataset:
+def load_mnist(
+    data_dir: PathLike | None = None,
+    *,
+    binarize: str | None = None,
+    splits: Sequence[str] = SPLITS,
+) -> Dataset:
     """MNIST: train = first 50000 official training images, valid = last 10000, test = official.
 
     Args:
         data_dir: torchvision root (holding ``MNIST/raw``); None uses ``$PYROVAE_DATA``, else
-            ``~/.cache/pyrovae/torchvision``. Downloads there when the files are absent.
+            ``~/.cache/pyrovae/torchvision``. Downloads there when the files are absent; a
+            directory given here or in ``$PYROVAE_DATA`` must exist, only the default one is
+            created.
         binarize: None for grayscale in [0, 1]; ``"dynamic"`` to resample training pixels each
             step (valid/test binarized once, seeded); ``"static"`` for every split binarized once.
+        splits: The splits to load; the others are empty, (0, 784). The official training
+            file is read only for train or valid, the official test file only for test.
 
     Returns:
         Dataset with splits (N_split, 784) float32, image_shape (28, 28).
 
     Raises:
-        DataError: If the files are absent and cannot be downloaded, or binarize is unknown.
+        DataError: If the data directory is missing, the files are absent and cannot be
+            downloaded, or binarize or a split is unknown.
     """
-    return _load_torchvision("mnist", "MNIST", data_dir, binarize)
+    return _load_torchvision("mnist", "MNIST", data_dir, binarize, splits)
 
 
 @DATASETS.register("fashion-mnist")
-def load_fashion_mnist(data_dir: PathLike | None = None, *, binarize: str | None = None) -> Dataset:
+def load_fashion_mnist(
+    data_dir: PathLike | None = None,
+    *,
+    binarize: str | None = None,
+    splits: Sequence[str] = SPLITS,
+) -> Dataset:
     """Fashion-MNIST, split and binarized exactly like :func:`load_mnist`.
 
     Args:
         data_dir: torchvision root (holding ``FashionMNIST/raw``); None as for MNIST.
         binarize: None, ``"dynamic"`` or ``"static"``, as for MNIST.
+        splits: The splits to load, as for MNIST.
 
     Returns:
         Dataset with splits (N_split, 784) float32, image_shape (28, 28).
 
     Raises:
-        DataError: If the files are absent and cannot be downloaded, or binarize is unknown.
+        DataError: As for MNIST.
     """
-    return _load_torchvision("fashion-mnist", "FashionMNIST", data_dir, binarize)
+    return _load_torchvision("fashion-mnist", "FashionMNIST", data_dir, binarize, splits)

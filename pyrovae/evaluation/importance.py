@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from tqdm.auto import tqdm
 
+from ..data import as_data_tensor
 from ..particles import traced_particles
 from ..producers import Producer, TracedProducer, make_producer
 from ..runtime import tune_allocator
@@ -106,6 +107,21 @@ def _mean_stderr(values: torch.Tensor):
     return values.mean().item(), stderr
 
 
+def _data_dtype(data: Any, *programs: Any) -> torch.dtype:
+    """The dtype to give the data: that of the module whose method (or producer) the model or
+    guide is, else the data's own floating dtype, else torch's default."""
+    for program in programs:
+        owner = getattr(program, "__self__", None)
+        if owner is None:
+            owner = getattr(program, "vae", None)  # the direct producer
+        if isinstance(owner, torch.nn.Module):
+            for p in owner.parameters():
+                return p.dtype
+    if isinstance(data, torch.Tensor) and data.is_floating_point():
+        return data.dtype
+    return torch.get_default_dtype()
+
+
 @torch.no_grad()
 def estimate_log_likelihood(
     model: Optional[Callable],
@@ -139,8 +155,13 @@ def estimate_log_likelihood(
     Returns:
         A ``LogLikelihood`` with the means, standard errors and per-point values.
     """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    data = as_data_tensor(data, "data", _data_dtype(data, producer, model, guide))
+    if data.dim() < 2:
+        raise ValueError(
+            f"data must have shape (N, ...), one row per data point, got {tuple(data.shape)}"
+        )
     if producer is None:
         if model is None or guide is None:
             raise ValueError("give a model and a guide, or a producer")
@@ -266,7 +287,11 @@ def evaluate_vae(
     """``estimate_log_likelihood`` for a ``VAE``, adding the exact log p(x) when the VAE is
     linear-Gaussian. ``data`` (N, x_dim). ``producer`` (``auto``, ``direct``, ``traced``)
     picks how the particles are computed (``pyrovae.producers``; the same numbers either
-    way)."""
+    way). ``data`` may be a tensor or numpy array of any real dtype (bool and uint8 data as
+    ``read_amat`` returns it, float64...): it is converted to the VAE's."""
+    dtype = next(vae.parameters()).dtype
+    data = as_data_tensor(data, "data", dtype)
+    vae.data_scale(data)  # the shape: (N, x_dim)
     vae.likelihood.check_data(data)
     truth = vae.linear_gaussian()
     exact = None

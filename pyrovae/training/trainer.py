@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..config import OptionError, Rule, config_from_dict, option, validate_fields
 from ..data import SPLITS, Dataset, load_dataset
-from ..estimators import Estimator, make_estimator
+from ..estimators import ESTIMATORS, Estimator, make_estimator
 from ..evaluation import estimate_log_likelihood
 from ..model import VAE, VAEConfig, build_vae
 from ..particles import traced_particles
@@ -64,7 +64,7 @@ class TrainConfig:
     ``traced``.
     """
 
-    dataset: str = option("binarized-mnist", Rule("str"))
+    dataset: str = option("binarized-mnist", Rule("str"))  # a name, or a label with data=
     data_dir: Optional[str] = option(None, Rule("str", optional=True))
     dataset_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
     n_train: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
@@ -72,19 +72,15 @@ class TrainConfig:
     epochs: int = option(100, Rule("int", minimum=1))
     batch_size: int = option(100, Rule("int", minimum=1))
     lr: float = option(1e-3, Rule("number", positive=True))
-    estimator: str = option("pathwise", Rule("str"))
+    estimator: str = option("pathwise", Rule("str", choices=ESTIMATORS.names))
     estimator_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
     # None: the estimator's default (1, or 5 for K-sample bounds)
     num_particles: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
     seed: int = option(0, Rule("int", minimum=0))
-    producer: str = option("auto", Rule("str"))
+    producer: str = option("auto", Rule("str", choices=PRODUCERS))
 
     def __post_init__(self) -> None:
         validate_fields(self)
-        if self.producer not in PRODUCERS:
-            raise OptionError(
-                f"producer must be one of {', '.join(PRODUCERS)}, got {self.producer!r}"
-            )
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -406,7 +402,7 @@ def train(
     state, changed, run_path = None, {}, None
     if resume:
         if run_dir is None:
-            raise ValueError("resume needs the run directory to continue (--run-dir)")
+            raise ValueError("resume needs run_dir (--run-dir), the run directory to continue")
         run_path = Path(run_dir)
         check_resumable(run_path)
         saved_train, saved_model = read_config(run_path)
