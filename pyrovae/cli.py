@@ -288,7 +288,7 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     key. Options left out are absent: the defaults, or a resumed run's saved values, apply."""
     from .model import VAEConfig
     from .training import TrainConfig
-    from .training.trainer import ENGINE_TO_PRODUCER
+    from .training.config import ENGINE_TO_PRODUCER
 
     train_d: Dict[str, Any] = {}
     model_d: Dict[str, Any] = {}

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from pyrovae.cli import main
-from pyrovae.training import RunLock
 
 # A small linear-Gaussian problem: an epoch takes a few tens of milliseconds.
 TINY = ["--dataset", "linear-gaussian", "--dataset-option", "x_dim=4"]
@@ -40,39 +39,28 @@ def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-# The epoch commit writes best.pt, then last.pt, then metrics.jsonl; a kill lands before or
-# after each write.
+# The epoch commit writes best.pt, then last.pt, then metrics.jsonl, each to NAME.tmp renamed
+# into place; the script kills the training just before or just after the nth rename onto one
+# of them (at the file system, so the kill does not depend on how the trainer is written).
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    import pyrovae.training.trainer as trainer
     from pyrovae.cli import main
 
-    stage, when, epoch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    argv = sys.argv[4:]
+    name, nth, when = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    replace, seen = os.replace, [0]
 
-    def kill():
-        os.kill(os.getpid(), signal.SIGKILL)
+    def replace_and_maybe_die(src, dst, *args, **kwargs):
+        hit = os.path.basename(dst) == name and seen[0] + 1 == nth
+        seen[0] += os.path.basename(dst) == name
+        if hit and when == "before":
+            os.kill(os.getpid(), signal.SIGKILL)
+        replace(src, dst, *args, **kwargs)
+        if hit and when == "after":
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    def wrap(fn, name_of):
-        def wrapped(*args):
-            hit = name_of(*args) == stage and trainer_epoch[0] == epoch
-            if hit and when == "before":
-                kill()
-            fn(*args)
-            if hit and when == "after":
-                kill()
-        return wrapped
-
-    trainer_epoch = [0]
-
-    def checkpoint_name(state, path):
-        trainer_epoch[0] = state["epoch"]
-        return path.stem
-
-    trainer.save_checkpoint = wrap(trainer.save_checkpoint, checkpoint_name)
-    trainer.write_metrics = wrap(trainer.write_metrics, lambda run, records: "metrics")
-    sys.exit(main(argv))
+    os.replace = replace_and_maybe_die
+    sys.exit(main(sys.argv[4:]))
     """
 )
 
@@ -86,27 +74,29 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "stage,when",
+    "name,nth,when",
     [
-        ("best", "before"),
-        ("best", "after"),
-        ("last", "after"),
-        ("metrics", "before"),
-        ("metrics", "after"),
+        ("best.pt", 2, "before"),  # epoch 2's commit, before anything of it is written
+        ("best.pt", 2, "after"),
+        ("last.pt", 2, "after"),  # the commit point passed, the metrics not yet written
+        ("metrics.jsonl", 3, "before"),  # (written once at the start, then every epoch)
+        ("metrics.jsonl", 3, "after"),
     ],
 )
-def test_a_kill_at_any_stage_of_an_epoch_commit_loses_nothing(tmp_path, uninterrupted, stage, when):
+def test_a_kill_at_any_stage_of_an_epoch_commit_loses_nothing(
+    tmp_path, uninterrupted, name, nth, when
+):
     run = tmp_path / "run"
     argv = ["train", *TINY, "--run-dir", str(run), "--epochs", "3"]
     killed = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, stage, when, "2", *argv],
+        [sys.executable, "-c", KILL_SCRIPT, name, str(nth), when, *argv],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr  # it did stop mid-commit
-    assert not list(run.rglob("*.tmp"))
     assert _train(run, 3, "--resume") == 0
+    assert not list(run.rglob("*.tmp"))  # what the kill left is cleared
     a, b = _last(uninterrupted), _last(run)
     assert a["epoch"] == b["epoch"] == 3
     for name, value in a["model_state"].items():
@@ -144,6 +134,7 @@ LOCK_HOLDER = textwrap.dedent(
 def test_one_process_at_a_time_trains_in_a_run_directory(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
+    # The holder is another process (flock locks conflict between open files, in any process).
     holder = subprocess.Popen(
         [sys.executable, "-c", LOCK_HOLDER, str(run)], stdout=subprocess.PIPE, text=True
     )
@@ -161,6 +152,7 @@ def test_one_process_at_a_time_trains_in_a_run_directory(tmp_path, capsys):
 
 def test_a_lock_is_held_for_the_whole_run_and_released_after(tmp_path, monkeypatch, capsys):
     import pyrovae.training.trainer as trainer
+    from pyrovae.training import RunLock
 
     run = tmp_path / "run"
     seen = []

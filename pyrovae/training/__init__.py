@@ -1,10 +1,11 @@
-"""Training: one trainer (``trainer``), run directories (``rundir``), checkpoints
-(``checkpoint``) and the reading of pyrovae 0.1.0's checkpoints (``legacy``)."""
+"""Training: one trainer (``trainer``), its configuration (``config``), run directories
+(``rundir``), checkpoints (``checkpoint``) and the reading of pyrovae 0.1.0's checkpoints
+(``legacy``)."""
 
 from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, load_vae, save_checkpoint
+from .config import TrainConfig, read_config, resumed_config
 from .rundir import RunDirError, RunLock
 from .trainer import (
-    TrainConfig,
     TrainedState,
     Trainer,
     TrainingDiverged,
@@ -13,9 +14,7 @@ from .trainer import (
     fused_adam,
     load_pair_state,
     prepare_data,
-    read_config,
     read_metrics,
-    resumed_config,
     train,
 )
 

@@ -84,7 +84,20 @@ def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
 
 
 def _entries(path: Path) -> List[str]:
-    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    """The names in ``path``, less the ``.tmp`` files a killed process may leave: pyrovae's own
+    (``remove_leftovers`` deletes them), not a sign of foreign content."""
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if not p.name.endswith(".tmp"))
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Delete the ``NAME.tmp`` files of writes a kill interrupted (the lock holder alone may:
+    no other process is writing)."""
+    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
+        if folder.is_dir():
+            for tmp in folder.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
 
 
 def is_unstarted_run(path: Path) -> bool:

@@ -1,0 +1,144 @@
+"""The training configuration: ``TrainConfig``, reading a run's saved configuration, and what
+a resumed run may change (``resumed_config``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from ..config import OptionError, Rule, config_from_dict, option, validate_fields
+from ..estimators import ESTIMATORS
+from ..model import VAEConfig
+from ..producers import PRODUCERS
+
+# 0.1.0 named the route an "engine"; a config file, run directory or command line may still.
+ENGINE_TO_PRODUCER = {"auto": "auto", "fast": "direct", "pyro": "traced"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Saved as ``config.json`` in the run directory.
+
+    ``n_train``/``n_eval`` take seeded random subsets of the training and of the validation and
+    test splits (quick runs, tests). ``estimator_options`` go to the estimator's factory (e.g.
+    ``{"baseline": "none"}`` for ``score-function``). ``producer`` picks how particles are
+    computed (``pyrovae.producers``): ``auto`` (direct for the library's VAE), ``direct`` or
+    ``traced``.
+    """
+
+    dataset: str = option("binarized-mnist", Rule("str"))  # a name, or a label with data=
+    data_dir: Optional[str] = option(None, Rule("str", optional=True))
+    dataset_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
+    n_train: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
+    n_eval: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
+    epochs: int = option(100, Rule("int", minimum=1))
+    batch_size: int = option(100, Rule("int", minimum=1))
+    lr: float = option(1e-3, Rule("number", positive=True))
+    estimator: str = option("pathwise", Rule("str", choices=ESTIMATORS.names))
+    estimator_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
+    # None: the estimator's default (1, or 5 for K-sample bounds)
+    num_particles: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
+    seed: int = option(0, Rule("int", minimum=0))
+    producer: str = option("auto", Rule("str", choices=PRODUCERS))
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], name: Optional[Callable[[str], str]] = None):
+        """Inverse of ``to_dict``; unknown keys and bad values are an ``OptionError`` naming
+        them (``name(key)``: how the user wrote the key), so that typos fail loudly. The 0.1.0
+        key ``engine`` (``fast``, ``pyro``, ``auto``) is read as ``producer``."""
+        if isinstance(d, dict) and "engine" in d:
+            d = dict(d)
+            engine = d.pop("engine")
+            if engine not in ENGINE_TO_PRODUCER:
+                raise OptionError(f"unknown engine {engine!r} in the training config")
+            d.setdefault("producer", ENGINE_TO_PRODUCER[engine])
+        return config_from_dict(cls, d, "training", name)
+
+
+def read_config(run_dir: Path) -> Tuple[TrainConfig, Optional[VAEConfig]]:
+    """The (training, model) configuration saved in a run directory; the model's is ``None``
+    for a run that trained a model/guide pair of the user's own."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a pyrovae run directory")
+    try:
+        cfg = json.loads(path.read_text())
+        model = cfg["model"]
+        return TrainConfig.from_dict(cfg["train"]), (
+            None if model is None else VAEConfig.from_dict(model)
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a valid pyrovae config ({e}); restore it") from None
+
+
+# What a resumed run may change: the state saved does not depend on these.
+RESUMABLE = ("epochs", "lr", "producer", "data_dir")
+
+
+def _flag(key: str) -> str:
+    return {
+        "likelihood_options": "--sigma",
+        "estimator_options": "--estimator-option",
+        "dataset_options": "--dataset-option",
+    }.get(key, "--" + key.replace("_", "-"))
+
+
+def given_fields(config: Any) -> Dict[str, Any]:
+    """The fields of a config that differ from its class's defaults: what an API caller asked
+    for when resuming with ``train(TrainConfig(epochs=20), ..., resume=True)``."""
+    default = type(config)()
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(default, f.name)
+    }
+
+
+def resumed_config(
+    saved_train: TrainConfig,
+    saved_model: Optional[VAEConfig],
+    changes: Dict[str, Any],
+    epochs_done: int,
+) -> Tuple[TrainConfig, Dict[str, Tuple[Any, Any]]]:
+    """The configuration a resumed run continues under: the saved one with ``changes`` (keys
+    of ``TrainConfig`` or ``VAEConfig``) applied where they may change (``RESUMABLE``: the
+    total of epochs, the learning rate, the producer, where the data is). A change to anything
+    else (the architecture, the estimator, the batch size, the data...) is an ``OptionError``:
+    the saved parameters and optimizer state belong to the saved values. Returns the config
+    and {key: (old, new)} for what changed."""
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved_model_d = saved_model.to_dict() if saved_model is not None else {}
+    updates, changed = {}, {}
+    for key, value in changes.items():
+        if key == "producer" and value == "auto":
+            continue  # auto keeps the run's route
+        if key == "x_dim":
+            continue  # taken from the data
+        old = getattr(saved_train, key) if key in train_keys else saved_model_d.get(key)
+        if key == "hidden":
+            old, value = tuple(old), tuple(value)
+        if value == old:
+            continue
+        if key not in RESUMABLE:
+            raise OptionError(
+                f"a resumed run cannot change {key} ({_flag(key)}): the run has {old!r}, asked "
+                f"for {value!r}; its saved state belongs to its own settings: leave "
+                f"{_flag(key)} out, or start a new run in another directory"
+            )
+        updates[key], changed[key] = value, (old, value)
+    cfg = dataclasses.replace(saved_train, **updates)
+    if cfg.epochs <= epochs_done:
+        raise OptionError(
+            f"epochs (--epochs) is the new total and must be more than the {epochs_done} epochs "
+            f"the run has done, got {cfg.epochs}"
+        )
+    return cfg, changed
