@@ -17,29 +17,49 @@ producer), ``producers``, ``estimators``, ``evaluation``, ``training``, ``runs``
 
 __version__ = "0.2.0"
 
-from .data import DATASETS, Dataset, load_dataset  # noqa: E402
-from .estimators import ESTIMATORS, Estimator, make_estimator  # noqa: E402
-from .evaluation import (  # noqa: E402
-    LogLikelihood,
-    estimate_log_likelihood,
-    evaluate_vae,
-    log_importance_weights,
-)
-from .linear_gaussian import LinearGaussian  # noqa: E402
-from .model import VAE, VAEConfig, build_vae  # noqa: E402
-from .particles import Particles, traced_particles  # noqa: E402
-from .parts.guides import GUIDES  # noqa: E402
-from .parts.likelihoods import LIKELIHOODS  # noqa: E402
-from .parts.priors import PRIORS  # noqa: E402
-from .producers import make_producer  # noqa: E402
-from .runs import evaluate_run, sample_run  # noqa: E402
-from .training import (  # noqa: E402
-    TrainConfig,
-    TrainingDiverged,
-    TrainResult,
-    load_vae,
-    train,
-)
+import importlib
+
+# Public names and the module each comes from. They are imported when first used (PEP 562), so
+# that ``import pyrovae.cli`` is quick: the command line then imports torch inside its own error
+# handling, where a Ctrl-C in the first second is one line, not a traceback.
+_EXPORTS = {
+    ".data": ("DATASETS", "Dataset", "load_dataset"),
+    ".estimators": ("ESTIMATORS", "Estimator", "make_estimator"),
+    ".evaluation": (
+        "LogLikelihood",
+        "estimate_log_likelihood",
+        "evaluate_vae",
+        "log_importance_weights",
+    ),
+    ".linear_gaussian": ("LinearGaussian",),
+    ".model": ("VAE", "VAEConfig", "build_vae"),
+    ".particles": ("Particles", "traced_particles"),
+    ".parts.guides": ("GUIDES",),
+    ".parts.likelihoods": ("LIKELIHOODS",),
+    ".parts.priors": ("PRIORS",),
+    ".producers": ("make_producer",),
+    ".runs": ("evaluate_run", "sample_run"),
+    ".training": ("TrainConfig", "TrainingDiverged", "TrainResult", "load_vae", "train"),
+}
+_SOURCE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _SOURCE:
+        value = getattr(importlib.import_module(_SOURCE[name], __name__), name)
+        globals()[name] = value  # once
+        return value
+    try:  # a subpackage, as ``pyrovae.data`` after a plain ``import pyrovae``
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise  # a module that is there failed to import: say why
+        raise AttributeError(f"module 'pyrovae' has no attribute {name!r}") from None
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SOURCE))
+
 
 __all__ = [
     "DATASETS",

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
-from .config import Rule, check_arguments, check_values
+from .config import check_arguments, check_values
 
 
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -46,11 +47,24 @@ def _key_value(text: str):
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
+    return key.strip().replace("-", "_"), _option_value(value)
+
+
+def _option_value(text: str) -> Any:
+    """A KEY=VALUE option's value: JSON (``0.5``, ``true``, ``[1, 2]``), Python's spellings of
+    the same (``.5``, ``True``, ``None``), else the text itself."""
     try:
-        value = json.loads(value)
-    except json.JSONDecodeError:
-        pass  # a bare string
-    return key.strip().replace("-", "_"), value
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    word = text.strip()
+    if word in ("True", "False", "None"):
+        return {"True": True, "False": False, "None": None}[word]
+    try:
+        number = float(word)
+    except ValueError:
+        return text  # a bare string
+    return number if math.isfinite(number) else text
 
 
 def _train_parser(sub) -> None:
@@ -254,14 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A config file is a few hundred bytes; anything this big is not one.
+_MAX_CONFIG_BYTES = 1 << 20
+
+
 def _read_config_file(path: str) -> Dict[str, Dict[str, Any]]:
     """The sections of a ``--config`` file, each checked to be an object of options."""
+    file = Path(path)
     try:
-        cfg = json.loads(Path(path).read_text())
+        if not file.resolve().is_file():  # /dev/zero, a FIFO, a directory: never read
+            raise ValueError(f"--config {path} is not a regular file")
+        if file.stat().st_size > _MAX_CONFIG_BYTES:
+            raise ValueError(f"--config {path} is over 1 MiB: not a pyrovae config file")
+        cfg = json.loads(file.read_text())
     except OSError as e:
         raise ValueError(f"cannot read --config {path}: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"--config {path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"--config {path} is not valid JSON (nested too deeply)") from None
     if not isinstance(cfg, dict):
         raise ValueError(
             f'--config {path} must hold an object {{"train": {{...}}, "model": {{...}}}}, '
@@ -287,6 +312,7 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     win), each value checked where it was given, so an error names the flag or the file's
     key. Options left out are absent: the defaults, or a resumed run's saved values, apply."""
     from .model import VAEConfig
+    from .parts.likelihoods import SIGMA
     from .training import TrainConfig
     from .training.config import ENGINE_TO_PRODUCER
 
@@ -306,7 +332,7 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
             cls.from_dict(given, name=lambda k, where=where: f"{where}.{k}")
             sigma = given.get("likelihood_options", {}).get("sigma") if section == "model" else None
             if sigma is not None:
-                Rule("number", positive=True).check(f"{where}.likelihood_options.sigma", sigma)
+                SIGMA.check(f"{where}.likelihood_options.sigma", sigma)
             out.update(given)
     flags: Dict[str, Any] = {}
     for key in (
@@ -347,7 +373,13 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     if options:
         train_d["dataset_options"] = options
     estimator_options = dict(train_d.get("estimator_options", {}))
-    estimator_options.update(dict(args.estimator_option))
+    given = dict(args.estimator_option)
+    if args.baseline and given.get("baseline", args.baseline) != args.baseline:
+        raise ValueError(
+            f"--baseline {args.baseline} contradicts --estimator-option "
+            f"baseline={given['baseline']}: give one of them"
+        )
+    estimator_options.update(given)
     if args.baseline:
         estimator_options["baseline"] = args.baseline
     if estimator_options:
@@ -368,7 +400,7 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     }
     model_d.update(check_values(VAEConfig, flags, _flag_name))
     if args.sigma is not None:
-        sigma = Rule("number", positive=True).check("--sigma", args.sigma)
+        sigma = SIGMA.check("--sigma", args.sigma)
         model_d["likelihood_options"] = {**model_d.get("likelihood_options", {}), "sigma": sigma}
     return train_d, model_d
 
@@ -412,7 +444,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from .plots import summary_table
-    from .runs import EVALUATE_ARGUMENTS, evaluate_run
+    from .runs import EVALUATE_ARGUMENTS, evaluate_run, strict_json
 
     check_arguments(EVALUATE_ARGUMENTS, vars(args), _flag_name)
     res = evaluate_run(
@@ -428,7 +460,7 @@ def _cmd_evaluate(args) -> int:
     )
     if args.json:
         out = {"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}
-        print(json.dumps(out))
+        print(strict_json(out))
         return 0
     rows = [
         ("run / checkpoint", f"{args.run_dir} ({res.checkpoint})"),
@@ -469,7 +501,7 @@ def _cmd_sample(args) -> int:
 
 def _cmd_gradvar(args) -> int:
     from .plots import markdown_table, summary_table
-    from .runs import GRADVAR_ARGUMENTS, gradvar_run
+    from .runs import GRADVAR_ARGUMENTS, gradvar_run, strict_json
 
     check_arguments(GRADVAR_ARGUMENTS, vars(args), _flag_name)
     # Specs are comma-separated, and so are an estimator's options: "iwae:a=1;b=2".
@@ -488,9 +520,8 @@ def _cmd_gradvar(args) -> int:
         producer=args.producer,
     )
     if args.json:
-        print(
-            json.dumps({"run_dir": str(args.run_dir), "estimators": [s.to_dict() for s in stats]})
-        )
+        out = {"run_dir": str(args.run_dir), "estimators": [s.to_dict() for s in stats]}
+        print(strict_json(out))
         return 0
     table = markdown_table(
         [
@@ -526,7 +557,18 @@ def _cmd_gradvar(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``pyrovae`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    name = "pyrovae"
+    try:
+        # Inside the try: building the parser imports torch, which takes a second or two.
+        args = build_parser().parse_args(argv)
+        name = f"pyrovae {args.command}"
+        return _run(args, name)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; checkpoints written so far are kept", file=sys.stderr)
+        return 130
+
+
+def _run(args, name: str) -> int:
     from .data import DataError
     from .training import CheckpointError, TrainingDiverged
 
@@ -539,7 +581,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return command[args.command](args)
     except TrainingDiverged as e:
-        print(f"pyrovae {args.command}: training diverged: {e}", file=sys.stderr)
+        print(f"{name}: training diverged: {_one_line(e)}", file=sys.stderr)
         return 3
     except (
         DataError,
@@ -547,22 +589,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         ValueError,  # OptionError, RunDirError, NotApplicable among them
         FloatingPointError,  # a non-finite estimate from a damaged model
         MemoryError,
+        RecursionError,  # a config file nested beyond reason
     ) as e:
-        print(f"pyrovae {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a file or directory the system refuses: FileExistsError among them
-        print(f"pyrovae {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        print(f"{name}: error: {_os_error(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e):
+            raise  # a bug: its traceback is what a report needs
         print(
-            f"pyrovae {args.command}: interrupted; checkpoints written so far are kept",
+            f"{name}: error: out of memory ({_one_line(e)[:200]}); lower the sizes asked for",
             file=sys.stderr,
         )
-        return 130
+        return 2
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    text = " ".join(str(e).split())
+    if isinstance(e, MemoryError):
+        return text or "out of memory: lower the sizes asked for"
+    return text or type(e).__name__
 
 
 def _os_error(e: OSError) -> str:

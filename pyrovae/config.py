@@ -22,6 +22,15 @@ class OptionError(ValueError):
     """A configuration value of the wrong type or out of range."""
 
 
+# Counts and sizes above this are refused (unless a rule sets its own maximum): beyond it they
+# overflow torch's and numpy's integer arguments before any useful work could be done.
+MAX_INT = 2**31 - 1
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _given(value: Any) -> str:
     kind = {str: "a string", bool: "a boolean", list: "a list", dict: "an object"}.get(type(value))
     return f"{value!r} ({kind})" if kind else repr(value)
@@ -39,8 +48,8 @@ class Rule:
     """
 
     kind: str
-    minimum: Optional[int] = None
-    maximum: Optional[int] = None
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
     positive: bool = False
     optional: bool = False
     # The names a string may take, or a function giving them (a registry's, read when checked).
@@ -55,7 +64,7 @@ class Rule:
             "ints": "a list of integers like [200, 200]",
         }[self.kind]
         if self.minimum is not None and self.maximum is not None:
-            text += f" from {self.minimum} to {self.maximum}"
+            text += f" from {self.minimum:g} to {self.maximum:g}"
         elif self.minimum is not None:
             text += f" >= {self.minimum}" if self.kind == "int" else f", each >= {self.minimum}"
         if self.positive:
@@ -70,6 +79,9 @@ class Rule:
         ok, out = self._normalized(value)
         if not ok:
             raise OptionError(f"{name} must be {self.expected()}, got {_given(value)}")
+        too_big = [v for v in (out if self.kind == "ints" else [out]) if _is_int(v) and v > MAX_INT]
+        if too_big and self.maximum is None:
+            raise OptionError(f"{name} must be at most {MAX_INT}, got {too_big[0]}")
         if self.choices is not None:
             names = list(self.choices() if callable(self.choices) else self.choices)
             if out not in names:
@@ -78,17 +90,20 @@ class Rule:
                 )
         return out
 
+    def _within(self, value: Any) -> bool:
+        low, high = self.minimum, self.maximum
+        return (low is None or value >= low) and (high is None or value <= high)
+
     def _normalized(self, value: Any) -> Tuple[bool, Any]:
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
+        is_int = _is_int
 
         if self.kind == "int":
-            ok = is_int(value) and (self.minimum is None or value >= self.minimum)
-            return ok and (self.maximum is None or value <= self.maximum), value
+            return is_int(value) and self._within(value), value
         if self.kind == "number":
             if not (is_int(value) or isinstance(value, float)) or not math.isfinite(value):
                 return False, value
-            return not self.positive or value > 0, float(value)
+            ok = (not self.positive or value > 0) and self._within(value)
+            return ok, float(value)
         if self.kind == "str":
             return isinstance(value, str), value
         if self.kind == "dict":
@@ -99,6 +114,10 @@ class Rule:
             ok = self.minimum is None or all(v >= self.minimum for v in value)
             return ok, tuple(value)
         raise AssertionError(self.kind)
+
+
+# numpy's seeds (Pyro seeds numpy too) stop at 2**32 - 1.
+SEED_RULE = Rule("int", minimum=0, maximum=2**32 - 1)
 
 
 def option(default: Any = None, rule: Optional[Rule] = None, **kwargs: Any) -> Any:

@@ -22,7 +22,7 @@ import pyro
 import torch
 from torch import nn
 
-from .config import Rule, config_from_dict, option, validate_fields
+from .config import OptionError, Rule, config_from_dict, option, validate_fields
 from .data import as_data_tensor
 from .linear_gaussian import LinearGaussian
 from .particles import Particles
@@ -30,6 +30,7 @@ from .parts.guides import GUIDES, GuideFamily
 from .parts.likelihoods import LIKELIHOODS, Likelihood
 from .parts.nets import ACTIVATIONS, NETS
 from .parts.priors import PRIORS, Prior
+from .runtime import check_memory
 
 
 @dataclass(frozen=True)
@@ -251,14 +252,34 @@ class VAE(nn.Module):
             )
 
 
+def _check_size(config: VAEConfig) -> None:
+    """Refuse, before allocating, a VAE whose parameters with their gradients and Adam's two
+    moments (16 bytes each) would not fit in memory. Counted for the widest parts: a guide
+    family and a likelihood with two outputs per dimension."""
+    enc = [config.x_dim, *config.hidden, 2 * config.z_dim]
+    dec = [config.z_dim, *config.hidden, 2 * config.x_dim]
+    count = sum((a + 1) * b for widths in (enc, dec) for a, b in zip(widths, widths[1:]))
+    count += 4 * config.z_dim + 2 * config.x_dim  # the prior's and likelihood's own
+    check_memory(16 * count, "a VAE of this size", "lower --hidden or --z-dim")
+
+
 def build_vae(config: VAEConfig) -> VAE:
     """Build a VAE from a config, each part looked up by name in its registry.
+
+    Raises ``OptionError`` for a config that is not a ``VAEConfig`` and ``MemoryError`` for a
+    model too big for the memory left.
 
     Example:
         >>> vae = build_vae(VAEConfig(x_dim=4, z_dim=2, hidden=(8,)))
         >>> vae.guide(torch.zeros(3, 4)).shape
         torch.Size([3, 2])
     """
+    if not isinstance(config, VAEConfig):
+        raise OptionError(
+            f"build_vae takes a VAEConfig (VAEConfig.from_dict(d) for a dict), got "
+            f"{type(config).__name__}"
+        )
+    _check_size(config)
     prior = PRIORS.get(config.prior)(config.z_dim)
     likelihood_cls = LIKELIHOODS.get(config.likelihood)
     takes = set(inspect.signature(likelihood_cls).parameters) - {"x_dim"}

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pyro
 import torch
 
-from .config import Rule, check_arguments
+from .config import SEED_RULE, Rule, check_arguments
 from .data import SPLITS, Dataset
 from .evaluation import LogLikelihood, evaluate_vae
 from .evaluation.gradients import GradientStats, default_estimator_specs, gradient_variance
@@ -28,25 +29,41 @@ from .plots import (
     save_training_curves,
 )
 from .training import load_vae, prepare_data, read_config, read_metrics
-from .training.checkpoint import find_checkpoint
+from .training.checkpoint import check_belongs, find_checkpoint
 
 # A figure of samples shows at most this many; drawing more would only cost memory.
 MAX_FIGURE_SAMPLES = 1000
 EVALUATE_ARGUMENTS = {
     "k": Rule("int", minimum=1),
     "n": Rule("int", minimum=1, optional=True),
-    "seed": Rule("int", minimum=0),
+    "seed": SEED_RULE,
 }
 SAMPLE_ARGUMENTS = {
     "n": Rule("int", minimum=1, maximum=MAX_FIGURE_SAMPLES),
-    "seed": Rule("int", minimum=0),
+    "seed": SEED_RULE,
 }
 GRADVAR_ARGUMENTS = {
     "draws": Rule("int", minimum=2),
     "batch_size": Rule("int", minimum=1),
     "warmup": Rule("int", minimum=0),
-    "seed": Rule("int", minimum=0),
+    "seed": SEED_RULE,
 }
+
+
+def strict_json(obj: Any, indent: Optional[int] = None) -> str:
+    """``obj`` as standard JSON: a NaN or infinite number (a standard error of one data point,
+    say) becomes ``null``, which every JSON parser reads."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(obj), indent=indent, allow_nan=False)
 
 
 def load_run(
@@ -61,13 +78,15 @@ def load_run(
 
     ``data_dir`` overrides the data directory saved in the run's config.
     """
-    train_cfg, _ = read_config(Path(run_dir))
+    train_cfg, model_cfg = read_config(Path(run_dir))
     if data_dir is not None:
         train_cfg = dataclasses.replace(train_cfg, data_dir=str(Path(data_dir).resolve()))
     # The model first: a run of a model/guide pair of the user's own is refused before its
     # data is loaded.
     vae, state = load_vae(run_dir, which)
-    state["checkpoint"] = find_checkpoint(run_dir, which).stem
+    path = find_checkpoint(run_dir, which)
+    check_belongs(state, path, train_cfg, model_cfg)
+    state["checkpoint"] = path.stem
     return vae, prepare_data(train_cfg, splits), state
 
 
@@ -217,7 +236,7 @@ def gradvar_run(
         "estimators": [s.to_dict() for s in stats],
     }
     paths = {"json": out / "gradvar.json"}
-    paths["json"].write_text(json.dumps(info, indent=1))
+    paths["json"].write_text(strict_json(info, indent=1))
     title = (
         f"{Path(run_dir).name}, epoch {state.get('epoch')}: {draws} gradient estimates per "
         f"estimator on one minibatch of {x.shape[0]}"

@@ -60,12 +60,29 @@ def fused_adam(params: Sequence[torch.Tensor], lr: float) -> torch.optim.Adam:
 
 
 def available_memory() -> Optional[int]:
-    """Bytes of memory this process can still use (Linux's ``MemAvailable``; ``None`` where
-    it cannot be read)."""
+    """Bytes of memory this process can still use: Linux's ``MemAvailable``, or less where an
+    address-space limit (``ulimit -v``) leaves less; ``None`` where neither can be read."""
+    free = _meminfo("/proc/meminfo", "MemAvailable:")
     try:
-        with open("/proc/meminfo") as f:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError):
+        limit = resource_infinity = None
+    else:
+        resource_infinity = resource.RLIM_INFINITY
+    if limit is not None and limit != resource_infinity:
+        used = _meminfo("/proc/self/status", "VmSize:") or 0
+        free = min(free, limit - used) if free is not None else limit - used
+    return free
+
+
+def _meminfo(path: str, key: str) -> Optional[int]:
+    """A ``key: N kB`` line of a /proc file, in bytes."""
+    try:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -85,15 +102,21 @@ def check_step_memory(
     of z for each row of the batch ``x`` (B, D) whose activations would not fit in the memory
     left. The estimate is an upper bound: every layer (each 2-D parameter's rows) computes one
     value per (particle, data point) pair, as the decoder does, plus the likelihood's D."""
-    free = available_memory()
-    if free is None:
-        return
     widths = sum(p.shape[0] for p in params if p.dim() == 2) + 3 * x[0].numel()
     pairs = num_particles * x.shape[0]
-    need = pairs * widths * _BYTES_PER_VALUE
-    if need > free:
+    check_memory(
+        pairs * widths * _BYTES_PER_VALUE,
+        f"{what} on {num_particles} particles x {x.shape[0]} data points",
+        "lower the number of particles (--num-particles) or the batch size (--batch-size)",
+    )
+
+
+def check_memory(need: int, what: str, advice: str) -> None:
+    """A ``MemoryError`` saying ``what`` needs ``need`` bytes, how much is free, and
+    ``advice``, when ``need`` is more than the memory available."""
+    free = available_memory()
+    if free is not None and need > free:
         raise MemoryError(
-            f"{what} on {num_particles} particles x {x.shape[0]} data points needs about "
-            f"{need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB of memory is free: lower the "
-            "number of particles (--num-particles) or the batch size (--batch-size)"
+            f"{what} needs about {need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB of memory "
+            f"is free: {advice}"
         )

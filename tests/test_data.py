@@ -254,9 +254,9 @@ def test_registry_and_option_errors():
         load_dataset("ring", n_trian=10)
     with pytest.raises(DataError, match="accepted options: n_train, n_valid, n_test, seed, x_dim"):
         load_dataset("linear-gaussian", bogus=1)
-    with pytest.raises(DataError, match="noise_std must be a finite positive number"):
+    with pytest.raises(DataError, match=r"noise_std must be a number in \[1e-06, 1e\+06\]"):
         load_dataset("linear-gaussian", noise_std=0)
-    with pytest.raises(DataError, match="n_train must be an integer >= 1"):
+    with pytest.raises(DataError, match=r"n_train must be an integer in \[1, 10000000000\], got 0"):
         load_dataset("gmm2d", n_train=0)
 
 
@@ -823,13 +823,13 @@ def test_dataset_converts_its_splits():
 
 def test_bad_option_values_are_data_errors(tmp_path):
     _write_splits(tmp_path / "data")
-    with pytest.raises(DataError, match="option download must be True or False, got 'no'"):
+    with pytest.raises(DataError, match="option download must be true or false, got 'no'; "):
         load_dataset("binarized-mnist", data_dir=tmp_path / "data", download="no")
-    with pytest.raises(DataError, match="option noise_std must be a finite positive number"):
+    with pytest.raises(DataError, match=r"option noise_std must be a number in \[1e-06, 1e\+06\]"):
         load_dataset("linear-gaussian", noise_std=math.inf)
-    with pytest.raises(DataError, match="option radius must be a finite positive number"):
+    with pytest.raises(DataError, match=r"option radius must be a number in \[1e-06, 1e\+06\]"):
         load_dataset("gmm2d", radius=float("nan"))
-    with pytest.raises(DataError, match="option n_test must be an integer >= 1, got 2.5"):
+    with pytest.raises(DataError, match=r"option n_test must be an integer in \[1, \d+\], got 2.5"):
         load_dataset("ring", n_test=2.5)
     with pytest.raises(DataError, match=r"dataset name must be a string"):
         load_dataset(["ring"])
@@ -843,7 +843,7 @@ def test_bad_subset_sizes_and_split_names():
         (dict(n_train=-1), r"n_train must be None or an integer >= 0, got -1"),
         (dict(n_eval=2.5), r"n_eval must be None or an integer >= 0, got 2.5"),
         (dict(n_eval=True), r"n_eval must be None or an integer >= 0, got True"),
-        (dict(seed="0"), r"seed must be an integer, got '0'"),
+        (dict(seed="0"), r"seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\] .*, got '0'"),
         (
             dict(n_eval=11),
             r"cannot take 11 rows from the 10 valid rows of 'ring'; pass --n-eval \(n_eval\) <= 10",
@@ -884,3 +884,359 @@ def test_torchvision_errors_are_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)  # a broken install
     with pytest.raises(DataError, match="cannot import torchvision, needed for MNIST"):
         load_dataset("mnist", data_dir=tmp_path)
+
+
+# --- hostile sizes, values and files ----------------------------------------------------------
+
+
+@pytest.fixture
+def no_allocation(monkeypatch):
+    """Make every way the synthetic loaders allocate fail loudly: a refusal must come first."""
+
+    def allocated(*args, **kwargs):
+        raise AssertionError(f"allocated {args}: the refusal must come before any tensor")
+
+    for name in ("randn", "randint", "arange", "full", "zeros", "empty"):
+        monkeypatch.setattr(torch, name, allocated)
+
+
+def _free_memory(monkeypatch, n_bytes):
+    from pyrovae import runtime
+
+    monkeypatch.setattr(runtime, "available_memory", lambda: n_bytes)
+
+
+@pytest.mark.parametrize(
+    "name, options, free, message",
+    [
+        (
+            "ring",
+            dict(n_train=10**9),
+            2**30,
+            r"^dataset 'ring': n_train \+ n_valid \+ n_test = 1000004000 rows of 2 values need "
+            r"about [\d.]+ GiB, 1\.0 GiB is free: lower n_train$",
+        ),
+        (
+            "gmm2d",
+            dict(n_valid=10**9),
+            2**30,
+            r"^dataset 'gmm2d': n_train \+ n_valid \+ n_test = 1000012000 rows of 2 values need "
+            r"about [\d.]+ GiB and the means of n_components = 8 components about [\d.e-]+ GiB, "
+            r"1\.0 GiB is free: lower n_valid$",
+        ),
+        (
+            "gmm2d",
+            dict(n_components=10**6),
+            2**20,
+            r"n_components = 1000000 components about 0\.03 GiB, 0\.00098 GiB is free: lower "
+            r"n_components$",
+        ),
+        (
+            "linear-gaussian",
+            dict(x_dim=10_000_000, z_dim=1_000_000),
+            16 * 2**30,
+            r"^dataset 'linear-gaussian': n_train \+ n_valid \+ n_test = 14000 rows of x_dim = "
+            r"10000000 values need about [\d.]+ GiB and the model \(x_dim\*z_dim = 10000000000000 "
+            r"weights, z_dim² = 1000000000000 prior covariance\) about 44703\.6 GiB, 16\.0 GiB is "
+            r"free: lower x_dim or z_dim$",
+        ),
+        (
+            "linear-gaussian",
+            dict(z_dim=100_000, n_train=1, n_valid=1, n_test=1),
+            16 * 2**30,
+            r"prior covariance\) about 74\.5 GiB, 16\.0 GiB is free: lower z_dim or x_dim$",
+        ),
+        (
+            "linear-gaussian",
+            dict(x_dim=100_000, n_train=10**6),
+            16 * 2**30,
+            r"x_dim = 100000 values need about 1491\.6 GiB and the model .*: lower n_train$",
+        ),
+    ],
+    ids=["ring-rows", "gmm2d-rows", "gmm2d-components", "lg-weights", "lg-prior", "lg-rows"],
+)
+def test_synthetic_set_larger_than_free_memory_is_refused_before_allocating(
+    monkeypatch, no_allocation, name, options, free, message
+):
+    _free_memory(monkeypatch, free)
+    with pytest.raises(DataError, match=message) as info:
+        load_dataset(name, **options)
+    assert "\n" not in str(info.value)
+
+
+def test_synthetic_set_that_fits_loads_and_unknown_memory_skips_the_check(monkeypatch):
+    # The estimate counts the kept rows plus the temporaries of the largest split: 14000 ring
+    # rows are 112 KB kept + 10000 x 24 bytes drawing; 400 KB is enough, 300 KB is not.
+    _free_memory(monkeypatch, 400_000)
+    assert load_dataset("ring").train.shape == (10000, 2)
+    _free_memory(monkeypatch, 300_000)
+    with pytest.raises(DataError, match="lower n_train"):
+        load_dataset("ring")
+    _free_memory(monkeypatch, None)  # not Linux: nothing to check against
+    assert load_dataset("ring", n_train=10).train.shape == (10, 2)
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("ring", dict(n_train=10**12), r"option n_train must be an integer in \[1, 10000000000\]"),
+        ("ring", dict(n_test=10**30), r"option n_test must be an integer in \[1, 10000000000\]"),
+        ("ring", dict(seed=2**64), r"option seed must be an integer in \[0, 2\*\*64 - 1\]"),
+        (
+            "gmm2d",
+            dict(n_components=100_000_000_000),
+            r"option n_components must be an integer in \[1, 1000000\], got 100000000000$",
+        ),
+        (
+            "linear-gaussian",
+            dict(x_dim=10**8),
+            r"option x_dim must be an integer in \[1, 10000000\]",
+        ),
+        (
+            "linear-gaussian",
+            dict(z_dim=2**63),
+            r"option z_dim must be an integer in \[1, 1000000\]",
+        ),
+        (
+            "ring",
+            dict(n_valid=10**400),
+            r"option n_valid must be .*, got 10000000+\.\.\. \(401 chars\)$",
+        ),
+    ],
+    ids=["n-train", "n-test-int64-overflow", "seed", "n-components", "x-dim", "z-dim", "huge"],
+)
+def test_integer_options_have_upper_bounds(monkeypatch, no_allocation, name, options, message):
+    _free_memory(monkeypatch, None)  # the bound holds even where free memory is unknown
+    with pytest.raises(DataError, match=message):
+        load_dataset(name, **options)
+
+
+def test_failed_allocation_is_a_data_error(monkeypatch):
+    _free_memory(monkeypatch, None)
+
+    def cannot_allocate(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 80000000000 bytes.\nError code 12"
+        )
+
+    monkeypatch.setattr(torch, "randn", cannot_allocate)
+    with pytest.raises(
+        DataError, match=r"^dataset 'ring': out of memory while drawing the samples"
+    ):
+        load_dataset("ring")
+    with pytest.raises(DataError, match="lower n_train, n_valid, n_test or the dimensions$"):
+        load_dataset("linear-gaussian")
+    monkeypatch.setattr(torch, "randn", _raise(RuntimeError("some other bug")))
+    with pytest.raises(RuntimeError, match="some other bug"):  # not hidden as a data error
+        load_dataset("gmm2d")
+
+
+@pytest.mark.parametrize(
+    "name, option, value",
+    [
+        ("gmm2d", "std", 1e300),
+        ("gmm2d", "radius", 1e7),
+        ("gmm2d", "radius", 10**400),  # float() of it would overflow
+        ("gmm2d", "std", -1.0),
+        ("linear-gaussian", "noise_std", 1e300),
+        ("linear-gaussian", "noise_std", 1e-300),  # noise_std² is 0: a singular model
+        ("linear-gaussian", "noise_std", True),
+    ],
+    ids=[
+        "std-1e300",
+        "radius-1e7",
+        "radius-huge-int",
+        "std-negative",
+        "noise-1e300",
+        "noise-1e-300",
+        "noise-bool",
+    ],
+)
+def test_scale_options_are_bounded(name, option, value):
+    with pytest.raises(DataError) as info:
+        load_dataset(name, **{option: value})
+    message = str(info.value)
+    assert message.startswith(f"option {option} must be a number in [1e-06, 1e+06] (so that ")
+    assert "nan_to_num" not in message
+
+
+def test_scale_options_at_their_bounds_give_finite_data():
+    wide = load_dataset("gmm2d", n_train=100, radius=1e6, std=1e6)
+    assert torch.isfinite(wide.train).all() and wide.train.abs().max() > 1e5
+    exact = load_dataset("linear-gaussian", n_train=100, noise_std=1e-6)
+    assert (exact.truth.noise_var > 0).all()
+    assert torch.isfinite(load_dataset("linear-gaussian", n_train=100, noise_std=1e6).train).all()
+
+
+def test_download_option_says_what_to_write(tmp_path):
+    _write_splits(tmp_path / "data")
+    with pytest.raises(DataError) as info:
+        load_dataset("binarized-mnist", data_dir=tmp_path / "data", download="False")
+    message = str(info.value)
+    assert message.startswith("option download must be true or false, got 'False'; write ")
+    assert "download=true or download=false" in message
+
+
+@pytest.fixture
+def never_opened(monkeypatch):
+    """Paths added to the returned set make ``Path.open`` (what ``read_bytes`` uses) fail, so
+    that a FIFO, /dev/zero or a huge file reached by the reader fails the test instead of
+    blocking it or filling the memory."""
+    guarded = set()
+    path_open = Path.open
+
+    def guarded_open(self, *args, **kwargs):
+        if self in guarded:
+            raise AssertionError(f"{self} was opened: it must be refused before")
+        return path_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", guarded_open)
+    return guarded
+
+
+def _replace_with(path: Path, make) -> Path:
+    path.unlink()
+    make(path)
+    return path
+
+
+def _bind_socket(path: Path) -> None:
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.close()  # the socket file stays
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (os.mkfifo, r"is not a regular file \(a FIFO\); replace it with the canonical file"),
+        (
+            lambda p: p.symlink_to("/dev/zero"),
+            r"is not a regular file \(a character device, through the symbolic link to /dev/zero\)",
+        ),
+        (
+            lambda p: p.symlink_to("/dev/urandom"),
+            r"is not a regular file \(a character device, through the symbolic link to /dev/",
+        ),
+        (_bind_socket, r"is not a regular file \(a socket\)"),
+        (
+            lambda p: p.symlink_to(p.parent / "gone.amat"),
+            r"is a symbolic link to .*gone\.amat, which does not exist; fix or remove the link",
+        ),
+        (
+            lambda p: (p.symlink_to(p.parent / "loop"), (p.parent / "loop").symlink_to(p)),
+            r"is a symbolic link that loops \(to .*loop\); fix or remove the link",
+        ),
+        (
+            lambda p: p.open("wb").truncate(2**30 + 1),  # sparse: takes no disk and no memory
+            r"holds 1073741825 bytes, more than the 1\.0 GiB that an \.amat file can sanely hold",
+        ),
+    ],
+    ids=["fifo", "dev-zero", "dev-urandom", "socket", "dangling-link", "link-loop", "over-1-GiB"],
+)
+def test_amat_that_is_not_a_sane_regular_file_is_refused_before_reading(
+    tmp_path, monkeypatch, never_opened, make, message
+):
+    _write_splits(tmp_path / "d")
+    path = _replace_with(tmp_path / "d" / "binarized_mnist_train.amat", make)
+    never_opened.add(path)
+    monkeypatch.setattr(binarized_mnist, "_download", _raise(AssertionError("download tried")))
+    with pytest.raises(DataError, match=message) as info:
+        load_dataset("binarized-mnist", data_dir=tmp_path / "d", splits=("train",))
+    assert str(info.value).startswith(f"{path} ")
+    assert "\n" not in str(info.value)
+    with pytest.raises(DataError, match=message):
+        read_amat(path, cache=False)
+
+
+def test_amat_reader_stops_at_its_cap(tmp_path):
+    path = tmp_path / "grows.amat"
+    path.write_bytes(b"0 " * 50)
+    info = path.stat()
+    path.write_bytes(b"0 " * 100)  # grew after its size was checked
+    with pytest.raises(DataError, match=r"grows\.amat holds more than 100 bytes, more than any"):
+        binarized_mnist._read_capped(path, info, 100)
+    assert binarized_mnist._read_capped(path, info, 200) == b"0 " * 100
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="no /proc")
+def test_amat_reader_caps_a_file_that_reports_no_size():
+    maps = Path("/proc/self/maps")  # a regular file of size 0 that holds far more than 16 bytes
+    info = maps.stat()
+    assert info.st_size == 0
+    with pytest.raises(DataError, match=r"/proc/self/maps holds more than 16 bytes"):
+        binarized_mnist._read_capped(maps, info, 16)
+
+
+def test_parse_cache_entry_that_is_a_fifo_is_never_loaded(tmp_path, monkeypatch):
+    arrays = _write_splits(tmp_path / "d")
+    path = tmp_path / "d" / "binarized_mnist_test.amat"
+    fifo = binarized_mnist._cache_file(path, path.stat())
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    loaded = []
+
+    def recording_load(f, *args, **kwargs):
+        loaded.append(Path(f))  # never opens it: torch.load of a FIFO would block forever
+        return None
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    with pytest.warns(UserWarning, match="has 3 rows"):
+        ds = load_dataset("binarized-mnist", data_dir=tmp_path / "d", splits=("test",))
+    assert fifo not in loaded
+    assert torch.equal(ds.test, torch.as_tensor(arrays["test"], dtype=torch.float32))
+
+
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        ("raw/train-images-idx3-ubyte", os.mkfifo, r"is not a regular file \(a FIFO\); delete it"),
+        (
+            "raw/t10k-labels-idx1-ubyte.gz",
+            lambda p: p.symlink_to("/dev/zero"),
+            r"is not a regular file \(a character device, through the symbolic link to /dev/zero",
+        ),
+        (
+            "raw/train-labels-idx1-ubyte",
+            lambda p: p.symlink_to(p.parent / "nowhere"),
+            r"is a symbolic link to .*nowhere, which does not exist",
+        ),
+        ("processed/training.pt", os.mkfifo, r"is not a regular file \(a FIFO\)"),
+        (
+            "raw/t10k-images-idx3-ubyte",
+            lambda p: p.open("wb").truncate(2**30 + 1),
+            r"holds 1073741825 bytes, more than the 1\.0 GiB that a MNIST data file can sanely",
+        ),
+    ],
+    ids=["fifo", "dev-zero", "dangling-link", "legacy-fifo", "over-1-GiB"],
+)
+def test_torchvision_file_that_is_not_a_sane_regular_file_is_refused(
+    fake_torchvision, tmp_path, name, make, message
+):
+    path = tmp_path / "MNIST" / name
+    path.parent.mkdir(parents=True)
+    make(path)
+    with pytest.raises(DataError, match=message) as info:
+        load_dataset("mnist", data_dir=tmp_path)
+    assert str(info.value).startswith(f"{path} ")
+    assert fake_torchvision.calls == []  # refused before torchvision looked at anything
+
+
+def test_data_dir_that_is_a_fifo(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(DataError, match=r"pipe is a FIFO, not a directory; check --data-dir"):
+        load_dataset("binarized-mnist", data_dir=tmp_path / "pipe")
+
+
+def test_subset_seed_is_bounded_to_torch_seeds():
+    ds = load_dataset("ring", n_train=20, n_valid=10, n_test=10)
+    assert len(ds.subset(n_train=5, seed=2**64 - 1).train) == 5
+    assert len(ds.subset(n_train=5, seed=-(2**63)).train) == 5
+    for seed in (2**64, -(2**63) - 1):
+        with pytest.raises(
+            DataError, match=r"seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\]"
+        ):
+            ds.subset(n_train=5, seed=seed)

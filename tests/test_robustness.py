@@ -49,6 +49,7 @@ from pyrovae import (
     estimate_log_likelihood,
     evaluate_vae,
     load_dataset,
+    load_vae,
     make_estimator,
     train,
 )
@@ -540,6 +541,22 @@ def in_stdout(text: str):
         assert text in out, out
 
     return check
+
+
+def _edit_checkpoint(path: Path, edit: Callable[[Dict[str, Any]], Any]) -> None:
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+
+
+def _nan_weights(state: Dict[str, Any]) -> None:
+    for value in state["model_state"].values():
+        if value.is_floating_point():
+            value.fill_(float("nan"))
+
+
+def _refuse_constant(name: str) -> None:
+    raise AssertionError(f"{name} is not JSON")
 
 
 # --- the command line table ---------------------------------------------------------------------
@@ -1093,6 +1110,151 @@ CLI_CASES = [
         trainer_step(_interrupt),
         check=kept_epoch_2,
     ),
+    # found by a hostile-user probe after the first fixes ---------------------------------------
+    Cli("hostile-flag-z-dim-beyond-int64", T("--z-dim", "99999999999999999999"), 2, "--z-dim"),
+    Cli("hostile-flag-hidden-too-big-for-memory", T("--hidden", "100000000"), 2, "--hidden"),
+    Cli("hostile-flag-seed-beyond-int64", T("--seed", "99999999999999999999"), 2, "--seed"),
+    Cli("hostile-eval-seed-beyond-numpy", E("--seed", "4294967296"), 2, "--seed"),
+    Cli("hostile-gradvar-draws-beyond-int64", G("--draws", "9223372036854775808"), 2, "--draws"),
+    Cli("hostile-eval-k-beyond-int64", E("--k", "99999999999999999999"), 2, "--k"),
+    Cli(
+        "hostile-flag-sigma-beyond-float32",
+        T("--likelihood", "gaussian", "--sigma", "1e300"),
+        2,
+        "--sigma",
+    ),  # fmt: skip
+    Cli(
+        "hostile-flag-sigma-below-float32",
+        T("--likelihood", "gaussian", "--sigma", "1e-50"),
+        2,
+        "--sigma",
+    ),  # fmt: skip
+    Cli("hostile-config-dev-zero", ("train", "--config", "/dev/zero", "--quiet"), 2, "/dev/zero"),
+    Cli(
+        "hostile-config-nested-too-deeply",
+        CFG,
+        2,
+        "cfg.json",
+        config('{"train": {"estimator_options": ' + "[" * 100000 + "]" * 100000 + "}}"),
+    ),
+    Cli(
+        "hostile-baseline-contradicts-estimator-option",
+        T(
+            "--estimator",
+            "score-function",
+            "--baseline",
+            "neural",
+            "--estimator-option",
+            "baseline=none",
+        ),
+        2,
+        "--baseline",
+    ),  # fmt: skip
+    Cli(
+        "hostile-estimator-option-python-spelling",
+        T("--estimator", "score-function", "--estimator-option", "baseline_beta=.5"),
+        0,
+        check=saved("train", "estimator_options", {"baseline_beta": 0.5}),
+    ),
+    Cli(
+        "hostile-rundir-user-tmp-file-kept",
+        T(run_dir="{tmp}/ud"),
+        2,
+        "draft.tmp",
+        put("{tmp}/ud/draft.tmp", "my important draft\n"),
+    ),
+    Cli(
+        "hostile-rundir-user-config-json-kept",
+        T(run_dir="{tmp}/ud"),
+        2,
+        "not a pyrovae run",
+        put("{tmp}/ud/config.json", '{"database": "prod"}\n'),
+    ),
+    Cli(
+        "hostile-resume-user-tmp-file-kept",
+        R(*RESUME),
+        0,
+        (),
+        put("{run}/notes.tmp", "notes\n"),
+        check=lambda c, out, err: (c.run / "notes.tmp").read_text() == "notes\n" or pytest.fail(),
+    ),
+    Cli(
+        "hostile-resume-metrics-is-a-directory",
+        R(*RESUME),
+        2,
+        "metrics.jsonl",
+        chain(remove("{run}/metrics.jsonl"), mkdir("{run}/metrics.jsonl")),
+    ),
+    Cli(
+        "hostile-rundir-dangling-symlink",
+        T(run_dir="{tmp}/link"),
+        2,
+        "does not exist",
+        lambda c: os.symlink(c.tmp / "nowhere" / "dir", c.tmp / "link"),
+    ),  # fmt: skip
+    Cli(
+        "hostile-eval-checkpoint-of-another-run",
+        E(),
+        2,
+        "does not belong",
+        lambda c: shutil.copyfile(
+            c.shared.subset_run / "checkpoints" / "best.pt", c.run / "checkpoints" / "best.pt"
+        ),
+    ),
+    Cli(
+        "hostile-resume-checkpoint-of-another-estimator",
+        R(*RESUME),
+        2,
+        "does not belong",
+        edit_json(
+            "{run}/config.json", lambda d: {**d, "train": {**d["train"], "estimator": "stl"}}
+        ),
+    ),
+    Cli(
+        "hostile-resume-checkpoint-missing-trainer-state",
+        R(*RESUME),
+        2,
+        "trainer_state",
+        lambda c: _edit_checkpoint(
+            c.run / "checkpoints" / "last.pt", lambda s: s.pop("trainer_state")
+        ),
+    ),
+    Cli(
+        "hostile-resume-checkpoint-epoch-a-string",
+        R(*RESUME),
+        2,
+        "epoch",
+        lambda c: _edit_checkpoint(
+            c.run / "checkpoints" / "last.pt", lambda s: s.__setitem__("epoch", "2")
+        ),
+    ),
+    Cli(
+        "hostile-sample-checkpoint-with-nan-weights",
+        S(),
+        2,
+        "non-finite",
+        lambda c: _edit_checkpoint(c.run / "checkpoints" / "best.pt", _nan_weights),
+    ),
+    Cli(
+        "hostile-gradvar-checkpoint-with-nan-weights",
+        G(),
+        2,
+        "non-finite",
+        lambda c: _edit_checkpoint(c.run / "checkpoints" / "best.pt", _nan_weights),
+    ),
+    Cli(
+        "hostile-sample-metrics-record-without-elbo",
+        S(),
+        2,
+        "metrics.jsonl",
+        put("{run}/metrics.jsonl", '{"epoch": 1}\n{"epoch": 2}\n'),
+    ),
+    Cli(
+        "hostile-eval-json-one-point-is-valid-json",
+        E("--n", "1", "--json"),
+        0,
+        check=lambda c, out, err: json.loads(out, parse_constant=_refuse_constant),
+    ),
 ]
 
 # --- the Python API table -----------------------------------------------------------------------
@@ -1172,6 +1334,15 @@ def tiny_train_config(c: Ctx, **changes) -> TrainConfig:
 
 
 TINY_MODEL = VAEConfig(z_dim=2, hidden=(16,))
+
+
+def train_with_dict_configs(c: Ctx) -> None:
+    """Configs as dicts are read as the dataclasses, checked the same way."""
+    fields = dict(dataset="binarized-mnist", data_dir=str(c.data), epochs=1, batch_size=50)
+    result = train(fields, {"z_dim": 2, "hidden": [16]}, run_dir=str(c.new), progress=False)
+    assert result.vae.z_dim == 2
+    with pytest.raises(ValueError, match=r"model_config\['z_dim'\] must be an integer >= 1"):
+        train(fields, {"z_dim": 0}, run_dir=str(c.tmp / "other"), progress=False)
 
 
 API_CASES = [
@@ -1332,6 +1503,32 @@ API_CASES = [
         for function in ("evaluate_vae", "estimate_log_likelihood")
         for conversion in CONVERSIONS
     ],
+    # found by a hostile-user probe after the first fixes
+    Api(
+        "hostile-api-build-vae-from-a-dict",
+        lambda c: build_vae({"z_dim": 4}),
+        ValueError,
+        "VAEConfig",
+    ),  # fmt: skip
+    Api(
+        "hostile-api-chunk-pairs-0",
+        lambda c: evaluate_vae(_small_vae(), _binary_batch(), k=5, chunk_pairs=0, progress=False),
+        ValueError,
+        "chunk_pairs",
+    ),
+    Api(
+        "hostile-api-sigma-a-string",
+        lambda c: build_vae(VAEConfig(likelihood="gaussian", likelihood_options={"sigma": "x"})),
+        ValueError,
+        "sigma",
+    ),
+    Api(
+        "hostile-api-load-vae-typo",
+        lambda c: load_vae(str(c.tmp / "r1x")),
+        ValueError,
+        "does not exist",
+    ),  # fmt: skip
+    Api("hostile-api-train-model-config-a-dict", train_with_dict_configs, None),
 ]
 
 

@@ -119,7 +119,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_vae(tmp_path / "run", "best")
-    with pytest.raises(CheckpointError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="nothing does not exist: give a run directory"):
         load_vae(tmp_path / "nothing")
 
 

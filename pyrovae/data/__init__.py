@@ -12,10 +12,11 @@ the others come back empty, ``(0, D)``::
     data = load_dataset("binarized-mnist", splits=("test",))
 
 Every problem with the data itself (a mistyped data directory, a missing file that cannot be
-downloaded, an unreadable, truncated or non-binary file, an unknown option or split, NaN values)
-raises :class:`DataError`, whose one-line message says what was wrong, names the file or option
-and says how to fix it. Only the default cache directory is ever created: a data directory given
-explicitly (``data_dir`` or ``$PYROVAE_DATA``) must exist.
+downloaded, an unreadable, truncated or non-binary file, a data file that is a FIFO, a device or
+a dangling symbolic link, an unknown option or split, NaN values, a synthetic set too large for
+the memory left) raises :class:`DataError`, whose one-line message says what was wrong, names the
+file or option and says how to fix it. Only the default cache directory is ever created: a data
+directory given explicitly (``data_dir`` or ``$PYROVAE_DATA``) must exist.
 
 This package holds :class:`Dataset`, :class:`DataError`, :data:`DATASETS`, :func:`load_dataset`,
 :func:`as_data_tensor` and the helpers the sources share; each source is a module that
@@ -28,6 +29,7 @@ registers its loaders when ``pyrovae.data`` is imported:
 
 from __future__ import annotations
 
+import errno
 import inspect
 import math
 import numbers
@@ -46,6 +48,7 @@ from pyrovae.registry import Registry
 PathLike = Union[str, "os.PathLike[str]"]
 SPLITS: Tuple[str, ...] = ("train", "valid", "test")
 _PIXELS = 784  # values in one flattened 28x28 MNIST image
+_MIN_TORCH_SEED, _MAX_TORCH_SEED = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
 
 
 class DataError(ValueError):
@@ -70,6 +73,13 @@ _NUMPY_FLOATS = {torch.float16: np.float16, torch.float64: np.float64}  # else v
 def _one_line(exc: BaseException) -> str:
     """An exception's message on one line, or its type when the message is empty."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters (a hostile option can be
+    a number with thousands of digits)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 13]}... ({len(text)} chars)"
 
 
 def _plural(n: int, noun: str) -> str:
@@ -269,9 +279,14 @@ class Dataset:
         """
         for option, value in (("n_train", n_train), ("n_eval", n_eval)):
             if value is not None and not (_is_int(value) and value >= 0):
-                raise DataError(f"subset: {option} must be None or an integer >= 0, got {value!r}")
-        if not _is_int(seed):
-            raise DataError(f"subset: seed must be an integer, got {seed!r}")
+                raise DataError(
+                    f"subset: {option} must be None or an integer >= 0, got {_shown(value)}"
+                )
+        if not (_is_int(seed) and _MIN_TORCH_SEED <= seed <= _MAX_TORCH_SEED):
+            raise DataError(
+                f"subset: seed must be an integer in [-2**63, 2**64 - 1] (torch's seeds), "
+                f"got {_shown(seed)}"
+            )
         generator = torch.Generator().manual_seed(int(seed))
         picked = {}
         for split, n in (("train", n_train), ("valid", n_eval), ("test", n_eval)):
@@ -447,11 +462,99 @@ def _data_root(data_dir: PathLike | None, default_subdir: str) -> Path:
             "directory's permissions"
         ) from None
     if not stat.S_ISDIR(info.st_mode):
+        kind = "a file" if stat.S_ISREG(info.st_mode) else _file_kind(info.st_mode)
         raise DataError(
-            f"data directory {root} is a file, not a directory; check {source}: it names the "
+            f"data directory {root} is {kind}, not a directory; check {source}: it names the "
             "directory that holds the data files"
         )
     return root
+
+
+# What a stat mode stands for, as an error message names it; a regular file is none of these.
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),  # a named pipe: opening it waits for a writer
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular ``os.stat`` mode is, e.g. ``"a FIFO"``."""
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a file")
+
+
+def _link_target(path: Path) -> str:
+    """Where the symbolic link ``path`` points, as written in the link (for messages)."""
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def _check_data_file(path: Path, what: str, max_bytes: int, fix: str) -> os.stat_result | None:
+    """Check a data file before anything opens it: ``os.stat`` after resolving symbolic links.
+
+    Opening a FIFO blocks until a writer comes, and reading ``/dev/zero`` never ends, so a path
+    that is not a regular file (through a symbolic link or not) is refused here, before any read.
+
+    Args:
+        path: The data file.
+        what: What it should be, for messages, e.g. ``"an .amat file"``.
+        max_bytes: The largest size such a file can sanely have.
+        fix: How to fix a bad file, the end of every message.
+
+    Returns:
+        The file's ``os.stat`` result, or None when nothing is at ``path`` (not even a link).
+
+    Raises:
+        DataError: If ``path`` is a dangling symbolic link or a loop of them, is not a regular
+            file (a directory, FIFO, socket or device), is larger than ``max_bytes``, or cannot
+            be examined (the OS's reason); the message names ``path``.
+    """
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a directory on the way is a loop of symbolic links
+            raise DataError(f"{path} goes through a loop of symbolic links; {fix}") from None
+        raise DataError(f"cannot read {path}: {_os_reason(exc)}; {fix}") from None
+    try:
+        info = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # the entry is there, its target is not
+        raise DataError(
+            f"{path} is a symbolic link to {_link_target(path)}, which does not exist; fix or "
+            f"remove the link ({fix})"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(
+                f"{path} is a symbolic link that loops (to {_link_target(path)}); fix or remove "
+                f"the link ({fix})"
+            ) from None
+        raise DataError(f"cannot read {path}: {_os_reason(exc)}; {fix}") from None
+    via = f", through the symbolic link to {_link_target(path)}" if path.is_symlink() else ""
+    if stat.S_ISDIR(info.st_mode):
+        raise DataError(f"{path} is a directory{via}, not {what}; {fix}")
+    if not stat.S_ISREG(info.st_mode):
+        kind = _file_kind(info.st_mode)
+        raise DataError(f"{path} is not a regular file ({kind}{via}); {fix}")
+    if info.st_size > max_bytes:
+        raise DataError(
+            f"{path} holds {info.st_size} bytes, more than the {_size(max_bytes)} that {what} "
+            f"can sanely hold; {fix}"
+        )
+    return info
+
+
+def _size(n_bytes: int) -> str:
+    """A byte count for messages: ``1.5 GiB``, ``78.4 MiB``, ``12 bytes``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return _plural(n_bytes, "byte")
 
 
 # The source modules import the names above and register their loaders in DATASETS, so they are

@@ -24,11 +24,14 @@ from pyrovae.data import (
     DataError,
     Dataset,
     PathLike,
+    _check_data_file,
     _check_splits,
     _data_root,
     _expand,
     _one_line,
     _os_reason,
+    _shown,
+    _size,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ CANONICAL_ROWS: Dict[str, int] = {"train": 50000, "valid": 10000, "test": 10000}
 _LINE_BYTES = 2 * _PIXELS  # 784 digits, each followed by a space or, last, a newline
 _DOWNLOAD_TIMEOUT_S = 10.0
 _CACHE_VERSION = 1  # bump when the cached format changes so old entries are never read
+# The canonical train file is 78.4 MB (50000 lines of 1568 bytes); no sane .amat file nears this.
+_MAX_AMAT_BYTES = 1 << 30
 
 
 def _download(url: str, dest: Path) -> None:
@@ -162,9 +167,16 @@ def _cache_file(path: Path, info: os.stat_result) -> Path:
 
 
 def _load_cache(cache_file: Path) -> torch.Tensor | None:
-    """The cached (N, 784) uint8 tensor, or None when absent or unusable."""
+    """The cached (N, 784) uint8 tensor, or None when absent or unusable.
+
+    An entry that is not a regular file (a FIFO would block ``torch.load``) or is larger than
+    any parsed .amat file is unusable: the parse rebuilds it.
+    """
     try:
         if not cache_file.exists():
+            return None
+        info = cache_file.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_AMAT_BYTES:
             return None
         cached = torch.load(cache_file, map_location="cpu", weights_only=True)
     except Exception:  # unreadable, truncated by a crash, garbage, from another torch: rebuild
@@ -204,6 +216,35 @@ def _save_cache(cache_file: Path, values: torch.Tensor) -> None:
         )
 
 
+def _read_capped(path: Path, info: os.stat_result, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path``, whose ``os.stat`` is ``info``, at most
+    ``max_bytes`` of them.
+
+    A file that reports a size (checked against ``max_bytes`` already) is read whole; one that
+    reports none is empty or a pseudo-file (``/proc``) whose size is unknown, and is read only
+    up to the cap. A file that grew past the cap meanwhile is refused too.
+    """
+    if info.st_size:
+        raw = path.read_bytes()
+    else:
+        with path.open("rb") as f:
+            raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise DataError(
+            f"{path} holds more than {_size(max_bytes)}, more than any .amat file (the canonical "
+            f"train file is 78.4 MB); {_replace_fix()}"
+        )
+    return raw
+
+
+def _replace_fix() -> str:
+    return (
+        "replace it with the canonical file from "
+        + BINARIZED_MNIST_URL.format(split="{train,valid,test}")
+        + ", or pass the path of that file"
+    )
+
+
 def read_amat(path: PathLike, cache: bool = True) -> torch.Tensor:
     """Read one binarized-MNIST ``.amat`` file, through the parse cache.
 
@@ -215,21 +256,21 @@ def read_amat(path: PathLike, cache: bool = True) -> torch.Tensor:
         (N, 784) uint8 tensor of 0/1.
 
     Raises:
-        DataError: If the file is absent, a directory, unreadable (the OS's reason), empty,
-            truncated or not binary; the message names the file and the first bad line.
+        DataError: If the file is absent, a directory, not a regular file (a FIFO, socket or
+            device, through a symbolic link or not: refused before it is opened), a dangling
+            symbolic link, larger than 1 GiB, unreadable (the OS's reason), empty, truncated or
+            not binary; the message names the file and the first bad line.
     """
     path = _expand(Path(path), "the path of an .amat file")
+    info = _check_data_file(path, "an .amat file", _MAX_AMAT_BYTES, _replace_fix())
+    if info is None:
+        raise DataError(f"{path} does not exist; check the path")
     try:
-        info = path.stat()
-        if stat.S_ISDIR(info.st_mode):
-            raise DataError(
-                f"{path} is a directory, not an .amat file; remove it or pass the path of the file"
-            )
         cache_file = _cache_file(path, info) if cache else None
         cached = _load_cache(cache_file) if cache_file is not None else None
         if cached is not None:
             return cached
-        raw = path.read_bytes()
+        raw = _read_capped(path, info, _MAX_AMAT_BYTES)
     except (FileNotFoundError, NotADirectoryError):
         raise DataError(f"{path} does not exist; check the path") from None
     except OSError as exc:  # permission denied, a directory, an I/O error, ...
@@ -247,10 +288,11 @@ def read_amat(path: PathLike, cache: bool = True) -> torch.Tensor:
 
 
 def _exists(path: Path) -> bool:
-    """Whether ``path`` exists; an error other than "absent" counts as there, for read_amat to
-    report with its reason."""
+    """Whether anything is at ``path``: a dangling symbolic link or an error other than
+    "absent" counts as there, for read_amat to report with its reason (a download would write
+    through the link)."""
     try:
-        path.stat()
+        os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError:
@@ -278,10 +320,16 @@ def load_binarized_mnist(
 
     Raises:
         DataError: If the data directory is missing, a file is missing and cannot be
-            downloaded, or is unreadable or malformed, or an option is bad.
+            downloaded, or is not a regular file (a FIFO, a device, a dangling symbolic link:
+            refused before it is opened), over 1 GiB, unreadable or malformed, or an option is
+            bad.
     """
     if not isinstance(download, bool):
-        raise DataError(f"option download must be True or False, got {download!r}")
+        raise DataError(
+            f"option download must be true or false, got {_shown(download)}; write "
+            "--dataset-option download=true or download=false (JSON booleans; True or False "
+            "from Python)"
+        )
     wanted = _check_splits(splits)
     root = _data_root(data_dir, "binarized_mnist")
     names = {s: f"binarized_mnist_{s}.amat" for s in wanted}

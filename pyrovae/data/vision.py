@@ -15,6 +15,7 @@ from pyrovae.data import (
     DataError,
     Dataset,
     PathLike,
+    _check_data_file,
     _check_splits,
     _data_root,
     _one_line,
@@ -24,6 +25,28 @@ from pyrovae.data import (
 
 MNIST_VALID_SIZE = 10000  # the last 10000 official training images become the validation split
 _BINARIZE_SEED = 0  # fixed, so evaluation splits are the same binary images in every run
+# The files torchvision reads, or writes when it downloads, under <root>/<class name>: the raw
+# files (and their .gz archives) and the processed files of old torchvision releases.
+_TORCHVISION_FILES = tuple(
+    f"raw/{prefix}-{kind}-ubyte{ext}"
+    for prefix in ("train", "t10k")
+    for kind in ("images-idx3", "labels-idx1")
+    for ext in ("", ".gz")
+) + ("processed/training.pt", "processed/test.pt")
+# The largest official file (train images) is 47 MB; no sane MNIST file nears this.
+_MAX_TORCHVISION_FILE_BYTES = 1 << 30
+
+
+def _check_torchvision_files(class_name: str, root: Path) -> None:
+    """Refuse, before torchvision opens anything, a data file that is a FIFO (reading or
+    extracting into it blocks forever), a device such as ``/dev/zero`` (reading never ends), a
+    dangling symbolic link (a download would write through it), a directory, or a file larger
+    than 1 GiB. Absent files are fine: torchvision downloads them."""
+    folder = root / class_name
+    for name in _TORCHVISION_FILES:
+        path = folder / name
+        fix = f"delete it so that {class_name} is downloaded again, or put the official file there"
+        _check_data_file(path, f"a {class_name} data file", _MAX_TORCHVISION_FILE_BYTES, fix)
 
 
 def _torchvision_images(class_name: str, root: Path, train: bool) -> torch.Tensor:
@@ -36,6 +59,7 @@ def _torchvision_images(class_name: str, root: Path, train: bool) -> torch.Tenso
             f"torchvision release that matches torch {torch.__version__}"
         ) from None
     dataset_cls = getattr(torchvision.datasets, class_name)
+    _check_torchvision_files(class_name, root)
     failures = []
     for download in (False, True):  # use files already there before touching the network
         try:
@@ -140,7 +164,9 @@ def load_mnist(
 
     Raises:
         DataError: If the data directory is missing, the files are absent and cannot be
-            downloaded, or binarize or a split is unknown.
+            downloaded, a data file is not a regular file (a FIFO, a device, a dangling
+            symbolic link: refused before torchvision opens it) or is over 1 GiB, or binarize or
+            a split is unknown.
     """
     return _load_torchvision("mnist", "MNIST", data_dir, binarize, splits)
 

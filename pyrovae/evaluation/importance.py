@@ -22,11 +22,12 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from tqdm.auto import tqdm
 
+from ..config import Rule
 from ..data import as_data_tensor
 from ..particles import traced_particles
 from ..producers import Producer, TracedProducer, make_producer
@@ -155,8 +156,8 @@ def estimate_log_likelihood(
     Returns:
         A ``LogLikelihood`` with the means, standard errors and per-point values.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    Rule("int", minimum=1).check("k", k)
+    Rule("int", minimum=1).check("chunk_pairs", chunk_pairs)
     data = as_data_tensor(data, "data", _data_dtype(data, producer, model, guide))
     if data.dim() < 2:
         raise ValueError(
@@ -174,15 +175,17 @@ def estimate_log_likelihood(
     # that runs fastest.
     k_chunk = math.ceil(k / math.ceil(k / chunk_pairs))
     batch = max(1, min(n, chunk_pairs // k_chunk))
-    chunks = [
+    # A generator: at a huge k the list of chunks would itself fill the memory.
+    chunks = (
         (lo, min(lo + batch, n), min(k_chunk, k - k_lo))
         for lo in range(0, n, batch)
         for k_lo in range(0, k, k_chunk)
-    ]
+    )
     per_batch = math.ceil(k / k_chunk)
     log_px = data.new_empty(n, dtype=torch.float64)
     elbo = data.new_zeros(n, dtype=torch.float64)
-    lse_parts: Dict[int, list] = {}
+    # Per batch of points in progress: the log-sum-exp of its chunks so far, and their count.
+    lse_parts: Dict[int, Tuple[torch.Tensor, int]] = {}
     start = time.perf_counter()
     bar = tqdm(
         total=n * k,
@@ -194,12 +197,15 @@ def estimate_log_likelihood(
     )
 
     def finish(lo: int, hi: int, kk: int, lse: torch.Tensor, sum_log_w: torch.Tensor) -> None:
-        parts = lse_parts.setdefault(lo, [])
-        parts.append(lse)
+        if lo in lse_parts:
+            total, count = lse_parts[lo]
+            lse_parts[lo] = torch.logaddexp(total, lse), count + 1
+        else:
+            lse_parts[lo] = lse, 1
         elbo[lo:hi] += sum_log_w
         bar.update(kk * (hi - lo))
-        if len(parts) == per_batch:
-            log_px[lo:hi] = torch.logsumexp(torch.stack(lse_parts.pop(lo)), 0) - math.log(k)
+        if lse_parts[lo][1] == per_batch:
+            log_px[lo:hi] = lse_parts.pop(lo)[0] - math.log(k)
 
     def draw(lo: int, hi: int, kk: int):
         return producer(data[lo:hi], None, kk, None)  # sampled as the guide does

@@ -14,6 +14,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..config import Rule
 from ..registry import Registry
 from .distributions import FactorizedBernoulli
 
@@ -73,14 +74,17 @@ class BernoulliLikelihood(Likelihood):
             )
 
 
+# A noise scale that float32 holds with room to spare (its square too).
+SIGMA = Rule("number", positive=True, minimum=1e-15, maximum=1e15)
+
+
 @LIKELIHOODS.register("gaussian")
 class GaussianLikelihood(Likelihood):
     """x_d ~ N(out_d, sigma²) with a fixed ``sigma``."""
 
     def __init__(self, x_dim: int, sigma: float = 1.0) -> None:
         super().__init__(x_dim)
-        if not sigma > 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
+        sigma = SIGMA.check("sigma", sigma)
         self.register_buffer("scale", torch.full((x_dim,), float(sigma)))
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
@@ -103,8 +107,7 @@ class LearnedGaussianLikelihood(Likelihood):
 
     def __init__(self, x_dim: int, sigma: float = 1.0) -> None:
         super().__init__(x_dim)
-        if not sigma > 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
+        sigma = SIGMA.check("sigma", sigma)
         self.log_scale = nn.Parameter(torch.full((x_dim,), math.log(sigma)))
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:

@@ -64,7 +64,61 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         raise CheckpointError(
             f"{path} was written by a newer pyrovae (format {state['version']}); upgrade pyrovae"
         )
+    _check_fields(state, path)
     return state
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# What every checkpoint holds, and what a format-2 one adds (0.1.0's kept "engine_state").
+_FIELDS = {
+    "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "step": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "best_valid_elbo": _is_number,
+    "model_config": lambda v: v is None or isinstance(v, dict),
+    "train_config": lambda v: isinstance(v, dict),
+    "model_state": lambda v: isinstance(v, dict),
+    "torch_rng": lambda v: isinstance(v, torch.Tensor),
+    "shuffle_rng": lambda v: isinstance(v, torch.Tensor),
+}
+_FIELDS_2 = {
+    "trainer_state": lambda v: isinstance(v, dict) and {"optim", "estimator"} <= set(v),
+    "metrics": lambda v: isinstance(v, list),
+}
+
+
+def _check_fields(state: Dict[str, Any], path: Path) -> None:
+    fields = dict(_FIELDS, **(_FIELDS_2 if state.get("version", 1) >= 2 else {}))
+    bad = [name for name, ok in fields.items() if name not in state or not ok(state[name])]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: {', '.join(bad)} missing or of the wrong type; "
+            "restore it, or use the other checkpoint of the run (last.pt / best.pt)"
+        )
+
+
+def check_belongs(state: Dict[str, Any], path: Path, train: Any, model: Any) -> None:
+    """Refuse a checkpoint that another run wrote (a file copied in by hand): its model, and
+    the training settings its saved state depends on, must be the run's ``config.json``
+    ones (``train``: a ``TrainConfig``; ``model``: a ``VAEConfig`` or ``None``)."""
+    from .config import RESUMABLE
+
+    mine = {"model": None if model is None else model.to_dict(), **train.to_dict()}
+    theirs = {"model": state["model_config"], **state["train_config"]}
+    keys = [k for k in mine if k not in RESUMABLE and k != "producer"]
+    differ = [k for k in keys if _comparable(mine.get(k)) != _comparable(theirs.get(k))]
+    if differ:
+        key = differ[0]
+        raise CheckpointError(
+            f"checkpoint {path} does not belong to this run: its {key} is {theirs.get(key)!r}, "
+            f"config.json says {mine.get(key)!r}; restore the run's own checkpoint"
+        )
+
+
+def _comparable(value: Any) -> Any:
+    return [_comparable(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def checkpoint_path(run_dir: PathLike, which: str = "best") -> Path:
@@ -78,6 +132,11 @@ def find_checkpoint(source: PathLike, which: str = "best") -> Path:
     """The checkpoint file of a run directory (its ``which`` one, falling back from ``best``
     to ``last``), or ``source`` itself when it is a file."""
     source = Path(source)
+    if not source.exists():
+        raise CheckpointError(
+            f"{source} does not exist: give a run directory made by `pyrovae train`, or a "
+            "checkpoint file"
+        )
     if not source.is_dir():
         return source
     path = checkpoint_path(source, which)
@@ -102,10 +161,24 @@ def load_vae(source: PathLike, which: str = "best") -> Tuple[VAE, Dict[str, Any]
             "not a pyrovae VAE: rebuild it in Python and load its state with "
             "pyrovae.training.load_pair_state"
         )
-    vae = build_vae(VAEConfig.from_dict(state["model_config"]))
+    try:
+        config = VAEConfig.from_dict(state["model_config"])
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path} holds a damaged model config: {e}") from None
+    vae = build_vae(config)
     try:
         vae.load_state_dict(state["model_state"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not match its own model config: {e}") from e
+    except (RuntimeError, TypeError, KeyError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} does not match its own model config: {' '.join(str(e).split())}"
+        ) from None
+    bad = [
+        n for n, t in vae.state_dict().items() if t.is_floating_point() and not t.isfinite().all()
+    ]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite values ({', '.join(bad[:3])}): it is damaged "
+            "(training never saves a diverged model); restore it, or use the other checkpoint"
+        )
     vae.eval()
     return vae, state

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from ..config import OptionError, Rule, config_from_dict, option, validate_fields
+from ..config import SEED_RULE, OptionError, Rule, config_from_dict, option, validate_fields
 from ..estimators import ESTIMATORS
 from ..model import VAEConfig
 from ..producers import PRODUCERS
@@ -41,7 +41,7 @@ class TrainConfig:
     estimator_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
     # None: the estimator's default (1, or 5 for K-sample bounds)
     num_particles: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
-    seed: int = option(0, Rule("int", minimum=0))
+    seed: int = option(0, SEED_RULE)
     producer: str = option("auto", Rule("str", choices=PRODUCERS))
 
     def __post_init__(self) -> None:

@@ -53,6 +53,18 @@ def _write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
 
 
+def _is_record(record: Any) -> bool:
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("epoch"), int)
+        and number(record.get("train_elbo"))
+        and number(record.get("valid_elbo"))
+    )
+
+
 def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
     """The per-epoch records of a run, oldest first.
 
@@ -70,8 +82,8 @@ def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-                raise ValueError("not an epoch record")
+            if not _is_record(record):
+                raise ValueError("not an epoch record with epoch, train_elbo and valid_elbo")
         except ValueError as e:
             if number == len(lines):
                 break  # a truncated last line
@@ -83,27 +95,57 @@ def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
     return records
 
 
+# The temporary files of pyrovae's own writes, which a kill may leave behind.
+LEFTOVERS = ("config.json.tmp", "metrics.jsonl.tmp", "checkpoints/last.pt.tmp")
+LEFTOVERS += ("checkpoints/best.pt.tmp",)
+# The files a run writes; none of them may be a directory or another kind of file.
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt")
+
+
 def _entries(path: Path) -> List[str]:
-    """The names in ``path``, less the ``.tmp`` files a killed process may leave: pyrovae's own
-    (``remove_leftovers`` deletes them), not a sign of foreign content."""
+    """The names in ``path``, less the temporary files of pyrovae's own interrupted writes
+    (``remove_leftovers`` deletes those, and only those)."""
     if not path.is_dir():
         return []
-    return sorted(p.name for p in path.iterdir() if not p.name.endswith(".tmp"))
+    own = {name for name in LEFTOVERS if "/" not in name}
+    return sorted(p.name for p in path.iterdir() if p.name not in own)
 
 
 def remove_leftovers(run_dir: Path) -> None:
-    """Delete the ``NAME.tmp`` files of writes a kill interrupted (the lock holder alone may:
-    no other process is writing)."""
-    for folder in (Path(run_dir), Path(run_dir) / "checkpoints"):
-        if folder.is_dir():
-            for tmp in folder.glob("*.tmp"):
-                tmp.unlink(missing_ok=True)
+    """Delete the temporary files of writes a kill interrupted (the lock holder alone may: no
+    other process is writing)."""
+    for name in LEFTOVERS:
+        path = Path(run_dir) / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+
+
+def _check_run_files(path: Path) -> None:
+    """Each file a run writes is a regular file where it exists, so no write fails midway."""
+    for name in RUN_FILES:
+        file = path / name
+        if file.is_symlink() or (file.exists() and not file.is_file()):
+            raise RunDirError(
+                f"{file} is not a regular file (a directory or a link?); a pyrovae run writes "
+                "a file there: move it away"
+            )
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is a pyrovae run's ``config.json`` (not a file of the same name)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"train", "model"} <= set(record)
 
 
 def is_unstarted_run(path: Path) -> bool:
     """Whether ``path`` holds only what a run that stopped before its first checkpoint wrote
     (a config, no metrics, no checkpoints): starting a new run there loses nothing."""
     if set(_entries(path)) - {"config.json", "metrics.jsonl", "checkpoints", LOCK_FILE}:
+        return False
+    if (path / "config.json").exists() and not _is_run_config(path / "config.json"):
         return False
     if _entries(path / "checkpoints"):
         return False
@@ -113,12 +155,20 @@ def is_unstarted_run(path: Path) -> bool:
 
 def check_new_run_dir(path: Path) -> None:
     """Refuse a directory a new run must not write into, touching nothing."""
+    if path.is_symlink() and not path.exists():
+        raise RunDirError(
+            f"{path} is a symbolic link to {os.readlink(path)}, which does not exist (or loops): "
+            "choose another --run-dir"
+        )
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{path} is a file, not a directory: choose another --run-dir")
     entries = _entries(path)
-    if not entries or is_unstarted_run(path):
+    if not entries:
         return
-    if (path / "config.json").is_file() and set(entries) <= RUN_ENTRIES:
+    if is_unstarted_run(path):
+        _check_run_files(path)
+        return
+    if _is_run_config(path / "config.json") and set(entries) <= RUN_ENTRIES:
         raise FileExistsError(
             f"{path} already holds a training run; pass --resume (resume=True) to continue it, "
             "or choose another run directory"
@@ -132,11 +182,12 @@ def check_new_run_dir(path: Path) -> None:
 
 def check_resumable(path: Path) -> None:
     """Refuse to resume from a directory without a run or without a checkpoint."""
-    if not (path / "config.json").is_file():
+    if not _is_run_config(path / "config.json"):
         raise RunDirError(
-            f"{path} holds no pyrovae run (no config.json) to resume: check --run-dir, or "
-            "leave out --resume to start a new run"
+            f"{path} holds no pyrovae run (no valid config.json) to resume: check --run-dir, "
+            "or leave out --resume to start a new run"
         )
+    _check_run_files(path)
     if not (path / "checkpoints" / "last.pt").is_file():
         if is_unstarted_run(path):
             raise RunDirError(

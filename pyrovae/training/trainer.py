@@ -29,6 +29,7 @@ from pyro import poutine
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import OptionError
 from ..data import SPLITS, Dataset, load_dataset
 from ..estimators import Estimator, make_estimator
 from ..evaluation import estimate_log_likelihood
@@ -37,7 +38,14 @@ from ..particles import traced_particles
 from ..producers import Producer, check_applies, estimate_and_backward, make_producer
 from ..runtime import check_step_memory, fused_adam, tune_allocator
 from . import legacy
-from .checkpoint import checkpoint_path, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    check_belongs,
+    checkpoint_path,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainConfig, given_fields, read_config, resumed_config
 from .rundir import (
     RunLock,
@@ -271,7 +279,9 @@ def train(
     """
     if (model is None) != (guide is None):
         raise ValueError("give both a model and a guide of your own, or neither")
-    train_config = train_config if train_config is not None else TrainConfig()
+    train_config = _as_config(TrainConfig, train_config, "train_config")
+    if model_config is not None:
+        model_config = _as_config(VAEConfig, model_config, "model_config")
     custom = model is not None
     state, changed, run_path = None, {}, None
     if resume:
@@ -290,6 +300,7 @@ def train(
                 )
             )
         state = load_checkpoint(checkpoint_path(run_path, "last"))
+        check_belongs(state, checkpoint_path(run_path, "last"), saved_train, saved_model)
         if changes is None:
             changes = given_fields(train_config)
             if model_config is not None:
@@ -341,7 +352,13 @@ def train(
         start_epoch, step, best = 0, 0, -math.inf
         history: List[Dict[str, Any]] = []
         if state is not None:
-            _restore(state, trained, trainer, shuffle, vae)
+            try:
+                _restore(state, trained, trainer, shuffle, vae)
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint_path(run_path, 'last')} cannot be restored "
+                    f"({' '.join(str(e).split())[:300]}); restore it from a copy"
+                ) from None
             start_epoch, step, best = state["epoch"], state["step"], state["best_valid_elbo"]
             # The checkpoint holds every record up to it (0.1.0's did not: read the file).
             metrics = state.get("metrics") or [
@@ -362,10 +379,11 @@ def train(
             config_record["custom_model"] = _describe(model)
         if history:
             config_record["resumed"] = history
-        write_json(run_path / "config.json", config_record)
         # After a resume this repairs the file: records the checkpoint has and the file lost
-        # are written back, records of epochs newer than the checkpoint dropped.
+        # are written back, records of epochs newer than the checkpoint dropped. Before the
+        # config, so that a failure here leaves the run's config as it was.
         write_metrics(run_path, metrics)
+        write_json(run_path / "config.json", config_record)
         if progress:
             what = "VAE" if vae is not None else _describe(model)
             print(
@@ -383,6 +401,17 @@ def train(
     if vae is not None:
         vae.eval()
     return TrainResult(run_path, vae, metrics, best, producer.name, model, guide)
+
+
+def _as_config(cls, value, name: str):
+    """A config from itself, a dict of its fields (checked), or ``None`` (the defaults)."""
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        return cls.from_dict(value, name=lambda k: f"{name}[{k!r}]")
+    if not isinstance(value, cls):
+        raise OptionError(f"{name} must be a {cls.__name__} or a dict, got {type(value).__name__}")
+    return value
 
 
 def _saved_history(run_path: Path) -> List[Dict[str, Any]]:
