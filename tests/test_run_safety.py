@@ -271,3 +271,20 @@ def test_sigterm_mid_epoch_resumes_exactly(tmp_path, uninterrupted):
     for name, value in _last(uninterrupted)["model_state"].items():
         assert torch.equal(value, _last(run)["model_state"][name]), name
     assert os.path.exists(run / "checkpoints" / "best.pt")
+
+
+def test_ctrl_c_while_the_command_line_starts_is_one_line(tmp_path):
+    """A Ctrl-C while torch is still being imported (the first second) is exit 130 and one
+    line, as later: the console script's own imports are light."""
+    script = "import sys; from pyrovae.cli import main; sys.exit(main())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, "train", *TINY, "--run-dir", str(tmp_path / "run")],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    assert "interrupted" in err
