@@ -12,8 +12,12 @@ import argparse
 import errno
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -33,7 +37,11 @@ class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
 
 def _hidden(text: str):
     text = text.strip()
-    if text in ("", "none"):
+    if text == "":
+        raise argparse.ArgumentTypeError(
+            "--hidden is empty (an unset shell variable?); give sizes like 200,200, or none"
+        )
+    if text == "none":
         return ()
     try:
         return tuple(int(h) for h in text.split(","))
@@ -318,6 +326,20 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
 
     train_d: Dict[str, Any] = {}
     model_d: Dict[str, Any] = {}
+    for flag, value in (("--config", args.config), ("--data-dir", args.data_dir)):
+        if value is not None and not value.strip():
+            raise ValueError(f"{flag} is empty (an unset shell variable?): give a path")
+    for flag, pairs in (
+        ("--dataset-option", args.dataset_option),
+        ("--estimator-option", args.estimator_option),
+    ):
+        seen: Dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen and seen[key] != value:
+                raise ValueError(
+                    f"{flag} {key} is given twice, as {seen[key]!r} and as {value!r}: give it once"
+                )
+            seen[key] = value
     if args.config:
         cfg = _read_config_file(args.config)
         for section, cls, out in (("train", TrainConfig, train_d), ("model", VAEConfig, model_d)):
@@ -555,17 +577,49 @@ def _cmd_gradvar(args) -> int:
     return 0
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it ends as a Ctrl-C does."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"pyrovae: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``pyrovae`` console script; returns the exit status."""
     name = "pyrovae"
+    warnings.formatwarning = _one_line_warning
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        if sys.stdout is None or sys.stdout.closed:
+            print(f"{name}: error: standard output is closed: nowhere to print results",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         # Inside the try: building the parser imports torch, which takes a second or two.
         args = build_parser().parse_args(argv)
         name = f"pyrovae {args.command}"
-        return _run(args, name)
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted; checkpoints written so far are kept", file=sys.stderr)
-        return 130
+        status = _run(args, name)
+        sys.stdout.flush()  # a pipe closed early is found here, not at exit
+        return status
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        print(f"{name}: {what}; checkpoints written so far are kept", file=sys.stderr)
+        return 143 if isinstance(e, _Terminated) else 130
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"{name}: error: the output was closed before all of it was written (a pipe "
+              "that closed early)", file=sys.stderr)  # fmt: skip
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args, name: str) -> int:
@@ -593,6 +647,8 @@ def _run(args, name: str) -> int:
     ) as e:
         print(f"{name}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # main's
     except OSError as e:  # a file or directory the system refuses: FileExistsError among them
         print(f"{name}: error: {_os_error(e)}", file=sys.stderr)
         return 2
@@ -617,15 +673,21 @@ def _os_error(e: OSError) -> str:
     """One line for an error from the system: what it refused, and on which path."""
     if e.strerror is None:  # raised by pyrovae with its own message
         return _one_line(e)
-    where = f" {e.filename}" if e.filename is not None else ""
-    hint = {
+    if e.errno == errno.EEXIST and e.filename is not None:
+        return f"{e.filename} exists and is not a directory: choose another path"
+    if e.filename is None:
+        return f"{e.strerror} ({_hint(e)})"
+    return f"cannot use {e.filename}: {e.strerror} ({_hint(e)})"
+
+
+def _hint(e: OSError) -> str:
+    return {
         errno.ENOSPC: "free some disk space; files written before are intact",
         errno.EACCES: "check the permissions, or choose another path",
         errno.EROFS: "choose a writable path",
         errno.ENOTDIR: "a part of the path is a file, not a directory",
         errno.ENOENT: "check the path",
     }.get(e.errno, "check the path")
-    return f"cannot use{where}: {e.strerror} ({hint})"
 
 
 if __name__ == "__main__":

@@ -130,6 +130,7 @@ class VAE(nn.Module):
         batch = x.shape[0]
         if num_data is None:
             return 1.0
+        Rule("int", minimum=1).check("num_data", num_data)
         if num_data < batch:
             raise ValueError(f"num_data={num_data} is smaller than the batch ({batch})")
         return num_data / batch

@@ -6,6 +6,7 @@ Uses matplotlib's non-interactive Agg backend, so it works on machines without a
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -15,6 +16,19 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+
+def _save(fig, path: Path, **options: Any) -> None:
+    """Save ``fig`` as a PNG at ``path`` atomically (a ``.tmp`` file renamed into place, removed
+    if the write fails: a full disk leaves the previous figure, not half a new one)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.savefig(tmp, format="png", **options)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
@@ -39,8 +53,7 @@ def save_image_grid(
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=100, bbox_inches="tight")
     return Path(path)
 
 
@@ -67,8 +80,7 @@ def save_scatter(
         ax.scatter(*recons[:, :2].T.cpu(), s=3, alpha=0.4, label="reconstructions")
     ax.set_aspect("equal")
     ax.legend(markerscale=4)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=100, bbox_inches="tight")
     return Path(path)
 
 
@@ -90,8 +102,7 @@ def save_training_curves(metrics: Sequence[Dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("ELBO (nats per data point; train: running mean over the epoch)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, dpi=100, bbox_inches="tight")
     return Path(path)
 
 
@@ -136,6 +147,5 @@ def save_gradient_variance(stats: Sequence[Any], path: Path, title: str = "") ->
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
     return path

@@ -30,6 +30,7 @@ from .plots import (
 )
 from .training import load_vae, prepare_data, read_config, read_metrics
 from .training.checkpoint import check_belongs, find_checkpoint
+from .training.rundir import read_record, write_text
 
 # A figure of samples shows at most this many; drawing more would only cost memory.
 MAX_FIGURE_SAMPLES = 1000
@@ -78,12 +79,19 @@ def load_run(
 
     ``data_dir`` overrides the data directory saved in the run's config.
     """
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise ValueError(f"run_dir must be a path, got {run_dir!r}")
     train_cfg, model_cfg = read_config(Path(run_dir))
     if data_dir is not None:
         train_cfg = dataclasses.replace(train_cfg, data_dir=str(Path(data_dir).resolve()))
     # The model first: a run of a model/guide pair of the user's own is refused before its
     # data is loaded.
     vae, state = load_vae(run_dir, which)
+    if read_record(Path(run_dir)).get("data") == "python":
+        raise ValueError(
+            f"{run_dir} was trained on a Dataset passed in Python (train(data=...)), which the "
+            "run cannot load: evaluate it in Python, evaluate_vae(load_vae(run_dir)[0], data)"
+        )
     path = find_checkpoint(run_dir, which)
     check_belongs(state, path, train_cfg, model_cfg)
     state["checkpoint"] = path.stem
@@ -156,8 +164,8 @@ def sample_run(
     data, samples and reconstructions (2-D data), and the training curves. Returns {figure
     name: path}; files go to ``out_dir`` (default ``run_dir/figures``)."""
     check_arguments(SAMPLE_ARGUMENTS, {"n": n, "seed": seed})
-    out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
     vae, data, _ = load_run(run_dir, which, data_dir, splits=("test",))
+    out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
     pyro.set_rng_seed(seed)
     idx = torch.randperm(data.test.shape[0], generator=torch.Generator().manual_seed(seed))
     x = data.test[idx[:n]]
@@ -201,8 +209,12 @@ def gradvar_run(
         GRADVAR_ARGUMENTS,
         {"draws": draws, "batch_size": batch_size, "warmup": warmup, "seed": seed},
     )
-    out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
+    if isinstance(estimators, str):
+        raise ValueError(f"estimators must be a list of specs, got the string {estimators!r}")
+    if estimators is not None and not all(isinstance(e, str) for e in estimators):
+        raise ValueError("estimators must be a list of strings like 'iwae:num_particles=5'")
     vae, data, state = load_run(run_dir, which, data_dir, splits=("train",))
+    out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
     producer = producer or read_config(Path(run_dir))[0].producer
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(data.train.shape[0], generator=g)[:batch_size]
@@ -236,7 +248,7 @@ def gradvar_run(
         "estimators": [s.to_dict() for s in stats],
     }
     paths = {"json": out / "gradvar.json"}
-    paths["json"].write_text(strict_json(info, indent=1))
+    write_text(paths["json"], strict_json(info, indent=1))
     title = (
         f"{Path(run_dir).name}, epoch {state.get('epoch')}: {draws} gradient estimates per "
         f"estimator on one minibatch of {x.shape[0]}"

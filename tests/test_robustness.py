@@ -47,6 +47,7 @@ from pyrovae import (
     VAEConfig,
     build_vae,
     estimate_log_likelihood,
+    evaluate_run,
     evaluate_vae,
     load_dataset,
     load_vae,
@@ -54,6 +55,7 @@ from pyrovae import (
     train,
 )
 from pyrovae.cli import main
+from pyrovae.data import Dataset
 from pyrovae.training import Trainer, load_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not comparable to published numbers")
@@ -541,6 +543,15 @@ def in_stdout(text: str):
         assert text in out, out
 
     return check
+
+
+def _unstarted_run(c: Ctx, path: Path, best: bool = False) -> None:
+    """A run that stopped before its first epoch was committed: its config, and (when the
+    stop fell between best.pt and last.pt) a best.pt."""
+    (path / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(c.shared.run / "config.json", path / "config.json")
+    if best:
+        shutil.copyfile(c.shared.run / "checkpoints" / "best.pt", path / "checkpoints" / "best.pt")
 
 
 def _edit_checkpoint(path: Path, edit: Callable[[Dict[str, Any]], Any]) -> None:
@@ -1255,6 +1266,85 @@ CLI_CASES = [
         0,
         check=lambda c, out, err: json.loads(out, parse_constant=_refuse_constant),
     ),
+    # found by a second hostile-user probe ---------------------------------------------------
+    Cli(
+        "hostile2-eval-last-when-only-best",
+        E("--checkpoint", "last"),
+        2,
+        "--checkpoint best",
+        remove("{run}/checkpoints/last.pt"),
+    ),  # fmt: skip
+    Cli(
+        "hostile2-eval-run-stopped-before-first-epoch",
+        E(run="{tmp}/early"),
+        2,
+        "stopped before its first epoch",
+        lambda c: _unstarted_run(c, c.tmp / "early"),
+    ),  # fmt: skip
+    Cli(
+        "hostile2-train-again-after-a-first-commit-cut-short",
+        T(run_dir="{tmp}/cut"),
+        0,
+        (),
+        lambda c: _unstarted_run(c, c.tmp / "cut", best=True),
+    ),  # fmt: skip
+    Cli(
+        "hostile2-resume-after-a-first-commit-cut-short",
+        R(run="{tmp}/cut"),
+        2,
+        "start it again",
+        lambda c: _unstarted_run(c, c.tmp / "cut", best=True),
+    ),  # fmt: skip
+    Cli("hostile2-flag-empty-config", ("train", "--config", "", "--quiet"), 2, "--config"),
+    Cli("hostile2-flag-empty-data-dir", T("--data-dir", ""), 2, "--data-dir"),
+    Cli("hostile2-flag-blank-hidden", T("--hidden", " "), 2, "--hidden"),
+    Cli(
+        "hostile2-estimator-option-given-twice",
+        T(
+            "--estimator",
+            "score-function",
+            "--estimator-option",
+            "baseline=none",
+            "--estimator-option",
+            "baseline=neural",
+        ),
+        2,
+        "--estimator-option",
+    ),  # fmt: skip
+    Cli(
+        "hostile2-num-particles-given-twice",
+        T("--num-particles", "3", "--estimator-option", "num_particles=4"),
+        2,
+        ("--num-particles", "--estimator-option"),
+    ),  # fmt: skip
+    Cli(
+        "hostile2-default-runs-is-a-file",
+        T(run_dir=""),
+        2,
+        "exists and is not a directory",
+        lambda c: (c.monkeypatch.chdir(c.tmp), (c.tmp / "runs").write_text("x")),
+    ),  # fmt: skip
+    Cli(
+        "hostile2-sample-out-is-a-file",
+        S("--out", "{run}/checkpoints/best.pt"),
+        2,
+        "exists and is not a directory",
+    ),  # fmt: skip
+    Cli(
+        "hostile2-sample-out-not-made-when-refused",
+        S("--out", "{tmp}/pf", run="{tmp}/no"),
+        2,
+        "no",
+        mkdir("{tmp}/no"),
+        absent=("{tmp}/pf",),
+    ),  # fmt: skip
+    Cli(
+        "hostile2-resume-on-other-data-of-the-same-shape",
+        R(*RESUME, "--data-dir", "{data}"),
+        2,
+        "not the data",
+        amat("valid", lambda b: b.replace(b"0", b"2").replace(b"1", b"0").replace(b"2", b"1")),
+    ),
 ]
 
 # --- the Python API table -----------------------------------------------------------------------
@@ -1343,6 +1433,53 @@ def train_with_dict_configs(c: Ctx) -> None:
     assert result.vae.z_dim == 2
     with pytest.raises(ValueError, match=r"model_config\['z_dim'\] must be an integer >= 1"):
         train(fields, {"z_dim": 0}, run_dir=str(c.tmp / "other"), progress=False)
+
+
+def evaluate_a_run_trained_on_given_data(c: Ctx) -> None:
+    x = torch.randn(300, 6, generator=torch.Generator().manual_seed(0)) * 5 + 3
+    mine = Dataset("mine", x[:200], x[200:250], x[250:], binary=False)
+    cfg = TrainConfig(dataset="linear-gaussian", epochs=1, batch_size=50)
+    model = VAEConfig(likelihood="gaussian-learned", z_dim=2, hidden=(4,))
+    train(cfg, model, run_dir=str(c.new), data=mine, progress=False)
+    with pytest.raises(ValueError, match="trained on a Dataset passed in Python"):
+        evaluate_run(str(c.new), k=5)
+    with pytest.raises(ValueError, match="pass it again"):
+        train(TrainConfig(epochs=2), run_dir=str(c.new), resume=True, progress=False)
+
+
+def relative_data_dir_saved_absolute(c: Ctx) -> None:
+    c.monkeypatch.chdir(c.data.parent)
+    cfg = tiny_train_config(c, data_dir=c.data.name)
+    train(cfg, TINY_MODEL, run_dir=str(c.new), progress=False)
+    saved_dir = json.loads((c.new / "config.json").read_text())["train"]["data_dir"]
+    assert saved_dir == str(c.data.resolve())
+
+
+def train_a_subsampling_pair(c: Ctx) -> None:
+    loc = torch.nn.Parameter(torch.zeros(6))
+
+    def model(x):
+        pyro.param("loc", loc)
+        with pyro.plate("data", 1000, subsample_size=x.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True) + loc, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", 1000, subsample_size=x.shape[0], dim=-1):
+            pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+
+    x = torch.randn(300, 6)
+    data = Dataset("pair", x[:200], x[200:250], x[250:], binary=False)
+    train(TrainConfig(dataset="pair", epochs=1, batch_size=50), data=data, model=model,
+          guide=guide, run_dir=str(c.new), progress=False)  # fmt: skip
+
+
+def train_without_validation_data(c: Ctx) -> None:
+    x = torch.randn(100, 6)
+    data = Dataset("m", x, torch.zeros(0, 6), torch.zeros(0, 6), binary=False)
+    model = VAEConfig(likelihood="gaussian-learned", z_dim=2, hidden=(4,))
+    train(TrainConfig(dataset="m", epochs=1, batch_size=50), model, data=data,
+          run_dir=str(c.new), progress=False)  # fmt: skip
 
 
 API_CASES = [
@@ -1529,6 +1666,64 @@ API_CASES = [
         "does not exist",
     ),  # fmt: skip
     Api("hostile-api-train-model-config-a-dict", train_with_dict_configs, None),
+    # found by a second hostile-user probe
+    Api("hostile2-api-run-trained-on-given-data", evaluate_a_run_trained_on_given_data, None),
+    Api("hostile2-api-relative-data-dir-saved-absolute", relative_data_dir_saved_absolute, None),
+    Api(
+        "hostile2-api-pair-that-subsamples-its-plate",
+        train_a_subsampling_pair,
+        ValueError,
+        "subsamples",
+    ),  # fmt: skip
+    Api(
+        "hostile2-api-changes-not-a-dict",
+        lambda c: train(run_dir=str(c.run), resume=True, changes=[("epochs", 3)], progress=False),
+        ValueError,
+        "changes",
+    ),
+    Api(
+        "hostile2-api-changes-unknown-key",
+        lambda c: train(run_dir=str(c.run), resume=True, changes={"bogus": 1}, progress=False),
+        ValueError,
+        "unknown option",
+    ),
+    Api(
+        "hostile2-api-num-particles-beyond-int32",
+        lambda c: make_estimator("pathwise", num_particles=2**40),
+        ValueError,
+        "num_particles",
+    ),  # fmt: skip
+    Api(
+        "hostile2-api-num-data-nan",
+        lambda c: _small_vae().model(_binary_batch(), float("nan")),
+        ValueError,
+        "num_data",
+    ),  # fmt: skip
+    Api(
+        "hostile2-api-run-dir-not-a-path",
+        lambda c: train(tiny_train_config(c), TINY_MODEL, run_dir=5, progress=False),
+        ValueError,
+        "run_dir",
+    ),  # fmt: skip
+    Api("hostile2-api-evaluate-run-none", lambda c: evaluate_run(None), ValueError, "run_dir"),
+    Api(
+        "hostile2-api-data-not-a-dataset",
+        lambda c: train(
+            tiny_train_config(c),
+            TINY_MODEL,
+            data=torch.zeros(10, 3),
+            run_dir=str(c.new),
+            progress=False,
+        ),
+        ValueError,
+        "Dataset",
+    ),  # fmt: skip
+    Api(
+        "hostile2-api-empty-validation-split",
+        train_without_validation_data,
+        ValueError,
+        "validation split",
+    ),  # fmt: skip
 ]
 
 

@@ -180,6 +180,18 @@ def test_default_run_directories_never_collide(tmp_path, monkeypatch):
                      "ring-pathwise-20261121-120000-3"}  # fmt: skip
 
 
+def test_a_loss_that_is_not_finite_before_any_update_blames_the_data(tmp_path):
+    from pyrovae import TrainConfig, VAEConfig, train
+    from pyrovae.data import DataError, Dataset
+
+    x = torch.full((100, 3), 1e30)  # finite, but its squared error is not
+    data = Dataset("huge", x, x[:20], x[:20], binary=False)
+    cfg = TrainConfig(dataset="huge", epochs=1, batch_size=50)
+    model = VAEConfig(z_dim=2, hidden=(4,), likelihood="gaussian-learned")
+    with pytest.raises(DataError, match="at the very first step, before any update"):
+        train(cfg, model, run_dir=str(tmp_path / "run"), data=data, progress=False)
+
+
 @pytest.mark.parametrize("epoch", [1, 2])
 @pytest.mark.parametrize("where", ["step", "validation"])
 def test_a_divergence_says_what_was_kept(tmp_path, monkeypatch, capsys, epoch, where):
@@ -193,7 +205,8 @@ def test_a_divergence_says_what_was_kept(tmp_path, monkeypatch, capsys, epoch, w
         def nan_step(self, x, n):
             calls["n"] += 1
             loss = step(self, x, n)
-            return float("nan") if calls["n"] > 4 * (epoch - 1) else loss
+            # From the second step on: a NaN at the very first is the data's fault, exit 2.
+            return float("nan") if calls["n"] > 4 * (epoch - 1) + 1 else loss
 
         monkeypatch.setattr(trainer.Trainer, "step", nan_step)
     else:

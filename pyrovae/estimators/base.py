@@ -24,6 +24,7 @@ from pyro.infer import ELBO
 from pyro.infer.util import torch_item
 from torch import nn
 
+from ..config import Rule
 from ..particles import Particles, traced_particles
 
 ELBO_OBJECTIVE = "ELBO = E_q[log p(x,z) - log q(z|x)]"
@@ -71,7 +72,9 @@ class Estimator(nn.Module):
 
     def __init__(self, num_particles: Optional[int] = None) -> None:
         super().__init__()
-        k = self.default_particles if num_particles is None else int(num_particles)
+        if num_particles is not None:
+            Rule("int", minimum=1).check("num_particles", num_particles)
+        k = self.default_particles if num_particles is None else num_particles
         if k < self.min_particles:
             raise ValueError(
                 f"the {self.name} estimator needs at least {self.min_particles} particle"

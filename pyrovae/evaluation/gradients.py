@@ -25,7 +25,13 @@ from tqdm.auto import tqdm
 
 from ..estimators import ELBO_OBJECTIVE, ESTIMATORS, Estimator, make_estimator
 from ..model import VAE
-from ..producers import Producer, applies, estimate_and_backward, make_producer
+from ..producers import (
+    Producer,
+    applies,
+    check_applies,
+    estimate_and_backward,
+    make_producer,
+)
 from ..runtime import check_step_memory, fused_adam
 
 
@@ -207,8 +213,7 @@ def gradient_variance(
         for spec in estimators:
             est = _make(spec)
             check_step_memory(list(vae.parameters()), x, est.num_particles, f"{spec!r}'s step")
-            if not applies(route, est, x):
-                raise ValueError(f"the estimator {spec!r} does not apply to this run's model")
+            check_applies(route, est, x)  # NotApplicable says why, and what to use
             est.prepare(x)
             _warm_up_baselines(route, est, x, warmup, vae, warmup_data)
             enc, dec = _Moments(), _Moments()

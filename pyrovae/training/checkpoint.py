@@ -142,12 +142,21 @@ def find_checkpoint(source: PathLike, which: str = "best") -> Path:
     path = checkpoint_path(source, which)
     if not path.is_file() and which == "best":
         path = checkpoint_path(source, "last")
-    if not path.is_file():
+    if path.is_file():
+        return path
+    if which == "last" and checkpoint_path(source, "best").is_file():
         raise CheckpointError(
-            f"{source} holds no checkpoint (looked for checkpoints/best.pt and last.pt); "
-            "is it a run directory made by `pyrovae train`?"
+            f"{source} has no checkpoints/last.pt (best.pt is there): use --checkpoint best"
         )
-    return path
+    if (source / "config.json").is_file():
+        raise CheckpointError(
+            f"the run in {source} stopped before its first epoch ended, so it has no "
+            "checkpoint yet: train it again (the same `pyrovae train` command)"
+        )
+    raise CheckpointError(
+        f"{source} holds no checkpoint (looked for checkpoints/best.pt and last.pt); "
+        "is it a run directory made by `pyrovae train`?"
+    )
 
 
 def load_vae(source: PathLike, which: str = "best") -> Tuple[VAE, Dict[str, Any]]:

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from ..config import SEED_RULE, OptionError, Rule, config_from_dict, option, validate_fields
+from ..config import (
+    SEED_RULE,
+    OptionError,
+    Rule,
+    check_values,
+    config_from_dict,
+    option,
+    validate_fields,
+)
 from ..estimators import ESTIMATORS
 from ..model import VAEConfig
 from ..producers import PRODUCERS
@@ -116,6 +124,16 @@ def resumed_config(
     the saved parameters and optimizer state belong to the saved values. Returns the config
     and {key: (old, new)} for what changed."""
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    model_keys = {f.name for f in dataclasses.fields(VAEConfig)}
+    if not isinstance(changes, dict):
+        raise OptionError(f"changes must be a dict of options, got {type(changes).__name__}")
+    unknown = sorted(set(changes) - train_keys - model_keys)
+    if unknown:
+        raise OptionError(f"unknown option(s) {unknown} in changes")
+    changes = {
+        **check_values(TrainConfig, {k: v for k, v in changes.items() if k in train_keys}),
+        **check_values(VAEConfig, {k: v for k, v in changes.items() if k in model_keys}),
+    }
     saved_model_d = saved_model.to_dict() if saved_model is not None else {}
     updates, changed = {}, {}
     for key, value in changes.items():

@@ -44,6 +44,12 @@ def write_metrics(run_dir: Path, records: List[Dict[str, Any]]) -> None:
     _write_text(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in records))
 
 
+def write_text(path: Path, text: str) -> None:
+    """Atomically replace ``path`` by ``text`` (a ``.tmp`` file renamed into place; removed if
+    the write fails)."""
+    _write_text(Path(path), text)
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -51,6 +57,16 @@ def _write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
+
+
+def read_record(run_dir: Path) -> Dict[str, Any]:
+    """A run's ``config.json`` as written, with the keys ``read_config`` does not read
+    (``resumed``, ``data``, ``data_fingerprint``); ``{}`` if it cannot be read."""
+    try:
+        record = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _is_record(record: Any) -> bool:
@@ -147,7 +163,12 @@ def is_unstarted_run(path: Path) -> bool:
         return False
     if (path / "config.json").exists() and not _is_run_config(path / "config.json"):
         return False
-    if _entries(path / "checkpoints"):
+    # No last.pt: no epoch was committed (a best.pt beside the run's config is half of the
+    # first commit; without that config it is someone's file).
+    checkpoints = set(_entries(path / "checkpoints"))
+    if checkpoints - {"best.pt"}:
+        return False
+    if checkpoints and not _is_run_config(path / "config.json"):
         return False
     metrics = path / "metrics.jsonl"
     return not metrics.exists() or not metrics.read_text(errors="replace").strip()

@@ -15,8 +15,9 @@ with the same parameters as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import OptionError
-from ..data import SPLITS, Dataset, load_dataset
+from ..data import SPLITS, DataError, Dataset, load_dataset
 from ..estimators import Estimator, make_estimator
 from ..evaluation import estimate_log_likelihood
 from ..model import VAE, VAEConfig, build_vae
@@ -53,6 +54,7 @@ from .rundir import (
     check_resumable,
     default_run_dir,
     read_metrics,
+    read_record,
     remove_leftovers,
     write_json,
     write_metrics,
@@ -142,8 +144,19 @@ class TrainedState:
 
     @classmethod
     def of_pair(cls, model: Callable, guide: Callable, x: torch.Tensor):
+        for name, fn in (("model", model), ("guide", guide)):
+            if not callable(fn):
+                raise OptionError(f"{name} must be a Pyro program (a callable), got {fn!r}")
+        if x.shape[0] == 0:
+            raise OptionError("x must hold at least one data point to trace the pair on")
         with torch.random.fork_rng(devices=[]), poutine.trace(param_only=True) as capture:
-            traced_particles(model, guide, (x,), reparameterized=False, record_params=True)
+            p = traced_particles(model, guide, (x,), reparameterized=False, record_params=True)
+        if p.scale != 1.0:
+            raise OptionError(
+                f"the pair's data plate subsamples (scale {p.scale:g}) a batch of {x.shape[0]}: "
+                "the trainer passes minibatches and scales them itself, so write "
+                '`pyro.plate("data", x.shape[0], dim=-1)` without subsample_size'
+            )
         params = {}
         # By name: the optimizer's state is saved by position, which must not depend on the
         # order in which a rebuilt pair happens to register its parameters.
@@ -188,6 +201,8 @@ class TrainedState:
                 )
             with torch.no_grad():
                 for name, value in saved.items():
+                    if value.is_floating_point() and not value.isfinite().all():
+                        raise ValueError(f"the saved {name} holds non-finite values: damaged")
                     if mine[name].shape != value.shape:
                         raise ValueError(
                             f"{name} has shape {tuple(mine[name].shape)}, but the saved value "
@@ -212,10 +227,7 @@ def prepare_data(cfg: TrainConfig, splits: Sequence[str] = SPLITS) -> Dataset:
 
 def _check_data(vae: VAE, data: Dataset) -> None:
     vae.likelihood.check_data(data.valid, f"the {data.name} validation split")
-    if data.binarize == "dynamic":
-        if data.train.min() < 0 or data.train.max() > 1:
-            raise ValueError(f"dynamic binarization needs {data.name} in [0, 1]")
-    else:
+    if data.binarize != "dynamic":
         vae.likelihood.check_data(data.train, f"the {data.name} training split")
 
 
@@ -279,6 +291,8 @@ def train(
     """
     if (model is None) != (guide is None):
         raise ValueError("give both a model and a guide of your own, or neither")
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise OptionError(f"run_dir must be a path, got {run_dir!r}")
     train_config = _as_config(TrainConfig, train_config, "train_config")
     if model_config is not None:
         model_config = _as_config(VAEConfig, model_config, "model_config")
@@ -305,13 +319,45 @@ def train(
             changes = given_fields(train_config)
             if model_config is not None:
                 changes.update(given_fields(model_config))
+        if custom and state.get("custom_model") not in (None, _describe(model)):
+            raise ValueError(
+                f"{run_path} trained {state['custom_model']}, but the model passed is "
+                f"{_describe(model)}: resume with the pair the run was trained with"
+            )
+        if data is None and read_record(run_path).get("data") == "python":
+            raise ValueError(
+                f"{run_path} was trained on a Dataset passed in Python (data=): pass it again"
+            )
         train_config, changed = resumed_config(saved_train, saved_model, changes, state["epoch"])
         model_config = saved_model
     elif run_dir is not None:
         run_path = Path(run_dir)
         check_new_run_dir(run_path)
-    cfg = train_config
+    cfg = _resolved_data_dir(train_config)
+    if data is not None and not isinstance(data, Dataset):
+        raise OptionError(f"data must be a pyrovae.data.Dataset, got {type(data).__name__}")
+    given_data = data is not None
     data = data if data is not None else prepare_data(cfg)
+    if len(data.valid) == 0:
+        raise DataError(
+            f"the validation split of {data.name!r} is empty: training keeps the best epoch "
+            "by validation ELBO, so it needs validation data"
+        )
+    if data.binarize == "dynamic" and (data.train.min() < 0 or data.train.max() > 1):
+        raise DataError(f"dynamic binarization needs {data.name} in [0, 1]")
+    if state is not None and model_config is not None and data.x_dim != model_config.x_dim:
+        raise DataError(
+            f"the data has {data.x_dim} values per point, but the run's model takes "
+            f"{model_config.x_dim}: resume with the run's data"
+        )
+    fingerprint = _fingerprint(data)
+    if state is not None:
+        saved_print = read_record(run_path).get("data_fingerprint")
+        if saved_print is not None and saved_print != fingerprint:
+            raise DataError(
+                f"the data found now is not the data {run_path} was trained on (its "
+                "fingerprint differs): resume with the run's own data"
+            )
     estimator = _estimator(cfg)
     steps_per_epoch = _steps_per_epoch(data.train.shape[0], cfg.batch_size, estimator)
 
@@ -377,6 +423,9 @@ def train(
         }
         if custom:
             config_record["custom_model"] = _describe(model)
+        if given_data:
+            config_record["data"] = "python"
+        config_record["data_fingerprint"] = fingerprint
         if history:
             config_record["resumed"] = history
         # After a resume this repairs the file: records the checkpoint has and the file lost
@@ -415,25 +464,42 @@ def _as_config(cls, value, name: str):
 
 
 def _saved_history(run_path: Path) -> List[Dict[str, Any]]:
-    try:
-        history = json.loads((run_path / "config.json").read_text()).get("resumed", [])
-    except (OSError, ValueError, AttributeError):
-        return []
+    history = read_record(run_path).get("resumed", [])
     return history if isinstance(history, list) else []
 
 
+def _resolved_data_dir(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the data directory that loading will use, absolute (a relative one, or
+    ``$PYROVAE_DATA``, would mean other data from another working directory later)."""
+    where = cfg.data_dir if cfg.data_dir is not None else os.environ.get("PYROVAE_DATA") or None
+    if where is None:
+        return cfg
+    return dataclasses.replace(cfg, data_dir=str(Path(where).expanduser().resolve()))
+
+
+def _fingerprint(data: Dataset) -> str:
+    """A hash of the training and validation splits, so that a resumed run can tell that it
+    is given the data it was trained on (a moved directory may hold other data)."""
+    digest = hashlib.sha1()
+    for split in (data.train, data.valid):
+        digest.update(str(tuple(split.shape)).encode())
+        digest.update(split.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
 class _EpochLoop:
     """The epochs of one ``train`` call: steps, validation, and each epoch's commit."""
 
-    def __init__(self, cfg, data, producer, trainer, trained, shuffle, model_config, model, run):
-        self.cfg, self.data, self.producer, self.trainer = cfg, data, producer, trainer
-        self.trained, self.shuffle, self.model_config, self.model = (
-            trained,
-            shuffle,
-            model_config,
-            model,
-        )
-        self.run_path = run
+    cfg: TrainConfig
+    data: Dataset
+    producer: Producer
+    trainer: Trainer
+    trained: TrainedState
+    shuffle: torch.Generator
+    model_config: Optional[VAEConfig]
+    model: Callable
+    run_path: Path
 
     def _diverged(self, what: str, epoch: int) -> TrainingDiverged:
         kept = epoch - 1
@@ -472,6 +538,12 @@ class _EpochLoop:
                         loss = self.trainer.step(x, n)
                     except FloatingPointError as e:  # a NaN inside a distribution
                         raise self._diverged(f"{e} at epoch {epoch}, step {i + 1}", epoch) from e
+                    if not math.isfinite(loss) and step == 0:
+                        raise DataError(
+                            f"the loss is {loss} at the very first step, before any update: the "
+                            "model gives the data zero or NaN density (check the data's scale "
+                            "and values, and --sigma); a lower --lr would not help"
+                        )
                     if not math.isfinite(loss):
                         raise self._diverged(
                             f"the loss became {loss} at epoch {epoch}, step {i + 1}", epoch
@@ -549,7 +621,10 @@ def _estimator(cfg: TrainConfig) -> Estimator:
     if "num_particles" in options:
         given = options.pop("num_particles")
         if k is not None and given != k:
-            raise ValueError(f"num_particles is given twice, as {k} and as {given}")
+            raise OptionError(
+                f"num_particles is given twice, as {k} (--num-particles) and as {given} "
+                "(--estimator-option num_particles=): give it once"
+            )
         k = given
     return make_estimator(cfg.estimator, k, **options)
 
