@@ -592,7 +592,7 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``pyrovae`` console script; returns the exit status."""
     name = "pyrovae"
-    warnings.formatwarning = _one_line_warning
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
@@ -618,6 +618,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               "that closed early)", file=sys.stderr)  # fmt: skip
         return 2
     finally:
+        warnings.formatwarning = formatwarning
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
