@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
-from .config import check_arguments, check_values
+from .config import check_arguments, check_values, flag_name
 
 
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -311,10 +311,6 @@ def _read_config_file(path: str) -> Dict[str, Dict[str, Any]]:
     return cfg
 
 
-def _flag_name(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
 def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """The (training, model) options the user gave, from ``--config`` and the flags (which
     win), each value checked where it was given, so an error names the flag or the file's
@@ -385,7 +381,7 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         )
         train_d.pop("engine", None)
         flags.setdefault("producer", producer)
-    train_d.update(check_values(TrainConfig, flags, _flag_name))
+    train_d.update(check_values(TrainConfig, flags, flag_name))
     if args.data_dir is not None:
         train_d["data_dir"] = str(Path(args.data_dir).resolve())
     options = dict(train_d.get("dataset_options", {}))
@@ -420,7 +416,7 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         )
         if getattr(args, key) is not None
     }
-    model_d.update(check_values(VAEConfig, flags, _flag_name))
+    model_d.update(check_values(VAEConfig, flags, flag_name))
     if args.sigma is not None:
         sigma = SIGMA.check("--sigma", args.sigma)
         model_d["likelihood_options"] = {**model_d.get("likelihood_options", {}), "sigma": sigma}
@@ -468,7 +464,7 @@ def _cmd_evaluate(args) -> int:
     from .plots import summary_table
     from .runs import EVALUATE_ARGUMENTS, evaluate_run, strict_json
 
-    check_arguments(EVALUATE_ARGUMENTS, vars(args), _flag_name)
+    check_arguments(EVALUATE_ARGUMENTS, vars(args), flag_name)
     res = evaluate_run(
         args.run_dir,
         k=args.k,
@@ -508,7 +504,7 @@ def _cmd_sample(args) -> int:
     from .plots import summary_table
     from .runs import SAMPLE_ARGUMENTS, sample_run
 
-    check_arguments(SAMPLE_ARGUMENTS, vars(args), _flag_name)
+    check_arguments(SAMPLE_ARGUMENTS, vars(args), flag_name)
     paths = sample_run(
         args.run_dir,
         out_dir=args.out,
@@ -525,7 +521,7 @@ def _cmd_gradvar(args) -> int:
     from .plots import markdown_table, summary_table
     from .runs import GRADVAR_ARGUMENTS, gradvar_run, strict_json
 
-    check_arguments(GRADVAR_ARGUMENTS, vars(args), _flag_name)
+    check_arguments(GRADVAR_ARGUMENTS, vars(args), flag_name)
     # Specs are comma-separated, and so are an estimator's options: "iwae:a=1;b=2".
     specs = [s.replace(";", ",") for s in args.estimators.split(",")] if args.estimators else None
     stats, paths = gradvar_run(

@@ -160,6 +160,15 @@ def config_from_dict(cls: Type[C], d: Any, what: str, name: Optional[Namer] = No
     return cls(**check_values(cls, d, name))
 
 
+def flag_name(key: str) -> str:
+    """The command-line flag that sets option ``key`` (``batch_size`` -> ``--batch-size``)."""
+    return {
+        "likelihood_options": "--sigma",
+        "estimator_options": "--estimator-option",
+        "dataset_options": "--dataset-option",
+    }.get(key, "--" + key.replace("_", "-"))
+
+
 def check_arguments(rules: Dict[str, Rule], values: Dict[str, Any], name: Namer = str) -> None:
     """Check the arguments of a function (or the flags of a command) that have a rule."""
     for key, rule in rules.items():

@@ -15,6 +15,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+
+try:  # POSIX
+    import resource
+except ImportError:  # pragma: no cover
+    resource = None
 from typing import Optional, Sequence
 
 import torch
@@ -63,17 +68,10 @@ def available_memory() -> Optional[int]:
     """Bytes of memory this process can still use: Linux's ``MemAvailable``, or less where an
     address-space limit (``ulimit -v``) leaves less; ``None`` where neither can be read."""
     free = _meminfo("/proc/meminfo", "MemAvailable:")
-    try:
-        import resource
-
-        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    except (ImportError, OSError, ValueError):
-        limit = resource_infinity = None
-    else:
-        resource_infinity = resource.RLIM_INFINITY
-    if limit is not None and limit != resource_infinity:
-        used = _meminfo("/proc/self/status", "VmSize:") or 0
-        free = min(free, limit - used) if free is not None else limit - used
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0] if resource is not None else None
+    if limit is not None and limit != resource.RLIM_INFINITY:
+        left = limit - (_meminfo("/proc/self/status", "VmSize:") or 0)
+        free = left if free is None else min(free, left)
     return free
 
 

@@ -20,6 +20,7 @@ from typing import Any, Dict, Tuple, Union
 import torch
 
 from ..model import VAE, VAEConfig, build_vae
+from .config import RESUMABLE
 
 FORMAT = "pyrovae-checkpoint"
 VERSION = 2
@@ -103,8 +104,6 @@ def check_belongs(state: Dict[str, Any], path: Path, train: Any, model: Any) -> 
     """Refuse a checkpoint that another run wrote (a file copied in by hand): its model, and
     the training settings its saved state depends on, must be the run's ``config.json``
     ones (``train``: a ``TrainConfig``; ``model``: a ``VAEConfig`` or ``None``)."""
-    from .config import RESUMABLE
-
     mine = {"model": None if model is None else model.to_dict(), **train.to_dict()}
     theirs = {"model": state["model_config"], **state["train_config"]}
     keys = [k for k in mine if k not in RESUMABLE and k != "producer"]

@@ -15,6 +15,7 @@ from ..config import (
     Rule,
     check_values,
     config_from_dict,
+    flag_name,
     option,
     validate_fields,
 )
@@ -92,14 +93,6 @@ def read_config(run_dir: Path) -> Tuple[TrainConfig, Optional[VAEConfig]]:
 RESUMABLE = ("epochs", "lr", "producer", "data_dir")
 
 
-def _flag(key: str) -> str:
-    return {
-        "likelihood_options": "--sigma",
-        "estimator_options": "--estimator-option",
-        "dataset_options": "--dataset-option",
-    }.get(key, "--" + key.replace("_", "-"))
-
-
 def given_fields(config: Any) -> Dict[str, Any]:
     """The fields of a config that differ from its class's defaults: what an API caller asked
     for when resuming with ``train(TrainConfig(epochs=20), ..., resume=True)``."""
@@ -148,9 +141,9 @@ def resumed_config(
             continue
         if key not in RESUMABLE:
             raise OptionError(
-                f"a resumed run cannot change {key} ({_flag(key)}): the run has {old!r}, asked "
+                f"a resumed run cannot change {key} ({flag_name(key)}): the run has {old!r}, asked "
                 f"for {value!r}; its saved state belongs to its own settings: leave "
-                f"{_flag(key)} out, or start a new run in another directory"
+                f"{flag_name(key)} out, or start a new run in another directory"
             )
         updates[key], changed[key] = value, (old, value)
     cfg = dataclasses.replace(saved_train, **updates)

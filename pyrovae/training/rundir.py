@@ -111,11 +111,10 @@ def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
     return records
 
 
-# The temporary files of pyrovae's own writes, which a kill may leave behind.
-LEFTOVERS = ("config.json.tmp", "metrics.jsonl.tmp", "checkpoints/last.pt.tmp")
-LEFTOVERS += ("checkpoints/best.pt.tmp",)
 # The files a run writes; none of them may be a directory or another kind of file.
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt")
+# The temporary files of pyrovae's own writes of them, which a kill may leave behind.
+LEFTOVERS = tuple(f"{name}.tmp" for name in RUN_FILES)
 
 
 def _entries(path: Path) -> List[str]:
