@@ -301,3 +301,23 @@ def test_ctrl_c_while_the_command_line_starts_is_one_line(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().count("\n") == 0, err
     assert "interrupted" in err
+
+
+def test_a_run_of_pyrovae_0_2_0_evaluates_and_resumes(tmp_path, uninterrupted, capsys):
+    """0.2.0's checkpoints (format 2) hold no metrics records and its config.json no data
+    fingerprint: such a run still evaluates, and resumes exactly with its metrics file."""
+    run = tmp_path / "run"
+    assert _train(run, 2) == 0
+    for name in ("last", "best"):
+        path = run / "checkpoints" / f"{name}.pt"
+        state = torch.load(path, weights_only=True)
+        del state["metrics"]
+        torch.save(state, path)
+    record = json.loads((run / "config.json").read_text())
+    del record["data_fingerprint"]
+    (run / "config.json").write_text(json.dumps(record))
+    assert main(["evaluate", str(run), "--k", "5", "--quiet"]) == 0
+    assert _train(run, 3, "--resume") == 0
+    for name, value in _last(uninterrupted)["model_state"].items():
+        assert torch.equal(value, _last(run)["model_state"][name]), name
+    assert _without_times(_metrics(run)) == _without_times(_metrics(uninterrupted))

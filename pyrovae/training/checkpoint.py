@@ -86,13 +86,16 @@ _FIELDS = {
 }
 _FIELDS_2 = {
     "trainer_state": lambda v: isinstance(v, dict) and {"optim", "estimator"} <= set(v),
-    "metrics": lambda v: isinstance(v, list),
 }
+# Written since the epoch commit keeps the metrics in last.pt; pyrovae 0.2.0's checkpoints,
+# format 2 too, have none (resume then reads metrics.jsonl).
+_OPTIONAL = {"metrics": lambda v: isinstance(v, list)}
 
 
 def _check_fields(state: Dict[str, Any], path: Path) -> None:
     fields = dict(_FIELDS, **(_FIELDS_2 if state.get("version", 1) >= 2 else {}))
     bad = [name for name, ok in fields.items() if name not in state or not ok(state[name])]
+    bad += [name for name, ok in _OPTIONAL.items() if name in state and not ok(state[name])]
     if bad:
         raise CheckpointError(
             f"checkpoint {path} is damaged: {', '.join(bad)} missing or of the wrong type; "
