@@ -83,6 +83,7 @@ def _train_parser(sub) -> None:
     from .parts.nets import ACTIVATIONS, NETS
     from .parts.priors import PRIORS
     from .producers import PRODUCERS
+    from .training.schedule import LR_SCHEDULES
 
     p = sub.add_parser(
         "train",
@@ -141,6 +142,18 @@ def _train_parser(sub) -> None:
     )
     o.add_argument("--batch-size", type=int, help="default 100")
     o.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    o.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="learning rate per epoch: constant (default); iwae, the IWAE paper's (3^i epochs "
+        "at lr * 10^(-i/7), 3280 epochs for i = 0..7); cosine (down to 0 over --epochs)",
+    )
+    o.add_argument(
+        "--warmup",
+        type=int,
+        help="KL warm-up: epochs over which the KL weight rises from 0 to 1 (default 0: none); "
+        "the ELBO reported is always the true one",
+    )
     o.add_argument("--estimator", choices=ESTIMATORS.names(), help="default pathwise")
     o.add_argument(
         "--baseline",
@@ -360,6 +373,8 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         "epochs",
         "batch_size",
         "lr",
+        "lr_schedule",
+        "warmup",
         "estimator",
         "num_particles",
         "seed",

@@ -69,6 +69,10 @@ class Particles:
             reparameterization.
         scale: N / B, the factor by which the batch stands for the data set (1 without
             subsampling).
+        kl_weight: β, the weight of the prior-to-guide ratio in the objective an estimator
+            *differentiates* (1 by default; below 1 during KL warm-up). Estimators report the
+            true objective (``log_w``) and differentiate the weighted one
+            (``weighted_log_w``, ``weighted_log_p``); a score term ∇ log q is never weighted.
 
     Log densities, each (K, B) (read as attributes; computed on first use when given as
     functions):
@@ -102,6 +106,7 @@ class Particles:
         self.x = x
         self.latents = dict(latents)
         self.scale = float(scale)
+        self.kl_weight = 1.0
         # Tensors, or functions computing them on first read (``_LazyField``).
         self._fields: Dict[str, Optional[Field]] = {
             "log_prior": log_prior,
@@ -126,6 +131,21 @@ class Particles:
     def log_w(self) -> torch.Tensor:
         """Log importance weights log p(x, z) - log q(z | x), (K, B)."""
         return self.log_prior + self.log_lik - self.log_q
+
+    @property
+    def weighted_log_p(self) -> torch.Tensor:
+        """log p(x | z) + β log p(z), (K, B): ``log_p`` when β = 1."""
+        if self.kl_weight == 1.0:
+            return self.log_p
+        return torch.add(self.log_lik, self.log_prior, alpha=self.kl_weight)
+
+    @property
+    def weighted_log_w(self) -> torch.Tensor:
+        """log p(x | z) + β (log p(z) - log q(z | x)), (K, B): the log weight of the KL
+        warm-up objective E_q[log p(x|z)] - β KL(q ‖ p); ``log_w`` when β = 1."""
+        if self.kl_weight == 1.0:
+            return self.log_w
+        return torch.add(self.log_lik, self.log_prior - self.log_q, alpha=self.kl_weight)
 
     @property
     def num_particles(self) -> int:

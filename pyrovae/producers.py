@@ -175,12 +175,15 @@ def estimate_and_backward(
     x: torch.Tensor,
     num_data: Optional[int],
     update_state: bool = True,
+    kl_weight: float = 1.0,
 ) -> float:
     """The gradient part of a training step: particles of ``x`` (B, ...) from ``producer``,
     the estimator's surrogate differentiated into ``.grad``. Returns the loss (minus the
     objective estimate, scaled by num_data / B). ``update_state=False`` leaves the
-    estimator's state as it is (``pyrovae gradvar`` measures this with its state frozen)."""
+    estimator's state as it is (``pyrovae gradvar`` measures this with its state frozen);
+    ``kl_weight`` is the warm-up weight β (``Particles.kl_weight``)."""
     particles = producer(x, num_data, estimator.num_particles, estimator.reparameterized)
+    particles.kl_weight = float(kl_weight)
     loss, surrogate = estimator(particles, update_state=update_state)
     if surrogate.requires_grad:
         surrogate.backward()

@@ -393,7 +393,7 @@ def disk_full(c: Ctx) -> None:
 
 def trainer_step(effect: Callable[[], float]):
     def setup(c: Ctx) -> None:
-        c.monkeypatch.setattr(Trainer, "step", lambda self, x, num_data: effect())
+        c.monkeypatch.setattr(Trainer, "step", lambda self, x, num_data, *args: effect())
 
     return setup
 

@@ -202,9 +202,9 @@ def test_a_divergence_says_what_was_kept(tmp_path, monkeypatch, capsys, epoch, w
         step = trainer.Trainer.step
         calls = {"n": 0}
 
-        def nan_step(self, x, n):
+        def nan_step(self, x, n, *args):
             calls["n"] += 1
-            loss = step(self, x, n)
+            loss = step(self, x, n, *args)
             # From the second step on: a NaN at the very first is the data's fault, exit 2.
             return float("nan") if calls["n"] > 4 * (epoch - 1) + 1 else loss
 
@@ -268,11 +268,11 @@ def test_sigterm_mid_epoch_resumes_exactly(tmp_path, uninterrupted):
         import pyrovae.training.trainer as trainer
         from pyrovae.cli import main
         step, calls = trainer.Trainer.step, [0]
-        def step_then_term(self, x, n):
+        def step_then_term(self, x, n, *args):
             calls[0] += 1
             if calls[0] == 6:  # mid epoch 2
                 os.kill(os.getpid(), signal.SIGTERM)
-            return step(self, x, n)
+            return step(self, x, n, *args)
         trainer.Trainer.step = step_then_term
         sys.exit(main(sys.argv[1:]))
         """

@@ -2,7 +2,9 @@
 
     L_K(x) = E[log (1/K) Σ_k p(x, z_k) / q(z_k | x)],   z_1..K ~ q(z | x)   (Burda et al., 2015)
 
-summed over the batch and scaled by N / B. Three gradients:
+summed over the batch and scaled by N / B. Under KL warm-up (``Particles.kl_weight`` β < 1)
+the bound reported stays this one, and the gradient is that of the same bound over the weights
+p(x | z) (p(z) / q(z | x))^β. Three gradients:
 
 - ``iwae``: reparameterized, autograd of the bound.
 - ``dreg``: doubly reparameterized (Tucker et al., 2018): the decoder's gradient is IWAE's, the
@@ -40,7 +42,9 @@ class IWAE(Estimator):
     def forward(self, particles, update_state: bool = True) -> Output:
         p = particles
         loss = k_sample_bound(p.log_w).sum() * -p.scale
-        return loss, loss
+        if p.kl_weight == 1.0:
+            return loss, loss
+        return loss, k_sample_bound(p.weighted_log_w).sum() * -p.scale
 
 
 @ESTIMATORS.register("dreg")
@@ -59,6 +63,8 @@ class DReG(Estimator):
             )
         log_w = p.log_p - p.log_q_stopped  # the value of log w; φ reaches it through z only
         loss = k_sample_bound(log_w).sum() * -p.scale
+        if p.kl_weight != 1.0:  # warm-up: the weights of the weighted bound
+            log_w = torch.add(p.log_lik, p.log_prior - p.log_q_stopped, alpha=p.kl_weight)
         weights = torch.softmax(log_w.detach(), 0)  # (K, B)
         # Σ_k w̃_k log w_k gives the decoder IWAE's gradient and the guide w̃_k ∂log w_k/∂z_k;
         # scaling the gradient arriving at each z_k by w̃_k once more makes that w̃_k².
@@ -93,9 +99,10 @@ class VIMCO(Estimator):
 
     def forward(self, particles, update_state: bool = True) -> Output:
         p = particles
-        log_w = p.log_w  # z is not reparameterized: gradients reach the parameters directly
+        # z is not reparameterized: gradients reach the parameters directly
+        loss = k_sample_bound(p.log_w).sum() * -p.scale
+        log_w = p.weighted_log_w
         bound = k_sample_bound(log_w)  # (B,)
         with torch.no_grad():
             signal = bound.unsqueeze(0) - leave_one_out_bounds(log_w)  # (K, B)
-        loss = bound.sum() * -p.scale
-        return loss, loss - p.scale * (signal * p.log_q).sum()
+        return loss, bound.sum() * -p.scale - p.scale * (signal * p.log_q).sum()

@@ -11,9 +11,14 @@ differ in how the gradient is formed:
   ∇_φ log q_φ(z)|_z dropped. Its expectation is the ELBO gradient (the dropped term has mean
   zero), and when q is the exact posterior its guide gradient is zero for every sample. Pyro's
   ELBOs have no way to drop that term.
+
+Each reports the ELBO and, under KL warm-up (``Particles.kl_weight`` β < 1), differentiates
+E_q[log p(x | z)] - β KL(q ‖ p) instead.
 """
 
 from __future__ import annotations
+
+import torch
 
 from . import ESTIMATORS
 from .base import Estimator, Output
@@ -27,8 +32,9 @@ class Pathwise(Estimator):
 
     def forward(self, particles, update_state: bool = True) -> Output:
         p = particles
-        loss = p.log_w.sum() * (-p.scale / p.num_particles)
-        return loss, loss
+        c = -p.scale / p.num_particles
+        loss = p.log_w.sum() * c
+        return loss, (loss if p.kl_weight == 1.0 else p.weighted_log_w.sum() * c)
 
 
 @ESTIMATORS.register("analytic-kl")
@@ -40,8 +46,11 @@ class AnalyticKL(Estimator):
 
     def forward(self, particles, update_state: bool = True) -> Output:
         p = particles
-        loss = (p.log_lik - p.kl).sum() * (-p.scale / p.num_particles)
-        return loss, loss
+        c = -p.scale / p.num_particles
+        loss = (p.log_lik - p.kl).sum() * c
+        if p.kl_weight == 1.0:
+            return loss, loss
+        return loss, (p.log_lik - p.kl_weight * p.kl).sum() * c
 
 
 @ESTIMATORS.register("stl")
@@ -52,5 +61,9 @@ class StickingTheLanding(Estimator):
 
     def forward(self, particles, update_state: bool = True) -> Output:
         p = particles
-        loss = (p.log_p - p.log_q_stopped).sum() * (-p.scale / p.num_particles)
-        return loss, loss
+        c = -p.scale / p.num_particles
+        loss = (p.log_p - p.log_q_stopped).sum() * c
+        if p.kl_weight == 1.0:
+            return loss, loss
+        weighted = torch.add(p.log_lik, p.log_prior - p.log_q_stopped, alpha=p.kl_weight)
+        return loss, weighted.sum() * c

@@ -134,8 +134,10 @@ class ScoreFunction(Estimator):
     def forward(self, particles, update_state: bool = True) -> Output:
         p = particles
         k = p.num_particles
-        log_p, log_q = p.log_p, p.log_q
-        cost = (p.scale * (log_p - log_q)).detach()  # (K, B)
+        log_p, log_q = p.weighted_log_p, p.log_q
+        # Under warm-up (β < 1) the cost is that of the weighted ELBO; the score ∇ log q is not
+        # weighted.
+        cost = (p.scale * p.weighted_log_w).detach()  # (K, B)
         advantage = cost
         baseline_loss = 0.0
         if self.uses_average:
@@ -158,4 +160,6 @@ class ScoreFunction(Estimator):
                 with torch.no_grad():
                     self.average.mul_(self.baseline_beta).add_(cost, alpha=1 - self.baseline_beta)
         surrogate = p.scale * log_p.sum() + (log_q * advantage).sum()
-        return -cost.sum() / k, (baseline_loss - surrogate) / k
+        # The loss reported is always the true ELBO's.
+        reported = cost.sum() if p.kl_weight == 1.0 else p.scale * p.log_w.detach().sum()
+        return -reported / k, (baseline_loss - surrogate) / k

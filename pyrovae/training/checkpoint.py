@@ -108,7 +108,11 @@ def check_belongs(state: Dict[str, Any], path: Path, train: Any, model: Any) -> 
     the training settings its saved state depends on, must be the run's ``config.json``
     ones (``train``: a ``TrainConfig``; ``model``: a ``VAEConfig`` or ``None``)."""
     mine = {"model": None if model is None else model.to_dict(), **train.to_dict()}
-    theirs = {"model": state["model_config"], **state["train_config"]}
+    # Fields added since the checkpoint was written take their defaults, as in config.json.
+    theirs_model = state["model_config"]
+    if model is not None and isinstance(theirs_model, dict):
+        theirs_model = {**type(model)().to_dict(), **theirs_model}
+    theirs = {"model": theirs_model, **type(train)().to_dict(), **state["train_config"]}
     keys = [k for k in mine if k not in RESUMABLE and k != "producer"]
     differ = [k for k in keys if _comparable(mine.get(k)) != _comparable(theirs.get(k))]
     if differ:

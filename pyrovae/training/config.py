@@ -22,6 +22,7 @@ from ..config import (
 from ..estimators import ESTIMATORS
 from ..model import VAEConfig
 from ..producers import PRODUCERS
+from .schedule import LR_SCHEDULES
 
 # 0.1.0 named the route an "engine"; a config file, run directory or command line may still.
 ENGINE_TO_PRODUCER = {"auto": "auto", "fast": "direct", "pyro": "traced"}
@@ -35,7 +36,8 @@ class TrainConfig:
     test splits (quick runs, tests). ``estimator_options`` go to the estimator's factory (e.g.
     ``{"baseline": "none"}`` for ``score-function``). ``producer`` picks how particles are
     computed (``pyrovae.producers``): ``auto`` (direct for the library's VAE), ``direct`` or
-    ``traced``.
+    ``traced``. ``lr_schedule`` and ``warmup`` (KL warm-up epochs) are described in
+    ``pyrovae.training.schedule``.
     """
 
     dataset: str = option("binarized-mnist", Rule("str"))  # a name, or a label with data=
@@ -46,6 +48,10 @@ class TrainConfig:
     epochs: int = option(100, Rule("int", minimum=1))
     batch_size: int = option(100, Rule("int", minimum=1))
     lr: float = option(1e-3, Rule("number", positive=True))
+    # The learning rate per epoch (``pyrovae.training.schedule``): constant, iwae or cosine.
+    lr_schedule: str = option("constant", Rule("str", choices=LR_SCHEDULES))
+    # KL warm-up: epochs over which β rises from 0 to 1 (0: none).
+    warmup: int = option(0, Rule("int", minimum=0))
     estimator: str = option("pathwise", Rule("str", choices=ESTIMATORS.names))
     estimator_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
     # None: the estimator's default (1, or 5 for K-sample bounds)
@@ -90,7 +96,7 @@ def read_config(run_dir: Path) -> Tuple[TrainConfig, Optional[VAEConfig]]:
 
 
 # What a resumed run may change: the state saved does not depend on these.
-RESUMABLE = ("epochs", "lr", "producer", "data_dir")
+RESUMABLE = ("epochs", "lr", "lr_schedule", "producer", "data_dir")
 
 
 def given_fields(config: Any) -> Dict[str, Any]:

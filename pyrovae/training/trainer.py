@@ -48,6 +48,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig, given_fields, read_config, resumed_config
+from .schedule import kl_weight, learning_rate
 from .rundir import (
     RunLock,
     check_new_run_dir,
@@ -106,11 +107,13 @@ class Trainer:
         self.producer, self.estimator = producer, estimator
         self.optim = fused_adam(list(params) + list(estimator.parameters()), lr)
 
-    def step(self, x: torch.Tensor, num_data: int) -> float:
+    def step(self, x: torch.Tensor, num_data: int, kl_weight: float = 1.0) -> float:
         """One Adam step on batch ``x`` (B, ...); returns the loss (minus the scaled
-        objective estimate)."""
+        objective estimate). ``kl_weight``: the KL warm-up weight β of this step."""
         self.optim.zero_grad(set_to_none=True)
-        loss = estimate_and_backward(self.producer, self.estimator, x, num_data)
+        loss = estimate_and_backward(
+            self.producer, self.estimator, x, num_data, kl_weight=kl_weight
+        )
         self.optim.step()
         return loss
 
@@ -415,7 +418,6 @@ def train(
                 history.append(
                     {"epoch": start_epoch, "changed": {k: list(v) for k, v in changed.items()}}
                 )
-            trainer.set_lr(cfg.lr)  # the optimizer state brings the old one
         (run_path / "checkpoints").mkdir(exist_ok=True)
         config_record: Dict[str, Any] = {
             "train": cfg.to_dict(),
@@ -527,6 +529,8 @@ class _EpochLoop:
         )
         try:
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
+                lr = learning_rate(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
+                self.trainer.set_lr(lr)
                 t0 = time.perf_counter()
                 total_loss = 0.0
                 perm = torch.randperm(n, generator=self.shuffle)
@@ -535,7 +539,8 @@ class _EpochLoop:
                     if data.binarize == "dynamic":
                         x = torch.bernoulli(x)
                     try:
-                        loss = self.trainer.step(x, n)
+                        beta = kl_weight(step, cfg.warmup, steps_per_epoch)
+                        loss = self.trainer.step(x, n, beta)
                     except FloatingPointError as e:  # a NaN inside a distribution
                         raise self._diverged(f"{e} at epoch {epoch}, step {i + 1}", epoch) from e
                     if not math.isfinite(loss) and step == 0:
@@ -556,6 +561,9 @@ class _EpochLoop:
                 train_seconds = time.perf_counter() - t0
                 record = self._validate(epoch, step, total_loss / (steps_per_epoch * n))
                 record["train_seconds"] = train_seconds
+                record["lr"] = lr
+                if cfg.warmup:
+                    record["kl_weight"] = beta
                 bar.set_postfix(epoch=epoch, valid_elbo=f"{record['valid_elbo']:.2f}")
                 improved = record["valid_elbo"] > best
                 best = max(best, record["valid_elbo"])
@@ -585,7 +593,6 @@ class _EpochLoop:
             "valid_seconds": valid.seconds,
             "estimator": self.trainer.estimator.name,
             "producer": self.producer.name,
-            "lr": self.cfg.lr,
         }
 
     def _commit(self, epoch, step, best, record, metrics, improved) -> None:
