@@ -135,7 +135,24 @@ def _train_parser(sub) -> None:
     m.add_argument("--prior", choices=PRIORS.names(), help="default standard-normal")
     m.add_argument("--likelihood", choices=LIKELIHOODS.names(), help="default bernoulli")
     m.add_argument("--sigma", type=float, help="(initial) std of a Gaussian likelihood")
+    m.add_argument(
+        "--prior-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the prior, e.g. components=500 for vampprior or mixture, layers=4 "
+        "for flow (repeatable)",
+    )
     m.add_argument("--guide", choices=GUIDES.names(), help="default diagonal-gaussian")
+    m.add_argument(
+        "--guide-option",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the guide, e.g. layers=4 or transform=coupling for flow (repeatable)",
+    )
     o = p.add_argument_group("optimisation")
     o.add_argument(
         "--epochs", type=int, help="number of epochs (default 100; with --resume: the new total)"
@@ -341,6 +358,8 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     for flag, pairs in (
         ("--dataset-option", args.dataset_option),
         ("--estimator-option", args.estimator_option),
+        ("--prior-option", args.prior_option),
+        ("--guide-option", args.guide_option),
     ):
         seen: Dict[str, Any] = {}
         for key, value in pairs:
@@ -432,6 +451,9 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         if getattr(args, key) is not None
     }
     model_d.update(check_values(VAEConfig, flags, flag_name))
+    for key, pairs in (("prior_options", args.prior_option), ("guide_options", args.guide_option)):
+        if pairs:
+            model_d[key] = {**model_d.get(key, {}), **dict(pairs)}
     if args.sigma is not None:
         sigma = SIGMA.check("--sigma", args.sigma)
         model_d["likelihood_options"] = {**model_d.get("likelihood_options", {}), "sigma": sigma}

@@ -166,6 +166,8 @@ def flag_name(key: str) -> str:
         "likelihood_options": "--sigma",
         "estimator_options": "--estimator-option",
         "dataset_options": "--dataset-option",
+        "prior_options": "--prior-option",
+        "guide_options": "--guide-option",
     }.get(key, "--" + key.replace("_", "-"))
 
 

@@ -39,8 +39,9 @@ class VAEConfig:
 
     Defaults are the IWAE paper's one-stochastic-layer net, 784-200-200-50 with tanh both ways.
     ``encoder``/``decoder`` name a network (``mlp`` or ``linear``); ``prior``, ``likelihood`` and
-    ``guide`` name a registered part; ``likelihood_options`` go to the likelihood's constructor
-    (e.g. ``{"sigma": 0.5}``).
+    ``guide`` name a registered part; ``prior_options``, ``likelihood_options`` and
+    ``guide_options`` go to that part's constructor (e.g. ``{"components": 500}`` for the
+    VampPrior, ``{"sigma": 0.5}`` for a Gaussian likelihood, ``{"layers": 4}`` for a flow guide).
     """
 
     x_dim: int = option(784, Rule("int", minimum=1))
@@ -50,9 +51,11 @@ class VAEConfig:
     encoder: str = option("mlp", Rule("str", choices=NETS.names))
     decoder: str = option("mlp", Rule("str", choices=NETS.names))
     prior: str = option("standard-normal", Rule("str", choices=PRIORS.names))
+    prior_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
     likelihood: str = option("bernoulli", Rule("str", choices=LIKELIHOODS.names))
     likelihood_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
     guide: str = option("diagonal-gaussian", Rule("str", choices=GUIDES.names))
+    guide_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -102,6 +105,7 @@ class VAE(nn.Module):
         self.name = name
         self.config = config
         self._index_cache = torch.arange(0)
+        prior.bind(encoder, guide_family, likelihood.x_dim, likelihood.data_range)
         if prior.latent != guide_family.latent:
             raise ValueError(
                 f"the prior models {prior.latent} latents but the guide family "
@@ -253,15 +257,40 @@ class VAE(nn.Module):
             )
 
 
-def _check_size(config: VAEConfig) -> None:
-    """Refuse, before allocating, a VAE whose parameters with their gradients and Adam's two
-    moments (16 bytes each) would not fit in memory. Counted for the widest parts: a guide
-    family and a likelihood with two outputs per dimension."""
-    enc = [config.x_dim, *config.hidden, 2 * config.z_dim]
-    dec = [config.z_dim, *config.hidden, 2 * config.x_dim]
+def _check_size(config: VAEConfig, enc_out: int, dec_out: int, parts: int) -> None:
+    """Refuse, before allocating the networks, a VAE whose parameters with their gradients and
+    Adam's two moments (16 bytes each) would not fit in memory: the encoder's and decoder's
+    (``enc_out``, ``dec_out`` outputs) and ``parts`` more (the prior's, guide family's and
+    likelihood's own)."""
+    enc = [config.x_dim, *config.hidden, enc_out]
+    dec = [config.z_dim, *config.hidden, dec_out]
     count = sum((a + 1) * b for widths in (enc, dec) for a, b in zip(widths, widths[1:]))
-    count += 4 * config.z_dim + 2 * config.x_dim  # the prior's and likelihood's own
-    check_memory(16 * count, "a VAE of this size", "lower --hidden or --z-dim")
+    check_memory(16 * (count + parts), "a VAE of this size", "lower --hidden or --z-dim")
+
+
+def _count(value: Any) -> int:
+    """A positive whole-number option's value, else 0."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return min(value, 2**40) if ok else 0
+
+
+def _part(registry, name: str, what: str, options: Dict[str, Any], size: int):
+    """The part registered as ``name``, made with ``size`` and its ``options``; an option it
+    does not take, or a bad value, is an ``OptionError`` naming it and the flag."""
+    factory = registry.get(name)
+    takes = sorted(set(list(inspect.signature(factory).parameters)[1:]))
+    unknown = sorted(set(options) - set(takes))
+    flag = f"--{what}-option"
+    if unknown:
+        raise OptionError(
+            f"the {name!r} {what} takes no option(s) {unknown} ({flag})"
+            + (f"; it takes: {', '.join(takes)}" if takes else "; it takes none")
+            + (" (--sigma is for the Gaussian likelihoods)" if "sigma" in unknown else "")
+        )
+    try:
+        return factory(size, **options)
+    except (TypeError, ValueError) as e:
+        raise OptionError(f"the {name!r} {what}: {e} ({flag})") from None
 
 
 def build_vae(config: VAEConfig) -> VAE:
@@ -280,19 +309,22 @@ def build_vae(config: VAEConfig) -> VAE:
             f"build_vae takes a VAEConfig (VAEConfig.from_dict(d) for a dict), got "
             f"{type(config).__name__}"
         )
-    _check_size(config)
-    prior = PRIORS.get(config.prior)(config.z_dim)
-    likelihood_cls = LIKELIHOODS.get(config.likelihood)
-    takes = set(inspect.signature(likelihood_cls).parameters) - {"x_dim"}
-    unknown = sorted(set(config.likelihood_options) - takes)
-    if unknown:
-        raise ValueError(
-            f"the {config.likelihood!r} likelihood takes no option(s) {unknown}"
-            + (f"; it takes: {', '.join(sorted(takes))}" if takes else "")
-            + (" (--sigma is for the Gaussian likelihoods)" if "sigma" in unknown else "")
-        )
-    likelihood = likelihood_cls(config.x_dim, **config.likelihood_options)
-    family = GUIDES.get(config.guide)(config.z_dim)
+    # Before making anything, at the smallest the parts can be (a diagonal guide); then again
+    # with the parts' real widths. The parts' own parameters are few, except a mixture's or
+    # VampPrior's components.
+    _check_size(config, 2 * config.z_dim, config.x_dim, 2 * config.z_dim)
+    check_memory(
+        16 * sum(_count(v) * (config.x_dim + 2 * config.z_dim) for v in config.prior_options.values()),
+        "a prior of this size",
+        "lower its components",
+    )
+    prior = _part(PRIORS, config.prior, "prior", config.prior_options, config.z_dim)
+    likelihood = _part(
+        LIKELIHOODS, config.likelihood, "likelihood", config.likelihood_options, config.x_dim
+    )
+    family = _part(GUIDES, config.guide, "guide", config.guide_options, config.z_dim)
+    parts = sum(p.numel() for m in (prior, likelihood, family) for p in m.parameters())
+    _check_size(config, family.in_features, likelihood.out_features, parts)
     encoder = NETS.get(config.encoder)(
         config.x_dim, family.in_features, config.hidden, config.activation
     )

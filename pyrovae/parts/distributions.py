@@ -1,5 +1,8 @@
 """Distributions Pyro lacks in the form the hot paths need.
 
+``DiagonalGaussianMixture`` (at the end) is Pyro's ``MixtureSameFamily`` of diagonal Gaussians
+with a log density computed by matrix multiplies.
+
 ``FactorizedBernoulli`` is ``dist.Bernoulli(logits=l).to_event(1)`` with a faster ``log_prob``.
 Torch scores a Bernoulli through ``binary_cross_entropy_with_logits``, several passes over the
 (particles, batch, pixels) logits with ``exp`` and ``log`` that, on CPUs where torch sends them
@@ -9,9 +12,12 @@ evaluation that alone cost as much as the decoder's largest matrix multiply.
 
 from __future__ import annotations
 
+import math
+
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from torch.distributions import constraints
 
 # The smallest normal float32: a sigmoid below it has lost relative precision, and so may a
 # factor of a product below it.
@@ -82,3 +88,67 @@ class FactorizedBernoulli(dist.Independent):
         ):
             return _bernoulli_log_prob_sum_no_grad(logits, value)
         return bernoulli_log_prob_sum(logits, value)
+
+
+class DiagonalGaussianMixture(dist.TorchDistribution):
+    """A mixture of C diagonal Gaussians over z (event shape (D,)): Σ_c π_c N(z; loc_c,
+    diag(scale_c²)) with π = softmax(logits). The mixture and VampPrior priors use it.
+
+    It is ``dist.MixtureSameFamily(Categorical(logits), Normal(loc, scale).to_event(1))``
+    (tests hold the two equal) with a ``log_prob`` that costs two matrix multiplies instead
+    of a (..., C, D) tensor: with a = 1 / scale²,
+
+        log N(z; m_c, s_c) = -½ z² · a_c + z · (m_c a_c) - ½ m_c² · a_c - Σ_d log s_cd - D log(2π)/2,
+
+    so scoring N points against C components is (N, D) × (D, C) products; the importance-
+    weighted evaluation's chunks of 10^5 particles against a VampPrior's 500 components would
+    otherwise need gigabytes.
+
+    Args:
+        logits: (C,) unnormalized log weights.
+        loc, scale: (C, D) component means and standard deviations.
+
+    The parameters have no batch dimensions; ``expand`` (as Pyro's plates call it) gives the
+    distribution a batch shape without copying them.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, logits, loc, scale, batch_shape=torch.Size(), validate_args=None) -> None:
+        if loc.dim() != 2 or scale.shape != loc.shape or logits.shape != loc.shape[:1]:
+            raise ValueError(
+                "DiagonalGaussianMixture takes logits (C,), loc and scale (C, D); got "
+                f"{tuple(logits.shape)}, {tuple(loc.shape)}, {tuple(scale.shape)}"
+            )
+        self.logits, self.loc, self.scale = logits, loc, scale
+        super().__init__(torch.Size(batch_shape), loc.shape[-1:], validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return DiagonalGaussianMixture(self.logits, self.loc, self.scale, batch_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log p(z) for z (..., D) -> (...), broadcast against the batch shape."""
+        precision = self.scale.pow(-2)  # (C, D)
+        quad = torch.matmul(value.square(), precision.T).mul_(-0.5)  # (..., C)
+        quad = quad.add_(torch.matmul(value, (self.loc * precision).T))
+        const = (
+            torch.log_softmax(self.logits, -1)
+            - 0.5 * (self.loc.square() * precision).sum(-1)
+            - self.scale.log().sum(-1)
+            - 0.5 * self.loc.shape[-1] * math.log(2 * math.pi)
+        )
+        lp = torch.logsumexp(quad + const, -1)
+        return lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        with torch.no_grad():
+            which = torch.distributions.Categorical(logits=self.logits).sample(shape)
+            eps = torch.randn(shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
+            return self.loc[which] + self.scale[which] * eps
+
+    def component_distribution(self) -> dist.Distribution:
+        """The components as one distribution with batch shape (C,)."""
+        return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)

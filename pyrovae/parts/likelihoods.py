@@ -8,7 +8,7 @@ mean of x for plots.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import pyro.distributions as dist
 import torch
@@ -23,7 +23,12 @@ LIKELIHOODS: Registry = Registry("likelihood")
 
 class Likelihood(nn.Module):
     """Base class. ``forward(out)`` with ``out`` (..., out_features) -> distribution with batch
-    shape (...) and event shape (x_dim,)."""
+    shape (...) and event shape (x_dim,).
+
+    ``data_range``: the interval the data lies in, (low, high), or ``None`` for any real.
+    """
+
+    data_range: Optional[Tuple[float, float]] = None
 
     def __init__(self, x_dim: int) -> None:
         super().__init__()
@@ -56,6 +61,8 @@ class Likelihood(nn.Module):
 @LIKELIHOODS.register("bernoulli")
 class BernoulliLikelihood(Likelihood):
     """x_d ~ Bernoulli(sigmoid(out_d)): the decoder outputs logits. Data must be 0 or 1."""
+
+    data_range = (0.0, 1.0)
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
         return FactorizedBernoulli(out)

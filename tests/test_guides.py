@@ -1,0 +1,406 @@
+"""The full-rank Gaussian and normalizing-flow guide families against known truth: the
+multivariate normal formula, sample moments, the change-of-variables formula with Jacobians
+from autograd, normalization on a grid, the stopped density's gradients, finite differences,
+shapes under Pyro's plates, option checks and a few training steps.
+
+(That each family's ``draw`` gives what tracing ``VAE.guide`` gives is
+tests/test_producers.py's, which covers every registered family.)"""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from pyrovae.estimators import make_estimator
+from pyrovae.model import VAE
+from pyrovae.particles import traced_particles
+from pyrovae.parts.guides import GUIDES, FullRankGaussian, NormalizingFlow
+from pyrovae.parts.likelihoods import LIKELIHOODS
+from pyrovae.parts.nets import NETS
+from pyrovae.parts.priors import PRIORS
+
+F64 = torch.float64
+FLOWS = [{"transform": "iaf"}, {"transform": "coupling"}]
+FLOW_IDS = ["iaf", "coupling"]
+
+
+def _perturbed(family, scale=0.3, seed=0):
+    """``family`` in float64 with its parameters moved off their initial values, so that the
+    flows are far from affine."""
+    family = family.double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in family.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=F64))
+    return family
+
+
+def _h(family, *batch, seed=1, scale=0.5):
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(*batch, family.in_features, generator=g, dtype=F64)
+
+
+def _tril_by_hand(h, z_dim):
+    """(loc, L) of the full-rank family from one h (in_features,), written out entry by
+    entry: encoder order (loc, log diagonal, strictly-lower entries row by row)."""
+    loc, log_diag, off = h[:z_dim], h[z_dim : 2 * z_dim], h[2 * z_dim :]
+    tril = torch.zeros(z_dim, z_dim, dtype=h.dtype)
+    n = 0
+    for i in range(z_dim):
+        tril[i, i] = log_diag[i].exp()
+        for j in range(i):
+            tril[i, j] = off[n]
+            n += 1
+    assert n == off.numel()
+    return loc, tril
+
+
+# ---------------------------------------------------------------------------------- full-rank
+
+
+def test_full_rank_log_prob_is_the_multivariate_normal_formula():
+    d = 4
+    family = FullRankGaussian(d).double()
+    assert family.in_features == 2 * d + d * (d - 1) // 2
+    h = _h(family, 6, scale=0.8)
+    z = 1.5 * torch.randn(3, 6, d, dtype=F64)
+    got = family(h).log_prob(z)
+    assert got.shape == (3, 6)
+    for b in range(6):
+        loc, tril = _tril_by_hand(h[b], d)
+        cov = tril @ tril.T
+        diff = z[:, b] - loc
+        maha = torch.einsum("ki,ij,kj->k", diff, torch.linalg.inv(cov), diff)
+        expected = -0.5 * maha - 0.5 * torch.logdet(2 * math.pi * cov)
+        torch.testing.assert_close(got[:, b], expected, rtol=1e-12, atol=1e-12)
+
+    # draw (K = 1 and K > 1 compute z differently): z = loc + L ε with ε the generator's next
+    # normals, and its log q is the formula too.
+    for k in (1, 3):
+        torch.manual_seed(5)
+        z, log_q, log_q_stopped = family.draw(h, k, True)
+        torch.manual_seed(5)
+        eps = torch.randn(k, 6, d, dtype=F64)
+        for b in range(6):
+            loc, tril = _tril_by_hand(h[b], d)
+            torch.testing.assert_close(z[:, b], loc + eps[:, b] @ tril.T, rtol=1e-12, atol=1e-12)
+        expected = family(h).log_prob(z)
+        torch.testing.assert_close(log_q(), expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(log_q_stopped(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_full_rank_sample_moments_match_l_lt():
+    d, n = 3, 200_000
+    family = FullRankGaussian(d).double()
+    h = _h(family, 1, scale=1.0, seed=3)
+    loc, tril = _tril_by_hand(h[0], d)
+    cov = tril @ tril.T
+    assert (cov - torch.diag(torch.diag(cov))).abs().max() > 0.3  # correlated
+    z, _, _ = family.draw(h, n, True)
+    z = z[:, 0]
+    mean_se = (torch.diag(cov) / n).sqrt()
+    assert ((z.mean(0) - loc).abs() < 5 * mean_se).all()
+    sample_cov = torch.cov(z.T)
+    # Standard error of a sample covariance of a Gaussian: sqrt((Σ_ii Σ_jj + Σ_ij²) / n).
+    se = ((torch.outer(torch.diag(cov), torch.diag(cov)) + cov**2) / n).sqrt()
+    assert ((sample_cov - cov).abs() < 5 * se).all(), (sample_cov, cov)
+
+
+def test_full_rank_any_batch_shape():
+    family = FullRankGaussian(3).double()
+    h = _h(family, 2, 5)
+    q = family(h)
+    assert q.batch_shape == (2, 5) and q.event_shape == (3,)
+    z = q.rsample((4,))
+    assert z.shape == (4, 2, 5, 3) and q.log_prob(z).shape == (4, 2, 5)
+    for k in (1, 4):
+        z, log_q, log_q_stopped = family.draw(h, k, True)
+        assert z.shape == (k, 2, 5, 3)
+        torch.testing.assert_close(log_q(), q.log_prob(z), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(log_q_stopped(), log_q(), rtol=1e-12, atol=1e-12)
+    assert FullRankGaussian(1).in_features == 2
+
+
+# --------------------------------------------------------------------------------------- flow
+
+
+def _sampling_map(family, h_point):
+    """ε (z_dim,) -> z: loc + scale ε through the distribution's transforms, one data point
+    (h_point (in_features,))."""
+    q = family(h_point)
+    base = q.base_dist.base_dist  # Independent(Normal)
+
+    def f(eps):
+        x = base.loc + base.scale * eps
+        for t in q.transforms:
+            x = t(x)
+        return x
+
+    return f
+
+
+@pytest.mark.parametrize("options", FLOWS, ids=FLOW_IDS)
+def test_flow_density_of_its_samples_is_the_change_of_variables_formula(options):
+    d, batch, k = 3, 4, 2
+    family = _perturbed(NormalizingFlow(d, layers=3, hidden=8, **options), scale=0.5)
+    h = _h(family, batch, scale=0.7)
+    torch.manual_seed(11)
+    z, log_q, log_q_stopped = family.draw(h, k, True)
+    torch.manual_seed(11)
+    eps = torch.randn(k, batch, d, dtype=F64)
+    assert z.shape == (k, batch, d) and log_q().shape == (k, batch)
+    standard = torch.distributions.Normal(torch.zeros(d, dtype=F64), torch.ones(d, dtype=F64))
+    nonlinear = 0.0
+    for i in range(k):
+        for b in range(batch):
+            f = _sampling_map(family, h[b])
+            torch.testing.assert_close(f(eps[i, b]), z[i, b], rtol=1e-12, atol=1e-12)
+            jac = torch.autograd.functional.jacobian(f, eps[i, b])
+            log_det = torch.linalg.slogdet(jac).logabsdet
+            expected = standard.log_prob(eps[i, b]).sum() - log_det
+            torch.testing.assert_close(log_q()[i, b], expected, rtol=1e-10, atol=1e-10)
+            # The flow is more than the base's diagonal scale: a dense Jacobian, another det.
+            log_scale = h[b, d : 2 * d]
+            nonlinear = max(nonlinear, (log_det - log_scale.sum()).abs().item())
+            assert (jac - torch.diag(torch.diag(jac))).abs().max() > 1e-3
+    assert nonlinear > 0.05
+    # Scoring by inverting the flow (a fresh distribution, no cache) gives the same density.
+    torch.testing.assert_close(
+        family(h).log_prob(z.detach().clone()), log_q(), rtol=1e-9, atol=1e-9
+    )
+    torch.testing.assert_close(log_q_stopped(), log_q(), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "options,z_dim",
+    [({"transform": "iaf"}, 1), ({"transform": "iaf"}, 2), ({"transform": "coupling"}, 2)],
+    ids=["iaf-1d", "iaf-2d", "coupling-2d"],
+)
+def test_flow_density_integrates_to_one(options, z_dim):
+    family = _perturbed(NormalizingFlow(z_dim, layers=2, hidden=16, **options), scale=0.2)
+    h = _h(family, scale=0.3)  # one data point: batch shape ()
+    q = family(h)
+    assert q.batch_shape == () and q.event_shape == (z_dim,)
+    half = 12.0
+    n = 4000 if z_dim == 1 else 400
+    axis = torch.linspace(-half, half, n, dtype=F64)
+    step = (axis[1] - axis[0]).item()
+    grid = axis[:, None] if z_dim == 1 else torch.cartesian_prod(axis, axis)
+    with torch.no_grad():
+        in_box = q.log_prob(grid).exp().sum().item() * step**z_dim
+    assert in_box == pytest.approx(1.0, abs=1e-2)
+    # The flow's samples put the same mass in the box (within Monte Carlo error, ~2e-4), and
+    # they are not the base's N(loc, scale).
+    samples = q.sample((200_000,))
+    assert in_box == pytest.approx((samples.abs() <= half).all(-1).double().mean().item(), abs=3e-3)
+    base_sd = h[z_dim : 2 * z_dim].exp()
+    assert (samples.std(0) / base_sd - 1).abs().max() > 0.05
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [("full-rank", {}), ("flow", FLOWS[0]), ("flow", FLOWS[1])],
+    ids=["full-rank", "flow-iaf", "flow-coupling"],
+)
+def test_stopped_density_has_only_the_path_gradient(name, options):
+    d = 3
+    family = _perturbed(GUIDES.get(name)(d, **options))
+    h = _h(family, 5).requires_grad_()
+    params = list(family.parameters())
+    z, log_q, log_q_stopped = family.draw(h, 2, True)
+    stopped = log_q_stopped()
+    torch.testing.assert_close(stopped, log_q(), rtol=1e-9, atol=1e-9)
+
+    # At a fixed z: no gradient in the parameters or h, a nonzero one in z.
+    z_leaf = z.detach().requires_grad_()
+    at_leaf = family.stopped(h).log_prob(z_leaf).sum()
+    grads = torch.autograd.grad(at_leaf, params + [h, z_leaf], allow_unused=True)
+    assert all(g is None or (g == 0).all() for g in grads[:-1])
+    dz = grads[-1]
+    assert dz.abs().max() > 1e-3
+
+    # Through the sample: the chain rule through z alone, (∂ log q / ∂z) (∂z / ∂h).
+    total = torch.autograd.grad(stopped.sum(), h, retain_graph=True)[0]
+    path = torch.autograd.grad(z, h, grad_outputs=dz, retain_graph=True)[0]
+    torch.testing.assert_close(total, path, rtol=1e-9, atol=1e-12)
+    full = torch.autograd.grad(log_q().sum(), h)[0]
+    assert (full - path).abs().max() > 1e-3  # log q itself has its direct term too
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [("full-rank", {}), ("flow", FLOWS[0]), ("flow", FLOWS[1])],
+    ids=["full-rank", "flow-iaf", "flow-coupling"],
+)
+def test_score_function_log_q_gradient_is_the_finite_difference(name, options):
+    """Sampled without a path (score-function estimators), log q(z) at fixed z must carry its
+    derivative in h and the parameters: the flow inverts afresh, not from the transforms'
+    cache of a sample drawn under no_grad."""
+    d = 3
+    family = _perturbed(GUIDES.get(name)(d, **options))
+    h = _h(family, 4).requires_grad_()
+    params = list(family.parameters())
+    z, log_q, _ = family.draw(h, 2, False)
+    assert not z.requires_grad
+    value = log_q()
+    g = torch.Generator().manual_seed(9)
+    directions = [torch.randn(p.shape, generator=g, dtype=F64) for p in params + [h]]
+    grads = torch.autograd.grad(value.sum(), params + [h])
+    analytic = sum((gr * v).sum() for gr, v in zip(grads, directions))
+
+    def shifted(t):
+        with torch.no_grad():
+            for p, v in zip(params, directions):
+                p.add_(t * v)
+            out = family(h + t * directions[-1]).log_prob(z).sum()
+            for p, v in zip(params, directions):
+                p.sub_(t * v)
+        return out
+
+    eps = 1e-6
+    numeric = (shifted(eps) - shifted(-eps)) / (2 * eps)
+    torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", FLOWS, ids=FLOW_IDS)
+def test_flow_shapes_under_pyro_plates_and_any_batch_shape(options):
+    d, batch, k = 3, 5, 4
+    family = NormalizingFlow(d, **options).double()
+    h = _h(family, batch)
+    assert family.in_features == 2 * d + d
+    with pyro.plate("particles", k, dim=-2), pyro.plate("data", batch, dim=-1):
+        q = family(h)
+        expanded = q.expand((k, batch))
+        z = expanded.rsample()
+        assert z.shape == (k, batch, d) and expanded.log_prob(z).shape == (k, batch)
+        z = expanded.sample()
+        assert z.shape == (k, batch, d) and expanded.log_prob(z).shape == (k, batch)
+        z = pyro.sample("z", q)
+        assert z.shape == (k, batch, d)
+    # Any batch shape; a value with fewer batch dims is broadcast (a mixture's components).
+    h2 = _h(family, 2, 3)
+    q2 = family(h2)
+    assert q2.batch_shape == (2, 3)
+    assert q2.rsample((4,)).shape == (4, 2, 3, d)
+    assert q2.log_prob(torch.randn(7, 1, 1, d, dtype=F64)).shape == (7, 2, 3)
+    z, log_q, log_q_stopped = family.draw(h2, 4, True)
+    assert z.shape == (4, 2, 3, d) and log_q().shape == log_q_stopped().shape == (4, 2, 3)
+
+
+def test_flow_state_dict_rebuilds_the_same_flow():
+    """Every transform's parameters are the family's (saved, trained); the masks and orders
+    are rebuilt the same from the options, so a loaded state gives the same numbers."""
+    for options in FLOWS:
+        torch.manual_seed(0)
+        a = NormalizingFlow(4, layers=3, **options).double()
+        keys = a.state_dict().keys()
+        assert sum(1 for k in keys if k.startswith("transforms.")) > 0
+        assert {n for n, _ in a.named_parameters()} <= set(keys)
+        torch.manual_seed(1)
+        b = NormalizingFlow(4, layers=3, **options).double()
+        b.load_state_dict(a.state_dict())
+        h = _h(a, 6)
+        for family in (a, b):
+            torch.manual_seed(2)
+            z, log_q, _ = family.draw(h, 2, True)
+            family.out = (z, log_q())
+        torch.testing.assert_close(a.out, b.out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"layers": 0}, "layers"),
+        ({"layers": 1.5}, "layers"),
+        ({"layers": True}, "layers"),
+        ({"transform": "maf"}, "transform"),
+        ({"context": 0}, "context"),
+        ({"context": "wide"}, "context"),
+        ({"hidden": 0}, "hidden"),
+        ({"hidden": []}, "hidden"),
+        ({"hidden": [8, "x"]}, "hidden"),
+        ({"hidden": 2}, "hidden"),  # narrower than z_dim: a MADE cannot be made
+    ],
+)
+def test_bad_flow_options_are_refused_naming_the_option(options, match):
+    with pytest.raises(ValueError, match=match):
+        NormalizingFlow(3, **options)
+
+
+def test_coupling_needs_two_dimensions_and_constructors_take_keywords_only():
+    with pytest.raises(ValueError, match="z_dim"):
+        NormalizingFlow(1, transform="coupling")
+    NormalizingFlow(1)  # iaf at z_dim = 1: an affine map of the context
+    with pytest.raises(TypeError):
+        NormalizingFlow(3, "iaf")
+    with pytest.raises(TypeError):
+        FullRankGaussian(3, 2)
+    defaults = NormalizingFlow(50)
+    assert (defaults.transform, defaults.layers, defaults.context, defaults.hidden) == (
+        "iaf",
+        2,
+        50,
+        (100,),
+    )
+    assert defaults.in_features == 150
+
+
+# ------------------------------------------------------------------------- in a VAE, training
+
+
+def _vae(guide, likelihood, options=None, x_dim=6, z_dim=3, hidden=(8,)):
+    family = GUIDES.get(guide)(z_dim, **(options or {}))
+    lik = LIKELIHOODS.get(likelihood)(x_dim)
+    encoder = NETS.get("mlp")(x_dim, family.in_features, hidden, "tanh")
+    decoder = NETS.get("mlp")(z_dim, lik.out_features, hidden, "tanh")
+    return VAE(encoder, decoder, PRIORS.get("standard-normal")(z_dim), lik, family).double()
+
+
+GUIDE_CASES = [("full-rank", {}), ("flow", FLOWS[0]), ("flow", FLOWS[1])]
+GUIDE_IDS = ["full-rank", "flow-iaf", "flow-coupling"]
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("guide,options", GUIDE_CASES, ids=GUIDE_IDS)
+def test_particles_of_a_vae_with_the_guide(guide, options, likelihood):
+    vae = _vae(guide, likelihood, options)
+    x = vae.sample(7, mean=False)
+    traced = traced_particles(vae.model, vae.guide, (x,), num_particles=3)
+    direct = vae.particles(x, None, 4, True)
+    for particles, k in ((traced, 3), (direct, 4)):
+        assert particles.latents["z"].shape == (k, 7, 3)
+        for field in ("log_prior", "log_lik", "log_q", "log_q_stopped", "kl", "log_w"):
+            value = getattr(particles, field)
+            assert value.shape == (k, 7) and torch.isfinite(value).all(), field
+    # The kl falls back to log q - log p (no closed form against this prior).
+    torch.testing.assert_close(direct.kl, direct.log_q - direct.log_prior)
+
+
+@pytest.mark.parametrize("guide,options", GUIDE_CASES, ids=GUIDE_IDS)
+def test_pathwise_training_steps_raise_the_elbo(guide, options):
+    torch.manual_seed(0)
+    vae = _vae(guide, "bernoulli", options, x_dim=8, z_dim=2, hidden=(16,))
+    x = (torch.rand(32, 8, dtype=F64) < torch.linspace(0.1, 0.9, 8, dtype=F64)).to(F64)
+    est = make_estimator("pathwise")
+    opt = torch.optim.Adam(vae.parameters(), lr=2e-2)
+
+    def elbo():
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return vae.particles(x, None, 200, True).log_w.mean().item()
+
+    before = elbo()
+    for _ in range(60):
+        loss, surrogate = est(vae.particles(x, None, 1, True))
+        opt.zero_grad()
+        surrogate.backward()
+        opt.step()
+        assert math.isfinite(loss.item())
+    after = elbo()
+    assert after > before + 0.5, (before, after)
+    flow_params = [p for n, p in vae.guide_family.named_parameters()]
+    if guide == "flow":
+        assert flow_params and all(
+            p.grad is not None and p.grad.abs().sum() > 0 for p in flow_params
+        )
