@@ -410,10 +410,10 @@ def _trained_guide_elbo(guide: str, seed: int = 3):
     """Fit a ``guide`` (linear encoder) to the exact model of a random linear-Gaussian truth
     (decoder held at the truth) by STL, then return (ELBO per point, exact log p(x) per point,
     the mean-field optimum's ELBO per point) on the fitted points: (B,) each."""
-    from helpers import random_truth
-
     from pyrovae import VAEConfig, build_vae
     from pyrovae.estimators import make_estimator
+
+    from helpers import random_truth
 
     truth = random_truth(5, 3, seed)
     x = truth.sample(64, torch.Generator().manual_seed(seed))

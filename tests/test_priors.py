@@ -30,7 +30,7 @@ def _vae(prior, z_dim=2, likelihood="gaussian", seed=0, jitter=0.3, **options):
     )
     vae = build_vae(cfg).double()
     with torch.no_grad():
-        for name, p in vae.named_parameters():
+        for p in vae.parameters():
             p.add_(jitter * torch.randn_like(p))
     return vae
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from test_training import SMALL_MODEL, small_config
 from torch.distributions import Normal
 
 from pyrovae import TrainConfig, VAEConfig, train
@@ -13,8 +14,6 @@ from pyrovae.config import OptionError
 from pyrovae.estimators import make_estimator
 from pyrovae.particles import Particles
 from pyrovae.training.schedule import iwae_stage, kl_weight, learning_rate
-
-from test_training import SMALL_MODEL, small_config
 
 
 def test_the_iwae_schedule_has_3_to_the_i_epochs_per_stage():
@@ -150,9 +149,7 @@ def test_resume_may_change_the_lr_schedule_but_not_the_warmup(tmp_path):
     train(small_config(epochs=2, warmup=1), SMALL_MODEL, run_dir=run, progress=False)
     with pytest.raises(OptionError, match="warmup"):
         train(changes={"epochs": 3, "warmup": 3}, run_dir=run, resume=True, progress=False)
-    train(
-        changes={"epochs": 3, "lr_schedule": "cosine"}, run_dir=run, resume=True, progress=False
-    )
+    train(changes={"epochs": 3, "lr_schedule": "cosine"}, run_dir=run, resume=True, progress=False)
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["lr"] == pytest.approx(learning_rate(3e-3, "cosine", 3, 3))
 
@@ -162,3 +159,33 @@ def test_bad_schedule_options_are_refused(bad):
     with pytest.raises(OptionError):
         TrainConfig(**bad)
     assert VAEConfig()  # unchanged
+
+
+def test_warmup_with_an_estimator_that_would_ignore_it_is_refused(tmp_path):
+    """A user's estimator that does not declare ``supports_warmup`` would train the plain
+    objective under --warmup without a word: refused before anything is written."""
+    from pyrovae.estimators import ESTIMATORS, Estimator
+
+    @ESTIMATORS.register("plain-elbo-test")
+    class PlainELBO(Estimator):
+        def forward(self, particles, update_state=True):
+            loss = -particles.scale * particles.log_w.mean(0).sum()
+            return loss, loss
+
+    try:
+        with pytest.raises(OptionError, match="does not support KL warm-up"):
+            train(
+                small_config(estimator="plain-elbo-test", warmup=1),
+                SMALL_MODEL,
+                run_dir=tmp_path / "run",
+                progress=False,
+            )
+        assert not (tmp_path / "run").exists()
+        train(
+            small_config(estimator="plain-elbo-test"),
+            SMALL_MODEL,
+            run_dir=tmp_path / "ok",
+            progress=False,
+        )
+    finally:
+        del ESTIMATORS._entries["plain-elbo-test"]

@@ -58,6 +58,9 @@ class Estimator(nn.Module):
             samples with ``rsample``); False for score-function estimators.
         default_particles: K when ``num_particles`` is not given.
         min_particles: the smallest K it is defined for.
+        supports_warmup: whether it differentiates the KL warm-up objective when
+            ``Particles.kl_weight`` β < 1 (reporting the true one); the trainer refuses
+            ``warmup`` with an estimator that does not.
 
     Args:
         num_particles: K, samples of z per data point per step.
@@ -69,6 +72,7 @@ class Estimator(nn.Module):
     reparameterized: ClassVar[bool] = True
     default_particles: ClassVar[int] = 1
     min_particles: ClassVar[int] = 1
+    supports_warmup: ClassVar[bool] = False
 
     def __init__(self, num_particles: Optional[int] = None) -> None:
         super().__init__()

@@ -35,6 +35,7 @@ from .base import BOUND_OBJECTIVE, Estimator, Output, k_sample_bound
 class IWAE(Estimator):
     """The K-sample bound with its reparameterized gradient."""
 
+    supports_warmup = True
     objective = BOUND_OBJECTIVE
     gradient = "reparameterized (IWAE)"
     default_particles = 5
@@ -51,6 +52,7 @@ class IWAE(Estimator):
 class DReG(Estimator):
     """The K-sample bound with the doubly reparameterized gradient."""
 
+    supports_warmup = True
     objective = BOUND_OBJECTIVE
     gradient = "doubly reparameterized (DReG)"
     default_particles = 5
@@ -91,6 +93,7 @@ class VIMCO(Estimator):
     """The K-sample bound with VIMCO's gradient: with L̂ the bound and L̂_{-k} its leave-one-out
     version, Σ_k (L̂ - L̂_{-k}) ∇ log q(z_k) + Σ_k w̃_k ∇ log w_k (z held fixed). K ≥ 2."""
 
+    supports_warmup = True
     objective = BOUND_OBJECTIVE
     gradient = "score function with leave-one-out control variates (VIMCO)"
     reparameterized = False

@@ -28,6 +28,7 @@ from .base import Estimator, Output
 class Pathwise(Estimator):
     """Reparameterized Monte Carlo ELBO with a Monte Carlo KL."""
 
+    supports_warmup = True
     gradient = "pathwise (reparameterized z)"
 
     def forward(self, particles, update_state: bool = True) -> Output:
@@ -42,6 +43,7 @@ class AnalyticKL(Estimator):
     """Reparameterized ELBO with KL(q ‖ p) in closed form where torch registers it (Gaussian
     guide and prior), Monte Carlo elsewhere."""
 
+    supports_warmup = True
     gradient = "pathwise on E_q[log p(x|z)], closed-form KL"
 
     def forward(self, particles, update_state: bool = True) -> Output:
@@ -57,6 +59,7 @@ class AnalyticKL(Estimator):
 class StickingTheLanding(Estimator):
     """ "Sticking the landing": pathwise with the score term of q dropped."""
 
+    supports_warmup = True
     gradient = "pathwise with the score term of q dropped (sticking the landing)"
 
     def forward(self, particles, update_state: bool = True) -> Output:

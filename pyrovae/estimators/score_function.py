@@ -72,6 +72,7 @@ class ScoreFunction(Estimator):
     ``neural``; ``baseline_beta`` is the decay of the average (which the neural baseline sits
     on too)."""
 
+    supports_warmup = True
     reparameterized = False
 
     def __init__(

@@ -98,7 +98,8 @@ class DiagonalGaussianMixture(dist.TorchDistribution):
     (tests hold the two equal) with a ``log_prob`` that costs two matrix multiplies instead
     of a (..., C, D) tensor: with a = 1 / scale²,
 
-        log N(z; m_c, s_c) = -½ z² · a_c + z · (m_c a_c) - ½ m_c² · a_c - Σ_d log s_cd - D log(2π)/2,
+        log N(z; m_c, s_c) = -½ z² · a_c + z · (m_c a_c) - ½ m_c² · a_c - Σ_d log s_cd
+                             - D log(2π)/2,
 
     so scoring N points against C components is (N, D) × (D, C) products; the importance-
     weighted evaluation's chunks of 10^5 particles against a VampPrior's 500 components would
@@ -116,7 +117,7 @@ class DiagonalGaussianMixture(dist.TorchDistribution):
     support = constraints.real_vector
     has_rsample = False
 
-    def __init__(self, logits, loc, scale, batch_shape=torch.Size(), validate_args=None) -> None:
+    def __init__(self, logits, loc, scale, batch_shape=(), validate_args=None) -> None:
         if loc.dim() != 2 or scale.shape != loc.shape or logits.shape != loc.shape[:1]:
             raise ValueError(
                 "DiagonalGaussianMixture takes logits (C,), loc and scale (C, D); got "
@@ -142,11 +143,13 @@ class DiagonalGaussianMixture(dist.TorchDistribution):
         lp = torch.logsumexp(quad + const, -1)
         return lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))
 
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape=()) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         with torch.no_grad():
             which = torch.distributions.Categorical(logits=self.logits).sample(shape)
-            eps = torch.randn(shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
+            eps = torch.randn(
+                shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device
+            )
             return self.loc[which] + self.scale[which] * eps
 
     def component_distribution(self) -> dist.Distribution:

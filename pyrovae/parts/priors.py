@@ -189,7 +189,9 @@ class VampPrior(Prior):
             return DiagonalGaussianMixture(
                 torch.zeros(self.components, dtype=u.dtype, device=u.device), base.loc, base.scale
             )
-        mixing = dist.Categorical(logits=torch.zeros(self.components, dtype=u.dtype, device=u.device))
+        mixing = dist.Categorical(
+            logits=torch.zeros(self.components, dtype=u.dtype, device=u.device)
+        )
         return dist.MixtureSameFamily(mixing, q, validate_args=False)
 
 
@@ -198,7 +200,7 @@ class _Flow(dist.TransformedDistribution):
     ``AffineAutoregressive`` inverse starts from ``torch.zeros`` in the default dtype, which
     fails for a float64 model."""
 
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape=()) -> torch.Tensor:
         default = torch.get_default_dtype()
         torch.set_default_dtype(self.base_dist.mean.dtype)
         try:

@@ -48,7 +48,6 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig, given_fields, read_config, resumed_config
-from .schedule import kl_weight, learning_rate
 from .rundir import (
     RunLock,
     check_new_run_dir,
@@ -60,6 +59,7 @@ from .rundir import (
     write_json,
     write_metrics,
 )
+from .schedule import kl_weight, learning_rate
 
 
 class TrainingDiverged(FloatingPointError):
@@ -362,6 +362,11 @@ def train(
                 "fingerprint differs): resume with the run's own data"
             )
     estimator = _estimator(cfg)
+    if cfg.warmup and not estimator.supports_warmup:
+        raise OptionError(
+            f"the {estimator.name!r} estimator does not support KL warm-up (its class does not "
+            "set supports_warmup = True: it ignores Particles.kl_weight): drop --warmup"
+        )
     steps_per_epoch = _steps_per_epoch(data.train.shape[0], cfg.batch_size, estimator)
 
     # Pyro's param store is global: stale parameters with our names would shadow the new ones.
