@@ -39,7 +39,8 @@ def _hidden(text: str):
     text = text.strip()
     if text == "":
         raise argparse.ArgumentTypeError(
-            "--hidden is empty (an unset shell variable?); give sizes like 200,200, or none"
+            "the hidden sizes are empty (an unset shell variable?); give sizes like 200,200, or "
+            "none"
         )
     if text == "none":
         return ()
@@ -47,7 +48,7 @@ def _hidden(text: str):
         return tuple(int(h) for h in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--hidden takes comma-separated sizes like 200,200, got {text!r}"
+            f"hidden sizes are comma-separated whole numbers like 200,200, got {text!r}"
         ) from None
 
 
@@ -124,6 +125,19 @@ def _train_parser(sub) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--z-dim", type=int, help="latent dimension (default 50)")
     m.add_argument("--hidden", type=_hidden, help="hidden sizes, comma-separated (default 200,200)")
+    m.add_argument(
+        "--latent-layers",
+        type=int,
+        help="stochastic layers: 1, or 2 for the IWAE paper's x -> z1 -> z2 net, where "
+        "--z-dim is z2's width and --prior its prior (default 1)",
+    )
+    m.add_argument("--z1-dim", type=int, help="the lower latent z1's width, 2 layers (default 100)")
+    m.add_argument(
+        "--hidden-top",
+        type=_hidden,
+        help="hidden sizes of the nets between z1 and z2, comma-separated, 2 layers "
+        "(default 100,100)",
+    )
     m.add_argument("--activation", choices=sorted(ACTIVATIONS), help="default tanh")
     m.add_argument("--encoder", choices=NETS.names(), help="encoder network (default mlp)")
     m.add_argument(
@@ -441,6 +455,9 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         for key in (
             "z_dim",
             "hidden",
+            "latent_layers",
+            "z1_dim",
+            "hidden_top",
             "activation",
             "encoder",
             "decoder",

@@ -1,5 +1,8 @@
 """The VAE: a Pyro model p(z) p_θ(x|z) and guide q_φ(z|x) built from swappable parts.
 
+``TwoLayerVAE`` (``VAEConfig(latent_layers=2)``) is the IWAE paper's two-stochastic-layer
+model p(z2) p(z1 | z2) p(x | z1) with the guide q(z1 | x) q(z2 | z1), sites ``"z1"``, ``"z2"``.
+
 ``VAE.model(x)`` and ``VAE.guide(x)`` are plain Pyro programs with one latent site ``"z"`` and one
 observed site ``"x"`` inside a ``pyro.plate("data", dim=-1)``: the definition of the model.
 ``VAE.particles`` is their *direct producer*: the particles (``pyrovae.particles``) that tracing
@@ -25,8 +28,8 @@ from torch import nn
 from .config import OptionError, Rule, config_from_dict, option, validate_fields
 from .data import as_data_tensor
 from .linear_gaussian import LinearGaussian
-from .particles import Particles
-from .parts.guides import GUIDES, GuideFamily
+from .particles import NotApplicable, Particles
+from .parts.guides import GUIDES, HALF_LOG_2PI, DiagonalGaussian, GuideFamily
 from .parts.likelihoods import LIKELIHOODS, Likelihood
 from .parts.nets import ACTIVATIONS, NETS
 from .parts.priors import PRIORS, Prior
@@ -42,6 +45,11 @@ class VAEConfig:
     ``guide`` name a registered part; ``prior_options``, ``likelihood_options`` and
     ``guide_options`` go to that part's constructor (e.g. ``{"components": 500}`` for the
     VampPrior, ``{"sigma": 0.5}`` for a Gaussian likelihood, ``{"layers": 4}`` for a flow guide).
+
+    ``latent_layers=2`` builds a ``TwoLayerVAE``, the IWAE paper's two-stochastic-layer net:
+    x -> ``hidden`` -> z1 (``z1_dim``) -> ``hidden_top`` -> z2 (``z_dim``) in the guide and back
+    in the model; ``prior`` is then p(z2), ``guide`` q(z1 | x). ``z1_dim`` and ``hidden_top``
+    are unused with one layer.
     """
 
     x_dim: int = option(784, Rule("int", minimum=1))
@@ -56,6 +64,9 @@ class VAEConfig:
     likelihood_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
     guide: str = option("diagonal-gaussian", Rule("str", choices=GUIDES.names))
     guide_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
+    latent_layers: int = option(1, Rule("int", minimum=1, maximum=2))
+    z1_dim: int = option(100, Rule("int", minimum=1))
+    hidden_top: Tuple[int, ...] = option((100, 100), Rule("ints", minimum=1))
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -64,6 +75,7 @@ class VAEConfig:
         """A JSON-ready dict."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
+        d["hidden_top"] = list(self.hidden_top)
         return d
 
     @classmethod
@@ -105,7 +117,7 @@ class VAE(nn.Module):
         self.name = name
         self.config = config
         self._index_cache = torch.arange(0)
-        prior.bind(encoder, guide_family, likelihood.x_dim, likelihood.data_range)
+        self._bind_prior()
         if prior.latent != guide_family.latent:
             raise ValueError(
                 f"the prior models {prior.latent} latents but the guide family "
@@ -113,6 +125,17 @@ class VAE(nn.Module):
                 "and a guide of the same kind (binary latents: --prior bernoulli --guide "
                 "bernoulli)"
             )
+
+    def _bind_prior(self) -> None:
+        """Hand the prior what it may be made of (``Prior.bind``: the VampPrior's posteriors)."""
+        self.prior.bind(
+            self.encoder, self.guide_family, self.likelihood.x_dim, self.likelihood.data_range
+        )
+
+    def inference_modules(self) -> Tuple[nn.Module, ...]:
+        """The modules of the guide q(z | x) (the inference network); the others are the
+        model's."""
+        return (self.encoder, self.guide_family)
 
     @property
     def x_dim(self) -> int:
@@ -217,8 +240,7 @@ class VAE(nn.Module):
         """The decoder on z (..., z_dim) with the leading dims as one: matrix multiplies on
         (K B, z_dim) rows, not (K, B, z_dim) batches, are 5% of a training step faster
         (measured at K = 1, batch 100). The same function of each row."""
-        out = self.decoder(z.reshape(-1, z.shape[-1]))
-        return out.reshape(z.shape[:-1] + out.shape[-1:])
+        return _rows(self.decoder, z)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -257,15 +279,259 @@ class VAE(nn.Module):
             )
 
 
+def _rows(net: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``net`` on z (..., n) with the leading dims as one (see ``VAE._decode``)."""
+    out = net(z.reshape(-1, z.shape[-1]))
+    return out.reshape(z.shape[:-1] + out.shape[-1:])
+
+
+def _gaussian(h: torch.Tensor, dim: int) -> pyro.distributions.Distribution:
+    """N(loc, diag(exp(log_scale)²)) from h (..., 2 dim) = (loc, log scale), event (dim,)."""
+    loc, log_scale = h.split(dim, dim=-1)
+    return pyro.distributions.Normal(loc, log_scale.exp(), validate_args=False).to_event(1)
+
+
+def _gaussian_log_prob(z: torch.Tensor, h: torch.Tensor, dim: int) -> torch.Tensor:
+    """``_gaussian(h, dim).log_prob(z)`` (the same numbers) in fewer autograd nodes."""
+    loc, log_scale = h.split(dim, dim=-1)
+    u = (z - loc) * torch.exp(-log_scale)
+    return torch.linalg.vecdot(u, u).mul(-0.5).sub(dim * HALF_LOG_2PI) - log_scale.sum(-1)
+
+
+def _location(q: pyro.distributions.Distribution) -> torch.Tensor:
+    """A guide distribution's point: its mean for a Gaussian (diagonal or full-rank), and for
+    a flow the image of its base distribution's point under the flow's transforms."""
+    if isinstance(q, torch.distributions.TransformedDistribution):
+        z = _location(q.base_dist)
+        for t in q.transforms:
+            z = t(z)
+        return z
+    if isinstance(q, torch.distributions.Independent):
+        return _location(q.base_dist)
+    return q.mean
+
+
+class TwoLayerVAE(VAE):
+    """The IWAE paper's two-stochastic-layer VAE (Burda et al., 2015) as a Pyro model/guide
+    pair: model p(z2) p(z1 | z2) p(x | z1), guide q(z1 | x) q(z2 | z1), with sites ``"z2"``,
+    ``"z1"``, ``"x"`` in the model and ``"z1"``, ``"z2"`` in the guide, all in the data plate.
+
+    Args:
+        encoder: network (..., x_dim) -> (..., guide_family.in_features), for q(z1 | x).
+        decoder: network (..., z1_dim) -> (..., likelihood.out_features), for p(x | z1).
+        prior: p(z2), event shape (z_dim,).
+        likelihood: p(x | z1), event shape (x_dim,).
+        guide_family: q(z1 | x), event shape (z1_dim,); must model real latents.
+        top_encoder: network (..., z1_dim) -> (..., 2 z_dim), the (loc, log scale) of the
+            diagonal Gaussian q(z2 | z1).
+        top_decoder: network (..., z_dim) -> (..., 2 z1_dim), the (loc, log scale) of the
+            diagonal Gaussian p(z1 | z2).
+        name, config: as for ``VAE``.
+
+    ``z_dim`` is the top latent's width (z2), ``z1_dim`` the lower one's. The direct producer
+    (``particles``) computes what tracing ``model`` and ``guide`` gives, as ``VAE``'s does.
+    DReG and the closed-form KL (``analytic-kl``) are written for one latent layer and refused.
+
+    A VampPrior on z2 is a mixture of the guide's posteriors over z2 at its pseudo-inputs u_k
+    (in data space), and the guide has no marginal q(z2 | u) in closed form. The choice made
+    here: q(z2 | u) = q(z2 | z1 = z̄1(u)), at the point z̄1(u) of q(z1 | u): its mean for a
+    Gaussian guide family (the first z1_dim encoder outputs), for a flow the flow's image of
+    its base mean. The prior is bound (``Prior.bind``) to that map u -> q(z2 | z̄1(u))'s net
+    output, a bound method of the VAE, and a parameterless ``DiagonalGaussian(z_dim)`` family:
+    the nets are the VAE's own, trained with it and saved in its state dict once.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: Prior,
+        likelihood: Likelihood,
+        guide_family: GuideFamily,
+        top_encoder: nn.Module,
+        top_decoder: nn.Module,
+        name: str = "vae",
+        config: Optional[VAEConfig] = None,
+    ) -> None:
+        for part, what in ((prior, "prior"), (guide_family, "guide family")):
+            if part.latent != "real":
+                raise ValueError(
+                    f"two latent layers need real latents (p(z1 | z2) and q(z2 | z1) are "
+                    f"Gaussian), but the {what} {type(part).__name__} models {part.latent} "
+                    "ones: choose a continuous prior and guide, or --latent-layers 1"
+                )
+        # The prior is bound (``_bind_prior``) to a method that reads top_encoder when called.
+        super().__init__(encoder, decoder, prior, likelihood, guide_family, name, config)
+        self.top_encoder = top_encoder
+        self.top_decoder = top_decoder
+
+    def _bind_prior(self) -> None:
+        # A bound method and a parameterless family, not modules of the prior: the nets are the
+        # VAE's (registered once, in its state dict once).
+        self.prior.bind(
+            self._top_posterior_net,
+            DiagonalGaussian(self.prior.z_dim),
+            self.likelihood.x_dim,
+            self.likelihood.data_range,
+        )
+
+    def _top_posterior_net(self, u: torch.Tensor) -> torch.Tensor:
+        """u (..., x_dim) -> (loc, log scale) of q(z2 | z̄1(u)), (..., 2 z_dim): the VampPrior's
+        "encoder" (see the class docstring)."""
+        return self.top_encoder(_location(self.guide_family(self.encoder(u))))
+
+    def inference_modules(self) -> Tuple[nn.Module, ...]:
+        return (self.encoder, self.guide_family, self.top_encoder)
+
+    @property
+    def z1_dim(self) -> int:
+        return self.guide_family.z_dim
+
+    def p_z1(self, z2: torch.Tensor) -> pyro.distributions.Distribution:
+        """p(z1 | z2), z2 (..., z_dim) -> batch shape (...), event (z1_dim,)."""
+        return _gaussian(self.top_decoder(z2), self.z1_dim)
+
+    def q_z2(self, z1: torch.Tensor) -> pyro.distributions.Distribution:
+        """q(z2 | z1), z1 (..., z1_dim) -> batch shape (...), event (z_dim,)."""
+        return _gaussian(self.top_encoder(z1), self.z_dim)
+
+    def model(
+        self, x: torch.Tensor, num_data: Optional[int] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """p(z2) p(z1 | z2) p_θ(x | z1). ``x`` (B, x_dim); ``num_data`` as for ``VAE.model``.
+        Returns (z1, z2), (..., B, z1_dim) and (..., B, z_dim)."""
+        pyro.module(self.name, self)
+        with self._data_plate(x, num_data):
+            z2 = pyro.sample("z2", self.prior())
+            z1 = pyro.sample("z1", self.p_z1(z2))
+            pyro.sample("x", self.likelihood(self.decoder(z1)), obs=x)
+        return z1, z2
+
+    def guide(
+        self, x: torch.Tensor, num_data: Optional[int] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """q(z1 | x) q(z2 | z1). ``x`` (B, x_dim). Returns (z1, z2)."""
+        pyro.module(self.name, self)
+        with self._data_plate(x, num_data):
+            z1 = pyro.sample("z1", self.guide_family(self.encoder(x)))
+            z2 = pyro.sample("z2", self.q_z2(z1))
+        return z1, z2
+
+    def particles(
+        self,
+        x: torch.Tensor,
+        num_data: Optional[int] = None,
+        num_particles: int = 1,
+        reparameterized: Optional[bool] = None,
+    ) -> Particles:
+        """The direct producer: what ``traced_particles(self.model, self.guide, ...)`` gives
+        (see ``VAE.particles``), latents ``{"z1": (K, B, z1_dim), "z2": (K, B, z_dim)}``.
+        z1 and z2 are drawn now, in the guide's order (z1 first), from the random numbers
+        tracing the guide would use; the densities are computed when first read. ``kl``
+        raises ``NotApplicable``: the closed-form KL is written for one latent layer."""
+        scale = self.data_scale(x, num_data)
+        h = self.encoder(x)
+        z1, log_q1, log_q1_stopped = self.guide_family.draw(h, num_particles, reparameterized)
+        g = _rows(self.top_encoder, z1)  # q(z2 | z1)'s (loc, log scale), (K, B, 2 z_dim)
+        d = self.z_dim
+        if reparameterized is False:
+            q2 = _gaussian(g, d)
+            z2 = q2.sample()
+
+            def log_q2() -> torch.Tensor:
+                return q2.log_prob(z2)
+
+        else:
+            # z2 = loc + scale ε with Normal.rsample's random numbers; log q(z2 | z1) from ε,
+            # as DiagonalGaussian.draw (the same value and parameter gradient).
+            loc2, log_scale2 = g.split(d, dim=-1)
+            eps = torch.randn(loc2.shape, dtype=loc2.dtype, device=loc2.device)
+            z2 = torch.addcmul(loc2, log_scale2.exp(), eps)
+
+            def log_q2() -> torch.Tensor:
+                constant = torch.linalg.vecdot(eps, eps).mul_(-0.5).sub_(d * HALF_LOG_2PI)
+                return constant - log_scale2.sum(-1)
+
+        def log_prior() -> torch.Tensor:
+            return self.prior.log_prob(z2) + _gaussian_log_prob(
+                z1, _rows(self.top_decoder, z2), self.z1_dim
+            )
+
+        def log_q_stopped() -> torch.Tensor:
+            # Every guide parameter and the encoder output cut, the paths through z1 and z2
+            # kept: q(z2 | z1)'s density still depends on z1, through the frozen net.
+            frozen = {n: p.detach() for n, p in self.top_encoder.named_parameters()}
+            g_stopped = torch.func.functional_call(self.top_encoder, frozen, (z1,))
+            return log_q1_stopped() + _gaussian(g_stopped, d).log_prob(z2)
+
+        def kl() -> torch.Tensor:
+            raise NotApplicable(
+                "the closed-form KL (analytic-kl) is written for one latent layer, but this "
+                "guide has latent sites ['z1', 'z2']"
+            )
+
+        return Particles(
+            x=x,
+            latents={"z1": z1, "z2": z2},
+            scale=scale,
+            log_prior=log_prior,
+            log_lik=lambda: self.likelihood(self._decode(z1)).log_prob(x),
+            log_q=lambda: log_q1() + log_q2(),
+            log_q_stopped=log_q_stopped,
+            kl=kl,
+        )
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True) -> torch.Tensor:
+        """``n`` draws from the model: z2 ~ p(z2), z1 ~ p(z1 | z2), then E[x | z1]
+        (``mean=True``) or x itself; shape (n, x_dim)."""
+        z2 = self.prior().sample((n,))
+        z1 = self.p_z1(z2).sample()
+        out = self.decoder(z1)
+        return self.likelihood.mean(out) if mean else self.likelihood(out).sample()
+
+    def linear_gaussian(self) -> Optional[LinearGaussian]:
+        """The model as a ``LinearGaussian`` over z1 if it is one, else ``None``: affine nets
+        both ways, a Gaussian prior N(m, S) and likelihood, and p(z1 | z2) of a constant scale
+        (the log-scale rows of the top decoder's weight exactly zero), N(A z2 + c, diag(s²)).
+        Then z1 ~ N(A m + c, A S Aᵀ + diag(s²)) and log p(x) is known exactly."""
+        top = [m for m in self.top_decoder.modules() if not isinstance(m, nn.Sequential)]
+        if len(top) != 1 or not isinstance(top[0], nn.Linear) or top[0].bias is None:
+            return None
+        one = VAE.linear_gaussian(self)  # z1 with the prior p(z2) in its place: W, b, σ², m, S
+        if one is None:
+            return None
+        d1 = self.z1_dim
+        with torch.no_grad():
+            weight, bias = top[0].weight, top[0].bias
+            if (weight[d1:] != 0).any():
+                return None
+            a, c, log_s = weight[:d1], bias[:d1], bias[d1:]
+            loc = a @ one.prior_loc + c
+            cov = a @ one.prior_cov @ a.T + torch.diag(torch.exp(2 * log_s))
+            return LinearGaussian(
+                one.weight, one.bias, one.noise_var, loc.clone(), (0.5 * (cov + cov.T)).clone()
+            )
+
+
 def _check_size(config: VAEConfig, enc_out: int, dec_out: int, parts: int) -> None:
     """Refuse, before allocating the networks, a VAE whose parameters with their gradients and
     Adam's two moments (16 bytes each) would not fit in memory: the encoder's and decoder's
-    (``enc_out``, ``dec_out`` outputs) and ``parts`` more (the prior's, guide family's and
-    likelihood's own)."""
-    enc = [config.x_dim, *config.hidden, enc_out]
-    dec = [config.z_dim, *config.hidden, dec_out]
-    count = sum((a + 1) * b for widths in (enc, dec) for a, b in zip(widths, widths[1:]))
-    check_memory(16 * (count + parts), "a VAE of this size", "lower --hidden or --z-dim")
+    (``enc_out``, ``dec_out`` outputs), with two latent layers the two nets between z1 and z2
+    too, and ``parts`` more (the prior's, guide family's and likelihood's own)."""
+    two = config.latent_layers == 2
+    nets = [
+        [config.x_dim, *config.hidden, enc_out],
+        [config.z1_dim if two else config.z_dim, *config.hidden, dec_out],
+    ]
+    if two:
+        nets += [
+            [config.z1_dim, *config.hidden_top, 2 * config.z_dim],
+            [config.z_dim, *config.hidden_top, 2 * config.z1_dim],
+        ]
+    count = sum((a + 1) * b for widths in nets for a, b in zip(widths, widths[1:]))
+    hint = "lower --hidden or --z-dim" + (", --hidden-top or --z1-dim" if two else "")
+    check_memory(16 * (count + parts), "a VAE of this size", hint)
 
 
 def _count(value: Any) -> int:
@@ -294,7 +560,8 @@ def _part(registry, name: str, what: str, options: Dict[str, Any], size: int):
 
 
 def build_vae(config: VAEConfig) -> VAE:
-    """Build a VAE from a config, each part looked up by name in its registry.
+    """Build a VAE from a config, each part looked up by name in its registry: a
+    ``TwoLayerVAE`` when ``config.latent_layers`` is 2.
 
     Raises ``OptionError`` for a config that is not a ``VAEConfig`` and ``MemoryError`` for a
     model too big for the memory left.
@@ -312,9 +579,12 @@ def build_vae(config: VAEConfig) -> VAE:
     # Before making anything, at the smallest the parts can be (a diagonal guide); then again
     # with the parts' real widths. The parts' own parameters are few, except a mixture's or
     # VampPrior's components.
-    _check_size(config, 2 * config.z_dim, config.x_dim, 2 * config.z_dim)
+    two = config.latent_layers == 2
+    guided = config.z1_dim if two else config.z_dim  # the latent the guide family draws
+    _check_size(config, 2 * guided, config.x_dim, 2 * guided)
     check_memory(
-        16 * sum(_count(v) * (config.x_dim + 2 * config.z_dim) for v in config.prior_options.values()),
+        16
+        * sum(_count(v) * (config.x_dim + 2 * config.z_dim) for v in config.prior_options.values()),
         "a prior of this size",
         "lower its components",
     )
@@ -322,13 +592,23 @@ def build_vae(config: VAEConfig) -> VAE:
     likelihood = _part(
         LIKELIHOODS, config.likelihood, "likelihood", config.likelihood_options, config.x_dim
     )
-    family = _part(GUIDES, config.guide, "guide", config.guide_options, config.z_dim)
+    family = _part(GUIDES, config.guide, "guide", config.guide_options, guided)
     parts = sum(p.numel() for m in (prior, likelihood, family) for p in m.parameters())
     _check_size(config, family.in_features, likelihood.out_features, parts)
     encoder = NETS.get(config.encoder)(
         config.x_dim, family.in_features, config.hidden, config.activation
     )
     decoder = NETS.get(config.decoder)(
-        config.z_dim, likelihood.out_features, config.hidden, config.activation
+        guided, likelihood.out_features, config.hidden, config.activation
     )
-    return VAE(encoder, decoder, prior, likelihood, family, config=config)
+    if not two:
+        return VAE(encoder, decoder, prior, likelihood, family, config=config)
+    top_encoder = NETS.get(config.encoder)(
+        config.z1_dim, 2 * config.z_dim, config.hidden_top, config.activation
+    )
+    top_decoder = NETS.get(config.decoder)(
+        config.z_dim, 2 * config.z1_dim, config.hidden_top, config.activation
+    )
+    return TwoLayerVAE(
+        encoder, decoder, prior, likelihood, family, top_encoder, top_decoder, config=config
+    )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .model import VAE
+from .model import VAE, TwoLayerVAE
 from .particles import NotApplicable, Particles, traced_particles
 
 if TYPE_CHECKING:
@@ -111,9 +111,12 @@ Subject = Union[VAE, Tuple[Callable, Callable]]
 
 
 def supports_direct(vae: object) -> bool:
-    """Whether ``vae`` is a ``VAE`` whose model and guide are the library's own, so that its
-    ``particles`` method is their equal."""
-    return isinstance(vae, VAE) and type(vae).model is VAE.model and type(vae).guide is VAE.guide
+    """Whether ``vae`` is a ``VAE`` whose model and guide are the library's own (``VAE``'s, or
+    ``TwoLayerVAE``'s for a two-layer one), so that its ``particles`` method is their equal."""
+    if not isinstance(vae, VAE):
+        return False
+    own = TwoLayerVAE if isinstance(vae, TwoLayerVAE) else VAE
+    return type(vae).model is own.model and type(vae).guide is own.guide
 
 
 def make_producer(

@@ -128,7 +128,7 @@ class _Moments:
 
 
 def _split_params(vae: VAE) -> Tuple[List[torch.nn.Parameter], List[torch.nn.Parameter]]:
-    inference = list(vae.encoder.parameters()) + list(vae.guide_family.parameters())
+    inference = [p for m in vae.inference_modules() for p in m.parameters()]
     ids = {id(p) for p in inference}
     generative = [p for p in vae.parameters() if id(p) not in ids]
     return inference, generative

@@ -141,7 +141,7 @@ def resumed_config(
         if key == "x_dim":
             continue  # taken from the data
         old = getattr(saved_train, key) if key in train_keys else saved_model_d.get(key)
-        if key == "hidden":
+        if key in ("hidden", "hidden_top"):
             old, value = tuple(old), tuple(value)
         if value == old:
             continue
