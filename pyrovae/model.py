@@ -285,14 +285,9 @@ def _rows(net: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return out.reshape(z.shape[:-1] + out.shape[-1:])
 
 
-def _gaussian(h: torch.Tensor, dim: int) -> pyro.distributions.Distribution:
-    """N(loc, diag(exp(log_scale)²)) from h (..., 2 dim) = (loc, log scale), event (dim,)."""
-    loc, log_scale = h.split(dim, dim=-1)
-    return pyro.distributions.Normal(loc, log_scale.exp(), validate_args=False).to_event(1)
-
-
 def _gaussian_log_prob(z: torch.Tensor, h: torch.Tensor, dim: int) -> torch.Tensor:
-    """``_gaussian(h, dim).log_prob(z)`` (the same numbers) in fewer autograd nodes."""
+    """``DiagonalGaussian(dim)(h).log_prob(z)`` (the same numbers) in fewer autograd nodes:
+    p(z1 | z2) on the training step's path."""
     loc, log_scale = h.split(dim, dim=-1)
     u = (z - loc) * torch.exp(-log_scale)
     return torch.linalg.vecdot(u, u).mul(-0.5).sub(dim * HALF_LOG_2PI) - log_scale.sum(-1)
@@ -366,11 +361,14 @@ class TwoLayerVAE(VAE):
         self.top_decoder = top_decoder
 
     def _bind_prior(self) -> None:
-        # A bound method and a parameterless family, not modules of the prior: the nets are the
-        # VAE's (registered once, in its state dict once).
+        # q(z2 | z1) and p(z1 | z2) are diagonal Gaussian families (parameterless) on the top
+        # nets' outputs. The prior gets a bound method and the q(z2 | .) family, not modules of
+        # its own: the nets are the VAE's (registered once, in its state dict once).
+        self.top_family = DiagonalGaussian(self.prior.z_dim)
+        self.z1_family = DiagonalGaussian(self.guide_family.z_dim)
         self.prior.bind(
             self._top_posterior_net,
-            DiagonalGaussian(self.prior.z_dim),
+            self.top_family,
             self.likelihood.x_dim,
             self.likelihood.data_range,
         )
@@ -389,11 +387,11 @@ class TwoLayerVAE(VAE):
 
     def p_z1(self, z2: torch.Tensor) -> pyro.distributions.Distribution:
         """p(z1 | z2), z2 (..., z_dim) -> batch shape (...), event (z1_dim,)."""
-        return _gaussian(self.top_decoder(z2), self.z1_dim)
+        return self.z1_family(self.top_decoder(z2))
 
     def q_z2(self, z1: torch.Tensor) -> pyro.distributions.Distribution:
         """q(z2 | z1), z1 (..., z1_dim) -> batch shape (...), event (z_dim,)."""
-        return _gaussian(self.top_encoder(z1), self.z_dim)
+        return self.top_family(self.top_encoder(z1))
 
     def model(
         self, x: torch.Tensor, num_data: Optional[int] = None
@@ -433,24 +431,13 @@ class TwoLayerVAE(VAE):
         h = self.encoder(x)
         z1, log_q1, log_q1_stopped = self.guide_family.draw(h, num_particles, reparameterized)
         g = _rows(self.top_encoder, z1)  # q(z2 | z1)'s (loc, log scale), (K, B, 2 z_dim)
-        d = self.z_dim
-        if reparameterized is False:
-            q2 = _gaussian(g, d)
-            z2 = q2.sample()
+        # One z2 per z1 particle: the family's draw of one particle for each (K, B) row, which
+        # takes the random numbers tracing q(z2 | z1) would.
+        z2, log_q2_one, _ = self.top_family.draw(g, 1, reparameterized)
+        z2 = z2.squeeze(0)
 
-            def log_q2() -> torch.Tensor:
-                return q2.log_prob(z2)
-
-        else:
-            # z2 = loc + scale ε with Normal.rsample's random numbers; log q(z2 | z1) from ε,
-            # as DiagonalGaussian.draw (the same value and parameter gradient).
-            loc2, log_scale2 = g.split(d, dim=-1)
-            eps = torch.randn(loc2.shape, dtype=loc2.dtype, device=loc2.device)
-            z2 = torch.addcmul(loc2, log_scale2.exp(), eps)
-
-            def log_q2() -> torch.Tensor:
-                constant = torch.linalg.vecdot(eps, eps).mul_(-0.5).sub_(d * HALF_LOG_2PI)
-                return constant - log_scale2.sum(-1)
+        def log_q2() -> torch.Tensor:
+            return log_q2_one().squeeze(0)
 
         def log_prior() -> torch.Tensor:
             return self.prior.log_prob(z2) + _gaussian_log_prob(
@@ -462,7 +449,7 @@ class TwoLayerVAE(VAE):
             # kept: q(z2 | z1)'s density still depends on z1, through the frozen net.
             frozen = {n: p.detach() for n, p in self.top_encoder.named_parameters()}
             g_stopped = torch.func.functional_call(self.top_encoder, frozen, (z1,))
-            return log_q1_stopped() + _gaussian(g_stopped, d).log_prob(z2)
+            return log_q1_stopped() + self.top_family(g_stopped).log_prob(z2)
 
         def kl() -> torch.Tensor:
             raise NotApplicable(

@@ -113,3 +113,104 @@ def gradient_draws(vae, x, est, repeats: int, producer: str = "auto"):
             )
         )
     return torch.stack(out)
+
+
+def estimator_specs():
+    """Every registered estimator with each of its variants' options: [(name, options)]."""
+    from pyrovae import ESTIMATORS
+
+    return [(n, options) for n in ESTIMATORS.names() for options in ESTIMATORS.get(n).variants()]
+
+
+def case_id(case) -> str:
+    """A test id for (estimator, options, prior, guide, likelihood)."""
+    name, options, prior, guide, likelihood = case
+    opts = ",".join(f"{k}={v}" for k, v in options.items())
+    return f"{name}{':' + opts if opts else ''}-{prior}-{guide}-{likelihood}"
+
+
+def _grads(surrogate, params):
+    grads = torch.autograd.grad(surrogate, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def assert_producers_agree(vae, name, options, fields, num_data=40, steps=3):
+    """The direct producer of ``vae`` against tracing a copy of its model and guide, for the
+    estimator ``name`` with ``options``, over ``steps`` small parameter steps: they agree on
+    whether the estimator applies; and where it does, on the latents, each of ``fields``, the
+    derivatives in z of those STL and DReG use, the loss, the surrogate, every gradient and the
+    estimator's state.
+
+    Returns ``None`` where the estimator does not apply, else (params, [grads of each step]).
+    """
+    import copy
+
+    import pytest
+
+    from pyrovae import make_estimator
+    from pyrovae.particles import NotApplicable
+    from pyrovae.producers import applies, make_producer
+
+    twin = copy.deepcopy(vae)
+    twin.name = "twin"  # its own names in Pyro's param store
+    direct, traced = make_producer(vae, "direct"), make_producer(twin, "traced")
+    assert (direct.name, traced.name) == ("direct", "traced")
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        x = vae.sample(10, mean=False)  # data the likelihood can score
+    est = make_estimator(name, **options).double()
+    est_twin = make_estimator(name, **options).double()
+    if not applies(direct, est, x):
+        assert not applies(traced, est_twin, x)
+        with pytest.raises(NotApplicable):
+            est(direct(x, num_data, est.num_particles, est.reparameterized))
+        return None
+    assert applies(traced, est_twin, x)
+
+    params = list(vae.parameters()) + list(est.parameters())
+    params_twin = list(twin.parameters()) + list(est_twin.parameters())
+    history = []
+    for step in range(steps):
+        pyro.set_rng_seed(step)
+        a = direct(x, num_data, est.num_particles, est.reparameterized)
+        pyro.set_rng_seed(step)
+        b = traced(x, num_data, est.num_particles, est.reparameterized)
+        assert a.scale == b.scale == num_data / x.shape[0]
+        assert tuple(a.latents) == tuple(b.latents)
+        for z in a.latents:
+            torch.testing.assert_close(a.latents[z], b.latents[z], rtol=1e-12, atol=1e-12)
+        for field in fields:
+            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-10, atol=1e-10)
+        if est.reparameterized:  # the fields whose derivative in z STL and DReG use
+            za, zb = list(a.latents.values()), list(b.latents.values())
+            for field in ("log_prior", "log_lik", "log_q_stopped"):
+                da = torch.autograd.grad(
+                    getattr(a, field).sum(), za, retain_graph=True, allow_unused=True
+                )
+                db = torch.autograd.grad(
+                    getattr(b, field).sum(), zb, retain_graph=True, allow_unused=True
+                )
+                for u, v in zip(da, db):
+                    assert (u is None) == (v is None), field
+                    if u is not None:
+                        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+        loss, surrogate = est(a)
+        loss_twin, surrogate_twin = est_twin(b)
+        torch.testing.assert_close(loss, loss_twin, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(surrogate, surrogate_twin, rtol=1e-10, atol=1e-10)
+        grads, grads_twin = _grads(surrogate, params), _grads(surrogate_twin, params_twin)
+        assert any(g.abs().sum() > 0 for g in grads)
+        for g, h in zip(grads, grads_twin):
+            torch.testing.assert_close(g, h, rtol=1e-8, atol=1e-10)
+        state, state_twin = est.state_dict(), est_twin.state_dict()
+        assert state.keys() == state_twin.keys()
+        for key in state:
+            torch.testing.assert_close(state[key], state_twin[key], rtol=1e-10, atol=1e-10)
+        history.append(grads)
+        with torch.no_grad():  # the same small step on both, so the next one is elsewhere
+            # (bounded: a plain gradient step from randomised flows can blow the values up)
+            lr = 1e-3 / max(1.0, max(g.abs().max().item() for g in grads))
+            for p, q, g in zip(params, params_twin, grads):
+                p.sub_(lr * g)
+                q.sub_(lr * g)
+    return params, history

@@ -3,7 +3,6 @@ gives: particles, every estimator's loss, gradient and state update, for every r
 estimator (and variant) x prior x guide family x likelihood. The combinations come from the
 registries, so a part registered later is covered without editing this file."""
 
-import copy
 import itertools
 
 import pyro
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 from pyrovae import (
-    ESTIMATORS,
     GUIDES,
     LIKELIHOODS,
     PRIORS,
@@ -23,19 +21,13 @@ from pyrovae import (
     log_importance_weights,
     make_estimator,
 )
-from pyrovae.particles import NotApplicable, traced_particles
+from pyrovae.particles import traced_particles
 from pyrovae.producers import applies, make_producer
+
+from helpers import assert_producers_agree, case_id, estimator_specs
 
 FIELDS = ("log_prior", "log_lik", "log_q", "log_q_stopped", "kl")
 NUM_DATA = 40
-
-
-def _specs():
-    return [
-        (name, options)
-        for name in ESTIMATORS.names()
-        for options in ESTIMATORS.get(name).variants()
-    ]
 
 
 def _vae(prior, guide, likelihood):
@@ -58,85 +50,23 @@ def _vae(prior, guide, likelihood):
 COMBINATIONS = [
     (name, options, prior, guide, likelihood)
     for (name, options), prior, guide, likelihood in itertools.product(
-        _specs(), PRIORS.names(), GUIDES.names(), LIKELIHOODS.names()
+        estimator_specs(), PRIORS.names(), GUIDES.names(), LIKELIHOODS.names()
     )
 ]
 
 
-def _id(case):
-    name, options, prior, guide, likelihood = case
-    opts = ",".join(f"{k}={v}" for k, v in options.items())
-    return f"{name}{':' + opts if opts else ''}-{prior}-{guide}-{likelihood}"
-
-
-def _grads(surrogate, params):
-    grads = torch.autograd.grad(surrogate, params, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-
-
-@pytest.mark.parametrize("case", COMBINATIONS, ids=[_id(c) for c in COMBINATIONS])
+@pytest.mark.parametrize("case", COMBINATIONS, ids=[case_id(c) for c in COMBINATIONS])
 def test_direct_producer_equals_traced_for_every_registered_part(case):
     name, options, prior, guide, likelihood = case
     vae = _vae(prior, guide, likelihood)
     if vae is None:
         return  # a continuous prior with a binary guide (or the reverse): refused, as checked
-    twin = copy.deepcopy(vae)
-    twin.name = "twin"  # its own names in Pyro's param store
-    direct, traced = make_producer(vae, "direct"), make_producer(twin, "traced")
-    assert (direct.name, traced.name) == ("direct", "traced")
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        x = vae.sample(10, mean=False)  # data the likelihood can score
-    est, est_twin = make_estimator(name, **options), make_estimator(name, **options)
-    est, est_twin = est.double(), est_twin.double()
-
-    # Both producers agree on whether the estimator applies at all.
-    if not applies(direct, est, x):
-        assert not applies(traced, est_twin, x)
-        with pytest.raises(NotApplicable):
-            est(direct(x, NUM_DATA, est.num_particles, est.reparameterized))
-        return
-    assert applies(traced, est_twin, x)
-
-    params = list(vae.parameters()) + list(est.parameters())
-    params_twin = list(twin.parameters()) + list(est_twin.parameters())
-    for step in range(3):
-        pyro.set_rng_seed(step)
-        a = direct(x, NUM_DATA, est.num_particles, est.reparameterized)
-        pyro.set_rng_seed(step)
-        b = traced(x, NUM_DATA, est.num_particles, est.reparameterized)
-        assert a.scale == b.scale == NUM_DATA / x.shape[0]
-        torch.testing.assert_close(a.latents["z"], b.latents["z"], rtol=1e-12, atol=1e-12)
-        for field in FIELDS:
-            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-10, atol=1e-10)
-        if est.reparameterized:  # the fields whose derivative in z STL and DReG use
-            for field in ("log_prior", "log_lik", "log_q_stopped"):
-                da = torch.autograd.grad(getattr(a, field).sum(), a.latents["z"], retain_graph=True)
-                db = torch.autograd.grad(getattr(b, field).sum(), b.latents["z"], retain_graph=True)
-                torch.testing.assert_close(da[0], db[0], rtol=1e-10, atol=1e-10)
-        loss, surrogate = est(a)
-        loss_twin, surrogate_twin = est_twin(b)
-        torch.testing.assert_close(loss, loss_twin, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(surrogate, surrogate_twin, rtol=1e-10, atol=1e-10)
-        grads, grads_twin = _grads(surrogate, params), _grads(surrogate_twin, params_twin)
-        assert any(g.abs().sum() > 0 for g in grads)
-        for g, h in zip(grads, grads_twin):
-            torch.testing.assert_close(g, h, rtol=1e-8, atol=1e-10)
-        state, state_twin = est.state_dict(), est_twin.state_dict()
-        assert state.keys() == state_twin.keys()
-        for key in state:
-            torch.testing.assert_close(state[key], state_twin[key], rtol=1e-10, atol=1e-10)
-        with torch.no_grad():  # the same small step on both, so the next one is elsewhere
-            # (bounded: a plain gradient step from randomised flows can blow the values up)
-            lr = 1e-3 / max(1.0, max(g.abs().max().item() for g in grads))
-            for p, q, g in zip(params, params_twin, grads):
-                p.sub_(lr * g)
-                q.sub_(lr * g)
+    assert_producers_agree(vae, name, options, FIELDS, NUM_DATA)
 
 
 def test_every_registered_estimator_applies_to_some_registered_vae():
     """Nothing is registered that the equality test would only ever see refused."""
-    for name, options in _specs():
+    for name, options in estimator_specs():
         found = False
         for prior, guide, likelihood in itertools.product(
             PRIORS.names(), GUIDES.names(), LIKELIHOODS.names()

@@ -3,7 +3,6 @@ equals tracing the model and guide for every registered estimator, the importanc
 estimate reaches a two-layer linear-Gaussian model's exact log p(x), training, loading,
 resuming and the command line work, and what is written for one layer is refused."""
 
-import copy
 import itertools
 import json
 import math
@@ -13,7 +12,6 @@ import pytest
 import torch
 
 from pyrovae import (
-    ESTIMATORS,
     TrainConfig,
     VAEConfig,
     build_vae,
@@ -26,20 +24,14 @@ from pyrovae.cli import main
 from pyrovae.config import OptionError
 from pyrovae.model import VAE, TwoLayerVAE
 from pyrovae.particles import NotApplicable
-from pyrovae.producers import applies, make_producer
+from pyrovae.producers import make_producer
+
+from helpers import assert_producers_agree, case_id, estimator_specs
 
 FIELDS = ("log_prior", "log_lik", "log_q", "log_q_stopped")
 NUM_DATA = 40
 LATENTS = ("z1", "z2")
 ONE_LAYER_ONLY = ("analytic-kl", "dreg")
-
-
-def _specs():
-    return [
-        (name, options)
-        for name in ESTIMATORS.names()
-        for options in ESTIMATORS.get(name).variants()
-    ]
 
 
 def _vae(prior, guide, likelihood):
@@ -67,103 +59,42 @@ def _vae(prior, guide, likelihood):
 COMBINATIONS = [
     (name, options, prior, "diagonal-gaussian", likelihood)
     for (name, options), prior, likelihood in itertools.product(
-        _specs(), ["standard-normal", "mixture", "vampprior", "flow"], ["bernoulli", "gaussian"]
+        estimator_specs(),
+        ["standard-normal", "mixture", "vampprior", "flow"],
+        ["bernoulli", "gaussian"],
     )
 ] + [
     (name, options, prior, guide, "gaussian")
     for (name, options), prior, guide in itertools.product(
-        _specs(), ["standard-normal", "vampprior"], ["full-rank", "flow"]
+        estimator_specs(), ["standard-normal", "vampprior"], ["full-rank", "flow"]
     )
 ]
 
 
-def _id(case):
-    name, options, prior, guide, likelihood = case
-    opts = ",".join(f"{k}={v}" for k, v in options.items())
-    return f"{name}{':' + opts if opts else ''}-{prior}-{guide}-{likelihood}"
-
-
-def _grads(surrogate, params):
-    grads = torch.autograd.grad(surrogate, params, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-
-
-@pytest.mark.parametrize("case", COMBINATIONS, ids=[_id(c) for c in COMBINATIONS])
+@pytest.mark.parametrize("case", COMBINATIONS, ids=[case_id(c) for c in COMBINATIONS])
 def test_direct_producer_equals_traced_for_two_layers(case):
     name, options, prior, guide, likelihood = case
     vae = _vae(prior, guide, likelihood)
     assert isinstance(vae, TwoLayerVAE) and vae.z_dim == 2 and vae.z1_dim == 3
-    twin = copy.deepcopy(vae)
-    twin.name = "twin"
-    direct, traced = make_producer(vae), make_producer(twin, "traced")
-    assert direct.name == "direct"
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        x = vae.sample(10, mean=False)
-    est = make_estimator(name, **options).double()
-    est_twin = make_estimator(name, **options).double()
-
+    result = assert_producers_agree(vae, name, options, FIELDS, NUM_DATA)
     # Both producers refuse what is written for one layer, and nothing else.
-    if name in ONE_LAYER_ONLY:
-        assert not applies(direct, est, x)
-        assert not applies(traced, est_twin, x)
-        for producer, e in ((direct, est), (traced, est_twin)):
-            with pytest.raises(NotApplicable, match="one latent layer"):
-                e(producer(x, NUM_DATA, e.num_particles, e.reparameterized))
+    assert (result is None) == (name in ONE_LAYER_ONLY)
+    particles = make_producer(vae)(vae.sample(3, mean=False), None, 2, None)
+    assert tuple(particles.latents) == LATENTS
+    with pytest.raises(NotApplicable, match="one latent layer"):
+        _ = particles.kl
+    if result is None:
+        with pytest.raises(NotApplicable, match="one latent layer"):
+            make_estimator(name, **options)(particles)
         return
-    assert applies(direct, est, x) and applies(traced, est_twin, x)
-
-    params = list(vae.parameters()) + list(est.parameters())
-    params_twin = list(twin.parameters()) + list(est_twin.parameters())
-    for step in range(3):
-        pyro.set_rng_seed(step)
-        a = direct(x, NUM_DATA, est.num_particles, est.reparameterized)
-        pyro.set_rng_seed(step)
-        b = traced(x, NUM_DATA, est.num_particles, est.reparameterized)
-        assert a.scale == b.scale == NUM_DATA / x.shape[0]
-        assert tuple(a.latents) == tuple(b.latents) == LATENTS
-        for z in LATENTS:
-            torch.testing.assert_close(a.latents[z], b.latents[z], rtol=1e-12, atol=1e-12)
-        for field in FIELDS:
-            torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-10, atol=1e-10)
-        for p in (a, b):
-            with pytest.raises(NotApplicable, match="one latent layer"):
-                _ = p.kl
-        if est.reparameterized:  # the fields whose derivatives in z STL and DReG use
-            for field in ("log_prior", "log_lik", "log_q_stopped"):
-                za, zb = [a.latents[z] for z in LATENTS], [b.latents[z] for z in LATENTS]
-                da = torch.autograd.grad(
-                    getattr(a, field).sum(), za, retain_graph=True, allow_unused=True
-                )
-                db = torch.autograd.grad(
-                    getattr(b, field).sum(), zb, retain_graph=True, allow_unused=True
-                )
-                for u, v in zip(da, db):
-                    assert (u is None) == (v is None), field
-                    if u is not None:
-                        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
-        loss, surrogate = est(a)
-        loss_twin, surrogate_twin = est_twin(b)
-        torch.testing.assert_close(loss, loss_twin, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(surrogate, surrogate_twin, rtol=1e-10, atol=1e-10)
-        grads, grads_twin = _grads(surrogate, params), _grads(surrogate_twin, params_twin)
+    params, history = result
+    for grads in history:
         for module in (vae.top_encoder, vae.top_decoder):  # the nets between z1 and z2 learn
             assert any(
                 g.abs().sum() > 0
                 for p, g in zip(params, grads)
                 if any(p is q for q in module.parameters())
             )
-        for g, h in zip(grads, grads_twin):
-            torch.testing.assert_close(g, h, rtol=1e-8, atol=1e-10)
-        state, state_twin = est.state_dict(), est_twin.state_dict()
-        assert state.keys() == state_twin.keys()
-        for key in state:
-            torch.testing.assert_close(state[key], state_twin[key], rtol=1e-10, atol=1e-10)
-        with torch.no_grad():
-            lr = 1e-3 / max(1.0, max(g.abs().max().item() for g in grads))
-            for p, q, g in zip(params, params_twin, grads):
-                p.sub_(lr * g)
-                q.sub_(lr * g)
 
 
 def test_vampprior_on_the_top_layer_is_made_of_q_z2_at_the_pseudo_inputs():
