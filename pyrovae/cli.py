@@ -59,6 +59,14 @@ def _key_value(text: str):
     return key.strip().replace("-", "_"), _option_value(value)
 
 
+def _key_value_option(group, flag: str, help: str) -> None:
+    """A repeatable ``flag KEY=VALUE`` option (a part's options: dataset, prior, guide,
+    estimator)."""
+    group.add_argument(
+        flag, type=_key_value, action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def _option_value(text: str) -> Any:
     """A KEY=VALUE option's value: JSON (``0.5``, ``true``, ``[1, 2]``), Python's spellings of
     the same (``.5``, ``True``, ``None``), else the text itself."""
@@ -112,14 +120,7 @@ def _train_parser(sub) -> None:
         choices=["dynamic", "static"],
         help="binarize grayscale data (mnist, fashion-mnist)",
     )
-    d.add_argument(
-        "--dataset-option",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra dataset option, e.g. x_dim=5 (repeatable)",
-    )
+    _key_value_option(d, "--dataset-option", "extra dataset option, e.g. x_dim=5 (repeatable)")
     d.add_argument("--n-train", type=int, help="train on a seeded random subset of this size")
     d.add_argument("--n-eval", type=int, help="validation/test subsets of this size")
     m = p.add_argument_group("model")
@@ -149,23 +150,17 @@ def _train_parser(sub) -> None:
     m.add_argument("--prior", choices=PRIORS.names(), help="default standard-normal")
     m.add_argument("--likelihood", choices=LIKELIHOODS.names(), help="default bernoulli")
     m.add_argument("--sigma", type=float, help="(initial) std of a Gaussian likelihood")
-    m.add_argument(
+    _key_value_option(
+        m,
         "--prior-option",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the prior, e.g. components=500 for vampprior or mixture, layers=4 "
+        "an option of the prior, e.g. components=500 for vampprior or mixture, layers=4 "
         "for flow (repeatable)",
     )
     m.add_argument("--guide", choices=GUIDES.names(), help="default diagonal-gaussian")
-    m.add_argument(
+    _key_value_option(
+        m,
         "--guide-option",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the guide, e.g. layers=4 or transform=coupling for flow (repeatable)",
+        "an option of the guide, e.g. layers=4 or transform=coupling for flow (repeatable)",
     )
     o = p.add_argument_group("optimisation")
     o.add_argument(
@@ -191,13 +186,8 @@ def _train_parser(sub) -> None:
         choices=["none", "decaying-average", "neural"],
         help="score-function baseline (default decaying-average)",
     )
-    o.add_argument(
-        "--estimator-option",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option of the estimator, e.g. baseline_beta=0.8 (repeatable)",
+    _key_value_option(
+        o, "--estimator-option", "an option of the estimator, e.g. baseline_beta=0.8 (repeatable)"
     )
     o.add_argument("--num-particles", type=int, help="samples of z per data point per step")
     o.add_argument("--seed", type=int, help="random seed (default 0)")
