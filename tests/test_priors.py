@@ -168,3 +168,23 @@ def test_a_learned_gaussian_prior_keeps_the_model_linear_gaussian_with_its_exact
     assert truth is not None
     torch.testing.assert_close(truth.prior_loc, vae.prior.loc.detach())
     torch.testing.assert_close(truth.prior_cov, torch.diag(vae.prior.log_scale.detach().exp() ** 2))
+
+
+def test_priors_and_guides_by_name_from_the_command_line(tmp_path, capsys):
+    from pyrovae.cli import main
+
+    base = ["train", "--dataset", "linear-gaussian", "--likelihood", "gaussian", "--epochs", "1"]
+    base += ["--n-train", "200", "--n-eval", "50", "--quiet"]
+    run = str(tmp_path / "run")
+    argv = [*base, "--prior", "vampprior", "--prior-option", "components=7", "--run-dir", run]
+    assert main([*argv, "--guide", "flow", "--guide-option", "transform=coupling"]) == 0
+    assert main(["evaluate", run, "--k", "20", "--json"]) == 0
+    config = __import__("json").loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert config["prior_options"] == {"components": 7}
+    assert config["guide_options"] == {"transform": "coupling"}
+    capsys.readouterr()
+    bad = [*base, "--prior", "mixture", "--prior-option", "componets=3", "--run-dir", run + "2"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert "takes no option(s) ['componets']" in err and "components" in err and "\n" not in err
+    assert not (tmp_path / "run2").exists()
