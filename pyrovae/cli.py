@@ -35,6 +35,14 @@ class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, naming ``--help``, not the whole usage (``train``'s is 25
+    lines, which bury the error)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _hidden(text: str):
     text = text.strip()
     if text == "":
@@ -298,11 +306,13 @@ def _gradvar_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pyrovae", description="Variational auto-encoders in Pyro: train, evaluate, sample."
     )
     parser.add_argument("--version", action="version", version=f"pyrovae {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     _train_parser(sub)
     _eval_parser(sub)
     _sample_parser(sub)

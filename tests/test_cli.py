@@ -242,3 +242,20 @@ def test_producer_and_estimator_options_and_the_0_1_0_engine_flag(tmp_path, caps
     )
     assert main(common + ["--estimator-option", "beta=2", "--run-dir", str(tmp_path / "x")]) == 2
     assert "unknown option(s) ['beta'] for the 'pathwise' estimator" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["train", "--lr-schedule", "bogus"], "--lr-schedule"),
+        (["train", "--warmup", "x"], "--warmup"),
+        (["evaluate"], "RUN_DIR"),
+        (["bogus"], "COMMAND"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_flag_and_help(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.count("\n") == 1 and flag in err and "--help" in err, err
