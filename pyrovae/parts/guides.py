@@ -162,9 +162,7 @@ class FullRankGaussian(GuideFamily):
             rows, cols = torch.tril_indices(d, d, -1)
             index[rows, cols] = torch.arange(n_off)
             index[range(d), range(d)] = n_off + torch.arange(d)
-            self._index_cache[device] = tuple(
-                t.to(device) for t in (index.reshape(-1), rows, cols)
-            )
+            self._index_cache[device] = tuple(t.to(device) for t in (index.reshape(-1), rows, cols))
         return self._index_cache[device]
 
     @property
