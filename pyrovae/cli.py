@@ -305,6 +305,35 @@ def _gradvar_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _gap_parser(sub) -> None:
+    p = sub.add_parser(
+        "gap",
+        help="the inference gap of a trained run, split into approximation and amortization",
+        description="For n test points: log p(x) - ELBO of the amortized guide q, split into "
+        "the approximation gap log p(x) - ELBO(q*) and the amortization gap ELBO(q*) - ELBO(q), "
+        "where q* is the guide's family fitted to each point alone (Adam on its parameters, "
+        "from the encoder's output; Cremer, Li & Duvenaud, 2018). The ELBOs average K log "
+        "weights; log p(x) is the importance-weighted estimate with K samples from q* (exact "
+        "for a linear-Gaussian model). Writes gap.json and gap.png.",
+        formatter_class=_Defaults,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--n", type=int, default=1000, help="points (a seeded random subset)")
+    p.add_argument("--k", type=int, default=5000, help="importance samples per point")
+    p.add_argument("--steps", type=int, default=1000, help="Adam steps fitting q* per point")
+    p.add_argument(
+        "--lr", type=float, default=0.05, help="their initial step size (cosine decay to 0)"
+    )
+    p.add_argument("--samples", type=int, default=8, help="particles per step's ELBO")
+    p.add_argument(
+        "--split", choices=["train", "valid", "test"], default="test", help="the data used"
+    )
+    _run_options(p, seed="seeds the subset, the fit and the samples")
+    p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pyrovae", description="Variational auto-encoders in Pyro: train, evaluate, sample."
@@ -317,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _sample_parser(sub)
     _gradvar_parser(sub)
+    _gap_parser(sub)
     return parser
 
 
@@ -627,6 +657,51 @@ def _cmd_gradvar(args) -> int:
     return 0
 
 
+def _cmd_gap(args) -> int:
+    from .plots import summary_table
+    from .runs import GAP_ARGUMENTS, gap_run, strict_json
+
+    check_arguments(GAP_ARGUMENTS, vars(args), flag_name)
+    res, paths = gap_run(
+        args.run_dir,
+        n=args.n,
+        k=args.k,
+        steps=args.steps,
+        lr=args.lr,
+        samples=args.samples,
+        split=args.split,
+        seed=args.seed,
+        which=args.checkpoint,
+        data_dir=args.data_dir,
+        out_dir=args.out,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(strict_json({"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}))
+        return 0
+
+    def nats(name: str) -> str:
+        return f"{getattr(res, name):.3f} ± {getattr(res, name + '_stderr'):.3f}"
+
+    rows = [
+        ("run / checkpoint", f"{args.run_dir} ({res.checkpoint})"),
+        ("split, points", f"{args.split}, {res.n}"),
+        ("log p(x)", f"{nats('log_px')} ({res.log_px_source})"),
+        (f"log p(x), K={res.k}, amortized q", nats("log_px_amortized")),
+        ("ELBO, fitted q*", nats("elbo_fitted")),
+        ("ELBO, amortized q", nats("elbo_amortized")),
+        ("approximation gap", f"{nats('approximation_gap')}  log p(x) - ELBO(q*)"),
+        ("amortization gap", f"{nats('amortization_gap')}  ELBO(q*) - ELBO(q)"),
+        ("inference gap", f"{nats('inference_gap')}  log p(x) - ELBO(q)"),
+        ("q* fit", f"{res.steps} Adam steps, lr {res.lr:g}, {res.samples} particles per step"),
+        ("wall time", f"{res.seconds:.1f} s"),
+    ]
+    print("inference gap, nats per point (± is the standard error over points)")
+    print(summary_table(rows))
+    print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
+    return 0
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that it ends as a Ctrl-C does."""
 
@@ -682,6 +757,7 @@ def _run(args, name: str) -> int:
         "evaluate": _cmd_evaluate,
         "sample": _cmd_sample,
         "gradvar": _cmd_gradvar,
+        "gap": _cmd_gap,
     }
     try:
         return command[args.command](args)

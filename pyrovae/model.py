@@ -33,6 +33,7 @@ from .parts.guides import GUIDES, HALF_LOG_2PI, DiagonalGaussian, GuideFamily
 from .parts.likelihoods import LIKELIHOODS, Likelihood
 from .parts.nets import ACTIVATIONS, NETS
 from .parts.priors import PRIORS, Prior
+from .parts.refinement import LocalRefinement  # noqa: F401  (registers the local guide)
 from .runtime import check_memory
 
 
@@ -185,7 +186,15 @@ class VAE(nn.Module):
         """q_φ(z|x), amortized by the encoder. ``x`` (B, x_dim). Returns z, (..., B, z_dim)."""
         pyro.module(self.name, self)
         with self._data_plate(x, num_data):
-            return pyro.sample("z", self.guide_family(self.encoder(x)))
+            return pyro.sample("z", self.guide_family(self.guide_input(x)))
+
+    def guide_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The guide family's input for ``x`` (B, x_dim): the encoder's output (B, F), refined
+        per data point when the family refines it (the ``local`` guide,
+        ``pyrovae.parts.refinement``)."""
+        h = self.encoder(x)
+        refine = getattr(self.guide_family, "refine", None)
+        return h if refine is None else refine(h, x, self)
 
     def particles(
         self,
@@ -193,6 +202,7 @@ class VAE(nn.Module):
         num_data: Optional[int] = None,
         num_particles: int = 1,
         reparameterized: Optional[bool] = None,
+        guide_input: Optional[torch.Tensor] = None,
     ) -> Particles:
         """The direct producer: what ``traced_particles(self.model, self.guide, (x, num_data),
         num_particles=..., reparameterized=...)`` gives, from the parts and the same random
@@ -204,6 +214,9 @@ class VAE(nn.Module):
             num_particles: K samples of z per data point.
             reparameterized: sample z with ``rsample`` (pathwise gradients), ``sample``
                 (False), or as the guide does by default (None: ``rsample`` where it can).
+            guide_input: the guide family's input (B, F) to use instead of
+                ``guide_input(x)``: q(z | x) at given parameters (the local refinement's
+                objective; ``pyrovae gap``'s per-point fitted q).
 
         Returns:
             ``Particles`` with (K, B) fields. z is drawn now; the densities (the decoder pass
@@ -211,7 +224,7 @@ class VAE(nn.Module):
             be computed on another thread.
         """
         scale = self.data_scale(x, num_data)
-        h = self.encoder(x)
+        h = self.guide_input(x) if guide_input is None else guide_input
         z, log_q, log_q_stopped = self.guide_family.draw(h, num_particles, reparameterized)
 
         def kl() -> torch.Tensor:
@@ -247,7 +260,7 @@ class VAE(nn.Module):
         """E[x | z] at z = the guide's sample for each row of ``x`` (B, x_dim) -> (B, x_dim)."""
         x = as_data_tensor(x, "x", next(self.parameters()).dtype)
         self.data_scale(x)  # the shape
-        z = self.guide_family(self.encoder(x)).sample()
+        z = self.guide_family(self.guide_input(x)).sample()
         return self.likelihood.mean(self.decoder(z))
 
     @torch.no_grad()
@@ -355,6 +368,11 @@ class TwoLayerVAE(VAE):
                     f"Gaussian), but the {what} {type(part).__name__} models {part.latent} "
                     "ones: choose a continuous prior and guide, or --latent-layers 1"
                 )
+        if hasattr(guide_family, "refine"):
+            raise ValueError(
+                "the local guide refines one latent layer's q(z | x), but a two-layer VAE's "
+                "guide is q(z1 | x) q(z2 | z1): choose another guide, or --latent-layers 1"
+            )
         # The prior is bound (``_bind_prior``) to a method that reads top_encoder when called.
         super().__init__(encoder, decoder, prior, likelihood, guide_family, name, config)
         self.top_encoder = top_encoder

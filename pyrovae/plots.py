@@ -149,3 +149,40 @@ def save_gradient_variance(stats: Sequence[Any], path: Path, title: str = "") ->
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(fig, path, dpi=120)
     return path
+
+
+def save_gap(gap: Any, path: Path, title: str = "") -> Path:
+    """A bar chart of an ``InferenceGap``: the amortization and approximation gaps and their
+    sum, the inference gap log p(x) - ELBO, in nats per data point with standard errors."""
+    names = ["amortization gap\nELBO(q*) - ELBO(q)", "approximation gap\nlog p(x) - ELBO(q*)"]
+    names.append("inference gap\nlog p(x) - ELBO(q)")
+    values = [gap.amortization_gap, gap.approximation_gap, gap.inference_gap]
+    errors = [
+        gap.amortization_gap_stderr,
+        gap.approximation_gap_stderr,
+        gap.inference_gap_stderr,
+    ]
+    errors = [e if math.isfinite(e) else 0.0 for e in errors]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    y = list(range(len(names)))
+    bars = ax.barh(y, values, xerr=errors, color=["tab:orange", "tab:blue", "gray"], capsize=3)
+    for bar, value in zip(bars, values):
+        ax.annotate(
+            f" {value:.2f}",
+            (max(bar.get_width(), 0), bar.get_y() + bar.get_height() / 2),
+            va="center",
+            fontsize=9,
+        )
+    ax.set_yticks(y, names, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlabel(
+        f"nats per data point (log p(x) {gap.log_px:.2f}, ELBO(q) {gap.elbo_amortized:.2f})"
+    )
+    ax.set_xlim(left=min(0.0, min(values) * 1.1), right=max(values) * 1.2 + 1e-9)
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path, dpi=120)
+    return path

@@ -58,6 +58,34 @@ class DirectProducer:
         return self.vae.particles(x, num_data, num_particles, reparameterized)
 
 
+class GivenInputProducer:
+    """A ``VAE``'s particles at given guide inputs: each row of its ``x`` argument is a data
+    point followed by the guide family's input for it, (B, x_dim + F), and the particles are
+    ``vae.particles(x, ..., guide_input=h)``. The evaluator runs on such rows to score a guide
+    whose inputs were computed beforehand in batches (refined per data point, see
+    ``pyrovae.parts.refinement``), while its chunks hold one data point each."""
+
+    name = "direct"
+    thread_safe = True
+
+    def __init__(self, vae: VAE) -> None:
+        if not supports_direct(vae):
+            raise ValueError(f"{type(vae).__name__} overrides the VAE's model or guide")
+        self.vae = vae
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        num_data: Optional[int],
+        num_particles: int,
+        reparameterized: Optional[bool],
+    ) -> Particles:
+        d = self.vae.x_dim
+        return self.vae.particles(
+            x[:, :d], num_data, num_particles, reparameterized, guide_input=x[:, d:]
+        )
+
+
 class TracedProducer:
     """Any Pyro model/guide pair, called as ``model(x)``/``guide(x)`` and traced."""
 
@@ -106,7 +134,7 @@ class TracedProducer:
         )
 
 
-Producer = Union[DirectProducer, TracedProducer]
+Producer = Union[DirectProducer, GivenInputProducer, TracedProducer]
 Subject = Union[VAE, Tuple[Callable, Callable]]
 
 

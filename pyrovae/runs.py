@@ -1,7 +1,7 @@
 """Working with a trained run directory: evaluate its model, draw its figures.
 
-These are the functions behind ``pyrovae evaluate``, ``pyrovae sample`` and
-``pyrovae gradvar``.
+These are the functions behind ``pyrovae evaluate``, ``pyrovae sample``, ``pyrovae gradvar``
+and ``pyrovae gap``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import torch
 from .config import SEED_RULE, Rule, check_arguments
 from .data import SPLITS, Dataset
 from .evaluation import LogLikelihood, evaluate_vae
+from .evaluation.gap import InferenceGap, inference_gap
 from .evaluation.gradients import GradientStats, default_estimator_specs, gradient_variance
 from .model import VAE
 from .plots import (
+    save_gap,
     save_gradient_variance,
     save_image_grid,
     save_reconstructions,
@@ -41,6 +43,14 @@ EVALUATE_ARGUMENTS = {
 }
 SAMPLE_ARGUMENTS = {
     "n": Rule("int", minimum=1, maximum=MAX_FIGURE_SAMPLES),
+    "seed": SEED_RULE,
+}
+GAP_ARGUMENTS = {
+    "k": Rule("int", minimum=1),
+    "n": Rule("int", minimum=1, optional=True),
+    "steps": Rule("int", minimum=0),
+    "lr": Rule("number", positive=True),
+    "samples": Rule("int", minimum=1),
     "seed": SEED_RULE,
 }
 GRADVAR_ARGUMENTS = {
@@ -140,15 +150,70 @@ def evaluate_run(
         raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     vae, data, state = load_run(run_dir, which, data_dir, splits=(split,))
     producer = producer or read_config(Path(run_dir))[0].producer
+    x = _points(data, split, n, seed)
+    pyro.set_rng_seed(seed)
+    result = evaluate_vae(vae, x, k=k, progress=progress, producer=producer)
+    return dataclasses.replace(result, checkpoint=state["checkpoint"])
+
+
+def _points(data: Dataset, split: str, n: Optional[int], seed: int) -> torch.Tensor:
+    """A split's points, or a seeded random subset of ``n`` of them (the MNIST test file is
+    sorted by digit, so a prefix would be biased); training images binarized (seeded) when the
+    dataset binarizes dynamically."""
     x = data.split(split)
     if n is not None and n < x.shape[0]:
         idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
         x = x[idx]
     if data.binarize == "dynamic" and split == "train":
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+    return x
+
+
+def gap_run(
+    run_dir: str,
+    n: Optional[int] = 1000,
+    k: int = 5000,
+    steps: int = 1000,
+    lr: float = 0.05,
+    samples: int = 8,
+    split: str = "test",
+    seed: int = 0,
+    which: str = "best",
+    data_dir: Optional[str] = None,
+    out_dir: Optional[str] = None,
+    progress: bool = True,
+) -> Tuple[InferenceGap, Dict[str, Path]]:
+    """The inference gap of a run's model on ``n`` seeded random points of ``split`` (all of
+    them when ``n`` is None), split into the approximation and amortization gaps
+    (``pyrovae.evaluation.gap``). Writes ``gap.json`` and ``gap.png`` to ``out_dir`` (default
+    ``run_dir/figures``); returns the result and the paths."""
+    check_arguments(
+        GAP_ARGUMENTS,
+        {"k": k, "n": n, "steps": steps, "lr": lr, "samples": samples, "seed": seed},
+    )
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    vae, data, state = load_run(run_dir, which, data_dir, splits=(split,))
+    out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
+    x = _points(data, split, n, seed)
     pyro.set_rng_seed(seed)
-    result = evaluate_vae(vae, x, k=k, progress=progress, producer=producer)
-    return dataclasses.replace(result, checkpoint=state["checkpoint"])
+    result = inference_gap(vae, x, k, steps, lr, samples, seed, progress)
+    result = dataclasses.replace(result, checkpoint=state["checkpoint"])
+    info = {
+        "run_dir": str(run_dir),
+        "split": split,
+        "epoch": state.get("epoch"),
+        "seed": seed,
+        **result.to_dict(),
+    }
+    paths = {"json": out / "gap.json"}
+    write_text(paths["json"], strict_json(info, indent=1))
+    title = (
+        f"{Path(run_dir).name}, epoch {state.get('epoch')}: {result.n} {split} points, "
+        f"K={k}, q* by {steps} Adam steps per point"
+    )
+    paths["plot"] = save_gap(result, out / "gap.png", title)
+    return result, paths
 
 
 def sample_run(

@@ -30,7 +30,14 @@ from tqdm.auto import tqdm
 from ..config import Rule
 from ..data import as_data_tensor
 from ..particles import traced_particles
-from ..producers import Producer, TracedProducer, make_producer
+from ..parts.refinement import fit_guide_inputs
+from ..producers import (
+    DirectProducer,
+    GivenInputProducer,
+    Producer,
+    TracedProducer,
+    make_producer,
+)
 from ..runtime import tune_allocator
 
 # (particle, data point) pairs evaluated at once. Memory is bounded by this whatever K is, and
@@ -318,12 +325,32 @@ def evaluate_vae(
         def exact(x):
             return truth64.log_marginal(x.double())
 
-    return estimate_log_likelihood(
-        None,
-        None,
-        data,
-        k,
-        exact_log_px=exact,
-        producer=make_producer(vae, producer),
-        **kwargs,
-    )
+    made = make_producer(vae, producer)
+    family = vae.guide_family
+    if isinstance(made, DirectProducer) and getattr(family, "refines", lambda: False)():
+        # A locally refined guide: refine every point's q first, in batches (one evaluation
+        # chunk holds one data point at K = 5000, too few rows to refine efficiently), then
+        # score rows [x | refined input]. Tracing the guide instead (--producer traced)
+        # refines in the evaluator's chunks, so the refinement's noise, and the numbers,
+        # differ slightly.
+        inputs = fit_guide_inputs(
+            vae,
+            data,
+            family.steps,
+            family.lr,
+            family.samples,
+            family.seed,
+            progress=kwargs.get("progress", True),
+        )
+        x_dim = vae.x_dim
+        given = None if exact is None else (lambda rows: exact(rows[:, :x_dim]))
+        return estimate_log_likelihood(
+            None,
+            None,
+            torch.cat([data, inputs.to(data.dtype)], -1),
+            k,
+            exact_log_px=given,
+            producer=GivenInputProducer(vae),
+            **kwargs,
+        )
+    return estimate_log_likelihood(None, None, data, k, exact_log_px=exact, producer=made, **kwargs)
