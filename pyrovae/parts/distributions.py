@@ -1,7 +1,8 @@
 """Distributions Pyro lacks in the form the hot paths need.
 
-``DiagonalGaussianMixture`` (at the end) is Pyro's ``MixtureSameFamily`` of diagonal Gaussians
-with a log density computed by matrix multiplies.
+``DiagonalGaussianMixture`` is Pyro's ``MixtureSameFamily`` of diagonal Gaussians with a log
+density computed by matrix multiplies; ``UniformMixture`` (at the end), its equal-weight mixture
+of any family with a log density given by a faster function.
 
 ``FactorizedBernoulli`` is ``dist.Bernoulli(logits=l).to_event(1)`` with a faster ``log_prob``.
 Torch scores a Bernoulli through ``binary_cross_entropy_with_logits``, several passes over the
@@ -155,3 +156,30 @@ class DiagonalGaussianMixture(dist.TorchDistribution):
     def component_distribution(self) -> dist.Distribution:
         """The components as one distribution with batch shape (C,)."""
         return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)
+
+
+class UniformMixture(dist.MixtureSameFamily):
+    """(1/C) Σ_c p_c(z): Pyro's ``MixtureSameFamily`` with equal weights over the C components
+    of ``components`` (batch shape (C,)), its ``log_prob`` given by ``log_density``, a
+    function z (..., D) -> (...) computing the same numbers faster (the VampPrior passes its
+    guide family's ``mixture_log_prob``). Sampling is ``MixtureSameFamily``'s.
+    """
+
+    def __init__(
+        self, components: dist.Distribution, log_density, like: torch.Tensor, validate_args=None
+    ) -> None:
+        # ``like``: a tensor of the components' dtype and device, for the (zero) mixing logits.
+        logits = like.new_zeros(components.batch_shape[-1])
+        super().__init__(dist.Categorical(logits=logits), components, validate_args=False)
+        self.log_density = log_density
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(UniformMixture, _instance)
+        new = super().expand(batch_shape, new)
+        new.log_density = self.log_density
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log p(z) for z (..., D) -> (...), broadcast against the batch shape."""
+        lp = self.log_density(value)
+        return lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))

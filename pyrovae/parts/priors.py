@@ -10,6 +10,7 @@ a prior may override it with a faster computation of the same numbers (tested eq
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Tuple
 
 import pyro.distributions as dist
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 
 from ..registry import Registry
-from .distributions import DiagonalGaussianMixture, FactorizedBernoulli
+from .distributions import DiagonalGaussianMixture, FactorizedBernoulli, UniformMixture
+from .guides import NormalizingFlow
 
 PRIORS: Registry = Registry("prior")
 
@@ -151,7 +153,10 @@ class VampPrior(Prior):
 
     With a diagonal Gaussian guide the mixture is a ``DiagonalGaussianMixture`` (its density
     by matrix multiplies); with another family, ``MixtureSameFamily`` of that family's
-    distributions, which must accept z broadcast against its K components.
+    distributions, which must accept z broadcast against its K components, its density the
+    family's ``mixture_log_prob`` where it has one (the flow guide with coupling layers computes
+    it for all K components at once). With the flow guide's iaf transform, scoring a z inverts
+    each component's flow one dimension at a time: a warning says so when the prior is bound.
     """
 
     def __init__(self, z_dim: int, components: int = 500) -> None:
@@ -164,6 +169,15 @@ class VampPrior(Prior):
         # A plain tuple: the encoder and family belong to the VAE; registering them here too
         # would put them twice in the state dict.
         self._posterior = (encoder, guide_family)
+        if isinstance(guide_family, NormalizingFlow) and guide_family.transform == "iaf":
+            warnings.warn(
+                "a VampPrior with the flow guide's iaf transform inverts each of its "
+                f"{self.components} components' flows one dimension at a time to score a z "
+                f"(z_dim = {guide_family.z_dim} passes of each layer's network, against one "
+                "with coupling layers): a training step is z_dim times slower or worse; use "
+                "--guide-option transform=coupling (guide_options={'transform': 'coupling'})",
+                stacklevel=2,
+            )
         if getattr(self, "pseudo_inputs", None) is not None:
             return
         if data_range == (0.0, 1.0):
@@ -183,12 +197,15 @@ class VampPrior(Prior):
         u = self.pseudo_inputs
         if self.clip is not None:
             u = torch.nn.functional.hardtanh(u, *self.clip)
-        q = family(encoder(u))  # batch shape (K,)
+        h = encoder(u)
+        q = family(h)  # batch shape (K,)
         base = q.base_dist if isinstance(q, dist.Independent) else None
         if isinstance(base, dist.Normal) and q.reinterpreted_batch_ndims == 1:
             return DiagonalGaussianMixture(
                 torch.zeros(self.components, dtype=u.dtype, device=u.device), base.loc, base.scale
             )
+        if hasattr(family, "mixture_log_prob"):
+            return UniformMixture(q, lambda z: family.mixture_log_prob(z, h), u)
         mixing = dist.Categorical(
             logits=torch.zeros(self.components, dtype=u.dtype, device=u.device)
         )

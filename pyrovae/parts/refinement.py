@@ -213,6 +213,11 @@ class LocalRefinement(GuideFamily):
     def stopped(self, h: torch.Tensor):
         return self.base.stopped(h)
 
+    def mixture_log_prob(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        # The VampPrior's components are the base family's, unrefined (the prior must not
+        # change between training and evaluation).
+        return self.base.mixture_log_prob(z, h)
+
     def refines(self) -> bool:
         """Whether ``refine`` changes its input now: at evaluation, and in training if asked."""
         return self.steps > 0 and (not self.training or self.refine_in_training)
