@@ -166,10 +166,12 @@ def save_gap(gap: Any, path: Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     y = list(range(len(names)))
     bars = ax.barh(y, values, xerr=errors, color=["tab:orange", "tab:blue", "gray"], capsize=3)
-    for bar, value in zip(bars, values):
+    for bar, value, error in zip(bars, values, errors):
         ax.annotate(
-            f" {value:.2f}",
-            (max(bar.get_width(), 0), bar.get_y() + bar.get_height() / 2),
+            f"{value:.2f} ± {error:.2f}",
+            (max(value, 0) + error, bar.get_y() + bar.get_height() / 2),
+            xytext=(6, 0),
+            textcoords="offset points",
             va="center",
             fontsize=9,
         )
@@ -178,7 +180,7 @@ def save_gap(gap: Any, path: Path, title: str = "") -> Path:
     ax.set_xlabel(
         f"nats per data point (log p(x) {gap.log_px:.2f}, ELBO(q) {gap.elbo_amortized:.2f})"
     )
-    ax.set_xlim(left=min(0.0, min(values) * 1.1), right=max(values) * 1.2 + 1e-9)
+    ax.set_xlim(left=min(0.0, min(values) * 1.1), right=max(values) * 1.35 + 1e-9)
     ax.grid(axis="x", alpha=0.3)
     if title:
         ax.set_title(title, fontsize=9)

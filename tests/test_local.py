@@ -4,6 +4,8 @@ amortization gap of an untrained encoder up to the mean-field optimum and never 
 training through the refinement gives the finite-difference gradient; both producers see the
 same refined q; and the options and combinations that cannot work are refused."""
 
+import json
+
 import pytest
 import torch
 
@@ -163,3 +165,31 @@ def test_bad_local_options_and_combinations_are_refused():
     x = torch.rand(5, 4).round()
     loss, _ = make_estimator("analytic-kl")(vae.particles(x, None, 1, True))
     assert torch.isfinite(loss)
+
+
+def test_evaluate_refine_gives_the_refined_elbo_and_refuses_two_layers(tmp_path, capsys):
+    from pyrovae.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "linear-gaussian", "--likelihood", "gaussian-learned"]
+    assert main(argv + ["--epochs", "1", "--run-dir", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    results = []
+    for refine in ("0", "50"):
+        evaluate = ["evaluate", str(run), "--k", "200", "--n", "50", "--quiet", "--json"]
+        assert main(evaluate + ["--refine", refine]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    plain, refined = results
+    assert "refine_steps" not in plain and refined["refine_steps"] == 50
+    # One epoch leaves an amortization gap that 50 steps per point close in part.
+    assert refined["elbo"] > plain["elbo"] + 0.05
+    assert refined["log_px"] > plain["log_px"] - 0.05
+    assert main(["evaluate", str(run), "--refine", "-1"]) == 2
+    assert "--refine must be an integer >= 0" in capsys.readouterr().err
+
+    two = tmp_path / "two"
+    argv += ["--latent-layers", "2", "--z1-dim", "2", "--z-dim", "1"]
+    assert main(argv + ["--epochs", "1", "--run-dir", str(two), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(two), "--k", "10", "--n", "5", "--refine", "5"]) == 2
+    assert "one latent layer" in capsys.readouterr().err

@@ -92,6 +92,7 @@ class LogLikelihood:
     exact_log_px_stderr: Optional[float] = None
     producer: Optional[str] = None
     checkpoint: Optional[str] = None  # the run's checkpoint evaluated (best, last), if any
+    refine_steps: Optional[int] = None  # the proposal refined per point by this many steps
     per_point_log_px: Optional[torch.Tensor] = None
     per_point_elbo: Optional[torch.Tensor] = None
 
@@ -103,8 +104,9 @@ class LogLikelihood:
         if d["exact_log_px"] is None:
             d.pop("exact_log_px")
             d.pop("exact_log_px_stderr")
-        if d["checkpoint"] is None:
-            d.pop("checkpoint")
+        for key in ("checkpoint", "refine_steps"):
+            if d[key] is None:
+                d.pop(key)
         return d
 
 
