@@ -20,15 +20,18 @@ def random_truth(x_dim: int, z_dim: int, seed: int) -> LinearGaussian:
     return LinearGaussian.standard(weight, bias, noise_var)
 
 
-def linear_vae(truth: LinearGaussian):
+def linear_vae(truth: LinearGaussian, guide: str = "diagonal-gaussian", guide_options=None):
     """A float64 VAE whose model is exactly ``truth`` (linear decoder, learned-variance Gaussian
-    likelihood) with a linear encoder, so the diagonal guide can be set in closed form."""
+    likelihood) with a linear encoder, so the diagonal guide can be set in closed form; the
+    ``guide`` family named (with ``guide_options``) at its initialization."""
     cfg = VAEConfig(
         x_dim=truth.x_dim,
         z_dim=truth.z_dim,
         encoder="linear",
         decoder="linear",
         likelihood="gaussian-learned",
+        guide=guide,
+        guide_options=guide_options or {},
     )
     vae = build_vae(cfg).double()
     with torch.no_grad():

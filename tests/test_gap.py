@@ -8,28 +8,14 @@ import json
 import pytest
 import torch
 
-from pyrovae import VAEConfig, build_vae
 from pyrovae.evaluation.gap import inference_gap
 
-from helpers import random_truth
+from helpers import linear_vae, random_truth
 
 
 def _linear_vae(truth, guide):
-    cfg = VAEConfig(
-        x_dim=truth.x_dim,
-        z_dim=truth.z_dim,
-        encoder="linear",
-        decoder="linear",
-        likelihood="gaussian-learned",
-        guide=guide,
-    )
     torch.manual_seed(1)
-    vae = build_vae(cfg).double().eval()
-    with torch.no_grad():
-        vae.decoder[0].weight.copy_(truth.weight)
-        vae.decoder[0].bias.copy_(truth.bias)
-        vae.likelihood.log_scale.copy_(0.5 * truth.noise_var.log())
-    return vae
+    return linear_vae(truth, guide).eval()
 
 
 def test_gap_parts_match_the_closed_form_on_linear_gaussian():

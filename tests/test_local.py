@@ -14,28 +14,14 @@ from pyrovae.config import OptionError
 from pyrovae.parts.refinement import LocalRefinement, fit_guide_inputs
 from pyrovae.producers import make_producer
 
-from helpers import assert_producers_agree, random_truth
+from helpers import assert_producers_agree, linear_vae, random_truth
 
 
 def _local_linear_vae(truth, **options):
     """A float64 VAE whose model is ``truth`` exactly and whose guide is the local refinement
     of a diagonal Gaussian from a linear encoder at its random initialization (untrained)."""
-    cfg = VAEConfig(
-        x_dim=truth.x_dim,
-        z_dim=truth.z_dim,
-        encoder="linear",
-        decoder="linear",
-        likelihood="gaussian-learned",
-        guide="local",
-        guide_options=options,
-    )
     torch.manual_seed(0)
-    vae = build_vae(cfg).double()
-    with torch.no_grad():
-        vae.decoder[0].weight.copy_(truth.weight)
-        vae.decoder[0].bias.copy_(truth.bias)
-        vae.likelihood.log_scale.copy_(0.5 * truth.noise_var.log())
-    return vae
+    return linear_vae(truth, "local", options)
 
 
 def _closed_form_elbo(truth, x, h):
