@@ -21,8 +21,8 @@ from .data import SPLITS, Dataset
 from .evaluation import LogLikelihood, evaluate_vae
 from .evaluation.gap import InferenceGap, inference_gap
 from .evaluation.gradients import GradientStats, default_estimator_specs, gradient_variance
+from .evaluation.importance import refine_guide
 from .model import VAE
-from .parts.refinement import refine_guide
 from .plots import (
     save_gap,
     save_gradient_variance,

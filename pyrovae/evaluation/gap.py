@@ -25,6 +25,7 @@ import torch
 
 from ..config import SEED_RULE, Rule
 from ..data import as_data_tensor
+from ..model import TwoLayerVAE
 from ..parts.refinement import fit_guide_inputs
 from ..producers import GivenInputProducer
 from .importance import LogLikelihood, estimate_log_likelihood
@@ -102,8 +103,6 @@ def inference_gap(
             the defaults' ELBO is within 0.015 nats of 2000 steps'.
         seed: seeds the fit's noise and the importance samples.
     """
-    from ..model import TwoLayerVAE
-
     Rule("int", minimum=1).check("k", k)
     Rule("int", minimum=0).check("steps", steps)
     Rule("number", positive=True).check("lr", lr)

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from ..config import Rule
 from ..data import as_data_tensor
+from ..model import VAE, TwoLayerVAE
 from ..particles import traced_particles
-from ..parts.refinement import fit_guide_inputs
+from ..parts.refinement import LocalRefinement, fit_guide_inputs
 from ..producers import (
     DirectProducer,
     GivenInputProducer,
@@ -356,3 +357,20 @@ def evaluate_vae(
             **kwargs,
         )
     return estimate_log_likelihood(None, None, data, k, exact_log_px=exact, producer=made, **kwargs)
+
+
+def refine_guide(vae: VAE, steps: int) -> VAE:
+    """``vae`` (changed in place, and returned in eval mode) with its guide family replaced by
+    the local refinement of it: ``steps`` Adam steps per data point from the encoder's output,
+    the ``local`` guide's other defaults (a ``local`` guide's base is refined afresh). A better
+    proposal for the importance-weighted estimate of log p(x), which stays a stochastic lower
+    bound. One latent layer only."""
+    if isinstance(vae, TwoLayerVAE):
+        raise ValueError(
+            "refinement fits q(z | x) per data point for one latent layer; a two-layer VAE's "
+            "guide q(z1 | x) q(z2 | z1) cannot be refined: evaluate without --refine"
+        )
+    family = vae.guide_family
+    base = family.base if isinstance(family, LocalRefinement) else family
+    vae.guide_family = LocalRefinement(base.z_dim, base=base, steps=steps)
+    return vae.eval()

@@ -19,21 +19,21 @@ independent per-point optimizations. The ELBO's noise comes from a seeded stream
 global one: the refined q is a function of the batch, the same on every call (the two particle
 chunks of a data point see one q, and tracing the guide gives what the direct producer gives),
 and the global random stream is left as it was.
+
+The ``vae`` arguments below are a one-layer ``pyrovae.VAE`` (annotated ``Any``: the parts sit
+below the model, which imports them).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from tqdm.auto import tqdm
 
 from ..config import SEED_RULE, Rule
 from .guides import GUIDES, GuideFamily
-
-if TYPE_CHECKING:
-    from ..model import VAE
 
 BETAS = (0.9, 0.999)
 # Inside the square root (not added after it) so that the update stays differentiable where
@@ -92,7 +92,7 @@ def refine_inputs(
 
 
 def elbo_objective(
-    vae: "VAE", x: torch.Tensor, samples: int
+    vae: Any, x: torch.Tensor, samples: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """h (B, F) -> (B,) the ELBO of each row of ``x`` (B, x_dim) under q = the VAE's guide
     family at h, a mean over ``samples`` reparameterized particles from the VAE's own producer
@@ -105,7 +105,7 @@ def elbo_objective(
 
 
 def fit_guide_inputs(
-    vae: "VAE",
+    vae: Any,
     data: torch.Tensor,
     steps: int,
     lr: float,
@@ -222,7 +222,7 @@ class LocalRefinement(GuideFamily):
         """Whether ``refine`` changes its input now: at evaluation, and in training if asked."""
         return self.steps > 0 and (not self.training or self.refine_in_training)
 
-    def refine(self, h: torch.Tensor, x: torch.Tensor, vae: "VAE") -> torch.Tensor:
+    def refine(self, h: torch.Tensor, x: torch.Tensor, vae: Any) -> torch.Tensor:
         """h (B, F), the encoder's output for ``x`` (B, x_dim) -> the refined inputs (B, F):
         differentiable through the steps when training with ``train=True``."""
         if not self.refines():
@@ -234,22 +234,3 @@ class LocalRefinement(GuideFamily):
     def settings(self) -> Dict[str, Any]:
         """The refinement's options (for reports)."""
         return {"steps": self.steps, "lr": self.lr, "samples": self.samples, "seed": self.seed}
-
-
-def refine_guide(vae: "VAE", steps: int) -> "VAE":
-    """``vae`` (changed in place, and returned in eval mode) with its guide family replaced by
-    the local refinement of it: ``steps`` Adam steps per data point from the encoder's output,
-    the ``local`` guide's other defaults (a ``local`` guide's base is refined afresh). A better
-    proposal for the importance-weighted estimate of log p(x), which stays a stochastic lower
-    bound. One latent layer only."""
-    from ..model import TwoLayerVAE
-
-    if isinstance(vae, TwoLayerVAE):
-        raise ValueError(
-            "refinement fits q(z | x) per data point for one latent layer; a two-layer VAE's "
-            "guide q(z1 | x) q(z2 | z1) cannot be refined: evaluate without --refine"
-        )
-    family = vae.guide_family
-    base = family.base if isinstance(family, LocalRefinement) else family
-    vae.guide_family = LocalRefinement(base.z_dim, base=base, steps=steps)
-    return vae.eval()
