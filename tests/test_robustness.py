@@ -3,7 +3,7 @@
 Every row names a case (its id), what is run (a ``pyrovae`` argv, or for the Python API a small
 callable) and what must come of it: the exit status (or the exception type) and a fragment that
 the error message must contain (case-insensitive). Ids start with the area (``data-``,
-``flag-``, ``config-``, ``rundir-``, ``resume-``, ``eval-``, ``sample-``, ``gradvar-``,
+``flag-``, ``config-``, ``rundir-``, ``resume-``, ``eval-``, ``sample-``, ``gradvar-``, ``gap-``,
 ``fault-``, ``api-``); a ``defect-`` prefix marks a row that reproduces one of the defects
 reported against pyrovae 0.2.0 (it fails on that release and passes once the defect is fixed).
 
@@ -272,6 +272,11 @@ def S(*extra: str, run: str = "{run}") -> Tuple[str, ...]:
 
 def G(*extra: str, run: str = "{run}") -> Tuple[str, ...]:
     argv = ("gradvar", run, "--estimators", "pathwise", "--draws", "3", "--warmup", "1")
+    return argv + ("--quiet", *extra)
+
+
+def P(*extra: str, run: str = "{run}") -> Tuple[str, ...]:
+    argv = ("gap", run, "--n", "4", "--k", "5", "--steps", "2", "--samples", "1")
     return argv + ("--quiet", *extra)
 
 
@@ -1086,6 +1091,32 @@ CLI_CASES = [
     ),
     Cli("gradvar-corrupt-config-json", G(), 2, "config.json", truncate("{run}/config.json", 20)),
     Cli("gradvar-not-a-run", G(run="{tmp}/notarun"), 2, "notarun", mkdir("{tmp}/notarun")),
+    # gap -----------------------------------------------------------------------------------------
+    Cli("gap-json-ok", P("--json"), 0, check=in_stdout('"amortization_gap"')),
+    Cli("gap-k-0", P("--k", "0"), 2, "--k"),
+    Cli("gap-n-0", P("--n", "0"), 2, "--n"),
+    Cli("gap-steps-negative", P("--steps", "-1"), 2, "--steps"),
+    Cli("gap-lr-0", P("--lr", "0"), 2, "--lr"),
+    Cli("gap-lr-nan", P("--lr", "nan"), 2, "--lr"),
+    Cli("gap-samples-0", P("--samples", "0"), 2, "--samples"),
+    Cli("gap-seed-negative", P("--seed", "-1"), 2, "--seed"),
+    Cli("gap-out-under-a-file", P("--out", "{tmp}/afile/figs"), 2, "afile", put("{tmp}/afile")),
+    Cli(
+        "gap-missing-last-checkpoint",
+        P("--checkpoint", "last"),
+        2,
+        "last.pt",
+        remove("{run}/checkpoints/last.pt"),
+    ),
+    Cli("gap-corrupt-config-json", P(), 2, "config.json", truncate("{run}/config.json", 20)),
+    Cli("gap-not-a-run", P(run="{tmp}/notarun"), 2, "notarun", mkdir("{tmp}/notarun")),
+    Cli("eval-refine-negative", E("--refine", "-1"), 2, "--refine"),
+    Cli(
+        "eval-refine-ok",
+        E("--refine", "2", "--n", "4", "--json"),
+        0,
+        check=in_stdout('"refine_steps": 2'),
+    ),
     # faults --------------------------------------------------------------------------------------
     Cli(
         "defect-fault-disk-full-on-resume",
