@@ -242,12 +242,46 @@ class VAE(nn.Module):
             x=x,
             latents={"z": z},
             scale=scale,
-            log_prior=lambda: self.prior.log_prob(z),
-            log_lik=lambda: self.likelihood(self._decode(z)).log_prob(x),
+            log_prior=lambda: self._log_prior({"z": z}),
+            log_lik=lambda: self._log_lik(x, {"z": z}),
             log_q=log_q,
             log_q_stopped=log_q_stopped,
             kl=kl,
         )
+
+    def scores(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> Particles:
+        """The model's and the guide's log densities at given latents: what tracing ``model``
+        and ``guide`` conditioned on them gives (``traced_scores``), from the parts. For MCMC
+        and annealed importance sampling, which move z themselves.
+
+        Args:
+            x: a batch, (B, x_dim).
+            latents: ``{"z": (C, B, z_dim)}``, C values of z per data point.
+
+        Returns:
+            ``Particles`` with those latents, scale 1 and (C, B) fields ``log_prior``,
+            ``log_lik`` and ``log_q`` (computed when read), differentiable in z.
+        """
+        return Particles(
+            x=x,
+            latents=latents,
+            scale=1.0,
+            log_prior=lambda: self._log_prior(latents),
+            log_lik=lambda: self._log_lik(x, latents),
+            log_q=lambda: self._log_guide(x, latents),
+        )
+
+    def _log_prior(self, latents: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """log p(z), (C, B), of latents {"z": (C, B, z_dim)}."""
+        return self.prior.log_prob(latents["z"])
+
+    def _log_lik(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """log p(x | z), (C, B)."""
+        return self.likelihood(self._decode(latents["z"])).log_prob(x)
+
+    def _log_guide(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """log q(z | x), (C, B), scored afresh (a flow guide inverts its flow)."""
+        return self.guide_family(self.guide_input(x)).log_prob(latents["z"])
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder on z (..., z_dim) with the leading dims as one: matrix multiplies on
@@ -457,10 +491,10 @@ class TwoLayerVAE(VAE):
         def log_q2() -> torch.Tensor:
             return log_q2_one().squeeze(0)
 
+        latents = {"z1": z1, "z2": z2}
+
         def log_prior() -> torch.Tensor:
-            return self.prior.log_prob(z2) + _gaussian_log_prob(
-                z1, _rows(self.top_decoder, z2), self.z1_dim
-            )
+            return self._log_prior(latents)
 
         def log_q_stopped() -> torch.Tensor:
             # Every guide parameter and the encoder output cut, the paths through z1 and z2
@@ -480,11 +514,26 @@ class TwoLayerVAE(VAE):
             latents={"z1": z1, "z2": z2},
             scale=scale,
             log_prior=log_prior,
-            log_lik=lambda: self.likelihood(self._decode(z1)).log_prob(x),
+            log_lik=lambda: self._log_lik(x, latents),
             log_q=lambda: log_q1() + log_q2(),
             log_q_stopped=log_q_stopped,
             kl=kl,
         )
+
+    def _log_prior(self, latents: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """log p(z2) + log p(z1 | z2), (C, B), of latents {"z1": (C, B, z1_dim), "z2": (C, B,
+        z_dim)}."""
+        z1, z2 = latents["z1"], latents["z2"]
+        return self.prior.log_prob(z2) + _gaussian_log_prob(
+            z1, _rows(self.top_decoder, z2), self.z1_dim
+        )
+
+    def _log_lik(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.likelihood(self._decode(latents["z1"])).log_prob(x)
+
+    def _log_guide(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> torch.Tensor:
+        z1, z2 = latents["z1"], latents["z2"]
+        return self.guide_family(self.guide_input(x)).log_prob(z1) + self.q_z2(z1).log_prob(z2)
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True) -> torch.Tensor:

@@ -416,3 +416,83 @@ def traced_particles(
         log_q_stopped=log_q_stopped,
         kl=kl,
     )
+
+
+def traced_scores(
+    model: Callable,
+    guide: Callable,
+    args: Sequence[Any],
+    latents: Mapping[str, torch.Tensor],
+    max_plate_nesting: int = 1,
+) -> Particles:
+    """Any Pyro model/guide pair's log densities at given latents: the model traced
+    conditioned on them (``poutine.condition``) under a particle plate of their leading size C,
+    and, when ``log_q`` is read, the guide likewise. For samplers that move z themselves
+    (annealed importance sampling); ``VAE.scores`` is the direct equal.
+
+    Args:
+        model, guide: as for ``traced_particles``, called with ``*args``.
+        args: their arguments; ``args[0]`` the batch x (B, ...).
+        latents: every latent site of the model, name -> (C, B, ...) values.
+        max_plate_nesting: plates nested inside the model.
+
+    Returns:
+        ``Particles`` with those latents, scale 1 and (C, B) fields ``log_prior``, ``log_lik``
+        and ``log_q``, differentiable in the latents.
+    """
+    latents = dict(latents)
+    c = next(iter(latents.values())).shape[0]
+    nesting = max_plate_nesting
+
+    def trace(program: Callable):
+        with pyro.plate(PARTICLE_PLATE, c, dim=-(nesting + 1)):
+            conditioned = poutine.condition(program, data=latents)
+            return poutine.trace(conditioned).get_trace(*args)
+
+    def sites(t):
+        return [s for s in t.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+
+    model_sites = sites(trace(model))
+    drawn = sorted(s["name"] for s in model_sites if not s["is_observed"])
+    if drawn:
+        raise ValueError(
+            f"the model samples {drawn}, which the given latents do not hold: give a value for "
+            "every latent site of the model"
+        )
+    unknown = sorted(set(latents) - {s["name"] for s in model_sites})
+    if unknown:
+        raise ValueError(f"the model has no sample site {unknown}")
+
+    def total(chosen) -> torch.Tensor:
+        out = [_per_point(s, s["fn"].log_prob(s["value"]), c, nesting) for s in chosen]
+        _check_shapes({s["name"]: lp for s, lp in zip(chosen, out)})
+        return sum(out[1:], out[0])
+
+    def log_q() -> torch.Tensor:
+        return total([s for s in sites(trace(guide)) if s["name"] in latents])
+
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    return Particles(
+        x=x,
+        latents=latents,
+        scale=1.0,
+        log_prior=total([s for s in model_sites if s["name"] in latents]),
+        log_lik=total([s for s in model_sites if s["name"] not in latents]),
+        log_q=log_q,
+    )
+
+
+def traced_prior_latents(
+    model: Callable, args: Sequence[Any], num_samples: int, max_plate_nesting: int = 1
+) -> Dict[str, torch.Tensor]:
+    """``num_samples`` draws of every latent site from the model's prior, for each data point:
+    the model traced under a particle plate (its observed sites stay observed). Returns
+    name -> (num_samples, B, ...) values, detached."""
+    with pyro.plate(PARTICLE_PLATE, num_samples, dim=-(max_plate_nesting + 1)):
+        with torch.no_grad():
+            t = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(*args)
+    return {
+        s["name"]: s["value"].detach()
+        for s in t.nodes.values()
+        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+    }

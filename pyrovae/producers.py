@@ -20,12 +20,18 @@ an estimator can be computed for a model at all.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .model import VAE, TwoLayerVAE
-from .particles import NotApplicable, Particles, traced_particles
+from .particles import (
+    NotApplicable,
+    Particles,
+    traced_particles,
+    traced_prior_latents,
+    traced_scores,
+)
 
 if TYPE_CHECKING:
     from .estimators import Estimator
@@ -56,6 +62,14 @@ class DirectProducer:
         reparameterized: Optional[bool],
     ) -> Particles:
         return self.vae.particles(x, num_data, num_particles, reparameterized)
+
+    def score(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> Particles:
+        """The log densities at given latents (C, B, ...): ``vae.scores``."""
+        return self.vae.scores(x, latents)
+
+    def sample_prior(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
+        """Latents drawn from the model's prior, (num_samples, B, ...) per site."""
+        return traced_prior_latents(self.vae.model, (x,), num_samples)
 
 
 class GivenInputProducer:
@@ -132,6 +146,14 @@ class TracedProducer:
             record_params=self.record_params,
             params=self.params,
         )
+
+    def score(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> Particles:
+        """The log densities at given latents (C, B, ...): ``traced_scores``."""
+        return traced_scores(self.model, self.guide, (x,), latents, self.max_plate_nesting)
+
+    def sample_prior(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
+        """Latents drawn from the model's prior, (num_samples, B, ...) per site."""
+        return traced_prior_latents(self.model, (x,), num_samples, self.max_plate_nesting)
 
 
 Producer = Union[DirectProducer, GivenInputProducer, TracedProducer]

@@ -217,3 +217,31 @@ def assert_producers_agree(vae, name, options, fields, num_data=40, steps=3):
                 p.sub_(lr * g)
                 q.sub_(lr * g)
     return params, history
+
+
+def linear_two_layer_vae(seed=1):
+    """A float64 two-layer linear-Gaussian VAE: z2 ~ N(0, I), z1 | z2 ~ N(A z2 + c, diag(s²)),
+    x | z1 ~ N(W z1 + b, σ² I); and (A, c, s, W, b, σ)."""
+    torch.manual_seed(seed)
+    cfg = VAEConfig(
+        x_dim=4,
+        z_dim=2,
+        z1_dim=3,
+        latent_layers=2,
+        encoder="linear",
+        decoder="linear",
+        likelihood="gaussian",
+        likelihood_options={"sigma": 0.5},
+    )
+    vae = build_vae(cfg).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        top = vae.top_decoder[0]
+        top.weight.copy_(torch.randn(top.weight.shape, generator=g, dtype=torch.float64))
+        top.weight[3:] = 0.0  # p(z1 | z2) of a constant scale
+        top.bias.copy_(0.5 * torch.randn(top.bias.shape, generator=g, dtype=torch.float64))
+        dec = vae.decoder[0]
+        dec.weight.copy_(torch.randn(dec.weight.shape, generator=g, dtype=torch.float64))
+        dec.bias.copy_(torch.randn(dec.bias.shape, generator=g, dtype=torch.float64))
+    a, c, s = top.weight[:3].detach(), top.bias[:3].detach(), top.bias[3:].detach().exp()
+    return vae, (a, c, s, dec.weight.detach(), dec.bias.detach(), 0.5)

@@ -26,7 +26,7 @@ from pyrovae.model import VAE, TwoLayerVAE
 from pyrovae.particles import NotApplicable
 from pyrovae.producers import make_producer
 
-from helpers import assert_producers_agree, case_id, estimator_specs
+from helpers import assert_producers_agree, case_id, estimator_specs, linear_two_layer_vae
 
 FIELDS = ("log_prior", "log_lik", "log_q", "log_q_stopped")
 NUM_DATA = 40
@@ -123,34 +123,6 @@ def test_vampprior_on_the_top_layer_is_made_of_q_z2_at_the_pseudo_inputs():
     torch.testing.assert_close(vae.prior.log_prob(z2), expected, rtol=1e-10, atol=1e-10)
 
 
-def _linear_two_layer(seed=1):
-    """A float64 two-layer linear-Gaussian VAE: z2 ~ N(0, I), z1 | z2 ~ N(A z2 + c, diag(s²)),
-    x | z1 ~ N(W z1 + b, σ² I); and (A, c, s, W, b, σ)."""
-    torch.manual_seed(seed)
-    cfg = VAEConfig(
-        x_dim=4,
-        z_dim=2,
-        z1_dim=3,
-        latent_layers=2,
-        encoder="linear",
-        decoder="linear",
-        likelihood="gaussian",
-        likelihood_options={"sigma": 0.5},
-    )
-    vae = build_vae(cfg).double()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        top = vae.top_decoder[0]
-        top.weight.copy_(torch.randn(top.weight.shape, generator=g, dtype=torch.float64))
-        top.weight[3:] = 0.0  # p(z1 | z2) of a constant scale
-        top.bias.copy_(0.5 * torch.randn(top.bias.shape, generator=g, dtype=torch.float64))
-        dec = vae.decoder[0]
-        dec.weight.copy_(torch.randn(dec.weight.shape, generator=g, dtype=torch.float64))
-        dec.bias.copy_(torch.randn(dec.bias.shape, generator=g, dtype=torch.float64))
-    a, c, s = top.weight[:3].detach(), top.bias[:3].detach(), top.bias[3:].detach().exp()
-    return vae, (a, c, s, dec.weight.detach(), dec.bias.detach(), 0.5)
-
-
 def _set_guide(vae, model):
     """The linear guide with the exact posterior means, q(z1 | x) at E[z1 | x] and q(z2 | z1)
     at E[z2 | z1], and diagonal scales widened to cover the posterior (d diag(Σ) ⪰ Σ for a
@@ -177,7 +149,7 @@ def _set_guide(vae, model):
 
 def test_importance_weighted_estimate_reaches_the_exact_two_layer_log_px():
     """log p̂_K(x) converges to the exact log p(x) of a two-layer linear-Gaussian model."""
-    vae, (a, c, s, w, b, sigma) = _linear_two_layer()
+    vae, (a, c, s, w, b, sigma) = linear_two_layer_vae()
     pyro.set_rng_seed(0)
     x = vae.sample(40, mean=False)
     # By hand: z1 ~ N(c, A Aᵀ + diag(s²)), x ~ N(W c + b, W (A Aᵀ + diag(s²)) Wᵀ + σ² I).
