@@ -29,7 +29,13 @@ from .config import OptionError, Rule, config_from_dict, option, validate_fields
 from .data import as_data_tensor
 from .linear_gaussian import LinearGaussian
 from .particles import NotApplicable, Particles
-from .parts.guides import GUIDES, HALF_LOG_2PI, DiagonalGaussian, GuideFamily
+from .parts.guides import (
+    GUIDES,
+    HALF_LOG_2PI,
+    BoundedDiagonalGaussian,
+    DiagonalGaussian,
+    GuideFamily,
+)
 from .parts.likelihoods import LIKELIHOODS, Likelihood
 from .parts.nets import ACTIVATIONS, NETS
 from .parts.priors import PRIORS, Prior
@@ -332,12 +338,12 @@ def _rows(net: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return out.reshape(z.shape[:-1] + out.shape[-1:])
 
 
-def _gaussian_log_prob(z: torch.Tensor, h: torch.Tensor, dim: int) -> torch.Tensor:
-    """``DiagonalGaussian(dim)(h).log_prob(z)`` (the same numbers) in fewer autograd nodes:
-    p(z1 | z2) on the training step's path."""
-    loc, log_scale = h.split(dim, dim=-1)
+def _gaussian_log_prob(z: torch.Tensor, family: DiagonalGaussian, h: torch.Tensor) -> torch.Tensor:
+    """``family(h).log_prob(z)`` (the same numbers) in fewer autograd nodes: p(z1 | z2) on the
+    training step's path."""
+    loc, log_scale = family.split(h)
     u = (z - loc) * torch.exp(-log_scale)
-    return torch.linalg.vecdot(u, u).mul(-0.5).sub(dim * HALF_LOG_2PI) - log_scale.sum(-1)
+    return torch.linalg.vecdot(u, u).mul(-0.5).sub(family.z_dim * HALF_LOG_2PI) - log_scale.sum(-1)
 
 
 def _location(q: pyro.distributions.Distribution) -> torch.Tensor:
@@ -379,8 +385,8 @@ class TwoLayerVAE(VAE):
     here: q(z2 | u) = q(z2 | z1 = z̄1(u)), at the point z̄1(u) of q(z1 | u): its mean for a
     Gaussian guide family (the first z1_dim encoder outputs), for a flow the flow's image of
     its base mean. The prior is bound (``Prior.bind``) to that map u -> q(z2 | z̄1(u))'s net
-    output, a bound method of the VAE, and a parameterless ``DiagonalGaussian(z_dim)`` family:
-    the nets are the VAE's own, trained with it and saved in its state dict once.
+    output, a bound method of the VAE, and a parameterless ``BoundedDiagonalGaussian(z_dim)``
+    family: the nets are the VAE's own, trained with it and saved in its state dict once.
     """
 
     def __init__(
@@ -416,8 +422,8 @@ class TwoLayerVAE(VAE):
         # q(z2 | z1) and p(z1 | z2) are diagonal Gaussian families (parameterless) on the top
         # nets' outputs. The prior gets a bound method and the q(z2 | .) family, not modules of
         # its own: the nets are the VAE's (registered once, in its state dict once).
-        self.top_family = DiagonalGaussian(self.prior.z_dim)
-        self.z1_family = DiagonalGaussian(self.guide_family.z_dim)
+        self.top_family = BoundedDiagonalGaussian(self.prior.z_dim)
+        self.z1_family = BoundedDiagonalGaussian(self.guide_family.z_dim)
         self.prior.bind(
             self._top_posterior_net,
             self.top_family,
@@ -525,7 +531,7 @@ class TwoLayerVAE(VAE):
         z_dim)}."""
         z1, z2 = latents["z1"], latents["z2"]
         return self.prior.log_prob(z2) + _gaussian_log_prob(
-            z1, _rows(self.top_decoder, z2), self.z1_dim
+            z1, self.z1_family, _rows(self.top_decoder, z2)
         )
 
     def _log_lik(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -560,7 +566,8 @@ class TwoLayerVAE(VAE):
             weight, bias = top[0].weight, top[0].bias
             if (weight[d1:] != 0).any():
                 return None
-            a, c, log_s = weight[:d1], bias[:d1], bias[d1:]
+            a, c = weight[:d1], bias[:d1]
+            _, log_s = self.z1_family.split(bias)  # the scale p(z1 | z2) uses, bounded
             loc = a @ one.prior_loc + c
             cov = a @ one.prior_cov @ a.T + torch.diag(torch.exp(2 * log_s))
             return LinearGaussian(

@@ -235,6 +235,34 @@ def test_a_divergence_says_what_was_kept(tmp_path, monkeypatch, capsys, epoch, w
         assert _train(run, 2, "--resume", "--lr", "5e-4") == 0
 
 
+def test_an_elbo_above_zero_on_binary_data_stops_training(tmp_path, monkeypatch):
+    """log p(x) <= 0 for binary data: a positive validation ELBO is arithmetic gone wrong (a
+    variance collapsed below float precision), and training must not select it as its best."""
+    import dataclasses
+
+    import pyrovae.training.trainer as trainer
+
+    estimate = trainer.estimate_log_likelihood
+    calls = {"n": 0}
+
+    def impossible(*args, **kwargs):
+        calls["n"] += 1
+        result = estimate(*args, **kwargs)
+        return dataclasses.replace(result, elbo=12.5) if calls["n"] == 2 else result
+
+    monkeypatch.setattr(trainer, "estimate_log_likelihood", impossible)
+    from pyrovae import TrainConfig, TrainingDiverged, VAEConfig, train
+    from pyrovae.data import Dataset
+
+    x = (torch.rand(120, 6, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    data = Dataset("bits", x[:80], x[80:100], x[100:], binary=True)
+    run = tmp_path / "run"
+    cfg = TrainConfig(dataset="bits", epochs=3, batch_size=40)
+    with pytest.raises(TrainingDiverged, match="above 0, which no model of binary data"):
+        train(cfg, VAEConfig(z_dim=2, hidden=(4,)), run_dir=str(run), data=data, progress=False)
+    assert _last(run)["epoch"] == 1 and _last(run)["best_valid_elbo"] < 0
+
+
 def test_a_resumed_run_takes_a_new_learning_rate_and_records_it(tmp_path, capsys):
     run, same = tmp_path / "run", tmp_path / "same"
     assert _train(run, 2) == 0 and _train(same, 2) == 0

@@ -26,9 +26,11 @@ class Likelihood(nn.Module):
     shape (...) and event shape (x_dim,).
 
     ``data_range``: the interval the data lies in, (low, high), or ``None`` for any real.
+    ``discrete``: whether p(x | z) is a probability mass (so log p(x) <= 0 for every x).
     """
 
     data_range: Optional[Tuple[float, float]] = None
+    discrete = False
 
     def __init__(self, x_dim: int) -> None:
         super().__init__()
@@ -63,6 +65,7 @@ class BernoulliLikelihood(Likelihood):
     """x_d ~ Bernoulli(sigmoid(out_d)): the decoder outputs logits. Data must be 0 or 1."""
 
     data_range = (0.0, 1.0)
+    discrete = True
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
         return FactorizedBernoulli(out)

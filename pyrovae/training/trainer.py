@@ -589,6 +589,16 @@ class _EpochLoop:
             raise self._diverged(f"validation at epoch {epoch} failed: {e}", epoch) from e
         if not math.isfinite(valid.elbo):
             raise self._diverged(f"the validation ELBO became {valid.elbo} at epoch {epoch}", epoch)
+        likelihood = getattr(self.trained.module, "likelihood", None)
+        if getattr(likelihood, "discrete", False) and valid.elbo > 0:
+            # log p(x) <= 0 for a probability mass, and the ELBO below it: an average above 0
+            # over the validation set is arithmetic breaking down (a variance shrunk below
+            # float precision, say), which training would otherwise keep exploiting.
+            raise self._diverged(
+                f"the validation ELBO is {valid.elbo:.4g} at epoch {epoch}, above 0, which no "
+                "model of binary data can reach (log p(x) <= 0): the arithmetic broke down",
+                epoch,
+            )
         return {
             "epoch": epoch,
             "step": step,
