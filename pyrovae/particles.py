@@ -496,3 +496,24 @@ def traced_prior_latents(
         for s in t.nodes.values()
         if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
     }
+
+
+def traced_simulation(
+    model: Callable, x_like: torch.Tensor
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """One draw of (x, z) from the model for each row of ``x_like`` (B, ...; its shape sets the
+    batch): the model traced with its observed site unconditioned (``poutine.uncondition``).
+    Returns (x (B, ...), latents name -> (B, ...)), detached. The model must observe one site,
+    shaped like ``x_like``."""
+    with torch.no_grad():
+        t = poutine.trace(poutine.uncondition(poutine.block(model, hide_types=["param"])))
+        trace = t.get_trace(x_like)
+    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+    observed = [s for s in sites if s["infer"].get("was_observed")]
+    if len(observed) != 1 or observed[0]["value"].shape != x_like.shape:
+        raise ValueError(
+            "simulating data needs a model with one observed site shaped like the data, got "
+            f"{[(s['name'], tuple(s['value'].shape)) for s in observed]}"
+        )
+    latents = {s["name"]: s["value"].detach() for s in sites if s is not observed[0]}
+    return observed[0]["value"].detach(), latents

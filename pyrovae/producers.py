@@ -31,6 +31,7 @@ from .particles import (
     traced_particles,
     traced_prior_latents,
     traced_scores,
+    traced_simulation,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +71,10 @@ class DirectProducer:
     def sample_prior(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
         """Latents drawn from the model's prior, (num_samples, B, ...) per site."""
         return traced_prior_latents(self.vae.model, (x,), num_samples)
+
+    def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only)."""
+        return traced_simulation(self.vae.model, x_like)
 
 
 class GivenInputProducer:
@@ -154,6 +159,10 @@ class TracedProducer:
     def sample_prior(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
         """Latents drawn from the model's prior, (num_samples, B, ...) per site."""
         return traced_prior_latents(self.model, (x,), num_samples, self.max_plate_nesting)
+
+    def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only)."""
+        return traced_simulation(self.model, x_like)
 
 
 Producer = Union[DirectProducer, GivenInputProducer, TracedProducer]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pyrovae import VAEConfig, build_vae
-from pyrovae.evaluation.ais import ais_log_likelihood, schedule
+from pyrovae.evaluation.ais import ais_log_likelihood, bdmc, schedule
 from pyrovae.producers import make_producer
 
 from helpers import linear_two_layer_vae, linear_vae, random_truth, set_mean_field_guide
@@ -113,3 +113,34 @@ def test_schedule_and_bad_arguments():
         ais_log_likelihood(producer, x, steps=0)
     with pytest.raises(ValueError, match="schedule"):
         ais_log_likelihood(producer, x, schedule_kind="cosine")
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_bdmc_brackets_the_exact_log_likelihood_and_narrows_with_steps(layers):
+    if layers == 1:
+        truth = random_truth(5, 3, seed=2)
+        torch.manual_seed(0)
+        vae = linear_vae(truth).eval()
+    else:
+        vae, _ = linear_two_layer_vae()
+        truth = vae.linear_gaussian()
+    x_like = torch.zeros(20, truth.x_dim, dtype=torch.float64)
+    widths = []
+    for steps in (10, 300):
+        torch.manual_seed(1)
+        res = bdmc(make_producer(vae), x_like, steps=steps, chains=8, leapfrog=5, k=200,
+                   progress=False)  # fmt: skip
+        widths.append(res.width)
+    # The bounds are stochastic: each holds on average. Paired per point against the truth,
+    # the mean lower error is not above 0 and the mean upper error not below 0 beyond Monte
+    # Carlo noise, and both are small.
+    exact = truth.log_marginal(res.points)
+    for name, sign in (("lower", 1), ("upper", -1)):
+        err = res.per_point[name] - exact
+        stderr = err.std().item() / math.sqrt(err.numel())
+        assert sign * err.mean().item() < 4 * stderr + 0.01, (name, err.mean(), stderr)
+        # (the 5-D hierarchical posterior of two layers anneals more slowly)
+        assert abs(err.mean().item()) < (0.15 if layers == 1 else 0.4), (name, err.mean())
+    # The sandwich closes (up to Monte Carlo noise, which can make it cross slightly).
+    assert widths[0] > 0.5 and abs(widths[1]) < (0.2 if layers == 1 else 0.5), widths
+    assert abs(widths[1]) < widths[0] / 4, widths
