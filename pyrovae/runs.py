@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -19,6 +19,7 @@ import torch
 from .config import SEED_RULE, Rule, check_arguments
 from .data import SPLITS, Dataset
 from .evaluation import LogLikelihood, evaluate_vae
+from .evaluation.ais import INITS, AISResult, BDMCResult, ais_log_likelihood, bdmc
 from .evaluation.gap import InferenceGap, inference_gap
 from .evaluation.gradients import GradientStats, default_estimator_specs, gradient_variance
 from .evaluation.importance import refine_guide
@@ -31,6 +32,7 @@ from .plots import (
     save_scatter,
     save_training_curves,
 )
+from .producers import make_producer
 from .training import load_vae, prepare_data, read_config, read_metrics
 from .training.checkpoint import check_belongs, find_checkpoint
 from .training.rundir import read_record, write_text
@@ -41,10 +43,22 @@ EVALUATE_ARGUMENTS = {
     "k": Rule("int", minimum=1),
     "n": Rule("int", minimum=1, optional=True),
     "refine": Rule("int", minimum=0),
+    "steps": Rule("int", minimum=1),
+    "chains": Rule("int", minimum=1),
+    "leapfrog": Rule("int", minimum=1),
     "seed": SEED_RULE,
 }
 SAMPLE_ARGUMENTS = {
     "n": Rule("int", minimum=1, maximum=MAX_FIGURE_SAMPLES),
+    "seed": SEED_RULE,
+}
+METHODS = ("iw", "ais")
+BDMC_ARGUMENTS = {
+    "n": Rule("int", minimum=1),
+    "steps": Rule("int", minimum=1),
+    "chains": Rule("int", minimum=1),
+    "leapfrog": Rule("int", minimum=1),
+    "k": Rule("int", minimum=1),
     "seed": SEED_RULE,
 }
 GAP_ARGUMENTS = {
@@ -133,8 +147,14 @@ def evaluate_run(
     progress: bool = True,
     producer: Optional[str] = None,
     refine: int = 0,
-) -> LogLikelihood:
-    """Importance-weighted log p(x) of a run's model on one split.
+    method: str = "iw",
+    steps: int = 1000,
+    chains: int = 16,
+    leapfrog: int = 10,
+    init: str = "prior",
+) -> Union[LogLikelihood, AISResult]:
+    """log p(x) of a run's model on one split: importance-weighted (``method="iw"``) or by
+    annealed importance sampling (``"ais"``, ``pyrovae.evaluation.ais``).
 
     Args:
         run_dir: a directory made by ``train``.
@@ -150,16 +170,30 @@ def evaluate_run(
         refine: refine each point's guide by this many Adam steps on its ELBO first
             (``pyrovae.parts.refinement.refine_guide``): a better proposal, so a tighter
             estimate, and the refined q's ELBO; 0 (default) evaluates the run's guide as it is.
+        method, steps, chains, leapfrog, init: ``ais`` anneals ``chains`` HMC chains per point
+            (``leapfrog`` steps a transition) through ``steps`` distributions from the prior
+            or the guide (``init``); ``k`` is then unused.
     """
-    check_arguments(EVALUATE_ARGUMENTS, {"k": k, "n": n, "seed": seed, "refine": refine})
+    values = {"k": k, "n": n, "seed": seed, "refine": refine}
+    values.update(steps=steps, chains=chains, leapfrog=leapfrog)
+    check_arguments(EVALUATE_ARGUMENTS, values)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
     vae, data, state = load_run(run_dir, which, data_dir, splits=(split,))
     producer = producer or read_config(Path(run_dir))[0].producer
     x = _points(data, split, n, seed)
     if refine:
         refine_guide(vae, refine)
     pyro.set_rng_seed(seed)
+    if method == "ais":
+        made = make_producer(vae, producer)
+        vae.likelihood.check_data(x)
+        result = ais_log_likelihood(made, x, steps, chains, leapfrog, init, progress=progress)
+        return dataclasses.replace(result, checkpoint=state["checkpoint"])
     result = evaluate_vae(vae, x, k=k, progress=progress, producer=producer)
     return dataclasses.replace(result, checkpoint=state["checkpoint"], refine_steps=refine or None)
 
@@ -328,3 +362,31 @@ def gradvar_run(
     )
     paths["plot"] = save_gradient_variance(stats, out / "gradvar.png", title)
     return stats, paths
+
+
+def bdmc_run(
+    run_dir: str,
+    n: int = 100,
+    steps: int = 1000,
+    chains: int = 16,
+    leapfrog: int = 10,
+    k: int = 5000,
+    seed: int = 0,
+    which: str = "best",
+    producer: Optional[str] = None,
+    progress: bool = True,
+) -> BDMCResult:
+    """The BDMC sandwich of a run's model on ``n`` points simulated from it
+    (``pyrovae.evaluation.ais.bdmc``), seeded; no data is read."""
+    check_arguments(
+        BDMC_ARGUMENTS,
+        {"n": n, "steps": steps, "chains": chains, "leapfrog": leapfrog, "k": k, "seed": seed},
+    )
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise ValueError(f"run_dir must be a path, got {run_dir!r}")
+    vae, _ = load_vae(run_dir, which)
+    producer = producer or read_config(Path(run_dir))[0].producer
+    dtype = next(vae.parameters()).dtype
+    pyro.set_rng_seed(seed)
+    x_like = torch.zeros(n, vae.x_dim, dtype=dtype)
+    return bdmc(make_producer(vae, producer), x_like, steps, chains, leapfrog, k, progress=progress)

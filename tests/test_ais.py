@@ -144,3 +144,30 @@ def test_bdmc_brackets_the_exact_log_likelihood_and_narrows_with_steps(layers):
     # The sandwich closes (up to Monte Carlo noise, which can make it cross slightly).
     assert widths[0] > 0.5 and abs(widths[1]) < (0.2 if layers == 1 else 0.5), widths
     assert abs(widths[1]) < widths[0] / 4, widths
+
+
+def test_ais_and_bdmc_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from pyrovae.cli import main
+
+    run = str(tmp_path / "run")
+    argv = ["train", "--dataset", "linear-gaussian", "--likelihood", "gaussian-learned"]
+    assert main(argv + ["--epochs", "1", "--run-dir", run, "--quiet"]) == 0
+    capsys.readouterr()
+    ais = ["evaluate", run, "--method", "ais", "--steps", "20", "--chains", "4", "--n", "10"]
+    assert main(ais + ["--quiet", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "ais" and out["steps"] == 20 and out["chains"] == 4
+    assert out["n"] == 10 and 0 <= out["acceptance"] <= 1 and math.isfinite(out["log_px"])
+    assert main(["evaluate", run, "--k", "10", "--n", "10", "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "iw"
+    bd = ["bdmc", run, "--n", "6", "--steps", "20", "--chains", "3", "--k", "10", "--quiet"]
+    assert main(bd + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 6 and out["width"] == pytest.approx(out["upper"] - out["lower"])
+    assert main(bd) == 0 and "sandwich width" in capsys.readouterr().out
+    for bad, flag in ((ais + ["--steps", "0"], "--steps"), (bd + ["--chains", "0"], "--chains")):
+        assert main(bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert flag in err and "\n" not in err

@@ -76,15 +76,19 @@ class AISResult:
     init: str
     n: int
     seconds: float
+    producer: Optional[str] = None
+    checkpoint: Optional[str] = None  # the run's checkpoint evaluated (best, last), if any
     per_point_log_px: Optional[torch.Tensor] = None
     per_point_mc_stderr: Optional[torch.Tensor] = None
     per_point_acceptance: Optional[torch.Tensor] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        """The scalar fields, JSON-ready."""
-        d = asdict(self)
+        """The scalar fields, JSON-ready, with ``method``: ``ais``."""
+        d = {"method": "ais", **asdict(self)}
         for key in ("per_point_log_px", "per_point_mc_stderr", "per_point_acceptance"):
             d.pop(key)
+        if d["checkpoint"] is None:
+            d.pop("checkpoint")
         return d
 
 
@@ -296,6 +300,7 @@ def ais_log_likelihood(
         init=init,
         n=n,
         seconds=time.perf_counter() - start,
+        producer=getattr(producer, "name", None),
         per_point_log_px=per_point,
         per_point_mc_stderr=per_mc,
         per_point_acceptance=per_acc,

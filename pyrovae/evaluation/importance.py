@@ -98,8 +98,9 @@ class LogLikelihood:
     per_point_elbo: Optional[torch.Tensor] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        """The scalar fields, JSON-ready (per-point tensors left out)."""
-        d = asdict(self)
+        """The scalar fields, JSON-ready (per-point tensors left out), with ``method``:
+        ``iw``."""
+        d = {"method": "iw", **asdict(self)}
         d.pop("per_point_log_px")
         d.pop("per_point_elbo")
         if d["exact_log_px"] is None:
