@@ -379,6 +379,14 @@ def _gap_parser(sub) -> None:
     )
     p.add_argument("--samples", type=int, default=8, help="particles per step's ELBO")
     p.add_argument(
+        "--ais-steps",
+        type=int,
+        default=0,
+        help="take log p(x) from AIS with this many steps (the stronger estimate; 0: the "
+        "importance-weighted estimate with q* as proposal)",
+    )
+    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per point")
+    p.add_argument(
         "--split", choices=["train", "valid", "test"], default="test", help="the data used"
     )
     _run_options(p, seed="seeds the subset, the fit and the samples")
@@ -753,6 +761,8 @@ def _cmd_gap(args) -> int:
         data_dir=args.data_dir,
         out_dir=args.out,
         progress=not args.quiet,
+        ais_steps=args.ais_steps,
+        ais_chains=args.ais_chains,
     )
     if args.json:
         print(strict_json({"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}))
@@ -765,6 +775,7 @@ def _cmd_gap(args) -> int:
         ("run / checkpoint", f"{args.run_dir} ({res.checkpoint})"),
         ("split, points", f"{args.split}, {res.n}"),
         ("log p(x)", f"{nats('log_px')} ({res.log_px_source})"),
+        (f"log p(x), K={res.k}, fitted q*", nats("log_px_fitted")),
         (f"log p(x), K={res.k}, amortized q", nats("log_px_amortized")),
         ("ELBO, fitted q*", nats("elbo_fitted")),
         ("ELBO, amortized q", nats("elbo_amortized")),

@@ -62,6 +62,8 @@ BDMC_ARGUMENTS = {
     "seed": SEED_RULE,
 }
 GAP_ARGUMENTS = {
+    "ais_steps": Rule("int", minimum=0),
+    "ais_chains": Rule("int", minimum=1),
     "k": Rule("int", minimum=1),
     "n": Rule("int", minimum=1, optional=True),
     "steps": Rule("int", minimum=0),
@@ -224,22 +226,23 @@ def gap_run(
     data_dir: Optional[str] = None,
     out_dir: Optional[str] = None,
     progress: bool = True,
+    ais_steps: int = 0,
+    ais_chains: int = 16,
 ) -> Tuple[InferenceGap, Dict[str, Path]]:
     """The inference gap of a run's model on ``n`` seeded random points of ``split`` (all of
     them when ``n`` is None), split into the approximation and amortization gaps
-    (``pyrovae.evaluation.gap``). Writes ``gap.json`` and ``gap.png`` to ``out_dir`` (default
-    ``run_dir/figures``); returns the result and the paths."""
-    check_arguments(
-        GAP_ARGUMENTS,
-        {"k": k, "n": n, "steps": steps, "lr": lr, "samples": samples, "seed": seed},
-    )
+    (``pyrovae.evaluation.gap``; ``ais_steps`` > 0: log p(x) by AIS). Writes ``gap.json`` and
+    ``gap.png`` to ``out_dir`` (default ``run_dir/figures``); returns the result and the
+    paths."""
+    values = {"k": k, "n": n, "steps": steps, "lr": lr, "samples": samples, "seed": seed}
+    check_arguments(GAP_ARGUMENTS, {**values, "ais_steps": ais_steps, "ais_chains": ais_chains})
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     vae, data, state = load_run(run_dir, which, data_dir, splits=(split,))
     out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
     x = _points(data, split, n, seed)
     pyro.set_rng_seed(seed)
-    result = inference_gap(vae, x, k, steps, lr, samples, seed, progress)
+    result = inference_gap(vae, x, k, steps, lr, samples, seed, progress, ais_steps, ais_chains)
     result = dataclasses.replace(result, checkpoint=state["checkpoint"])
     info = {
         "run_dir": str(run_dir),
