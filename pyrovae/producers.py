@@ -77,20 +77,12 @@ class DirectProducer:
         return traced_simulation(self.vae.model, x_like)
 
 
-class GivenInputProducer:
-    """A ``VAE``'s particles at given guide inputs: each row of its ``x`` argument is a data
+class GivenInputProducer(DirectProducer):
+    """The direct producer at given guide inputs: each row of its ``x`` argument is a data
     point followed by the guide family's input for it, (B, x_dim + F), and the particles are
     ``vae.particles(x, ..., guide_input=h)``. The evaluator runs on such rows to score a guide
     whose inputs were computed beforehand in batches (refined per data point, see
     ``pyrovae.parts.refinement``), while its chunks hold one data point each."""
-
-    name = "direct"
-    thread_safe = True
-
-    def __init__(self, vae: VAE) -> None:
-        if not supports_direct(vae):
-            raise ValueError(f"{type(vae).__name__} overrides the VAE's model or guide")
-        self.vae = vae
 
     def __call__(
         self,

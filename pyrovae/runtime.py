@@ -118,3 +118,18 @@ def check_memory(need: int, what: str, advice: str) -> None:
             f"{what} needs about {need / 2**30:.1f} GiB, but {free / 2**30:.1f} GiB of memory "
             f"is free: {advice}"
         )
+
+
+def progress_bar(total: int, desc: str, unit: str, progress: bool):
+    """A tqdm bar for long work, shown on a terminal (not in logs) when ``progress``; a
+    disabled one when not. Close it when done."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        disable=None if progress else True,  # None: shown on a terminal, not in logs
+        leave=False,
+    )

@@ -30,10 +30,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import Rule
 from ..producers import Producer
+from ..runtime import progress_bar
 
 INITS = ("prior", "guide")
 SCHEDULES = ("sigmoid", "linear")
@@ -252,14 +252,7 @@ def ais_log_likelihood(
         raise ValueError("cannot evaluate an empty data set")
     batch = max(1, min(n, chain_pairs // chains))
     start = time.perf_counter()
-    bar = tqdm(
-        total=n * steps,
-        desc=f"AIS, T={steps}, {chains} chains",
-        unit="point-step",
-        unit_scale=True,
-        disable=None if progress else True,
-        leave=False,
-    )
+    bar = progress_bar(n * steps, f"AIS, T={steps}, {chains} chains", "point-step", progress)
     log_px: List[torch.Tensor] = []
     mc: List[torch.Tensor] = []
     acceptance: List[torch.Tensor] = []
@@ -378,14 +371,7 @@ def bdmc(
     n = x.shape[0]
     batch = max(1, min(n, chain_pairs // chains))
     upper, acceptance = [], []
-    bar = tqdm(
-        total=n * steps,
-        desc=f"reverse AIS, T={steps}",
-        unit="point-step",
-        unit_scale=True,
-        disable=None if progress else True,
-        leave=False,
-    )
+    bar = progress_bar(n * steps, f"reverse AIS, T={steps}", "point-step", progress)
     try:
         for lo in range(0, n, batch):
             part = {name: v[lo : lo + batch] for name, v in truth.items()}

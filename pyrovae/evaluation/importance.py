@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import Rule
 from ..data import as_data_tensor
@@ -39,7 +38,7 @@ from ..producers import (
     TracedProducer,
     make_producer,
 )
-from ..runtime import tune_allocator
+from ..runtime import progress_bar, tune_allocator
 
 # (particle, data point) pairs evaluated at once. Memory is bounded by this whatever K is, and
 # smaller is faster up to a point: a (4096, 784) float tensor (13 MB) stays in cache between the
@@ -198,14 +197,7 @@ def estimate_log_likelihood(
     # Per batch of points in progress: the log-sum-exp of its chunks so far, and their count.
     lse_parts: Dict[int, Tuple[torch.Tensor, int]] = {}
     start = time.perf_counter()
-    bar = tqdm(
-        total=n * k,
-        desc=f"log p(x), K={k}",
-        unit="sample",
-        unit_scale=True,
-        disable=None if progress else True,  # None: shown on a terminal, not in logs
-        leave=False,
-    )
+    bar = progress_bar(n * k, f"log p(x), K={k}", "sample", progress)
 
     def finish(lo: int, hi: int, kk: int, lse: torch.Tensor, sum_log_w: torch.Tensor) -> None:
         if lo in lse_parts:

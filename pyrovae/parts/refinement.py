@@ -30,9 +30,9 @@ import math
 from typing import Any, Callable, Dict, Optional, Union
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import SEED_RULE, Rule
+from ..runtime import progress_bar
 from .guides import GUIDES, GuideFamily
 
 BETAS = (0.9, 0.999)
@@ -119,13 +119,7 @@ def fit_guide_inputs(
     ELBO estimated with ``samples`` particles. Returns (N, F), detached."""
     Rule("int", minimum=1).check("batch_size", batch_size)
     out = []
-    bar = tqdm(
-        total=data.shape[0],
-        desc=f"refining q, {steps} steps",
-        unit="point",
-        disable=None if progress else True,
-        leave=False,
-    )
+    bar = progress_bar(data.shape[0], f"refining q, {steps} steps", "point", progress)
     try:
         for lo in range(0, data.shape[0], batch_size):
             x = data[lo : lo + batch_size]
