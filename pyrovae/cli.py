@@ -148,11 +148,15 @@ def _train_parser(sub) -> None:
         "(default 100,100)",
     )
     m.add_argument("--activation", choices=sorted(ACTIVATIONS), help="default tanh")
-    m.add_argument("--encoder", choices=NETS.names(), help="encoder network (default mlp)")
+    m.add_argument(
+        "--encoder",
+        choices=NETS.names(),
+        help="encoder network (default mlp; conv: convolutional, for image data)",
+    )
     m.add_argument(
         "--decoder",
         choices=NETS.names(),
-        help="decoder network (default mlp; "
+        help="decoder network (default mlp; conv: convolutional, for image data; "
         "linear + a Gaussian likelihood gives an exact log p(x))",
     )
     m.add_argument("--prior", choices=PRIORS.names(), help="default standard-normal")

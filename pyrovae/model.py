@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pyro
 import torch
@@ -48,15 +49,21 @@ class VAEConfig:
     """Everything needed to rebuild a VAE; saved in every checkpoint.
 
     Defaults are the IWAE paper's one-stochastic-layer net, 784-200-200-50 with tanh both ways.
-    ``encoder``/``decoder`` name a network (``mlp`` or ``linear``); ``prior``, ``likelihood`` and
-    ``guide`` name a registered part; ``prior_options``, ``likelihood_options`` and
-    ``guide_options`` go to that part's constructor (e.g. ``{"components": 500}`` for the
-    VampPrior, ``{"sigma": 0.5}`` for a Gaussian likelihood, ``{"layers": 4}`` for a flow guide).
+    ``encoder``/``decoder`` name a network (``mlp``, ``linear`` or ``conv``); ``prior``,
+    ``likelihood`` and ``guide`` name a registered part; ``prior_options``,
+    ``likelihood_options`` and ``guide_options`` go to that part's constructor (e.g.
+    ``{"components": 500}`` for the VampPrior, ``{"sigma": 0.5}`` for a Gaussian likelihood,
+    ``{"layers": 4}`` for a flow guide).
 
     ``latent_layers=2`` builds a ``TwoLayerVAE``, the IWAE paper's two-stochastic-layer net:
     x -> ``hidden`` -> z1 (``z1_dim``) -> ``hidden_top`` -> z2 (``z_dim``) in the guide and back
     in the model; ``prior`` is then p(z2), ``guide`` q(z1 | x). ``z1_dim`` and ``hidden_top``
     are unused with one layer.
+
+    ``image_shape``: (C, H, W) when the data are images flattened in that row-major order
+    (C·H·W = ``x_dim``; the trainer takes it from the data), else ``None``. The ``conv`` nets
+    need it; the nets between z1 and z2 are then ``mlp`` ones, for those are vectors. Configs
+    saved before it existed load with ``None``.
     """
 
     x_dim: int = option(784, Rule("int", minimum=1))
@@ -74,15 +81,23 @@ class VAEConfig:
     latent_layers: int = option(1, Rule("int", minimum=1, maximum=2))
     z1_dim: int = option(100, Rule("int", minimum=1))
     hidden_top: Tuple[int, ...] = option((100, 100), Rule("ints", minimum=1))
+    image_shape: Optional[Tuple[int, ...]] = option(None, Rule("ints", minimum=1, optional=True))
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        shape = self.image_shape
+        if shape is not None and (len(shape) != 3 or math.prod(shape) != self.x_dim):
+            raise OptionError(
+                f"image_shape must be None or (C, H, W) with C*H*W = x_dim = {self.x_dim}, "
+                f"got {list(shape)}"
+            )
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready dict."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         d["hidden_top"] = list(self.hidden_top)
+        d["image_shape"] = None if self.image_shape is None else list(self.image_shape)
         return d
 
     @classmethod
@@ -575,22 +590,65 @@ class TwoLayerVAE(VAE):
             )
 
 
-def _check_size(config: VAEConfig, enc_out: int, dec_out: int, parts: int) -> None:
-    """Refuse, before allocating the networks, a VAE whose parameters with their gradients and
-    Adam's two moments (16 bytes each) would not fit in memory: the encoder's and decoder's
-    (``enc_out``, ``dec_out`` outputs), with two latent layers the two nets between z1 and z2
-    too, and ``parts`` more (the prior's, guide family's and likelihood's own)."""
+def _needs_images(name: str) -> bool:
+    """Whether the net registered as ``name`` needs image data: its factory declares an
+    ``image_shape`` keyword without a default (``conv``)."""
+    param = inspect.signature(NETS.get(name)).parameters.get("image_shape")
+    return param is not None and param.default is inspect.Parameter.empty
+
+
+def _net_specs(config: VAEConfig, enc_out: int, dec_out: int) -> List[Tuple[str, str, int, int]]:
+    """(registered name, role, in_features, out_features) of each net of the VAE: the
+    encoder's and decoder's (``enc_out``, ``dec_out`` outputs), with two latent layers then the
+    top encoder's and decoder's (z1 <-> z2), role ``"top"``. The top nets read and write plain
+    vectors, so a net that needs images gives way to an ``mlp`` there."""
     two = config.latent_layers == 2
-    nets = [
-        [config.x_dim, *config.hidden, enc_out],
-        [config.z1_dim if two else config.z_dim, *config.hidden, dec_out],
+    specs = [
+        (config.encoder, "encoder", config.x_dim, enc_out),
+        (config.decoder, "decoder", config.z1_dim if two else config.z_dim, dec_out),
     ]
     if two:
-        nets += [
-            [config.z1_dim, *config.hidden_top, 2 * config.z_dim],
-            [config.z_dim, *config.hidden_top, 2 * config.z1_dim],
+        top = [n if not _needs_images(n) else "mlp" for n in (config.encoder, config.decoder)]
+        specs += [
+            (top[0], "top", config.z1_dim, 2 * config.z_dim),
+            (top[1], "top", config.z_dim, 2 * config.z1_dim),
         ]
-    count = sum((a + 1) * b for widths in nets for a, b in zip(widths, widths[1:]))
+    return specs
+
+
+def _net(config: VAEConfig, name: str, role: str, in_features: int, out_features: int):
+    """The net registered as ``name``, made for ``role``: ``image_shape`` and ``role`` go to a
+    factory that declares them (``pyrovae.parts.nets``); a net that needs images, asked for
+    without an image shape, is an ``OptionError`` saying so."""
+    factory = NETS.get(name)
+    hidden = config.hidden_top if role == "top" else config.hidden
+    takes = inspect.signature(factory).parameters
+    if "image_shape" not in takes:
+        return factory(in_features, out_features, hidden, config.activation)
+    if config.image_shape is None and _needs_images(name):
+        raise OptionError(
+            f"the {name} {role} needs image data, but the data has no image shape "
+            f"(VAEConfig.image_shape is None): use --{role} mlp"
+        )
+    extra: Dict[str, Any] = {"image_shape": config.image_shape}
+    if "role" in takes:
+        extra["role"] = role
+    try:
+        return factory(in_features, out_features, hidden, config.activation, **extra)
+    except ValueError as e:
+        raise OptionError(f"the {name} {role}: {e}") from None
+
+
+def _check_size(config: VAEConfig, enc_out: int, dec_out: int, parts: int) -> None:
+    """Refuse, before allocating the networks, a VAE whose parameters with their gradients and
+    Adam's two moments (16 bytes each) would not fit in memory: the nets' (``_net_specs``) and
+    ``parts`` more (the prior's, guide family's and likelihood's own). The nets are counted
+    exactly, whatever their layers, by building them on PyTorch's meta device, which allocates
+    no memory."""
+    with torch.device("meta"):
+        nets = [_net(config, *spec) for spec in _net_specs(config, enc_out, dec_out)]
+    count = sum(p.numel() for net in nets for p in net.parameters())
+    two = config.latent_layers == 2
     hint = "lower --hidden or --z-dim" + (", --hidden-top or --z1-dim" if two else "")
     check_memory(16 * (count + parts), "a VAE of this size", hint)
 
@@ -655,21 +713,12 @@ def build_vae(config: VAEConfig) -> VAE:
     )
     family = _part(GUIDES, config.guide, "guide", config.guide_options, guided)
     parts = sum(p.numel() for m in (prior, likelihood, family) for p in m.parameters())
-    _check_size(config, family.in_features, likelihood.out_features, parts)
-    encoder = NETS.get(config.encoder)(
-        config.x_dim, family.in_features, config.hidden, config.activation
-    )
-    decoder = NETS.get(config.decoder)(
-        guided, likelihood.out_features, config.hidden, config.activation
-    )
+    out = likelihood.out_features
+    _check_size(config, family.in_features, out, parts)
+    nets = [_net(config, *spec) for spec in _net_specs(config, family.in_features, out)]
     if not two:
-        return VAE(encoder, decoder, prior, likelihood, family, config=config)
-    top_encoder = NETS.get(config.encoder)(
-        config.z1_dim, 2 * config.z_dim, config.hidden_top, config.activation
-    )
-    top_decoder = NETS.get(config.decoder)(
-        config.z_dim, 2 * config.z1_dim, config.hidden_top, config.activation
-    )
+        return VAE(*nets, prior, likelihood, family, config=config)
+    encoder, decoder, top_encoder, top_decoder = nets
     return TwoLayerVAE(
         encoder, decoder, prior, likelihood, family, top_encoder, top_decoder, config=config
     )

@@ -32,10 +32,11 @@ def _save(fig, path: Path, **options: Any) -> None:
 
 
 def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
-    """Tile ``images`` (N, H, W) into one (rows·(H+pad)+pad, nrow·(W+pad)+pad) image."""
-    n, h, w = images.shape
+    """Tile ``images`` (N, H, W), or (N, H, W, 3) in colour, into one (rows·(H+pad)+pad,
+    nrow·(W+pad)+pad) image (with the colour dimension last)."""
+    n, h, w = images.shape[:3]
     rows = math.ceil(n / nrow)
-    grid = images.new_ones(rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    grid = images.new_ones(rows * (h + pad) + pad, nrow * (w + pad) + pad, *images.shape[3:])
     for i in range(n):
         r, c = divmod(i, nrow)
         top, left = pad + r * (h + pad), pad + c * (w + pad)
@@ -43,11 +44,23 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
     return grid
 
 
+def _pictures(images: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+    """Vectors (N, D) as pictures: (N, H, W) for ``shape`` (H, W) or (1, H, W); (N, H, W, 3)
+    for (3, H, W), colour last as matplotlib wants it; for another number of channels, which
+    has no colour to show, their mean in grey."""
+    x = images.detach().float().clamp(0, 1).cpu()
+    if len(shape) == 2:
+        return x.reshape(-1, *shape)
+    x = x.reshape(-1, *shape)
+    return x.permute(0, 2, 3, 1) if shape[0] == 3 else x.mean(1)
+
+
 def save_image_grid(
-    images: torch.Tensor, shape: Tuple[int, int], path: Path, nrow: int = 10, title: str = ""
+    images: torch.Tensor, shape: Tuple[int, ...], path: Path, nrow: int = 10, title: str = ""
 ) -> Path:
-    """Save vectors ``images`` (N, H·W) with values in [0, 1] as a grid PNG at ``path``."""
-    grid = image_grid(images.detach().float().clamp(0, 1).reshape(-1, *shape).cpu(), nrow)
+    """Save vectors ``images`` (N, D) with values in [0, 1] as a grid PNG at ``path``; ``shape``
+    is the data's image shape, (H, W) or (C, H, W) (see ``_pictures`` for colour)."""
+    grid = image_grid(_pictures(images, shape), nrow)
     fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 0.4, grid.shape[0] / 40 + 0.6))
     ax.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
@@ -58,9 +71,10 @@ def save_image_grid(
 
 
 def save_reconstructions(
-    inputs: torch.Tensor, recons: torch.Tensor, shape: Tuple[int, int], path: Path, nrow: int = 10
+    inputs: torch.Tensor, recons: torch.Tensor, shape: Tuple[int, ...], path: Path, nrow: int = 10
 ) -> Path:
-    """Inputs (N, H·W) on odd rows and their reconstructions directly below them."""
+    """Inputs (N, D) on odd rows and their reconstructions directly below them; ``shape`` as
+    for ``save_image_grid``."""
     rows = []
     for lo in range(0, inputs.shape[0], nrow):
         rows += [inputs[lo : lo + nrow], recons[lo : lo + nrow]]

@@ -94,13 +94,21 @@ _BYTES_PER_VALUE = 4
 
 
 def check_step_memory(
-    params: Sequence[torch.Tensor], x: torch.Tensor, num_particles: int, what: str
+    params: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    num_particles: int,
+    what: str,
+    modules: Sequence[torch.nn.Module] = (),
 ) -> None:
     """Refuse, with a ``MemoryError`` saying what to lower, a step on ``num_particles`` samples
     of z for each row of the batch ``x`` (B, D) whose activations would not fit in the memory
     left. The estimate is an upper bound: every layer (each 2-D parameter's rows) computes one
-    value per (particle, data point) pair, as the decoder does, plus the likelihood's D."""
-    widths = sum(p.shape[0] for p in params if p.dim() == 2) + 3 * x[0].numel()
+    value per (particle, data point) pair, as the decoder does, plus the likelihood's D. A
+    convolution's output is not its weight's rows but feature maps: the submodules of
+    ``modules`` that say how many values they compute per row (``values_per_row``, the conv
+    nets') add those."""
+    maps = sum(getattr(m, "values_per_row", 0) for top in modules for m in top.modules())
+    widths = sum(p.shape[0] for p in params if p.dim() == 2) + 3 * x[0].numel() + maps
     pairs = num_particles * x.shape[0]
     check_memory(
         pairs * widths * _BYTES_PER_VALUE,

@@ -184,7 +184,9 @@ class Dataset:
         test: Test examples, (N_test, D) float32.
         binary: Whether the likelihood sees values in {0, 1} only (after dynamic binarization,
             when ``binarize == "dynamic"``).
-        image_shape: ``(H, W)`` with ``H * W == D`` for images, None for plain vectors.
+        image_shape: ``(H, W)`` with ``H * W == D`` for grey images, ``(C, H, W)`` with
+            ``C * H * W == D`` for images of C channels (each row flattened in that row-major
+            order, channel by channel), None for plain vectors.
         binarize: None, or ``"dynamic"``: the trainer replaces each training batch by
             ``torch.bernoulli(batch)`` at every step; valid and test are already binary.
         truth: The exact generative model, for datasets sampled from a linear-Gaussian model.
@@ -195,7 +197,7 @@ class Dataset:
     valid: torch.Tensor
     test: torch.Tensor
     binary: bool
-    image_shape: Tuple[int, int] | None = None
+    image_shape: Tuple[int, ...] | None = None
     binarize: str | None = None
     truth: LinearGaussian | None = None
 
@@ -215,13 +217,15 @@ class Dataset:
             raise DataError(f"dataset {self.name!r}: binary must be True or False")
         if self.image_shape is not None and not (
             isinstance(self.image_shape, (tuple, list))
-            and len(self.image_shape) == 2
+            and len(self.image_shape) in (2, 3)
             and all(_is_int(n) and n > 0 for n in self.image_shape)
         ):
             raise DataError(
-                f"dataset {self.name!r}: image_shape must be None or (H, W) of positive integers, "
-                f"got {self.image_shape!r}"
+                f"dataset {self.name!r}: image_shape must be None or (H, W) of positive integers "
+                f"(or (C, H, W) for C channels), got {self.image_shape!r}"
             )
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", tuple(int(n) for n in self.image_shape))
         if self.image_shape is not None and math.prod(self.image_shape) != self.x_dim:
             raise DataError(
                 f"dataset {self.name!r}: image_shape {self.image_shape} does not hold "
@@ -254,6 +258,12 @@ class Dataset:
     def x_dim(self) -> int:
         """D, the number of values in one example."""
         return self.train.shape[1]
+
+    @property
+    def channels_shape(self) -> Tuple[int, int, int] | None:
+        """``image_shape`` as (C, H, W), C = 1 for grey (H, W) images; None for vectors."""
+        shape = self.image_shape
+        return None if shape is None else (1, *shape) if len(shape) == 2 else shape
 
     def subset(
         self, n_train: int | None = None, n_eval: int | None = None, seed: int = 0

@@ -212,7 +212,9 @@ def gradient_variance(
     try:
         for spec in estimators:
             est = _make(spec)
-            check_step_memory(list(vae.parameters()), x, est.num_particles, f"{spec!r}'s step")
+            check_step_memory(
+                list(vae.parameters()), x, est.num_particles, f"{spec!r}'s step", [vae]
+            )
             check_applies(route, est, x)  # NotApplicable says why, and what to use
             est.prepare(x)
             _warm_up_baselines(route, est, x, warmup, vae, warmup_data)

@@ -141,8 +141,8 @@ def resumed_config(
         if key == "x_dim":
             continue  # taken from the data
         old = getattr(saved_train, key) if key in train_keys else saved_model_d.get(key)
-        if key in ("hidden", "hidden_top"):
-            old, value = tuple(old), tuple(value)
+        if key in ("hidden", "hidden_top", "image_shape"):  # lists in config.json
+            old, value = (None if v is None else tuple(v) for v in (old, value))
         if value == old:
             continue
         if key not in RESUMABLE:

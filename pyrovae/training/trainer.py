@@ -234,6 +234,23 @@ def _check_data(vae: VAE, data: Dataset) -> None:
         vae.likelihood.check_data(data.train, f"the {data.name} training split")
 
 
+def _fitted_config(config: VAEConfig, data: Dataset, resumed: bool) -> VAEConfig:
+    """``config`` with the data's ``x_dim``, and for a new run its image shape (C, H, W) when
+    the data has one (a resumed run keeps its saved config: its checkpoints must keep
+    matching config.json). An image shape given that differs from the data's is an
+    ``OptionError``."""
+    shape = config.image_shape
+    found = data.channels_shape
+    if not resumed and found is not None:
+        if shape is not None and shape != found:
+            raise OptionError(
+                f"the model's image_shape {list(shape)} is not the data's {list(found)}: leave "
+                "image_shape out, it is taken from the data"
+            )
+        shape = found
+    return dataclasses.replace(config, x_dim=data.x_dim, image_shape=shape)
+
+
 def _describe(fn: Callable) -> str:
     owner = getattr(fn, "__self__", None)
     where = type(owner) if owner is not None else fn
@@ -262,7 +279,8 @@ def train(
     Args:
         train_config: data, optimisation, estimator and producer settings (default
             ``TrainConfig()``).
-        model_config: the VAE's parts; ``x_dim`` is taken from the data. Default:
+        model_config: the VAE's parts; ``x_dim`` is taken from the data, and so is
+            ``image_shape`` (as (C, H, W)) for a new run on image data. Default:
             ``VAEConfig()``. Not used with ``model`` and ``guide``.
         run_dir: where to write config, metrics and checkpoints (default
             ``runs/<dataset>-<estimator>-<time>``, a new name). A new run needs a directory
@@ -378,7 +396,7 @@ def train(
         vae = None
         trained = TrainedState.of_pair(model, guide, x0)
     else:
-        model_config = dataclasses.replace(model_config or VAEConfig(), x_dim=data.x_dim)
+        model_config = _fitted_config(model_config or VAEConfig(), data, resumed=state is not None)
         vae = build_vae(model_config)
         _check_data(vae, data)
         model, guide = vae.model, vae.guide
@@ -387,7 +405,8 @@ def train(
     producer = make_producer(subject, cfg.producer, params=trained.params)
     # An estimator that does not apply, or a step that would not fit in memory, fails here,
     # before anything is written.
-    check_step_memory(trained.params, x0, estimator.num_particles, "a training step")
+    modules = [vae] if vae is not None else []
+    check_step_memory(trained.params, x0, estimator.num_particles, "a training step", modules)
     check_applies(producer, estimator, x0)
     trainer = Trainer(producer, estimator, trained.params, cfg.lr)
     tune_allocator()  # batches of tensors above glibc's mmap threshold, every step
