@@ -4,6 +4,8 @@ pyrovae train --dataset binarized-mnist --data-dir DIR --epochs 100
 pyrovae evaluate RUN_DIR --k 5000 [--json]
 pyrovae sample RUN_DIR
 pyrovae gradvar RUN_DIR [--estimators pathwise,stl,iwae:num_particles=10] [--draws 100]
+
+Every command that computes takes ``--device auto|cpu|cuda|cuda:N``.
 """
 
 from __future__ import annotations
@@ -221,7 +223,19 @@ def _train_parser(sub) -> None:
         action="store_true",
         help="continue the run in --run-dir from its last checkpoint",
     )
+    _device_option(r)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _device_option(p) -> None:
+    """``--device``: where a command computes (``pyrovae.runtime.resolve_device``)."""
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="where to compute: auto (a CUDA GPU where there is one, else the CPU), cpu, cuda "
+        "(the current GPU) or cuda:N (default: $PYROVAE_DEVICE, else auto). Not part of the "
+        "run: a run trained on one device evaluates, samples and resumes on any other",
+    )
 
 
 def _run_options(p, seed: str) -> None:
@@ -286,6 +300,7 @@ def _eval_parser(sub) -> None:
         "guide's refinement, e.g. 100): a better proposal, so a tighter estimate of log p(x), "
         "and the ELBO of the refined q; 0: the run's guide as it is",
     )
+    _device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -299,6 +314,7 @@ def _sample_parser(sub) -> None:
     p.add_argument("--n", type=int, default=100, help="number of samples")
     p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
     _run_options(p, seed="seeds the images shown and the samples")
+    _device_option(p)
 
 
 def _gradvar_parser(sub) -> None:
@@ -332,6 +348,7 @@ def _gradvar_parser(sub) -> None:
         choices=["auto", "direct", "traced"],
         help="the route gradients are computed by (default: the one the run was trained with)",
     )
+    _device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -358,6 +375,7 @@ def _bdmc_parser(sub) -> None:
         choices=["auto", "direct", "traced"],
         help="how log densities are computed (default: as the run was trained)",
     )
+    _device_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -394,6 +412,7 @@ def _gap_parser(sub) -> None:
         "--split", choices=["train", "valid", "test"], default="test", help="the data used"
     )
     _run_options(p, seed="seeds the subset, the fit and the samples")
+    _device_option(p)
     p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -593,6 +612,7 @@ def _cmd_train(args) -> int:
         resume=args.resume,
         progress=not args.quiet,
         changes=changes,
+        device=args.device,
     )
     last = result.metrics[-1] if result.metrics else {}
     rows = [
@@ -601,7 +621,7 @@ def _cmd_train(args) -> int:
         ("train ELBO (last epoch)", f"{last.get('train_elbo', float('nan')):.3f} nats"),
         ("valid ELBO (last epoch)", f"{last.get('valid_elbo', float('nan')):.3f} nats"),
         ("best valid ELBO", f"{result.best_valid_elbo:.3f} nats"),
-        ("particles from", f"the {result.producer} producer"),
+        ("particles from", f"the {result.producer} producer, on {result.device}"),
         ("seconds per epoch", f"{result.seconds_per_epoch:.2f} (training only)"),
         ("wall time", f"{time.perf_counter() - t0:.1f} s"),
         ("next", f"pyrovae evaluate {result.run_dir}"),
@@ -631,6 +651,7 @@ def _cmd_evaluate(args) -> int:
         chains=args.chains,
         leapfrog=args.leapfrog,
         init=args.init,
+        device=args.device,
     )
     if args.json:
         out = {"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}
@@ -686,6 +707,7 @@ def _cmd_sample(args) -> int:
         seed=args.seed,
         which=args.checkpoint,
         data_dir=args.data_dir,
+        device=args.device,
     )
     print("figures written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
     return 0
@@ -710,6 +732,7 @@ def _cmd_gradvar(args) -> int:
         out_dir=args.out,
         progress=not args.quiet,
         producer=args.producer,
+        device=args.device,
     )
     if args.json:
         out = {"run_dir": str(args.run_dir), "estimators": [s.to_dict() for s in stats]}
@@ -767,6 +790,7 @@ def _cmd_gap(args) -> int:
         progress=not args.quiet,
         ais_steps=args.ais_steps,
         ais_chains=args.ais_chains,
+        device=args.device,
     )
     if args.json:
         print(strict_json({"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}))
@@ -811,6 +835,7 @@ def _cmd_bdmc(args) -> int:
         which=args.checkpoint,
         producer=args.producer,
         progress=not args.quiet,
+        device=args.device,
     )
     if args.json:
         print(strict_json({"run_dir": str(args.run_dir), "method": "bdmc", **res.to_dict()}))
@@ -912,8 +937,8 @@ def _run(args, name: str) -> int:
     except OSError as e:  # a file or directory the system refuses: FileExistsError among them
         print(f"{name}: error: {_os_error(e)}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
-        if "can't allocate memory" not in str(e):
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError among them
+        if "can't allocate memory" not in str(e) and "out of memory" not in str(e):
             raise  # a bug: its traceback is what a report needs
         print(
             f"{name}: error: out of memory ({_one_line(e)[:200]}); lower the sizes asked for",

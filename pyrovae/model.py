@@ -41,7 +41,7 @@ from .parts.likelihoods import LIKELIHOODS, Likelihood
 from .parts.nets import ACTIVATIONS, NETS
 from .parts.priors import PRIORS, Prior
 from .parts.refinement import LocalRefinement  # noqa: F401  (registers the local guide)
-from .runtime import check_memory
+from .runtime import check_memory, module_device
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ class VAE(nn.Module):
         batch = x.shape[0]
         if self.data_scale(x, num_data) == 1.0:
             return pyro.plate("data", batch, dim=-1)
-        if self._index_cache.numel() != batch:
+        if self._index_cache.numel() != batch or self._index_cache.device != x.device:
             self._index_cache = torch.arange(batch, device=x.device)
         return pyro.plate("data", num_data, subsample=self._index_cache, dim=-1)
 
@@ -312,8 +312,9 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """E[x | z] at z = the guide's sample for each row of ``x`` (B, x_dim) -> (B, x_dim)."""
-        x = as_data_tensor(x, "x", next(self.parameters()).dtype)
+        """E[x | z] at z = the guide's sample for each row of ``x`` (B, x_dim) -> (B, x_dim),
+        on the VAE's device (``x`` is moved there)."""
+        x = as_data_tensor(x, "x", next(self.parameters()).dtype).to(module_device(self))
         self.data_scale(x)  # the shape
         z = self.guide_family(self.guide_input(x)).sample()
         return self.likelihood.mean(self.decoder(z))

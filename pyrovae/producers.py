@@ -33,6 +33,7 @@ from .particles import (
     traced_scores,
     traced_simulation,
 )
+from .runtime import fork_rng, module_device
 
 if TYPE_CHECKING:
     from .estimators import Estimator
@@ -54,6 +55,11 @@ class DirectProducer:
                 f"{type(vae).__name__} overrides them: use the traced producer"
             )
         self.vae = vae
+
+    @property
+    def device(self) -> torch.device:
+        """Where the particles are computed: the VAE's device."""
+        return module_device(self.vae)
 
     def __call__(
         self,
@@ -119,6 +125,16 @@ class TracedProducer:
         # The trainer holds the parameters already: the pair's param statements need not
         # reach any handler (see ``traced_particles``).
         self.record_params = record_params
+
+    @property
+    def device(self) -> Optional[torch.device]:
+        """Where the particles are computed, where known: that of the pair's parameters (the
+        trainer's), else of the module whose method the model is; ``None`` for a pair of bare
+        ``pyro.param`` calls (the data then stay on their own device)."""
+        if self.params:
+            return self.params[0].device
+        owner = getattr(self.model, "__self__", None)
+        return module_device(owner) if isinstance(owner, torch.nn.Module) else None
 
     def __call__(
         self,
@@ -205,7 +221,7 @@ def check_applies(producer: Producer, estimator: "Estimator", x: torch.Tensor) -
         NotApplicable: the estimator cannot be computed for this model (a reparameterized
             estimator on discrete latents, say), with its name in the message.
     """
-    with torch.random.fork_rng(devices=[]):
+    with fork_rng(x.device):
         estimator.prepare(x)
         try:
             particles = producer(x, None, estimator.num_particles, estimator.reparameterized)

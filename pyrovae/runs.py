@@ -1,7 +1,11 @@
 """Working with a trained run directory: evaluate its model, draw its figures.
 
-These are the functions behind ``pyrovae evaluate``, ``pyrovae sample``, ``pyrovae gradvar``
-and ``pyrovae gap``.
+These are the functions behind ``pyrovae evaluate``, ``pyrovae sample``, ``pyrovae gradvar``,
+``pyrovae gap`` and ``pyrovae bdmc``. Each takes ``device`` (``auto``, ``cpu``, ``cuda``,
+``cuda:N``; default ``$PYROVAE_DEVICE``, else ``auto``: ``pyrovae.runtime.resolve_device``),
+where the run's model is loaded and computes, whatever device trained it. Data subsets, and
+the random numbers that pick them, are drawn on the CPU, so every device evaluates the same
+points; results come back on the CPU.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .plots import (
     save_training_curves,
 )
 from .producers import make_producer
+from .runtime import Device, resolve_device
 from .training import load_vae, prepare_data, read_config, read_metrics
 from .training.checkpoint import check_belongs, find_checkpoint
 from .training.rundir import read_record, write_text
@@ -100,13 +105,15 @@ def load_run(
     which: str = "best",
     data_dir: Optional[str] = None,
     splits: Sequence[str] = SPLITS,
+    device: Device = None,
 ) -> Tuple[VAE, Dataset, Dict]:
-    """The trained VAE of ``run_dir`` (its ``which`` checkpoint, else ``last``), the run's
-    dataset (only ``splits`` loaded; the others are empty) and the checkpoint dict, whose
-    ``"checkpoint"`` entry names the file used (``best`` or ``last``).
+    """The trained VAE of ``run_dir`` (its ``which`` checkpoint, else ``last``) on ``device``,
+    the run's dataset (only ``splits`` loaded; the others are empty; on the CPU) and the
+    checkpoint dict, whose ``"checkpoint"`` entry names the file used (``best`` or ``last``).
 
     ``data_dir`` overrides the data directory saved in the run's config.
     """
+    device = resolve_device(device)
     if not isinstance(run_dir, (str, os.PathLike)):
         raise ValueError(f"run_dir must be a path, got {run_dir!r}")
     train_cfg, model_cfg = read_config(Path(run_dir))
@@ -114,7 +121,7 @@ def load_run(
         train_cfg = dataclasses.replace(train_cfg, data_dir=str(Path(data_dir).resolve()))
     # The model first: a run of a model/guide pair of the user's own is refused before its
     # data is loaded.
-    vae, state = load_vae(run_dir, which)
+    vae, state = load_vae(run_dir, which, device)
     if read_record(Path(run_dir)).get("data") == "python":
         raise ValueError(
             f"{run_dir} was trained on a Dataset passed in Python (train(data=...)), which the "
@@ -154,6 +161,7 @@ def evaluate_run(
     chains: int = 16,
     leapfrog: int = 10,
     init: str = "prior",
+    device: Device = None,
 ) -> Union[LogLikelihood, AISResult]:
     """log p(x) of a run's model on one split: importance-weighted (``method="iw"``) or by
     annealed importance sampling (``"ais"``, ``pyrovae.evaluation.ais``).
@@ -175,7 +183,9 @@ def evaluate_run(
         method, steps, chains, leapfrog, init: ``ais`` anneals ``chains`` HMC chains per point
             (``leapfrog`` steps a transition) through ``steps`` distributions from the prior
             or the guide (``init``); ``k`` is then unused.
+        device: where to compute (see the module docstring).
     """
+    device = resolve_device(device)
     values = {"k": k, "n": n, "seed": seed, "refine": refine}
     values.update(steps=steps, chains=chains, leapfrog=leapfrog)
     check_arguments(EVALUATE_ARGUMENTS, values)
@@ -185,7 +195,7 @@ def evaluate_run(
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
-    vae, data, state = load_run(run_dir, which, data_dir, splits=(split,))
+    vae, data, state = load_run(run_dir, which, data_dir, splits=(split,), device=device)
     producer = producer or read_config(Path(run_dir))[0].producer
     x = _points(data, split, n, seed)
     if refine:
@@ -228,17 +238,19 @@ def gap_run(
     progress: bool = True,
     ais_steps: int = 0,
     ais_chains: int = 16,
+    device: Device = None,
 ) -> Tuple[InferenceGap, Dict[str, Path]]:
     """The inference gap of a run's model on ``n`` seeded random points of ``split`` (all of
     them when ``n`` is None), split into the approximation and amortization gaps
     (``pyrovae.evaluation.gap``; ``ais_steps`` > 0: log p(x) by AIS). Writes ``gap.json`` and
     ``gap.png`` to ``out_dir`` (default ``run_dir/figures``); returns the result and the
-    paths."""
+    paths. ``device``: where to compute (see the module docstring)."""
+    device = resolve_device(device)
     values = {"k": k, "n": n, "steps": steps, "lr": lr, "samples": samples, "seed": seed}
     check_arguments(GAP_ARGUMENTS, {**values, "ais_steps": ais_steps, "ais_chains": ais_chains})
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    vae, data, state = load_run(run_dir, which, data_dir, splits=(split,))
+    vae, data, state = load_run(run_dir, which, data_dir, splits=(split,), device=device)
     out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
     x = _points(data, split, n, seed)
     pyro.set_rng_seed(seed)
@@ -268,18 +280,21 @@ def sample_run(
     seed: int = 0,
     which: str = "best",
     data_dir: Optional[str] = None,
+    device: Device = None,
 ) -> Dict[str, Path]:
     """Draw a run's figures as PNG files: ``n`` (at most ``MAX_FIGURE_SAMPLES``) model
     samples, reconstructions of test points next to the inputs (image data) or a scatter of
     data, samples and reconstructions (2-D data), and the training curves. Returns {figure
-    name: path}; files go to ``out_dir`` (default ``run_dir/figures``)."""
+    name: path}; files go to ``out_dir`` (default ``run_dir/figures``). ``device``: where
+    the samples are drawn (see the module docstring)."""
+    device = resolve_device(device)
     check_arguments(SAMPLE_ARGUMENTS, {"n": n, "seed": seed})
-    vae, data, _ = load_run(run_dir, which, data_dir, splits=("test",))
+    vae, data, _ = load_run(run_dir, which, data_dir, splits=("test",), device=device)
     out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
     pyro.set_rng_seed(seed)
     idx = torch.randperm(data.test.shape[0], generator=torch.Generator().manual_seed(seed))
     x = data.test[idx[:n]]
-    samples, recons = vae.sample(n), vae.reconstruct(x)
+    samples, recons = vae.sample(n).cpu(), vae.reconstruct(x).cpu()
     paths: Dict[str, Path] = {}
     if data.image_shape is not None:
         paths["samples"] = save_image_grid(
@@ -290,7 +305,7 @@ def sample_run(
             x[:n_rec], recons[:n_rec], data.image_shape, out / "reconstructions.png"
         )
     elif data.x_dim >= 2:
-        many = vae.sample(max(n, 1000), mean=False)
+        many = vae.sample(max(n, 1000), mean=False).cpu()
         paths["samples"] = save_scatter(data.test, many, out / "samples.png", recons)
     metrics = read_metrics(Path(run_dir))
     if metrics:
@@ -310,11 +325,13 @@ def gradvar_run(
     out_dir: Optional[str] = None,
     progress: bool = True,
     producer: Optional[str] = None,
+    device: Device = None,
 ) -> Tuple[List[GradientStats], Dict[str, Path]]:
     """Gradient variance of each estimator at a run's checkpoint, on one seeded minibatch of
     its training data (see ``pyrovae.evaluation.gradients``). Writes ``gradvar.json`` and
     ``gradvar.png`` to ``out_dir`` (default ``run_dir/figures``); returns the stats and the
-    paths."""
+    paths. ``device``: where the gradients are computed (see the module docstring)."""
+    device = resolve_device(device)
     check_arguments(
         GRADVAR_ARGUMENTS,
         {"draws": draws, "batch_size": batch_size, "warmup": warmup, "seed": seed},
@@ -323,7 +340,7 @@ def gradvar_run(
         raise ValueError(f"estimators must be a list of specs, got the string {estimators!r}")
     if estimators is not None and not all(isinstance(e, str) for e in estimators):
         raise ValueError("estimators must be a list of strings like 'iwae:num_particles=5'")
-    vae, data, state = load_run(run_dir, which, data_dir, splits=("train",))
+    vae, data, state = load_run(run_dir, which, data_dir, splits=("train",), device=device)
     out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
     producer = producer or read_config(Path(run_dir))[0].producer
     g = torch.Generator().manual_seed(seed)
@@ -378,18 +395,21 @@ def bdmc_run(
     which: str = "best",
     producer: Optional[str] = None,
     progress: bool = True,
+    device: Device = None,
 ) -> BDMCResult:
     """The BDMC sandwich of a run's model on ``n`` points simulated from it
-    (``pyrovae.evaluation.ais.bdmc``), seeded; no data is read."""
+    (``pyrovae.evaluation.ais.bdmc``), seeded, on ``device`` (see the module docstring); no
+    data is read."""
+    device = resolve_device(device)
     check_arguments(
         BDMC_ARGUMENTS,
         {"n": n, "steps": steps, "chains": chains, "leapfrog": leapfrog, "k": k, "seed": seed},
     )
     if not isinstance(run_dir, (str, os.PathLike)):
         raise ValueError(f"run_dir must be a path, got {run_dir!r}")
-    vae, _ = load_vae(run_dir, which)
+    vae, _ = load_vae(run_dir, which, device)
     producer = producer or read_config(Path(run_dir))[0].producer
     dtype = next(vae.parameters()).dtype
     pyro.set_rng_seed(seed)
-    x_like = torch.zeros(n, vae.x_dim, dtype=dtype)
+    x_like = torch.zeros(n, vae.x_dim, dtype=dtype, device=device)
     return bdmc(make_producer(vae, producer), x_like, steps, chains, leapfrog, k, progress=progress)

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,6 +6,10 @@ import pyro
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The suite's numbers are CPU numbers (the bit-exact regressions among them): every test runs on
+# the CPU unless it names a device. tests/test_devices.py runs over the devices present.
+os.environ["PYROVAE_DEVICE"] = "cpu"
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,7 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
+from ..runtime import fork_rng
 from . import ESTIMATORS
 from .base import Estimator, Output
 
@@ -51,19 +52,22 @@ class BaselineNet(nn.Module):
 def materialize(net: nn.Module, x: torch.Tensor) -> None:
     """Give a lazily sized net its input width from ``x`` (B, ...) and initial weights, once.
 
-    The weights come from a fixed seed, outside the global random stream, so that runs with
+    The weights come from a fixed seed, outside the global random streams, so that runs with
     the same seed agree and a resumed run (whose net is then loaded from the checkpoint) draws
-    what an uninterrupted run draws.
+    what an uninterrupted run draws. They are drawn on the CPU and then moved to ``x``'s
+    device: the same weights on every device.
     """
     if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in net.parameters()):
         return
-    net.to(dtype=x.dtype, device=x.device)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    net.to(dtype=x.dtype)
+    # torch.manual_seed seeds the GPU's stream too: fork it as well.
+    with fork_rng(x.device), torch.no_grad():
         torch.manual_seed(0)
-        net(x)
+        net(x[:1].cpu())  # only x's width matters: any rows draw the same weights
         for m in net.modules():
             if m is not net and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
+    net.to(device=x.device)
 
 
 @ESTIMATORS.register("score-function")
@@ -129,7 +133,7 @@ class ScoreFunction(Estimator):
         # The average's shape comes from the data: take the saved one.
         saved = state_dict.get(prefix + "average")
         if saved is not None and saved.shape != self.average.shape:
-            self.average = torch.zeros_like(saved)
+            self.average = torch.zeros_like(saved, device=self.average.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, particles, update_state: bool = True) -> Output:

@@ -63,7 +63,7 @@ class AISResult:
     ``log_px`` is the mean over data points of log p̂(x), ``log_px_stderr`` the standard error of
     that mean over data points; ``mc_stderr`` the mean over points of each estimate's own Monte
     Carlo standard error (across its chains, by the delta method); ``acceptance`` the mean HMC
-    acceptance rate. ``per_point_*`` are (n,) tensors.
+    acceptance rate. ``per_point_*`` are (n,) tensors, on the CPU.
     """
 
     log_px: float
@@ -223,7 +223,8 @@ def ais_log_likelihood(
     Args:
         producer: a producer with ``score`` and ``sample_prior`` (``pyrovae.producers``): the
             model's log densities at given latents.
-        data: (N, ...) data points.
+        data: (N, ...) data points, annealed in batches on the producer's device
+            (``producer.device``; where it has none, the data's).
         steps: T, the intermediate distributions.
         chains: C, chains per data point.
         leapfrog: leapfrog steps per HMC transition.
@@ -251,6 +252,7 @@ def ais_log_likelihood(
     if n == 0:
         raise ValueError("cannot evaluate an empty data set")
     batch = max(1, min(n, chain_pairs // chains))
+    device = getattr(producer, "device", None) or data.device
     start = time.perf_counter()
     bar = progress_bar(n * steps, f"AIS, T={steps}, {chains} chains", "point-step", progress)
     log_px: List[torch.Tensor] = []
@@ -258,7 +260,7 @@ def ais_log_likelihood(
     acceptance: List[torch.Tensor] = []
     try:
         for lo in range(0, n, batch):
-            x = data[lo : lo + batch]
+            x = data[lo : lo + batch].to(device)
             log_w, acc = _anneal(
                 producer,
                 x,
@@ -275,13 +277,13 @@ def ais_log_likelihood(
             acceptance.append(acc.double())
     finally:
         bar.close()
-    per_point = torch.cat(log_px)
+    per_point = torch.cat(log_px).cpu()
     if not torch.isfinite(per_point).all():
         raise FloatingPointError(
             "the AIS estimate is not finite for some data points: the model assigns them zero "
             "density or the chains diverged; check the data and the checkpoint"
         )
-    per_mc, per_acc = torch.cat(mc), torch.cat(acceptance)
+    per_mc, per_acc = torch.cat(mc).cpu(), torch.cat(acceptance).cpu()
     return AISResult(
         log_px=per_point.mean().item(),
         log_px_stderr=(per_point.std() / math.sqrt(n)).item() if n > 1 else math.nan,
@@ -310,7 +312,7 @@ class BDMCResult:
     ``iw``: the importance-weighted estimate with ``k`` samples from the guide on the same
     points (another lower bound). Each mean comes with the standard error over points; the
     sandwich's width is a paired difference, so its standard error is far smaller.
-    ``points`` holds the simulated data.
+    ``points`` holds the simulated data; it and ``per_point``'s (n,) tensors are on the CPU.
     """
 
     n: int
@@ -359,11 +361,12 @@ def bdmc(
     simulated x's log p(x) between forward AIS from the prior and reverse AIS from z (the
     annealing run backwards, from p(z | x), of which z is an exact sample, to the prior: its
     weights are unbiased for 1 / p(x)). Also the importance-weighted estimate with ``k``
-    samples on the same points. Returns a ``BDMCResult``."""
+    samples on the same points. Returns a ``BDMCResult``. Runs on the producer's device
+    (``producer.device``; where it has none, ``x_like``'s)."""
     from .importance import estimate_log_likelihood
 
     start = time.perf_counter()
-    x, truth = producer.simulate(x_like)
+    x, truth = producer.simulate(x_like.to(getattr(producer, "device", None) or x_like.device))
     forward = ais_log_likelihood(
         producer, x, steps, chains, leapfrog, "prior", "sigmoid", step_size, chain_pairs, progress
     )
@@ -393,7 +396,7 @@ def bdmc(
             acceptance.append(acc.double())
     finally:
         bar.close()
-    upper_pp = torch.cat(upper)
+    upper_pp = torch.cat(upper).cpu()
     iw = estimate_log_likelihood(None, None, x, k, producer=producer, progress=progress)
     per_point = {
         "lower": forward.per_point_log_px,
@@ -419,5 +422,5 @@ def bdmc(
         acceptance=(forward.acceptance + torch.cat(acceptance).mean().item()) / 2,
         seconds=time.perf_counter() - start,
         per_point=per_point,
-        points=x,
+        points=x.cpu(),
     )

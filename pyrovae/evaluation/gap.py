@@ -28,6 +28,7 @@ from ..data import as_data_tensor
 from ..model import TwoLayerVAE
 from ..parts.refinement import fit_guide_inputs
 from ..producers import GivenInputProducer, make_producer
+from ..runtime import module_device
 from .ais import ais_log_likelihood
 from .importance import LogLikelihood, estimate_log_likelihood
 
@@ -40,7 +41,7 @@ class InferenceGap:
     (``importance-weighted, fitted q``, ``AIS, …`` or ``exact``); ``log_px_fitted`` and
     ``log_px_amortized`` are the importance-weighted estimates with the fitted and the
     amortized guide as proposals. ``steps``, ``lr`` and ``samples``
-    describe the per-point fit; ``per_point`` holds (n,) tensors of each quantity.
+    describe the per-point fit; ``per_point`` holds (n,) tensors of each quantity, on the CPU.
     """
 
     n: int
@@ -97,7 +98,8 @@ def inference_gap(
     ais_chains: int = 16,
 ) -> InferenceGap:
     """Split log p(x) - ELBO of ``vae``'s amortized guide on ``data`` (N, x_dim) into the
-    approximation and amortization gaps (see the module docstring).
+    approximation and amortization gaps (see the module docstring), on the VAE's device (the
+    points are moved there, whole: the fit holds an input per point anyway).
 
     Args:
         vae: a ``VAE`` (one latent layer; a ``local`` guide is taken as its base family at the
@@ -124,7 +126,7 @@ def inference_gap(
             "VAE's guide q(z1 | x) q(z2 | z1) is not a family of per-point inputs"
         )
     dtype = next(vae.parameters()).dtype
-    data = as_data_tensor(data, "data", dtype)
+    data = as_data_tensor(data, "data", dtype).to(module_device(vae))
     vae.data_scale(data)  # the shape
     vae.likelihood.check_data(data)
     start = time.perf_counter()
@@ -144,7 +146,7 @@ def inference_gap(
 
     amortized, fitted = evaluate(amortized_inputs), evaluate(fitted_inputs)
     if truth is not None:
-        log_px = truth.log_marginal(data.double()).double()
+        log_px = truth.log_marginal(data.double()).double().cpu()
         source = "exact"
     elif ais_steps:
         torch.manual_seed(seed)

@@ -32,7 +32,7 @@ from ..producers import (
     estimate_and_backward,
     make_producer,
 )
-from ..runtime import check_step_memory, fused_adam
+from ..runtime import check_step_memory, fused_adam, module_device, place
 
 
 @dataclass
@@ -91,6 +91,7 @@ def estimator_specs() -> List[str]:
 def default_estimator_specs(vae: VAE, x: torch.Tensor, producer: str = "auto") -> List[str]:
     """Every registered estimator (and variant) that applies to ``vae``, judged on ``x``."""
     route = make_producer(vae, producer)
+    x = x.to(module_device(vae))
     return [s for s in estimator_specs() if applies(route, _make(s), x)]
 
 
@@ -159,7 +160,9 @@ def _warm_up_baselines(
     def batch():
         if data is None:
             return x
-        return data[torch.randint(data.shape[0], (x.shape[0],))]
+        # Drawn from the CPU's stream, so that the batches are the same on every device.
+        idx = torch.randint(data.shape[0], (x.shape[0],))
+        return data[idx.to(data.device)].to(x.device)
 
     try:
         for _ in range(steps):
@@ -190,7 +193,8 @@ def gradient_variance(
     """Gradient noise of each estimator at ``vae``'s current parameters on minibatch ``x``.
 
     Args:
-        vae: the model (its parameters are not changed).
+        vae: the model (its parameters are not changed); the draws run on its device, where
+            ``x`` and ``warmup_data`` are moved (the latter whole where it fits).
         x: the minibatch, (B, x_dim); every draw uses it.
         estimators: specs as in ``parse_estimator_spec``.
         draws: independent gradient estimates per estimator.
@@ -206,6 +210,10 @@ def gradient_variance(
     if draws < 2:
         raise ValueError(f"draws must be at least 2 to estimate a variance, got {draws}")
     route = make_producer(vae, producer)
+    device = module_device(vae)
+    x = x.to(device)
+    if warmup_data is not None:
+        warmup_data = place(warmup_data, device)
     inference, generative = _split_params(vae)
     saved = {k: v.detach().clone() for k, v in vae.state_dict().items()}
     out = []

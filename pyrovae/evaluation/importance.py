@@ -9,7 +9,8 @@ single-sample ELBO. The log weights are the particles' ``log_w`` (``pyrovae.part
 producer: traced (one trace of the guide and one replay of the model under a particle plate
 left of the data plate: any Pyro model/guide pair) or, for the library's VAE, direct (the same
 numbers from its parts, tested equal). Particles and data points are evaluated in chunks whose
-size bounds memory whatever K is.
+size bounds memory whatever K is, on the producer's device: the data go there whole where they
+fit (``pyrovae.runtime.place``), else chunk by chunk; the per-point results come back on the CPU.
 
 Why not Pyro's own tools: ``pyro.infer.Importance`` draws one trace per sample (sequential) and
 returns no per-data-point estimates.
@@ -38,7 +39,7 @@ from ..producers import (
     TracedProducer,
     make_producer,
 )
-from ..runtime import progress_bar, tune_allocator
+from ..runtime import module_device, place, progress_bar, tune_allocator
 
 # (particle, data point) pairs evaluated at once. Memory is bounded by this whatever K is, and
 # smaller is faster up to a point: a (4096, 784) float tensor (13 MB) stays in cache between the
@@ -158,13 +159,16 @@ def estimate_log_likelihood(
         exact_log_px: optional function (B, ...) -> (B,) giving the exact log p(x).
         progress: show a progress bar.
         producer: where the particles come from (``pyrovae.producers``); default: tracing
-            ``model`` and ``guide``. A producer whose scoring is thread-safe (the direct one)
-            has its particles drawn in order on the calling thread and scored on ``workers``
-            threads of one core each, so the estimate does not depend on ``workers``.
-        workers: threads for scoring (default: ``torch.get_num_threads()``).
+            ``model`` and ``guide``. The data are moved to its device (``producer.device``;
+            where it has none, they stay where they are). On the CPU, a producer whose scoring
+            is thread-safe (the direct one) has its particles drawn in order on the calling
+            thread and scored on ``workers`` threads of one core each, so the estimate does not
+            depend on ``workers``.
+        workers: threads for scoring on the CPU (default: ``torch.get_num_threads()``); a GPU
+            scores on its own, in the order drawn.
 
     Returns:
-        A ``LogLikelihood`` with the means, standard errors and per-point values.
+        A ``LogLikelihood`` with the means, standard errors and per-point values (on the CPU).
     """
     Rule("int", minimum=1).check("k", k)
     Rule("int", minimum=1).check("chunk_pairs", chunk_pairs)
@@ -177,7 +181,9 @@ def estimate_log_likelihood(
         if model is None or guide is None:
             raise ValueError("give a model and a guide, or a producer")
         producer = TracedProducer(model, guide, max_plate_nesting)
-    tune_allocator()
+    device = getattr(producer, "device", None) or data.device
+    data = place(data, device)
+    tune_allocator(device)
     n = data.shape[0]
     if n == 0:
         raise ValueError("cannot evaluate an empty data set")
@@ -192,8 +198,8 @@ def estimate_log_likelihood(
         for k_lo in range(0, k, k_chunk)
     )
     per_batch = math.ceil(k / k_chunk)
-    log_px = data.new_empty(n, dtype=torch.float64)
-    elbo = data.new_zeros(n, dtype=torch.float64)
+    log_px = torch.empty(n, dtype=torch.float64, device=device)
+    elbo = torch.zeros(n, dtype=torch.float64, device=device)
     # Per batch of points in progress: the log-sum-exp of its chunks so far, and their count.
     lse_parts: Dict[int, Tuple[torch.Tensor, int]] = {}
     start = time.perf_counter()
@@ -210,12 +216,16 @@ def estimate_log_likelihood(
         if lse_parts[lo][1] == per_batch:
             log_px[lo:hi] = lse_parts.pop(lo)[0] - math.log(k)
 
+    def rows(lo: int, hi: int) -> torch.Tensor:
+        return data[lo:hi].to(device)  # a no-op where the data were placed whole
+
     def draw(lo: int, hi: int, kk: int):
-        return producer(data[lo:hi], None, kk, None)  # sampled as the guide does
+        return producer(rows(lo, hi), None, kk, None)  # sampled as the guide does
 
     workers = torch.get_num_threads() if workers is None else workers
     try:
-        if producer.thread_safe and workers > 1:
+        # Worker threads were measured to help on CPU cores only (``_run_on_workers``).
+        if producer.thread_safe and workers > 1 and device.type == "cpu":
             _run_on_workers(draw, chunks, workers, finish)
         else:
             for lo, hi, kk in chunks:
@@ -240,11 +250,11 @@ def estimate_log_likelihood(
         n,
         seconds,
         producer=producer.name,
-        per_point_log_px=log_px,
-        per_point_elbo=elbo,
+        per_point_log_px=log_px.cpu(),
+        per_point_elbo=elbo.cpu(),
     )
     if exact_log_px is not None:
-        exact = torch.cat([exact_log_px(data[lo : lo + 4096]) for lo in range(0, n, 4096)])
+        exact = torch.cat([exact_log_px(rows(lo, lo + 4096)) for lo in range(0, n, 4096)])
         result.exact_log_px, result.exact_log_px_stderr = _mean_stderr(exact)
     return result
 
@@ -297,9 +307,10 @@ def evaluate_vae(
     linear-Gaussian. ``data`` (N, x_dim). ``producer`` (``auto``, ``direct``, ``traced``)
     picks how the particles are computed (``pyrovae.producers``; the same numbers either
     way). ``data`` may be a tensor or numpy array of any real dtype (bool and uint8 data as
-    ``read_amat`` returns it, float64...): it is converted to the VAE's."""
+    ``read_amat`` returns it, float64...): it is converted to the VAE's, and evaluated on the
+    VAE's device (``vae.to(device)`` chooses it); the per-point results are on the CPU."""
     dtype = next(vae.parameters()).dtype
-    data = as_data_tensor(data, "data", dtype)
+    data = place(as_data_tensor(data, "data", dtype), module_device(vae))
     vae.data_scale(data)  # the shape: (N, x_dim)
     vae.likelihood.check_data(data)
     truth = vae.linear_gaussian()
@@ -343,7 +354,7 @@ def evaluate_vae(
         return estimate_log_likelihood(
             None,
             None,
-            torch.cat([data, inputs.to(data.dtype)], -1),
+            torch.cat([data, inputs.to(data)], -1),  # data's dtype and device
             k,
             exact_log_px=given,
             producer=GivenInputProducer(vae),

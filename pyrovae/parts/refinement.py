@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 
 from ..config import SEED_RULE, Rule
-from ..runtime import progress_bar
+from ..runtime import fork_rng, module_device, progress_bar
 from .guides import GUIDES, GuideFamily
 
 BETAS = (0.9, 0.999)
@@ -77,8 +77,7 @@ def refine_inputs(
     b1, b2 = BETAS
     m = torch.zeros_like(h)
     v = torch.zeros_like(h)
-    devices = [h.device.index or 0] if h.device.type == "cuda" else []
-    with torch.enable_grad(), torch.random.fork_rng(devices=devices):
+    with torch.enable_grad(), fork_rng(h.device):
         torch.manual_seed(seed)
         for t in range(1, steps + 1):
             if not differentiable:
@@ -116,13 +115,15 @@ def fit_guide_inputs(
 ) -> torch.Tensor:
     """The guide family's inputs refined for every row of ``data`` (N, x_dim), in batches of
     ``batch_size``: the encoder's output, then ``steps`` Adam steps (``lr``) on each point's
-    ELBO estimated with ``samples`` particles. Returns (N, F), detached."""
+    ELBO estimated with ``samples`` particles. Each batch is moved to the VAE's device. Returns
+    (N, F) there, detached."""
     Rule("int", minimum=1).check("batch_size", batch_size)
+    device = module_device(vae)
     out = []
     bar = progress_bar(data.shape[0], f"refining q, {steps} steps", "point", progress)
     try:
         for lo in range(0, data.shape[0], batch_size):
-            x = data[lo : lo + batch_size]
+            x = data[lo : lo + batch_size].to(device)
             with torch.no_grad():
                 h = vae.encoder(x)
             out.append(refine_inputs(h, elbo_objective(vae, x, samples), steps, lr, seed))

@@ -4,6 +4,10 @@ A checkpoint is a ``torch.save``d dict of tensors and plain values (loaded with
 ``weights_only=True``, so loading one cannot run code). It is written to a temporary file and
 renamed into place, so a crash while saving never destroys the previous checkpoint.
 
+A checkpoint's tensors are CPU tensors, whatever device trained the model, and it is read onto
+the CPU (``map_location``): a run trained on a GPU loads, evaluates and resumes on a machine
+without one, and the other way round. ``load_vae`` then moves the model to the device asked for.
+
 Format 2 (pyrovae 0.2) holds the model's state, the estimator's state (its module's
 ``state_dict``: baselines) and the optimizer's, whichever producer trained it, so a run resumes
 with either producer. Format 1 (pyrovae 0.1.0) kept estimator state per engine, partly in
@@ -20,6 +24,7 @@ from typing import Any, Dict, Tuple, Union
 import torch
 
 from ..model import VAE, VAEConfig, build_vae
+from ..runtime import Device, resolve_device
 from .config import RESUMABLE
 
 FORMAT = "pyrovae-checkpoint"
@@ -32,19 +37,38 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
-    """Atomically write ``state`` (plus format tags) to ``path``."""
+    """Atomically write ``state`` (plus format tags) to ``path``, every tensor in it as a CPU
+    tensor (what a GPU trained is moved to the host: the file loads anywhere, with or without
+    ``map_location``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+        torch.save(_on_cpu({"format": FORMAT, "version": VERSION, **state}), tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # a full disk must not leave half a checkpoint behind
 
 
+def _on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in its dicts, lists and tuples on the CPU (a CPU tensor is
+    kept as it is, not copied)."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Read a checkpoint, with a clear error if it is missing, corrupt or foreign."""
+    """Read a checkpoint onto the CPU, with a clear error if it is missing, corrupt or foreign.
+
+    On the CPU whatever the device it was written on (``map_location="cpu"``, for files
+    written before checkpoints were moved to the host when saved), and whatever the device it
+    will be used on: the random-number states must be CPU tensors, and the model's and the
+    optimizer's tensors are copied to their device as they are loaded into them."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -88,8 +112,12 @@ _FIELDS_2 = {
     "trainer_state": lambda v: isinstance(v, dict) and {"optim", "estimator"} <= set(v),
 }
 # Written since the epoch commit keeps the metrics in last.pt; pyrovae 0.2.0's checkpoints,
-# format 2 too, have none (resume then reads metrics.jsonl).
-_OPTIONAL = {"metrics": lambda v: isinstance(v, list)}
+# format 2 too, have none (resume then reads metrics.jsonl). "cuda_rng": the CUDA device's
+# random-number state, in checkpoints written on one.
+_OPTIONAL = {
+    "metrics": lambda v: isinstance(v, list),
+    "cuda_rng": lambda v: isinstance(v, torch.Tensor),
+}
 
 
 def _check_fields(state: Dict[str, Any], path: Path) -> None:
@@ -165,9 +193,14 @@ def find_checkpoint(source: PathLike, which: str = "best") -> Path:
     )
 
 
-def load_vae(source: PathLike, which: str = "best") -> Tuple[VAE, Dict[str, Any]]:
+def load_vae(
+    source: PathLike, which: str = "best", device: Device = None
+) -> Tuple[VAE, Dict[str, Any]]:
     """Rebuild a trained VAE from a run directory (its ``which`` checkpoint, falling back to
-    ``last``) or from a checkpoint file. Returns (vae in eval mode, checkpoint dict)."""
+    ``last``) or from a checkpoint file, on ``device`` (``pyrovae.runtime.resolve_device``:
+    default ``$PYROVAE_DEVICE``, else ``auto``), whatever device trained it. Returns (vae in
+    eval mode, checkpoint dict with its tensors on the CPU)."""
+    device = resolve_device(device)
     path = find_checkpoint(source, which)
     state = load_checkpoint(path)
     if state.get("model_config") is None:
@@ -195,5 +228,5 @@ def load_vae(source: PathLike, which: str = "best") -> Tuple[VAE, Dict[str, Any]
             f"checkpoint {path} holds non-finite values ({', '.join(bad[:3])}): it is damaged "
             "(training never saves a diverged model); restore it, or use the other checkpoint"
         )
-    vae.eval()
+    vae.to(device).eval()
     return vae, state

@@ -10,6 +10,12 @@ per epoch), ``checkpoints/last.pt`` and ``checkpoints/best.pt`` (by validation E
 holds the parameters, the optimizer state, the estimator's state (baselines) and the
 random-number states, so ``resume`` continues exactly where the run left off: a resumed run ends
 with the same parameters as an uninterrupted one.
+
+The device (``train(device=...)``, ``--device``) is where the run computes, not part of the run:
+it is not in ``config.json``, checkpoints hold CPU tensors, and a run resumes on any device. The
+VAE is built (and initialized) on the CPU and moved there; the training and validation splits go
+there whole where they fit (``pyrovae.runtime.place``), else batch by batch; the shuffling
+generator stays on the CPU, so the batches are the same on every device.
 """
 
 from __future__ import annotations
@@ -37,7 +43,16 @@ from ..evaluation import estimate_log_likelihood
 from ..model import VAE, VAEConfig, build_vae
 from ..particles import traced_particles
 from ..producers import Producer, check_applies, estimate_and_backward, make_producer
-from ..runtime import check_step_memory, fused_adam, tune_allocator
+from ..runtime import (
+    Device,
+    check_step_memory,
+    fork_rng,
+    fused_adam,
+    module_device,
+    place,
+    resolve_device,
+    tune_allocator,
+)
 from . import legacy
 from .checkpoint import (
     CheckpointError,
@@ -71,8 +86,8 @@ class TrainResult:
     """What a training run produced.
 
     ``vae`` is the trained VAE (``None`` when a model/guide pair of the user's own was
-    trained: ``model`` and ``guide`` are then that pair, trained in place). ``producer`` names
-    the route particles took (``direct`` or ``traced``).
+    trained: ``model`` and ``guide`` are then that pair, trained in place), on ``device``, where
+    the run computed. ``producer`` names the route particles took (``direct`` or ``traced``).
     """
 
     run_dir: Path
@@ -82,6 +97,7 @@ class TrainResult:
     producer: str
     model: Callable
     guide: Callable
+    device: torch.device = torch.device("cpu")
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -152,7 +168,7 @@ class TrainedState:
                 raise OptionError(f"{name} must be a Pyro program (a callable), got {fn!r}")
         if x.shape[0] == 0:
             raise OptionError("x must hold at least one data point to trace the pair on")
-        with torch.random.fork_rng(devices=[]), poutine.trace(param_only=True) as capture:
+        with fork_rng(x.device), poutine.trace(param_only=True) as capture:
             p = traced_particles(model, guide, (x,), reparameterized=False, record_params=True)
         if p.scale != 1.0:
             raise OptionError(
@@ -257,9 +273,25 @@ def _describe(fn: Callable) -> str:
     return f"{where.__module__}.{getattr(where, '__qualname__', repr(where))}"
 
 
-def _first_batch(data: Dataset, batch_size: int) -> torch.Tensor:
-    x = data.train[:batch_size]
+def _batch(data: Dataset, train: torch.Tensor, rows, device: torch.device) -> torch.Tensor:
+    """The training batch of ``rows`` (a slice or an index tensor on ``train``'s device) on
+    ``device``, binarized there when the data binarize dynamically."""
+    x = train[rows].to(device)  # a no-op where the split was placed whole
     return torch.bernoulli(x) if data.binarize == "dynamic" else x
+
+
+def _pair_device(device: Device, model: Callable) -> torch.device:
+    """Where a model/guide pair of the user's own trains: ``device`` when given, and then the
+    ``nn.Module`` whose method ``model`` is, if it is one, is moved there (trained in place);
+    without ``device``, that module's own device, else as ``resolve_device`` says. The
+    parameters of a pair that no module holds are the user's to place."""
+    owner = getattr(model, "__self__", None)
+    if device is None and isinstance(owner, nn.Module):
+        return module_device(owner)
+    device = resolve_device(device)
+    if isinstance(owner, nn.Module):
+        owner.to(device)
+    return device
 
 
 def train(
@@ -273,6 +305,7 @@ def train(
     model: Optional[Callable] = None,
     guide: Optional[Callable] = None,
     changes: Optional[Dict[str, Any]] = None,
+    device: Device = None,
 ) -> TrainResult:
     """Train a VAE, or a Pyro model/guide pair of the user's own, checkpointing every epoch.
 
@@ -299,6 +332,14 @@ def train(
             one data plate at dim -1 (the trainer scales by N / B). Trained through the traced
             producer, with any estimator that applies to it. Pyro's param store is cleared
             first, as for the VAE.
+        device: where to compute, ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+            (``pyrovae.runtime.resolve_device``; default ``$PYROVAE_DEVICE``, else ``auto``).
+            A runtime choice, not part of the run: it is not saved in ``config.json``, the
+            checkpoints hold CPU tensors, and a run resumes on any device. A resumed run is
+            bit-for-bit an uninterrupted one on the device it was trained on (the GPU's random
+            stream is saved and restored with the CPU's); on another device it continues from
+            the same state, but draws other random numbers. A pair of your own trains where
+            its module is (see ``_pair_device``).
 
     Returns:
         A ``TrainResult`` with the trained model (the last epoch's parameters) and its metrics.
@@ -312,6 +353,8 @@ def train(
     """
     if (model is None) != (guide is None):
         raise ValueError("give both a model and a guide of your own, or neither")
+    if model is None or device is not None:
+        device = resolve_device(device)  # a bad device fails here, before anything is read
     if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
         raise OptionError(f"run_dir must be a path, got {run_dir!r}")
     train_config = _as_config(TrainConfig, train_config, "train_config")
@@ -390,14 +433,19 @@ def train(
     # Pyro's param store is global: stale parameters with our names would shadow the new ones.
     pyro.clear_param_store()
     pyro.set_rng_seed(cfg.seed)
-    with torch.random.fork_rng(devices=[]):
-        x0 = _first_batch(data, cfg.batch_size)
+    if custom:
+        device = _pair_device(device, model)
+    train_split, valid_split = place(data.train, device), place(data.valid, device)
+    with fork_rng(device):
+        x0 = _batch(data, train_split, slice(0, cfg.batch_size), device)
     if custom:
         vae = None
         trained = TrainedState.of_pair(model, guide, x0)
     else:
         model_config = _fitted_config(model_config or VAEConfig(), data, resumed=state is not None)
-        vae = build_vae(model_config)
+        # Built on the CPU, from the CPU's random stream: the same initial parameters on
+        # every device.
+        vae = build_vae(model_config).to(device)
         _check_data(vae, data)
         model, guide = vae.model, vae.guide
         trained = TrainedState(module=vae)
@@ -409,7 +457,8 @@ def train(
     check_step_memory(trained.params, x0, estimator.num_particles, "a training step", modules)
     check_applies(producer, estimator, x0)
     trainer = Trainer(producer, estimator, trained.params, cfg.lr)
-    tune_allocator()  # batches of tensors above glibc's mmap threshold, every step
+    tune_allocator(device)  # batches of tensors above glibc's mmap threshold, every step
+    # On the CPU whatever the device: the same batches everywhere, and a portable state.
     shuffle = torch.Generator().manual_seed(cfg.seed)
 
     # Claim the directory: from here on this process alone writes there.
@@ -426,7 +475,7 @@ def train(
         history: List[Dict[str, Any]] = []
         if state is not None:
             try:
-                _restore(state, trained, trainer, shuffle, vae)
+                _restore(state, trained, trainer, shuffle, vae, device)
             except (KeyError, TypeError, ValueError, RuntimeError) as e:
                 raise CheckpointError(
                     f"checkpoint {checkpoint_path(run_path, 'last')} cannot be restored "
@@ -463,19 +512,30 @@ def train(
             what = "VAE" if vae is not None else _describe(model)
             print(
                 f"pyrovae: training the {what} with {estimator!r}, particles from the "
-                f"{producer.name} producer"
+                f"{producer.name} producer, on {device}"
                 + "".join(f"; {k} {old} -> {new}" for k, (old, new) in changed.items()),
                 file=sys.stderr,
             )
         loop = _EpochLoop(
-            cfg, data, producer, trainer, trained, shuffle, model_config, model, run_path
+            cfg,
+            data,
+            train_split,
+            valid_split,
+            device,
+            producer,
+            trainer,
+            trained,
+            shuffle,
+            model_config,
+            model,
+            run_path,
         )
         best = loop.run(start_epoch, step, best, metrics, steps_per_epoch, progress)
     finally:
         lock.release()
     if vae is not None:
         vae.eval()
-    return TrainResult(run_path, vae, metrics, best, producer.name, model, guide)
+    return TrainResult(run_path, vae, metrics, best, producer.name, model, guide, device)
 
 
 def _as_config(cls, value, name: str):
@@ -515,10 +575,14 @@ def _fingerprint(data: Dataset) -> str:
 
 @dataclass
 class _EpochLoop:
-    """The epochs of one ``train`` call: steps, validation, and each epoch's commit."""
+    """The epochs of one ``train`` call: steps, validation, and each epoch's commit.
+    ``train_split`` and ``valid_split`` are the data's, placed on ``device`` where they fit."""
 
     cfg: TrainConfig
     data: Dataset
+    train_split: torch.Tensor
+    valid_split: torch.Tensor
+    device: torch.device
     producer: Producer
     trainer: Trainer
     trained: TrainedState
@@ -557,11 +621,11 @@ class _EpochLoop:
                 self.trainer.set_lr(lr)
                 t0 = time.perf_counter()
                 total_loss = 0.0
-                perm = torch.randperm(n, generator=self.shuffle)
+                # Drawn on the CPU (``shuffle``), then indexing where the split is.
+                perm = torch.randperm(n, generator=self.shuffle).to(self.train_split.device)
                 for i in range(steps_per_epoch):
-                    x = data.train[perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
-                    if data.binarize == "dynamic":
-                        x = torch.bernoulli(x)
+                    rows = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                    x = _batch(data, self.train_split, rows, self.device)
                     try:
                         beta = kl_weight(step, cfg.warmup, steps_per_epoch)
                         loss = self.trainer.step(x, n, beta)
@@ -602,7 +666,7 @@ class _EpochLoop:
             raise self._diverged(f"the training loss of epoch {epoch} is {train_loss}", epoch)
         try:
             valid = estimate_log_likelihood(
-                None, None, self.data.valid, k=1, progress=False, producer=self.producer
+                None, None, self.valid_split, k=1, progress=False, producer=self.producer
             )
         except FloatingPointError as e:
             raise self._diverged(f"validation at epoch {epoch} failed: {e}", epoch) from e
@@ -649,6 +713,8 @@ class _EpochLoop:
             "shuffle_rng": self.shuffle.get_state(),
             "metrics": list(metrics),
         }
+        if self.device.type == "cuda":
+            ckpt["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         if improved:
             save_checkpoint(ckpt, checkpoint_path(self.run_path, "best"))
         save_checkpoint(ckpt, checkpoint_path(self.run_path, "last"))
@@ -679,7 +745,10 @@ def _steps_per_epoch(n: int, batch_size: int, estimator: Estimator) -> int:
     return n // batch_size if estimator.fixed_batch_shape else math.ceil(n / batch_size)
 
 
-def _restore(state, trained: TrainedState, trainer: Trainer, shuffle, vae) -> None:
+def _restore(state, trained: TrainedState, trainer: Trainer, shuffle, vae, device) -> None:
+    """Load a checkpoint's state into what is trained. The GPU's random stream is restored
+    where the checkpoint has one and the run is on a GPU; a run resumed on another device than
+    its checkpoint's restores what applies (the CPU's stream and the shuffle always)."""
     trained.load_state_dict(state["model_state"])
     if state.get("version", 1) < 2:
         trainer_state = legacy.trainer_state(state, vae, trainer)
@@ -687,6 +756,8 @@ def _restore(state, trained: TrainedState, trainer: Trainer, shuffle, vae) -> No
         trainer_state = state["trainer_state"]
     trainer.load_state_dict(trainer_state)
     torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
     shuffle.set_state(state["shuffle_rng"])
 
 
