@@ -349,3 +349,29 @@ def test_a_run_of_pyrovae_0_2_0_evaluates_and_resumes(tmp_path, uninterrupted, c
     for name, value in _last(uninterrupted)["model_state"].items():
         assert torch.equal(value, _last(run)["model_state"][name]), name
     assert _without_times(_metrics(run)) == _without_times(_metrics(uninterrupted))
+
+
+@pytest.mark.parametrize(
+    "estimator, activation, warned",
+    [("pathwise", "tanh", True), ("iwae", "tanh", False), ("pathwise", "elu", False)],
+)
+def test_a_vampprior_with_tanh_nets_on_an_elbo_is_warned_of_collapse(
+    tmp_path, estimator, activation, warned
+):
+    """The combination measured to collapse on binarized MNIST (experiments/priors_guides.py)
+    is named when a run starts, and only that one."""
+    import warnings
+
+    from pyrovae import TrainConfig, VAEConfig, train
+    from pyrovae.data import Dataset
+
+    x = (torch.rand(120, 6, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    data = Dataset("bits", x[:80], x[80:100], x[100:], binary=True)
+    cfg = TrainConfig(dataset="bits", epochs=1, batch_size=40, estimator=estimator)
+    model = VAEConfig(z_dim=2, hidden=(4,), prior="vampprior", activation=activation)
+    model = VAEConfig.from_dict({**model.to_dict(), "prior_options": {"components": 3}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(cfg, model, run_dir=str(tmp_path / "run"), data=data, progress=False)
+    named = [w for w in caught if "VampPrior with tanh nets" in str(w.message)]
+    assert bool(named) == warned
