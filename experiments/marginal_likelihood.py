@@ -132,7 +132,7 @@ def _row(r):
         what,
         f"{r['log_px']:.2f} ± {r['log_px_stderr']:.2f}",
         f"{mc:.3f}" if mc is not None else "",
-        f"{r['wall_seconds']:.0f}",
+        f"{r['wall_seconds']:.3g}",
         r["threads"],
         extra,
     )
