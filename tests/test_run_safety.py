@@ -352,11 +352,17 @@ def test_a_run_of_pyrovae_0_2_0_evaluates_and_resumes(tmp_path, uninterrupted, c
 
 
 @pytest.mark.parametrize(
-    "estimator, activation, warned",
-    [("pathwise", "tanh", True), ("iwae", "tanh", False), ("pathwise", "elu", False)],
+    "estimator, activation, layers, warned",
+    [
+        ("pathwise", "tanh", 1, True),
+        ("iwae", "tanh", 1, False),
+        ("pathwise", "elu", 1, False),
+        ("iwae", "tanh", 2, True),
+        ("iwae", "elu", 2, False),
+    ],
 )
 def test_a_vampprior_with_tanh_nets_on_an_elbo_is_warned_of_collapse(
-    tmp_path, estimator, activation, warned
+    tmp_path, estimator, activation, layers, warned
 ):
     """The combination measured to collapse on binarized MNIST (experiments/priors_guides.py)
     is named when a run starts, and only that one."""
@@ -368,10 +374,18 @@ def test_a_vampprior_with_tanh_nets_on_an_elbo_is_warned_of_collapse(
     x = (torch.rand(120, 6, generator=torch.Generator().manual_seed(0)) < 0.3).float()
     data = Dataset("bits", x[:80], x[80:100], x[100:], binary=True)
     cfg = TrainConfig(dataset="bits", epochs=1, batch_size=40, estimator=estimator)
-    model = VAEConfig(z_dim=2, hidden=(4,), prior="vampprior", activation=activation)
+    model = VAEConfig(
+        z_dim=2,
+        hidden=(4,),
+        prior="vampprior",
+        activation=activation,
+        latent_layers=layers,
+        z1_dim=3,
+        hidden_top=(4,),
+    )
     model = VAEConfig.from_dict({**model.to_dict(), "prior_options": {"components": 3}})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(cfg, model, run_dir=str(tmp_path / "run"), data=data, progress=False)
-    named = [w for w in caught if "VampPrior with tanh nets" in str(w.message)]
+    named = [w for w in caught if "with tanh nets" in str(w.message)]
     assert bool(named) == warned
