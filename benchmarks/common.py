@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyrovae.plots import markdown_table as table  # noqa: F401  (re-exported for the scripts)
+from pyrovae.runtime import matmul_peak_gflops  # noqa: F401  (re-exported for the scripts)
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist"
 
@@ -71,19 +72,6 @@ def interleaved_medians(
             fn(rep)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def matmul_peak_gflops(n: int = 4096, reps: int = 5) -> float:
-    """Measured fp32 matrix-multiply throughput: best of ``reps`` (n x n) @ (n x n) after a
-    warm-up (4096 is past the size where MKL reaches its plateau on these machines)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def binarized_mnist(split: str = "train") -> torch.Tensor:

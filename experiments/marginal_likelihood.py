@@ -40,19 +40,9 @@ import torch  # noqa: E402
 
 from pyrovae.plots import markdown_table  # noqa: E402
 from pyrovae.runs import bdmc_run, evaluate_run  # noqa: E402
+from pyrovae.runtime import matmul_peak_gflops  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-
-
-def matmul_peak_gflops(size: int = 2048, reps: int = 5) -> float:
-    """fp32 matrix-multiply throughput of this process's threads, best of ``reps``."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
 
 
 def measurements(args):

@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import os
 import re
+import time
 
 try:  # POSIX
     import resource
@@ -287,3 +288,18 @@ def progress_bar(total: int, desc: str, unit: str, progress: bool):
         disable=None if progress else True,  # None: shown on a terminal, not in logs
         leave=False,
     )
+
+
+def matmul_peak_gflops(n: int = 4096, reps: int = 5) -> float:
+    """Measured fp32 matrix-multiply throughput of this process's threads, GFLOP/s: the best
+    of ``reps`` (n x n) @ (n x n) products after a warm-up (4096 is past the size where MKL
+    reaches its plateau on these machines). The scale speed is reported against, measured in
+    the same process because these machines drift."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
