@@ -12,7 +12,8 @@ estimate of log p(x) is computed from the same particles.
 
 Layout: ``parts`` (nets, priors, likelihoods, guide families, distributions), ``data``,
 ``model`` (the VAE and its direct producer), ``particles`` (the particles and the traced
-producer), ``producers``, ``estimators``, ``evaluation``, ``training``, ``runs`` and ``cli``.
+producer), ``producers``, ``estimators``, ``evaluation``, ``training``, ``distributed``
+(several processes under torchrun), ``runs`` and ``cli``.
 """
 
 __version__ = "0.2.0"

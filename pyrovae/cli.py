@@ -6,6 +6,10 @@ pyrovae sample RUN_DIR
 pyrovae gradvar RUN_DIR [--estimators pathwise,stl,iwae:num_particles=10] [--draws 100]
 
 Every command that computes takes ``--device auto|cpu|cuda|cuda:N``.
+
+``train`` and ``evaluate`` also run as several processes under torchrun
+(``torchrun --nproc-per-node N -m pyrovae train ...``, ``pyrovae.distributed``): process 0
+prints and writes, the others stay quiet.
 """
 
 from __future__ import annotations
@@ -113,7 +117,9 @@ def _train_parser(sub) -> None:
         "(traced producer), applies the estimator and steps a fused Adam. Writes config.json, "
         "metrics.jsonl and checkpoints/{last,best}.pt to the run directory. Options left out "
         'take the values of --config (a JSON file {"train": {...}, "model": {...}}), else the '
-        "defaults.",
+        "defaults. Under torchrun (torchrun --nproc-per-node N -m pyrovae train ...) the run is "
+        "split across the N processes: each computes its part of every global batch, and the "
+        "gradients are summed before each step.",
         formatter_class=_Defaults,
     )
     d = p.add_argument_group("data")
@@ -180,7 +186,11 @@ def _train_parser(sub) -> None:
     o.add_argument(
         "--epochs", type=int, help="number of epochs (default 100; with --resume: the new total)"
     )
-    o.add_argument("--batch-size", type=int, help="default 100")
+    o.add_argument(
+        "--batch-size",
+        type=int,
+        help="default 100; under torchrun, the global batch, split across the processes",
+    )
     o.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     o.add_argument(
         "--lr-schedule",
@@ -299,6 +309,14 @@ def _eval_parser(sub) -> None:
         help="refine each point's q by STEPS Adam steps on its own ELBO first (the local "
         "guide's refinement, e.g. 100): a better proposal, so a tighter estimate of log p(x), "
         "and the ELBO of the refined q; 0: the run's guide as it is",
+    )
+    p.add_argument(
+        "--chunk-seeds",
+        action="store_true",
+        help="draw each chunk of particles from a stream of its own, seeded by --seed and the "
+        "chunk's first point and particle, so that each point's estimate is the same however "
+        "many processes share the points (always so under torchrun with more than one "
+        "process; without it, one stream drawn in order, as pyrovae 0.1.0 did)",
     )
     _device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -614,6 +632,8 @@ def _cmd_train(args) -> int:
         changes=changes,
         device=args.device,
     )
+    if _rank() > 0:
+        return 0  # process 0 reports
     last = result.metrics[-1] if result.metrics else {}
     rows = [
         ("run directory", str(result.run_dir)),
@@ -621,13 +641,19 @@ def _cmd_train(args) -> int:
         ("train ELBO (last epoch)", f"{last.get('train_elbo', float('nan')):.3f} nats"),
         ("valid ELBO (last epoch)", f"{last.get('valid_elbo', float('nan')):.3f} nats"),
         ("best valid ELBO", f"{result.best_valid_elbo:.3f} nats"),
-        ("particles from", f"the {result.producer} producer, on {result.device}"),
+        ("particles from", f"the {result.producer} producer, on {_where(result)}"),
         ("seconds per epoch", f"{result.seconds_per_epoch:.2f} (training only)"),
         ("wall time", f"{time.perf_counter() - t0:.1f} s"),
         ("next", f"pyrovae evaluate {result.run_dir}"),
     ]
     print("training finished\n" + summary_table(rows))
     return 0
+
+
+def _where(result) -> str:
+    if result.processes > 1:
+        return f"{result.processes} processes on {result.device.type}"
+    return str(result.device)
 
 
 def _cmd_evaluate(args) -> int:
@@ -652,7 +678,10 @@ def _cmd_evaluate(args) -> int:
         leapfrog=args.leapfrog,
         init=args.init,
         device=args.device,
+        chunk_seeds=args.chunk_seeds,
     )
+    if _rank() > 0:
+        return 0  # process 0 reports
     if args.json:
         out = {"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}
         print(strict_json(out))
@@ -871,10 +900,34 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"pyrovae: warning: {' '.join(str(message).split())}\n"
 
 
+# The commands that split their work across the processes torchrun starts.
+DISTRIBUTED_COMMANDS = ("train", "evaluate")
+
+
+def _rank() -> int:
+    """This process's rank among the processes torchrun started (0 without torchrun)."""
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        pass
+    return 0
+
+
+def _processes() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``pyrovae`` console script; returns the exit status."""
     name = "pyrovae"
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    filters = warnings.filters[:]
+    if _rank() > 0:
+        warnings.simplefilter("ignore")  # process 0 warns for all
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _terminate)
@@ -886,12 +939,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Inside the try: building the parser imports torch, which takes a second or two.
         args = build_parser().parse_args(argv)
         name = f"pyrovae {args.command}"
+        if _processes() > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            if _rank() == 0:
+                print(
+                    f"{name}: error: runs in one process, not under torchrun with "
+                    f"{_processes()} (only {' and '.join(DISTRIBUTED_COMMANDS)} split their "
+                    "work across processes): start it without torchrun",
+                    file=sys.stderr,
+                )
+            return 2
         status = _run(args, name)
         sys.stdout.flush()  # a pipe closed early is found here, not at exit
         return status
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
-        print(f"{name}: {what}; checkpoints written so far are kept", file=sys.stderr)
+        if _rank() == 0:  # torchrun stops every process: one line for all
+            print(f"{name}: {what}; checkpoints written so far are kept", file=sys.stderr)
         return 143 if isinstance(e, _Terminated) else 130
     except BrokenPipeError:
         # Python would complain again when it flushes stdout at exit.
@@ -901,8 +964,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     finally:
         warnings.formatwarning = formatwarning
+        warnings.filters[:] = filters
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if "pyrovae.distributed" in sys.modules:  # leave the processes' group, if joined
+            sys.modules["pyrovae.distributed"].shutdown()
 
 
 def _run(args, name: str) -> int:
@@ -917,10 +983,12 @@ def _run(args, name: str) -> int:
         "gap": _cmd_gap,
         "bdmc": _cmd_bdmc,
     }
+    if _rank() > 0:
+        name = f"{name} (process {_rank()})"
     try:
         return command[args.command](args)
     except TrainingDiverged as e:
-        print(f"{name}: training diverged: {_one_line(e)}", file=sys.stderr)
+        _report(f"{name}: training diverged: {_one_line(e)}", e)
         return 3
     except (
         DataError,
@@ -930,12 +998,12 @@ def _run(args, name: str) -> int:
         MemoryError,
         RecursionError,  # a config file nested beyond reason
     ) as e:
-        print(f"{name}: error: {_one_line(e)}", file=sys.stderr)
+        _report(f"{name}: error: {_one_line(e)}", e)
         return 2
     except BrokenPipeError:
         raise  # main's
     except OSError as e:  # a file or directory the system refuses: FileExistsError among them
-        print(f"{name}: error: {_os_error(e)}", file=sys.stderr)
+        _report(f"{name}: error: {_os_error(e)}", e)
         return 2
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError among them
         if "can't allocate memory" not in str(e) and "out of memory" not in str(e):
@@ -945,6 +1013,13 @@ def _run(args, name: str) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _report(line: str, error: BaseException) -> None:
+    """Print an error's line on stderr, unless process 0 of several prints it for all."""
+    if _rank() > 0 and getattr(error, "pyrovae_reported_everywhere", False):
+        return
+    print(line, file=sys.stderr)
 
 
 def _one_line(e: BaseException) -> str:

@@ -246,13 +246,20 @@ def estimate_and_backward(
     num_data: Optional[int],
     update_state: bool = True,
     kl_weight: float = 1.0,
+    batch_size: Optional[int] = None,
 ) -> float:
     """The gradient part of a training step: particles of ``x`` (B, ...) from ``producer``,
     the estimator's surrogate differentiated into ``.grad``. Returns the loss (minus the
     objective estimate, scaled by num_data / B). ``update_state=False`` leaves the
     estimator's state as it is (``pyrovae gradvar`` measures this with its state frozen);
-    ``kl_weight`` is the warm-up weight β (``Particles.kl_weight``)."""
+    ``kl_weight`` is the warm-up weight β (``Particles.kl_weight``). ``batch_size``: the
+    global batch ``x`` is one process's part of (``pyrovae.distributed``), whose scale
+    num_data / batch_size the part takes instead of num_data / B (the particles' log densities
+    are unscaled: the estimator applies the scale), so that the processes' losses and
+    gradients add up to the global batch's."""
     particles = producer(x, num_data, estimator.num_particles, estimator.reparameterized)
+    if batch_size is not None and num_data is not None:
+        particles.scale = num_data / batch_size
     particles.kl_weight = float(kl_weight)
     loss, surrogate = estimator(particles, update_state=update_state)
     if surrogate.requires_grad:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import pyro
 import torch
 
+from . import distributed
 from .config import SEED_RULE, Rule, check_arguments
 from .data import SPLITS, Dataset
 from .evaluation import LogLikelihood, evaluate_vae
@@ -162,6 +163,7 @@ def evaluate_run(
     leapfrog: int = 10,
     init: str = "prior",
     device: Device = None,
+    chunk_seeds: bool = False,
 ) -> Union[LogLikelihood, AISResult]:
     """log p(x) of a run's model on one split: importance-weighted (``method="iw"``) or by
     annealed importance sampling (``"ais"``, ``pyrovae.evaluation.ais``).
@@ -184,8 +186,17 @@ def evaluate_run(
             (``leapfrog`` steps a transition) through ``steps`` distributions from the prior
             or the guide (``init``); ``k`` is then unused.
         device: where to compute (see the module docstring).
+        chunk_seeds: draw each chunk of particles from a stream of its own, seeded by
+            ``seed`` and the chunk (``estimate_log_likelihood(seed=...)``), so that each point's
+            estimate does not depend on how the points are split between processes. Always so
+            under torchrun with more than one process (``pyrovae.distributed``): the points are
+            then split between the processes, and every process returns the whole result.
+            Without it, one stream drawn in order (pyrovae 0.1.0's numbers).
     """
-    device = resolve_device(device)
+    world, process_device = distributed.setup(device)
+    device = process_device if world.distributed else resolve_device(device)
+    if not isinstance(chunk_seeds, bool):
+        raise ValueError(f"chunk_seeds must be True or False, got {chunk_seeds!r}")
     values = {"k": k, "n": n, "seed": seed, "refine": refine}
     values.update(steps=steps, chains=chains, leapfrog=leapfrog)
     check_arguments(EVALUATE_ARGUMENTS, values)
@@ -195,18 +206,29 @@ def evaluate_run(
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
-    vae, data, state = load_run(run_dir, which, data_dir, splits=(split,), device=device)
-    producer = producer or read_config(Path(run_dir))[0].producer
-    x = _points(data, split, n, seed)
-    if refine:
-        refine_guide(vae, refine)
+    if method == "ais" and world.distributed:
+        raise distributed.everywhere(
+            ValueError(
+                "--method ais runs in one process: start it without torchrun (the "
+                "importance-weighted estimate splits its points across processes)"
+            )
+        )
+    # Every process reads the run and the data (an error anywhere stops all of them).
+    with world.together():
+        vae, data, state = load_run(run_dir, which, data_dir, splits=(split,), device=device)
+        producer = producer or read_config(Path(run_dir))[0].producer
+        x = _points(data, split, n, seed)
+        if refine:
+            refine_guide(vae, refine)
     pyro.set_rng_seed(seed)
     if method == "ais":
         made = make_producer(vae, producer)
         vae.likelihood.check_data(x)
         result = ais_log_likelihood(made, x, steps, chains, leapfrog, init, progress=progress)
         return dataclasses.replace(result, checkpoint=state["checkpoint"])
-    result = evaluate_vae(vae, x, k=k, progress=progress, producer=producer)
+    seeded = {"seed": seed, "world": world} if chunk_seeds or world.distributed else {}
+    progress = progress and world.main
+    result = evaluate_vae(vae, x, k=k, progress=progress, producer=producer, **seeded)
     return dataclasses.replace(result, checkpoint=state["checkpoint"], refine_steps=refine or None)
 
 

@@ -130,6 +130,16 @@ def fork_rng(device: Union[str, torch.device]) -> contextlib.AbstractContextMana
     return torch.random.fork_rng(devices=gpus)
 
 
+def seed_streams(seed: int, device: Union[str, torch.device]) -> None:
+    """Seed the streams that work on ``device`` draws from (those ``fork_rng`` forks): the
+    CPU's, and a CUDA device's own generator; other GPUs' are left alone."""
+    device = torch.device(device)
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
 def place(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``x`` on ``device`` when it fits there with room to spare (``_DATA_SHARE`` of the GPU
     memory free), so that batches are sliced where they are used; else ``x`` as it is, whose

@@ -44,21 +44,21 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(_on_cpu({"format": FORMAT, "version": VERSION, **state}), tmp)
+        torch.save(on_cpu({"format": FORMAT, "version": VERSION, **state}), tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # a full disk must not leave half a checkpoint behind
 
 
-def _on_cpu(value: Any) -> Any:
+def on_cpu(value: Any) -> Any:
     """``value`` with every tensor in its dicts, lists and tuples on the CPU (a CPU tensor is
     kept as it is, not copied)."""
     if isinstance(value, torch.Tensor):
         return value.cpu()
     if isinstance(value, dict):
-        return {k: _on_cpu(v) for k, v in value.items()}
+        return {k: on_cpu(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_on_cpu(v) for v in value)
+        return type(value)(on_cpu(v) for v in value)
     return value
 
 
@@ -117,13 +117,30 @@ _FIELDS_2 = {
 _OPTIONAL = {
     "metrics": lambda v: isinstance(v, list),
     "cuda_rng": lambda v: isinstance(v, torch.Tensor),
+    # Written by a run of more than one process (``pyrovae.distributed``): their number, and
+    # each one's random streams and estimator state, by rank (the top-level ones are rank 0's).
+    "world_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2,
+    "ranks": lambda v: isinstance(v, list) and all(_is_rank_state(r) for r in v),
 }
+
+
+def _is_rank_state(v: Any) -> bool:
+    return (
+        isinstance(v, dict)
+        and isinstance(v.get("torch_rng"), torch.Tensor)
+        and isinstance(v.get("estimator"), dict)
+        and isinstance(v.get("cuda_rng", torch.empty(0)), torch.Tensor)
+    )
 
 
 def _check_fields(state: Dict[str, Any], path: Path) -> None:
     fields = dict(_FIELDS, **(_FIELDS_2 if state.get("version", 1) >= 2 else {}))
     bad = [name for name, ok in fields.items() if name not in state or not ok(state[name])]
     bad += [name for name, ok in _OPTIONAL.items() if name in state and not ok(state[name])]
+    if ("world_size" in state) != ("ranks" in state) or (
+        "ranks" in state and len(state["ranks"]) != state.get("world_size")
+    ):
+        bad.append("ranks")
     if bad:
         raise CheckpointError(
             f"checkpoint {path} is damaged: {', '.join(bad)} missing or of the wrong type; "

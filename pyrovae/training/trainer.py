@@ -16,6 +16,11 @@ it is not in ``config.json``, checkpoints hold CPU tensors, and a run resumes on
 VAE is built (and initialized) on the CPU and moved there; the training and validation splits go
 there whole where they fit (``pyrovae.runtime.place``), else batch by batch; the shuffling
 generator stays on the CPU, so the batches are the same on every device.
+
+Under torchrun the same loop runs in every process (``pyrovae.distributed``): each process
+takes its part of every global batch, ``Trainer.step`` sums the gradients across processes
+before the Adam step, validation splits its points, and process 0 alone claims and writes the
+run directory, its checkpoints holding every process's random streams and estimator state.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pyro import poutine
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import OptionError
 from ..data import SPLITS, DataError, Dataset, load_dataset
 from ..estimators import Estimator, make_estimator
@@ -61,6 +67,7 @@ from .checkpoint import (
     checkpoint_path,
     find_checkpoint,
     load_checkpoint,
+    on_cpu,
     save_checkpoint,
 )
 from .config import TrainConfig, given_fields, read_config, resumed_config
@@ -89,6 +96,8 @@ class TrainResult:
     ``vae`` is the trained VAE (``None`` when a model/guide pair of the user's own was
     trained: ``model`` and ``guide`` are then that pair, trained in place), on ``device``, where
     the run computed. ``producer`` names the route particles took (``direct`` or ``traced``).
+    ``processes``: how many processes trained it (``pyrovae.distributed``; each returns the
+    same result).
     """
 
     run_dir: Path
@@ -99,6 +108,7 @@ class TrainResult:
     model: Callable
     guide: Callable
     device: torch.device = torch.device("cpu")
+    processes: int = 1
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -111,26 +121,76 @@ class Trainer:
     """Steps of one estimator on one producer, with one fused Adam over ``params`` (the
     model's) and the estimator's own parameters.
 
+    In a run of more than one process (``world``, ``pyrovae.distributed``), each process's
+    step computes the gradient of its part of the global batch, the gradients are summed
+    across processes (``distributed.GradientSync``), and every process takes the same Adam
+    step. Every parameter must exist by then: a lazily sized one (a neural baseline's, made
+    by ``estimator.prepare``) is refused.
+
     Args:
         producer: gives a batch's particles.
         estimator: its state must already be shaped (``estimator.prepare``).
         params: the model's trainable tensors.
         lr: Adam's learning rate.
+        world: the processes the run is split across (default: this one alone).
     """
 
     def __init__(
-        self, producer: Producer, estimator: Estimator, params: Sequence[torch.Tensor], lr: float
+        self,
+        producer: Producer,
+        estimator: Estimator,
+        params: Sequence[torch.Tensor],
+        lr: float,
+        world: Optional[distributed.World] = None,
     ) -> None:
         self.producer, self.estimator = producer, estimator
-        self.optim = fused_adam(list(params) + list(estimator.parameters()), lr)
+        self.params = list(params) + list(estimator.parameters())
+        self.optim = fused_adam(self.params, lr)
+        self.sync = None
+        if world is not None and world.distributed:
+            if any(isinstance(p, nn.parameter.UninitializedParameter) for p in self.params):
+                raise ValueError(
+                    "a parameter is still lazily sized: shape the estimator's state first "
+                    "(estimator.prepare(x)), so that every process sums the same gradients"
+                )
+            self.sync = distributed.GradientSync(self.params, world)
 
-    def step(self, x: torch.Tensor, num_data: int, kl_weight: float = 1.0) -> float:
+    def step(
+        self,
+        x: torch.Tensor,
+        num_data: int,
+        kl_weight: float = 1.0,
+        batch_size: Optional[int] = None,
+    ) -> float:
         """One Adam step on batch ``x`` (B, ...); returns the loss (minus the scaled
-        objective estimate). ``kl_weight``: the KL warm-up weight β of this step."""
+        objective estimate). ``kl_weight``: the KL warm-up weight β of this step.
+        ``batch_size``: the global batch ``x`` is this process's part of, in a run of more
+        than one process (``x`` may then be empty); the loss returned is the global batch's."""
         self.optim.zero_grad(set_to_none=True)
-        loss = estimate_and_backward(
-            self.producer, self.estimator, x, num_data, kl_weight=kl_weight
-        )
+        if self.sync is None:
+            loss = estimate_and_backward(
+                self.producer,
+                self.estimator,
+                x,
+                num_data,
+                kl_weight=kl_weight,
+                batch_size=batch_size,
+            )
+        else:
+            loss, error = 0.0, None
+            try:
+                if x.shape[0]:
+                    loss = estimate_and_backward(
+                        self.producer,
+                        self.estimator,
+                        x,
+                        num_data,
+                        kl_weight=kl_weight,
+                        batch_size=batch_size,
+                    )
+            except FloatingPointError as e:  # a NaN inside a distribution: stop together
+                error = e
+            loss = self.sync(loss, error)
         self.optim.step()
         return loss
 
@@ -377,6 +437,13 @@ def train(
             the same state, but draws other random numbers. A pair of your own trains where
             its module is (see ``_pair_device``).
 
+    Under torchrun (``pyrovae.distributed``: more than one process, each calling ``train``
+    with the same arguments), the run is split across the processes: ``batch_size`` is the
+    global batch, each process computes its part of it with its own random stream, the
+    gradients are summed before every step, process 0 alone reads and writes ``run_dir``, and
+    a run resumes only with as many processes as it was trained with. Each process returns
+    the same result.
+
     Returns:
         A ``TrainResult`` with the trained model (the last epoch's parameters) and its metrics.
 
@@ -389,7 +456,11 @@ def train(
     """
     if (model is None) != (guide is None):
         raise ValueError("give both a model and a guide of your own, or neither")
-    if model is None or device is not None:
+    # Under torchrun: join the other processes, each on its own device.
+    world, process_device = distributed.setup(device)
+    if world.distributed:
+        device = process_device
+    elif model is None or device is not None:
         device = resolve_device(device)  # a bad device fails here, before anything is read
     if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
         raise OptionError(f"run_dir must be a path, got {run_dir!r}")
@@ -397,160 +468,202 @@ def train(
     if model_config is not None:
         model_config = _as_config(VAEConfig, model_config, "model_config")
     custom = model is not None
-    state, changed, run_path = None, {}, None
-    if resume:
-        if run_dir is None:
-            raise ValueError("resume needs run_dir (--run-dir), the run directory to continue")
-        run_path = Path(run_dir)
-        check_resumable(run_path)
-        saved_train, saved_model = read_config(run_path)
-        if (saved_model is None) != custom:
-            raise ValueError(
-                f"{run_path} trained "
-                + (
-                    "a model/guide pair of your own: pass it again as model= and guide="
-                    if saved_model is None
-                    else "a pyrovae VAE: resume it without model/guide"
+    state, changed, run_path, record = None, {}, None, {}
+    # The run directory is process 0's: it alone reads it (the others get what it read).
+    with world.together():
+        if world.main and resume:
+            if run_dir is None:
+                raise ValueError("resume needs run_dir (--run-dir), the run directory to continue")
+            run_path = Path(run_dir)
+            check_resumable(run_path)
+            saved_train, saved_model = read_config(run_path)
+            if (saved_model is None) != custom:
+                raise ValueError(
+                    f"{run_path} trained "
+                    + (
+                        "a model/guide pair of your own: pass it again as model= and guide="
+                        if saved_model is None
+                        else "a pyrovae VAE: resume it without model/guide"
+                    )
                 )
+            state = load_checkpoint(checkpoint_path(run_path, "last"))
+            check_belongs(state, checkpoint_path(run_path, "last"), saved_train, saved_model)
+            _check_world_size(state, world, run_path)
+            if changes is None:
+                changes = given_fields(train_config)
+                if model_config is not None:
+                    changes.update(given_fields(model_config))
+            if custom and state.get("custom_model") not in (None, _describe(model)):
+                raise ValueError(
+                    f"{run_path} trained {state['custom_model']}, but the model passed is "
+                    f"{_describe(model)}: resume with the pair the run was trained with"
+                )
+            record = read_record(run_path)
+            if data is None and record.get("data") == "python":
+                raise ValueError(
+                    f"{run_path} was trained on a Dataset passed in Python (data=): pass it again"
+                )
+            train_config, changed = resumed_config(
+                saved_train, saved_model, changes, state["epoch"]
             )
-        state = load_checkpoint(checkpoint_path(run_path, "last"))
-        check_belongs(state, checkpoint_path(run_path, "last"), saved_train, saved_model)
-        if changes is None:
-            changes = given_fields(train_config)
-            if model_config is not None:
-                changes.update(given_fields(model_config))
-        if custom and state.get("custom_model") not in (None, _describe(model)):
-            raise ValueError(
-                f"{run_path} trained {state['custom_model']}, but the model passed is "
-                f"{_describe(model)}: resume with the pair the run was trained with"
-            )
-        if data is None and read_record(run_path).get("data") == "python":
-            raise ValueError(
-                f"{run_path} was trained on a Dataset passed in Python (data=): pass it again"
-            )
-        train_config, changed = resumed_config(saved_train, saved_model, changes, state["epoch"])
-        model_config = saved_model
-    elif run_dir is not None:
-        run_path = Path(run_dir)
-        check_new_run_dir(run_path)
-    cfg = _resolved_data_dir(train_config)
-    if data is not None and not isinstance(data, Dataset):
-        raise OptionError(f"data must be a pyrovae.data.Dataset, got {type(data).__name__}")
-    given_data = data is not None
-    data = data if data is not None else prepare_data(cfg)
-    if len(data.valid) == 0:
-        raise DataError(
-            f"the validation split of {data.name!r} is empty: training keeps the best epoch "
-            "by validation ELBO, so it needs validation data"
-        )
-    if data.binarize == "dynamic" and (data.train.min() < 0 or data.train.max() > 1):
-        raise DataError(f"dynamic binarization needs {data.name} in [0, 1]")
-    if state is not None and model_config is not None and data.x_dim != model_config.x_dim:
-        raise DataError(
-            f"the data has {data.x_dim} values per point, but the run's model takes "
-            f"{model_config.x_dim}: resume with the run's data"
-        )
-    fingerprint = _fingerprint(data)
-    if state is not None:
-        saved_print = read_record(run_path).get("data_fingerprint")
-        if saved_print is not None and saved_print != fingerprint:
+            model_config = saved_model
+        elif world.main and run_dir is not None:
+            run_path = Path(run_dir)
+            check_new_run_dir(run_path)
+    if world.distributed:
+        opened = (state, changed, run_path, record, train_config, model_config)
+        state, changed, run_path, record, train_config, model_config = world.share(opened)
+    with world.together():
+        cfg = _resolved_data_dir(train_config)
+        if data is not None and not isinstance(data, Dataset):
+            raise OptionError(f"data must be a pyrovae.data.Dataset, got {type(data).__name__}")
+        given_data = data is not None
+        data = data if data is not None else prepare_data(cfg)
+        if len(data.valid) == 0:
             raise DataError(
-                f"the data found now is not the data {run_path} was trained on (its "
-                "fingerprint differs): resume with the run's own data"
+                f"the validation split of {data.name!r} is empty: training keeps the best epoch "
+                "by validation ELBO, so it needs validation data"
             )
-    estimator = _estimator(cfg)
-    if cfg.warmup and not estimator.supports_warmup:
-        raise OptionError(
-            f"the {estimator.name!r} estimator does not support KL warm-up (its class does not "
-            "set supports_warmup = True: it ignores Particles.kl_weight): drop --warmup"
-        )
-    steps_per_epoch = _steps_per_epoch(data.train.shape[0], cfg.batch_size, estimator)
+        if data.binarize == "dynamic" and (data.train.min() < 0 or data.train.max() > 1):
+            raise DataError(f"dynamic binarization needs {data.name} in [0, 1]")
+        if state is not None and model_config is not None and data.x_dim != model_config.x_dim:
+            raise DataError(
+                f"the data has {data.x_dim} values per point, but the run's model takes "
+                f"{model_config.x_dim}: resume with the run's data"
+            )
+        fingerprint = _fingerprint(data)
+        if state is not None:
+            saved_print = record.get("data_fingerprint")
+            if saved_print is not None and saved_print != fingerprint:
+                raise DataError(
+                    f"the data found now is not the data {run_path} was trained on (its "
+                    "fingerprint differs): resume with the run's own data"
+                )
+        estimator = _estimator(cfg)
+        if cfg.warmup and not estimator.supports_warmup:
+            raise OptionError(
+                f"the {estimator.name!r} estimator does not support KL warm-up (its class does "
+                "not set supports_warmup = True: it ignores Particles.kl_weight): drop --warmup"
+            )
+        steps_per_epoch = _steps_per_epoch(data.train.shape[0], cfg.batch_size, estimator)
+        if cfg.batch_size < world.size:
+            raise OptionError(
+                f"batch_size (--batch-size) is the global batch, split between the "
+                f"{world.size} processes: it must be at least {world.size}, got {cfg.batch_size}"
+            )
 
-    # Pyro's param store is global: stale parameters with our names would shadow the new ones.
-    pyro.clear_param_store()
-    pyro.set_rng_seed(cfg.seed)
-    if custom:
-        device = _pair_device(device, model)
-    train_split, valid_split = place(data.train, device), place(data.valid, device)
-    with fork_rng(device):
-        x0 = _batch(data, train_split, slice(0, cfg.batch_size), device)
-    if custom:
-        vae = None
-        trained = TrainedState.of_pair(model, guide, x0)
-    else:
-        model_config = _fitted_config(model_config or VAEConfig(), data, resumed=state is not None)
-        # Built on the CPU, from the CPU's random stream: the same initial parameters on
-        # every device.
-        vae = build_vae(model_config).to(device)
-        _check_data(vae, data)
-        if state is None:
-            _warn_collapse_prone(model_config, cfg.estimator)
-        model, guide = vae.model, vae.guide
-        trained = TrainedState(module=vae)
-    subject = vae if vae is not None else (model, guide)
-    producer = make_producer(subject, cfg.producer, params=trained.params)
-    # An estimator that does not apply, or a step that would not fit in memory, fails here,
-    # before anything is written.
-    modules = [vae] if vae is not None else []
-    check_step_memory(trained.params, x0, estimator.num_particles, "a training step", modules)
-    check_applies(producer, estimator, x0)
-    trainer = Trainer(producer, estimator, trained.params, cfg.lr)
+        # Pyro's param store is global: stale parameters with our names would shadow the new
+        # ones.
+        pyro.clear_param_store()
+        pyro.set_rng_seed(cfg.seed)
+        if custom:
+            device = _pair_device(device, model)
+        train_split, valid_split = place(data.train, device), place(data.valid, device)
+        with fork_rng(device):
+            x0 = _batch(data, train_split, slice(0, cfg.batch_size), device)
+        if custom:
+            vae = None
+            trained = TrainedState.of_pair(model, guide, x0)
+        else:
+            model_config = _fitted_config(
+                model_config or VAEConfig(), data, resumed=state is not None
+            )
+            # Built on the CPU, from the CPU's random stream: the same initial parameters on
+            # every device.
+            vae = build_vae(model_config).to(device)
+            _check_data(vae, data)
+            if state is None and world.main:
+                _warn_collapse_prone(model_config, cfg.estimator)
+            model, guide = vae.model, vae.guide
+            trained = TrainedState(module=vae)
+        subject = vae if vae is not None else (model, guide)
+        producer = make_producer(subject, cfg.producer, params=trained.params)
+        # This process's part of the first batch: what it computes each step, and what shapes
+        # the estimator's state.
+        x0 = x0[slice(*world.shard(x0.shape[0]))]
+        # An estimator that does not apply, or a step that would not fit in memory, fails
+        # here, before anything is written.
+        modules = [vae] if vae is not None else []
+        check_step_memory(trained.params, x0, estimator.num_particles, "a training step", modules)
+        check_applies(producer, estimator, x0)
+        trainer = Trainer(producer, estimator, trained.params, cfg.lr, world)
+    if world.distributed:
+        _check_same_data(world, fingerprint)
+        world.broadcast_(trainer.params)  # every process starts from process 0's parameters
+        if state is None and not world.main:
+            torch.manual_seed(distributed.rank_seed(cfg.seed, world.rank))  # its own stream
     tune_allocator(device)  # batches of tensors above glibc's mmap threshold, every step
     # On the CPU whatever the device: the same batches everywhere, and a portable state.
     shuffle = torch.Generator().manual_seed(cfg.seed)
 
-    # Claim the directory: from here on this process alone writes there.
-    if run_path is None:
-        run_path = default_run_dir(cfg.dataset, cfg.estimator)
-    run_path.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(run_path).acquire()
+    # Claim the directory: from here on this process alone writes there (process 0 of many).
+    lock = None
     try:
-        if not resume:
-            check_new_run_dir(run_path)  # again: another process may have started meanwhile
-        remove_leftovers(run_path)
+        with world.together():
+            if world.main:
+                if run_path is None:
+                    run_path = default_run_dir(cfg.dataset, cfg.estimator)
+                run_path.mkdir(parents=True, exist_ok=True)
+                lock = RunLock(run_path).acquire()
+                if not resume:
+                    check_new_run_dir(run_path)  # again: another process may have started
+                remove_leftovers(run_path)
+        run_path = world.share(run_path)
         metrics: List[Dict[str, Any]] = []
         start_epoch, step, best = 0, 0, -math.inf
         history: List[Dict[str, Any]] = []
         if state is not None:
-            try:
-                _restore(state, trained, trainer, shuffle, vae, device)
-            except (KeyError, TypeError, ValueError, RuntimeError) as e:
-                raise CheckpointError(
-                    f"checkpoint {checkpoint_path(run_path, 'last')} cannot be restored "
-                    f"({' '.join(str(e).split())[:300]}); restore it from a copy"
-                ) from None
+            with world.together():
+                try:
+                    _restore(state, trained, trainer, shuffle, vae, device, world)
+                except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+                    raise CheckpointError(
+                        f"checkpoint {checkpoint_path(run_path, 'last')} cannot be restored "
+                        f"({' '.join(str(e).split())[:300]}); restore it from a copy"
+                    ) from None
             start_epoch, step, best = state["epoch"], state["step"], state["best_valid_elbo"]
-            # The checkpoint holds every record up to it (0.1.0's did not: read the file).
-            metrics = state.get("metrics") or [
-                m for m in read_metrics(run_path) if m["epoch"] <= start_epoch
-            ]
-            history = _saved_history(run_path)
+            with world.together():
+                if world.main:
+                    # The checkpoint holds every record up to it (0.1.0's did not: read the
+                    # file).
+                    metrics = state.get("metrics") or [
+                        m for m in read_metrics(run_path) if m["epoch"] <= start_epoch
+                    ]
+                    history = _saved_history(run_path)
+            metrics, history = world.share((metrics, history))
             if changed:
                 history.append(
                     {"epoch": start_epoch, "changed": {k: list(v) for k, v in changed.items()}}
                 )
-        (run_path / "checkpoints").mkdir(exist_ok=True)
-        config_record: Dict[str, Any] = {
-            "train": cfg.to_dict(),
-            "model": None if custom else model_config.to_dict(),
-        }
-        if custom:
-            config_record["custom_model"] = _describe(model)
-        if given_data:
-            config_record["data"] = "python"
-        config_record["data_fingerprint"] = fingerprint
-        if history:
-            config_record["resumed"] = history
-        # After a resume this repairs the file: records the checkpoint has and the file lost
-        # are written back, records of epochs newer than the checkpoint dropped. Before the
-        # config, so that a failure here leaves the run's config as it was.
-        write_metrics(run_path, metrics)
-        write_json(run_path / "config.json", config_record)
+        with world.together():
+            if world.main:
+                (run_path / "checkpoints").mkdir(exist_ok=True)
+                config_record: Dict[str, Any] = {
+                    "train": cfg.to_dict(),
+                    "model": None if custom else model_config.to_dict(),
+                }
+                if custom:
+                    config_record["custom_model"] = _describe(model)
+                if given_data:
+                    config_record["data"] = "python"
+                config_record["data_fingerprint"] = fingerprint
+                if world.distributed:
+                    config_record["processes"] = world.size
+                if history:
+                    config_record["resumed"] = history
+                # After a resume this repairs the file: records the checkpoint has and the
+                # file lost are written back, records of epochs newer than the checkpoint
+                # dropped. Before the config, so that a failure here leaves the run's config as
+                # it was.
+                write_metrics(run_path, metrics)
+                write_json(run_path / "config.json", config_record)
+        progress = progress and world.main
         if progress:
             what = "VAE" if vae is not None else _describe(model)
+            where = f"{world.size} processes on {device.type}" if world.distributed else device
             print(
                 f"pyrovae: training the {what} with {estimator!r}, particles from the "
-                f"{producer.name} producer, on {device}"
+                f"{producer.name} producer, on {where}"
                 + "".join(f"; {k} {old} -> {new}" for k, (old, new) in changed.items()),
                 file=sys.stderr,
             )
@@ -567,13 +680,48 @@ def train(
             model_config,
             model,
             run_path,
+            world,
         )
         best = loop.run(start_epoch, step, best, metrics, steps_per_epoch, progress)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     if vae is not None:
         vae.eval()
-    return TrainResult(run_path, vae, metrics, best, producer.name, model, guide, device)
+    return TrainResult(
+        run_path, vae, metrics, best, producer.name, model, guide, device, world.size
+    )
+
+
+def _check_world_size(state: Dict[str, Any], world: distributed.World, run_path: Path) -> None:
+    """Refuse to resume a run with another number of processes than it was trained with: its
+    checkpoint holds each process's random streams and estimator state."""
+    saved = state.get("world_size", 1)
+    if saved == world.size:
+        return
+    how = (
+        "without torchrun (or with --nproc-per-node 1)"
+        if saved == 1
+        else f"with {saved} processes (torchrun --nproc-per-node {saved}, or nodes x processes "
+        f"per node = {saved})"
+    )
+    raise OptionError(
+        f"the run in {run_path} was trained by {saved} process{'es' if saved > 1 else ''}, "
+        f"and this is {world.size}: resume it {how}; its checkpoint holds each process's "
+        "random stream, so it continues exactly only with the same number"
+    )
+
+
+def _check_same_data(world: distributed.World, fingerprint: str) -> None:
+    """Every process must train on the same data (each loads its own copy)."""
+    prints = world.everyone(fingerprint)
+    other = next((r for r, p in enumerate(prints) if p != prints[0]), None)
+    if other is not None:
+        raise distributed.DistributedError(
+            f"process {other} loaded other data than process 0 (the fingerprints of their "
+            "training and validation splits differ): give every process the same data "
+            "(--data-dir)"
+        )
 
 
 def _as_config(cls, value, name: str):
@@ -628,6 +776,7 @@ class _EpochLoop:
     model_config: Optional[VAEConfig]
     model: Callable
     run_path: Path
+    world: distributed.World = dataclasses.field(default_factory=distributed.World)
 
     def _diverged(self, what: str, epoch: int) -> TrainingDiverged:
         kept = epoch - 1
@@ -663,10 +812,14 @@ class _EpochLoop:
                 perm = torch.randperm(n, generator=self.shuffle).to(self.train_split.device)
                 for i in range(steps_per_epoch):
                     rows = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                    split = {}
+                    if self.world.distributed:  # this process's part of the global batch
+                        split["batch_size"] = rows.shape[0]
+                        rows = rows[slice(*self.world.shard(rows.shape[0]))]
                     x = _batch(data, self.train_split, rows, self.device)
                     try:
                         beta = kl_weight(step, cfg.warmup, steps_per_epoch)
-                        loss = self.trainer.step(x, n, beta)
+                        loss = self.trainer.step(x, n, beta, **split)
                     except FloatingPointError as e:  # a NaN inside a distribution
                         raise self._diverged(f"{e} at epoch {epoch}, step {i + 1}", epoch) from e
                     if not math.isfinite(loss) and step == 0:
@@ -695,6 +848,12 @@ class _EpochLoop:
                 best = max(best, record["valid_elbo"])
                 metrics.append(record)
                 self._commit(epoch, step, best, record, metrics, improved)
+        except (TrainingDiverged, DataError) as e:
+            # Raised from the global batch's loss or the gathered validation: on every process
+            # together, unless it is this process's own failure.
+            if self.world.distributed and not distributed.only_here(e.__cause__):
+                distributed.everywhere(e)
+            raise
         finally:
             bar.close()
         return best
@@ -702,9 +861,15 @@ class _EpochLoop:
     def _validate(self, epoch: int, step: int, train_loss: float) -> Dict[str, Any]:
         if not math.isfinite(train_loss):
             raise self._diverged(f"the training loss of epoch {epoch} is {train_loss}", epoch)
+        # With more than one process, the validation points are split between them, each
+        # chunk's particles drawn from a stream of its own (the training streams untouched).
+        split = {}
+        if self.world.distributed:
+            split = {"seed": distributed.derived_seed(self.cfg.seed, "valid", epoch)}
+            split["world"] = self.world
         try:
             valid = estimate_log_likelihood(
-                None, None, self.valid_split, k=1, progress=False, producer=self.producer
+                None, None, self.valid_split, k=1, progress=False, producer=self.producer, **split
             )
         except FloatingPointError as e:
             raise self._diverged(f"validation at epoch {epoch} failed: {e}", epoch) from e
@@ -736,27 +901,45 @@ class _EpochLoop:
         metrics), then ``metrics.jsonl``. A kill between any two leaves a run that resumes
         from ``last.pt`` with nothing lost: an epoch newer than ``last.pt`` is redone, exactly,
         and rewrites ``best.pt``; a metrics file behind ``last.pt`` is rebuilt from it."""
-        ckpt = {
-            "epoch": epoch,
-            "step": step,
-            "best_valid_elbo": best,
-            "valid_elbo": record["valid_elbo"],
-            "model_config": None if self.model_config is None else self.model_config.to_dict(),
-            "custom_model": None if self.model_config is not None else _describe(self.model),
-            "train_config": self.cfg.to_dict(),
-            "model_state": self.trained.state_dict(),
-            "producer": self.trainer.producer.name,
-            "trainer_state": self.trainer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "shuffle_rng": self.shuffle.get_state(),
-            "metrics": list(metrics),
-        }
-        if self.device.type == "cuda":
-            ckpt["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        if improved:
-            save_checkpoint(ckpt, checkpoint_path(self.run_path, "best"))
-        save_checkpoint(ckpt, checkpoint_path(self.run_path, "last"))
-        write_metrics(self.run_path, metrics)
+        world = self.world
+        ranks = None
+        if world.distributed:  # every process's streams and estimator state, to process 0
+            own = {
+                "torch_rng": torch.get_rng_state(),
+                "estimator": on_cpu(self.trainer.estimator.state_dict()),
+            }
+            if self.device.type == "cuda":
+                own["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+            ranks = world.gather(own)
+        with world.together():
+            if world.main:
+                ckpt = {
+                    "epoch": epoch,
+                    "step": step,
+                    "best_valid_elbo": best,
+                    "valid_elbo": record["valid_elbo"],
+                    "model_config": (
+                        None if self.model_config is None else self.model_config.to_dict()
+                    ),
+                    "custom_model": (
+                        None if self.model_config is not None else _describe(self.model)
+                    ),
+                    "train_config": self.cfg.to_dict(),
+                    "model_state": self.trained.state_dict(),
+                    "producer": self.trainer.producer.name,
+                    "trainer_state": self.trainer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "shuffle_rng": self.shuffle.get_state(),
+                    "metrics": list(metrics),
+                }
+                if self.device.type == "cuda":
+                    ckpt["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+                if ranks is not None:
+                    ckpt["world_size"], ckpt["ranks"] = world.size, ranks
+                if improved:
+                    save_checkpoint(ckpt, checkpoint_path(self.run_path, "best"))
+                save_checkpoint(ckpt, checkpoint_path(self.run_path, "last"))
+                write_metrics(self.run_path, metrics)
 
 
 def _estimator(cfg: TrainConfig) -> Estimator:
@@ -783,19 +966,28 @@ def _steps_per_epoch(n: int, batch_size: int, estimator: Estimator) -> int:
     return n // batch_size if estimator.fixed_batch_shape else math.ceil(n / batch_size)
 
 
-def _restore(state, trained: TrainedState, trainer: Trainer, shuffle, vae, device) -> None:
+def _restore(
+    state, trained: TrainedState, trainer: Trainer, shuffle, vae, device, world=None
+) -> None:
     """Load a checkpoint's state into what is trained. The GPU's random stream is restored
     where the checkpoint has one and the run is on a GPU; a run resumed on another device than
-    its checkpoint's restores what applies (the CPU's stream and the shuffle always)."""
+    its checkpoint's restores what applies (the CPU's stream and the shuffle always). In a run
+    of more than one process (``world``), each restores its own streams and estimator state
+    (``state["ranks"][rank]``)."""
+    own = state
+    if world is not None and world.distributed:
+        own = state["ranks"][world.rank]
     trained.load_state_dict(state["model_state"])
     if state.get("version", 1) < 2:
         trainer_state = legacy.trainer_state(state, vae, trainer)
     else:
         trainer_state = state["trainer_state"]
+    if own is not state:
+        trainer_state = {**trainer_state, "estimator": own["estimator"]}
     trainer.load_state_dict(trainer_state)
-    torch.set_rng_state(state["torch_rng"])
-    if device.type == "cuda" and "cuda_rng" in state:
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    torch.set_rng_state(own["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in own:
+        torch.cuda.set_rng_state(own["cuda_rng"], device)
     shuffle.set_state(state["shuffle_rng"])
 
 

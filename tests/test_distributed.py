@@ -1,0 +1,230 @@
+"""Training and evaluation split across processes (``pyrovae.distributed``): 2 gloo processes
+on the CPU, started by torchrun, against one-process references computed here.
+
+The processes keep identical parameters; a step is the one-process step on the same global
+batch (each process's part of it with its own random stream: the reference below draws each
+part from that process's stream, and the same reference with one process is checked to be
+``train`` itself, so it is the trainer's arithmetic and not a copy of the distributed code);
+the distributed evaluation gives the one-process estimate of every point for the same seed;
+a resumed run ends where an uninterrupted one does; the command line works under torchrun,
+prints once, and refuses to resume a run with another number of processes.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+import torch.distributed as dist
+from ddp_worker import EVAL, MODEL, PLAIN
+
+from pyrovae import build_vae, estimate_log_likelihood, make_estimator, train
+from pyrovae.cli import main
+from pyrovae.distributed import World, chunk_seed, rank_seed
+from pyrovae.producers import estimate_and_backward, make_producer
+from pyrovae.training import Trainer, prepare_data
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with gloo is not available",
+)
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
+
+
+def torchrun(*args, cwd=None, ok=True) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node 2 ARGS``: 2 processes on this machine's CPU,
+    one thread each, on a free port; ``ok``: they must succeed."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYROVAE_DEVICE": "cpu"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", *map(str, args)]
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """What each of the 2 processes of ``ddp_worker.py`` ended with, by rank."""
+    out = tmp_path_factory.mktemp("ddp")
+    torchrun(WORKER, out)
+    saved = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert [s["world"] for s in saved] == [(0, 2), (1, 2)]
+    return out, saved
+
+
+def reference(cfg, processes: int):
+    """``cfg``'s run as ``processes`` processes compute it, in this one process: the same
+    model, shuffle and Adam; each global batch split as ``World.shard`` splits it, each part's
+    particles drawn from its process's stream (process 0's is the one-process stream, process
+    r's seeded ``rank_seed``), the gradients of the parts summed before one step. With one
+    process it also validates every epoch, as ``train`` does (which draws from the stream);
+    with more, validation draws from streams of its own. Returns (VAE, train ELBO per epoch)."""
+    data = prepare_data(cfg)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(cfg.seed)
+    vae = build_vae(dataclasses.replace(MODEL, x_dim=data.x_dim))
+    producer, estimator = make_producer(vae), make_estimator(cfg.estimator)
+    trainer = Trainer(producer, estimator, list(vae.parameters()), cfg.lr)
+    streams = [torch.get_rng_state()]
+    for r in range(1, processes):
+        torch.manual_seed(rank_seed(cfg.seed, r))
+        streams.append(torch.get_rng_state())
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    n, b = data.train.shape[0], cfg.batch_size
+    steps = math.ceil(n / b)
+    elbos = []
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=shuffle)
+        total = 0.0
+        for i in range(steps):
+            rows = perm[i * b : (i + 1) * b]
+            trainer.optim.zero_grad(set_to_none=True)
+            for r in range(processes):
+                part = rows[slice(*World(rank=r, size=processes).shard(rows.shape[0]))]
+                torch.set_rng_state(streams[r])
+                scale = {"batch_size": rows.shape[0]} if processes > 1 else {}
+                x = data.train[part]
+                total += estimate_and_backward(producer, estimator, x, n, **scale)
+                streams[r] = torch.get_rng_state()
+            trainer.optim.step()
+        elbos.append(-total / (steps * n))
+        if processes == 1:
+            estimate_log_likelihood(None, None, data.valid, k=1, progress=False, producer=producer)
+            streams[0] = torch.get_rng_state()
+    return vae, elbos
+
+
+def untimed(metrics):
+    return [{k: v for k, v in m.items() if not k.endswith("_seconds")} for m in metrics]
+
+
+def assert_same(a, b, **tolerance):
+    assert a.keys() == b.keys()
+    for key in a:
+        if tolerance:
+            torch.testing.assert_close(a[key], b[key], **tolerance, msg=key)
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_the_processes_keep_identical_parameters(ranks):
+    _, (zero, one) = ranks
+    for run in ("plain", "resumed", "whole", "pair"):
+        assert_same(zero[run], one[run])
+    for run in ("plain", "whole", "pair"):  # the same losses, gathered; times of their own
+        assert untimed(zero[run + "_metrics"]) == untimed(one[run + "_metrics"])
+
+
+def test_the_one_process_reference_is_train_itself(tmp_path):
+    vae, elbos = reference(PLAIN, 1)
+    result = train(PLAIN, MODEL, run_dir=tmp_path / "run", progress=False)
+    assert_same(vae.state_dict(), result.vae.state_dict())
+    assert elbos == [m["train_elbo"] for m in result.metrics]
+
+
+def test_two_processes_take_the_one_process_steps_on_the_same_global_batches(ranks):
+    _, (zero, _) = ranks
+    vae, elbos = reference(PLAIN, 2)
+    assert_same(zero["plain"], vae.state_dict(), rtol=1e-5, atol=1e-6)
+    trained = [m["train_elbo"] for m in zero["plain_metrics"]]
+    assert trained == pytest.approx(elbos, rel=1e-6)
+    # Not vacuous: the one-process run (other particles for process 1's parts) is elsewhere.
+    alone, _ = reference(PLAIN, 1)
+    far = [(alone.state_dict()[k] - v).abs().max() for k, v in zero["plain"].items()]
+    assert max(far) > 1e-3
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(ranks):
+    _, saved = ranks
+    for process in saved:
+        assert_same(process["resumed"], process["whole"])
+        assert untimed(process["resumed_metrics"]) == untimed(process["whole_metrics"])
+    # Each process's own estimator state and stream are in the checkpoint, by rank.
+    per_rank = saved[0]["ranks_saved"]
+    assert per_rank["world_size"] == 2
+    shapes = [tuple(r["estimator"]["average"].shape) for r in per_rank["ranks"]]
+    assert shapes == [(1, 12), (1, 13)]
+    assert not torch.equal(per_rank["ranks"][0]["torch_rng"], per_rank["ranks"][1]["torch_rng"])
+
+
+def test_the_distributed_evaluation_is_the_one_process_estimate_point_for_point(ranks):
+    _, (zero, one) = ranks
+    vae = build_vae(dataclasses.replace(MODEL, x_dim=5))
+    vae.load_state_dict(zero["plain"])
+    points = prepare_data(PLAIN).test
+    alone = estimate_log_likelihood(None, None, points, producer=make_producer(vae), **EVAL)
+    for process in (zero, one):
+        log_px, elbo = process["eval"]
+        assert torch.equal(log_px, alone.per_point_log_px)
+        assert torch.equal(elbo, alone.per_point_elbo)
+
+
+def test_chunk_seeds_make_each_point_independent_of_the_others(ranks):
+    _, (zero, _) = ranks
+    vae = build_vae(dataclasses.replace(MODEL, x_dim=5))
+    vae.load_state_dict(zero["plain"])
+    points, producer = prepare_data(PLAIN).test, make_producer(vae)
+    before = torch.get_rng_state()
+    whole = estimate_log_likelihood(None, None, points, producer=producer, **EVAL)
+    assert torch.equal(torch.get_rng_state(), before)  # the global stream is left alone
+    back = estimate_log_likelihood(None, None, points[20:], producer=producer, **EVAL)
+    # Points 20... start chunk 0 of their own evaluation, which draws from chunk 0's seed.
+    assert not torch.equal(back.per_point_log_px, whole.per_point_log_px[20:])
+    front = estimate_log_likelihood(None, None, points[:20], producer=producer, **EVAL)
+    assert torch.equal(front.per_point_log_px, whole.per_point_log_px[:20])
+    threads = estimate_log_likelihood(None, None, points, producer=producer, workers=2, **EVAL)
+    assert torch.equal(threads.per_point_log_px, whole.per_point_log_px)
+    assert len({chunk_seed(5, lo, 0) for lo in range(0, 40, 4)}) == 10
+
+
+def test_evaluate_under_torchrun_prints_once_what_chunk_seeds_give_in_one_process(ranks, capsys):
+    out, (zero, one) = ranks
+    assert zero["cli_evaluate"][0] == one["cli_evaluate"][0] == 0
+    assert one["cli_evaluate"][1] == ""
+    (line,) = zero["cli_evaluate"][1].splitlines()
+    split = json.loads(line)
+    capsys.readouterr()
+    args = ["evaluate", str(out / "plain"), "--k", "7", "--json", "--quiet", "--chunk-seeds"]
+    assert main(args) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert split == {**alone, "seconds": split["seconds"]}
+
+
+def test_train_under_torchrun_and_resume_with_another_number_of_processes(tmp_path, capsys):
+    flags = ["--dataset", "linear-gaussian", "--dataset-option", "x_dim=5", "--n-train", "100"]
+    flags += ["--n-eval", "40", "--epochs", "1", "--batch-size", "20", "--z-dim", "2"]
+    flags += ["--hidden", "16", "--decoder", "linear", "--likelihood", "gaussian-learned"]
+    done = torchrun("-m", "pyrovae", "train", *flags, "--run-dir", "run", cwd=tmp_path)
+    assert done.stdout.count("training finished") == 1  # process 0 reports
+    assert done.stderr.count("pyrovae: training the VAE") == 1
+    assert "on 2 processes on cpu" in done.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["processes"] == 2
+    # An error that process 0 meets (the directory holds a run) stops both, said once.
+    again = torchrun("-m", "pyrovae", "train", *flags, "--run-dir", "run", cwd=tmp_path, ok=False)
+    said = [line for line in again.stderr.splitlines() if line.startswith("pyrovae train")]
+    assert len(said) == 1 and "already holds a training run" in said[0], again.stderr
+    capsys.readouterr()
+    status = main(["train", "--resume", "--run-dir", str(tmp_path / "run"), "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert status == 2
+    (line,) = err.splitlines()
+    assert "trained by 2 processes, and this is 1" in line and "--nproc-per-node 2" in line
+
+
+def test_shards_tile_the_batch_and_streams_differ():
+    for size in (1, 2, 3, 8):
+        for total in (0, 1, 7, 25, 100):
+            parts = [World(rank=r, size=size).shard(total) for r in range(size)]
+            assert parts[0][0] == 0 and parts[-1][1] == total
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            assert max(h - lo for lo, h in parts) - min(h - lo for lo, h in parts) <= 1
+    assert len({rank_seed(s, r) for s in range(3) for r in range(1, 4)}) == 9
