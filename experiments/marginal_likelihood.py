@@ -232,6 +232,7 @@ def _figure(estimates, path: Path) -> None:
         for r, x, y in zip(rs, xs, ys):
             ax.annotate(str(r[key]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
+    ax.margins(x=0.15)  # room for the labels of the costliest points
     ax.set_xlabel(f"wall seconds for {estimates[0]['n']} test images")
     ax.set_ylabel("estimated log p(x), nats per image")
     ax.set_title("Estimate against compute (higher is tighter: all are stochastic lower bounds)")
