@@ -167,8 +167,9 @@ class Trainer:
         ``batch_size``: the global batch ``x`` is this process's part of, in a run of more
         than one process (``x`` may then be empty); the loss returned is the global batch's."""
         self.optim.zero_grad(set_to_none=True)
-        if self.sync is None:
-            loss = estimate_and_backward(
+
+        def backward() -> float:
+            return estimate_and_backward(
                 self.producer,
                 self.estimator,
                 x,
@@ -176,18 +177,14 @@ class Trainer:
                 kl_weight=kl_weight,
                 batch_size=batch_size,
             )
+
+        if self.sync is None:
+            loss = backward()
         else:
             loss, error = 0.0, None
             try:
                 if x.shape[0]:
-                    loss = estimate_and_backward(
-                        self.producer,
-                        self.estimator,
-                        x,
-                        num_data,
-                        kl_weight=kl_weight,
-                        batch_size=batch_size,
-                    )
+                    loss = backward()
             except FloatingPointError as e:  # a NaN inside a distribution: stop together
                 error = e
             loss = self.sync(loss, error)
