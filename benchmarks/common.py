@@ -81,4 +81,4 @@ def binarized_mnist(split: str = "train") -> torch.Tensor:
 
         return load_dataset("binarized-mnist", data_dir=SHARED_MNIST).split(split)
     n = {"train": 50000, "valid": 10000, "test": 10000}[split]
-    return torch.bernoulli(torch.full((n, 784), 0.13, generator=None))
+    return torch.bernoulli(torch.full((n, 784), 0.13))
