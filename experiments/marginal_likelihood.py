@@ -249,7 +249,7 @@ def main() -> int:
     p.add_argument("--run-dir", type=Path, default=HERE.parent / "runs" / "bmnist")
     p.add_argument("--n", type=int, default=1000, help="test images")
     p.add_argument("--iw-k", type=int, nargs="+", default=[1, 50, 5000])
-    p.add_argument("--ais-steps", type=int, nargs="+", default=[100, 1000])
+    p.add_argument("--ais-steps", type=int, nargs="+", default=[10, 100, 1000])
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--leapfrog", type=int, default=10)
     p.add_argument("--bdmc-n", type=int, default=100)
