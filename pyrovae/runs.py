@@ -25,6 +25,7 @@ from .config import SEED_RULE, Rule, check_arguments
 from .data import SPLITS, Dataset
 from .evaluation import LogLikelihood, evaluate_vae
 from .evaluation.ais import INITS, AISResult, BDMCResult, ais_log_likelihood, bdmc
+from .evaluation.bits import data_levels, with_bits_per_dim
 from .evaluation.gap import InferenceGap, inference_gap
 from .evaluation.gradients import GradientStats, default_estimator_specs, gradient_variance
 from .evaluation.importance import refine_guide
@@ -166,7 +167,9 @@ def evaluate_run(
     chunk_seeds: bool = False,
 ) -> Union[LogLikelihood, AISResult]:
     """log p(x) of a run's model on one split: importance-weighted (``method="iw"``) or by
-    annealed importance sampling (``"ais"``, ``pyrovae.evaluation.ais``).
+    annealed importance sampling (``"ais"``, ``pyrovae.evaluation.ais``); for 8-bit data
+    (``Dataset.levels``, or a discretized-logistic likelihood) also in bits per dimension
+    (``bits_per_dim``, ``pyrovae.evaluation.bits``).
 
     Args:
         run_dir: a directory made by ``train``.
@@ -224,11 +227,16 @@ def evaluate_run(
     if method == "ais":
         made = make_producer(vae, producer)
         vae.likelihood.check_data(x)
+        levels = data_levels(vae.likelihood, x, data.levels)
         result = ais_log_likelihood(made, x, steps, chains, leapfrog, init, progress=progress)
+        if levels is not None:
+            result = with_bits_per_dim(result, vae.x_dim, vae.likelihood.discrete, levels)
         return dataclasses.replace(result, checkpoint=state["checkpoint"])
     seeded = {"seed": seed, "world": world} if chunk_seeds or world.distributed else {}
     progress = progress and world.main
-    result = evaluate_vae(vae, x, k=k, progress=progress, producer=producer, **seeded)
+    result = evaluate_vae(
+        vae, x, k=k, progress=progress, producer=producer, levels=data.levels, **seeded
+    )
     return dataclasses.replace(result, checkpoint=state["checkpoint"], refine_steps=refine or None)
 
 

@@ -258,7 +258,7 @@ def test_an_elbo_above_zero_on_binary_data_stops_training(tmp_path, monkeypatch)
     data = Dataset("bits", x[:80], x[80:100], x[100:], binary=True)
     run = tmp_path / "run"
     cfg = TrainConfig(dataset="bits", epochs=3, batch_size=40)
-    with pytest.raises(TrainingDiverged, match="above 0, which no model of binary data"):
+    with pytest.raises(TrainingDiverged, match="above 0, which no model of discrete data"):
         train(cfg, VAEConfig(z_dim=2, hidden=(4,)), run_dir=str(run), data=data, progress=False)
     assert _last(run)["epoch"] == 1 and _last(run)["best_valid_elbo"] < 0
 

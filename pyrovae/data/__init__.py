@@ -1,4 +1,4 @@
-"""Datasets, chosen by name: binarized MNIST, (Fashion-)MNIST and small synthetic sets.
+"""Datasets, chosen by name: binarized MNIST, (Fashion-)MNIST, CIFAR-10 and small synthetic sets.
 
 Every loader returns a :class:`Dataset` holding three float32 tensors of flattened examples,
 ``(N, D)`` each, and is registered in :data:`DATASETS` so the command line can pick it by name::
@@ -23,7 +23,7 @@ This package holds :class:`Dataset`, :class:`DataError`, :data:`DATASETS`, :func
 registers its loaders when ``pyrovae.data`` is imported:
 
 - :mod:`pyrovae.data.binarized_mnist`: statically binarized MNIST from ``.amat`` files.
-- :mod:`pyrovae.data.vision`: MNIST and Fashion-MNIST through torchvision.
+- :mod:`pyrovae.data.vision`: MNIST, Fashion-MNIST and CIFAR-10 through torchvision.
 - :mod:`pyrovae.data.synthetic`: linear-Gaussian, ring and 2-D Gaussian-mixture samples.
 """
 
@@ -166,6 +166,50 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+# The most levels a grid may have: float32 rounds k / 65535 by less than 0.01 of a level, so
+# 16-bit values are still told apart from their neighbours.
+MAX_LEVELS = 2**16
+# How far from a whole k a value times (levels - 1) may be and still count as k: float32's
+# rounding of k / 255, times 255, is off by about 1e-5.
+_GRID_TOLERANCE = 0.01
+_GRID_CHUNK = 1 << 20  # values tested at once: bounds the temporaries for a whole CIFAR split
+
+
+def on_grid(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Which values of ``x`` are k / (levels - 1) for a whole k from 0 to levels - 1 (8-bit
+    images scaled to [0, 1] are on the grid of 256 levels).
+
+    Args:
+        x: Values of any shape ``(...)``, floating.
+        levels: L, the number of grid values, from 2 to ``MAX_LEVELS``.
+
+    Returns:
+        A bool tensor of shape ``(...)``.
+    """
+    scaled = x * (levels - 1)
+    return ((scaled - scaled.round()).abs() <= _GRID_TOLERANCE) & (x >= 0) & (x <= 1)
+
+
+def off_grid_value(x: torch.Tensor, levels: int) -> float | None:
+    """The first value of ``x`` that is not on the grid of ``levels`` values (:func:`on_grid`),
+    or None when all are; tested chunk by chunk, so a whole data split costs little memory.
+
+    Args:
+        x: Values of any shape ``(...)``, floating.
+        levels: L, as for :func:`on_grid`.
+
+    Returns:
+        The offending value as a Python float, or None.
+    """
+    flat = x.reshape(-1)
+    for lo in range(0, flat.numel(), _GRID_CHUNK):
+        part = flat[lo : lo + _GRID_CHUNK]
+        bad = ~on_grid(part, levels)
+        if bool(bad.any()):
+            return part[bad][0].item()
+    return None
+
+
 # --- the dataset --------------------------------------------------------------------------------
 
 
@@ -190,6 +234,11 @@ class Dataset:
         binarize: None, or ``"dynamic"``: the trainer replaces each training batch by
             ``torch.bernoulli(batch)`` at every step; valid and test are already binary.
         truth: The exact generative model, for datasets sampled from a linear-Gaussian model.
+        levels: L when every value is k / (L - 1) for a whole k (256 for 8-bit images scaled
+            by 1/255: ``mnist``, ``fashion-mnist`` not binarized, ``cifar10``), else None. The
+            loader's word, not checked here (a pass over every value); the evaluator checks
+            the points it evaluates, and reports log p(x) also in bits per dimension for such
+            data (``pyrovae.evaluation.bits``).
     """
 
     name: str
@@ -200,6 +249,7 @@ class Dataset:
     image_shape: Tuple[int, ...] | None = None
     binarize: str | None = None
     truth: LinearGaussian | None = None
+    levels: int | None = None
 
     def __post_init__(self) -> None:
         # Catch a malformed dataset here, once, rather than as a shape error deep in a model.
@@ -233,6 +283,14 @@ class Dataset:
             )
         if self.binarize not in (None, "dynamic"):
             raise DataError(f"dataset {self.name!r}: binarize must be None or 'dynamic'")
+        levels = self.levels
+        if levels is not None and not (_is_int(levels) and 2 <= levels <= MAX_LEVELS):
+            raise DataError(
+                f"dataset {self.name!r}: levels must be None or an integer from 2 to "
+                f"{MAX_LEVELS} (256 for 8-bit images), got {_shown(levels)}"
+            )
+        if levels is not None:
+            object.__setattr__(self, "levels", int(levels))
         if self.truth is not None and self.truth.x_dim != self.x_dim:
             raise DataError(
                 f"dataset {self.name!r}: truth has x_dim {self.truth.x_dim}, the data {self.x_dim}"
@@ -320,7 +378,7 @@ class Dataset:
         return (
             f"Dataset({self.name!r}, {sizes}, x_dim={self.x_dim}, binary={self.binary}, "
             f"image_shape={self.image_shape}, binarize={self.binarize!r}, "
-            f"truth={'yes' if self.truth is not None else 'no'})"
+            f"truth={'yes' if self.truth is not None else 'no'}, levels={self.levels})"
         )
 
 
@@ -576,12 +634,20 @@ from pyrovae.data.binarized_mnist import (  # noqa: E402
     read_amat,
 )
 from pyrovae.data.synthetic import load_gmm2d, load_linear_gaussian, load_ring  # noqa: E402
-from pyrovae.data.vision import MNIST_VALID_SIZE, load_fashion_mnist, load_mnist  # noqa: E402
+from pyrovae.data.vision import (  # noqa: E402
+    CIFAR10_VALID_SIZE,
+    MNIST_VALID_SIZE,
+    load_cifar10,
+    load_fashion_mnist,
+    load_mnist,
+)
 
 __all__ = [
     "BINARIZED_MNIST_URL",
     "CANONICAL_ROWS",
+    "CIFAR10_VALID_SIZE",
     "DATASETS",
+    "MAX_LEVELS",
     "MNIST_VALID_SIZE",
     "SPLITS",
     "DataError",
@@ -589,11 +655,14 @@ __all__ = [
     "PathLike",
     "as_data_tensor",
     "load_binarized_mnist",
+    "load_cifar10",
     "load_dataset",
     "load_fashion_mnist",
     "load_gmm2d",
     "load_linear_gaussian",
     "load_mnist",
     "load_ring",
+    "off_grid_value",
+    "on_grid",
     "read_amat",
 ]

@@ -1,9 +1,11 @@
-"""MNIST and Fashion-MNIST through torchvision, split 50000/10000/10000 and optionally binarized."""
+"""Images through torchvision: MNIST and Fashion-MNIST, split 50000/10000/10000 and optionally
+binarized; CIFAR-10, split 45000/5000/10000, in colour."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +23,56 @@ from pyrovae.data import (
     _one_line,
 )
 
-# --- MNIST and Fashion-MNIST through torchvision -----------------------------------------------
+# --- torchvision, shared by the loaders -------------------------------------------------------
+
+# The largest official file (the CIFAR-10 archive) is 163 MiB; no sane data file nears this.
+_MAX_TORCHVISION_FILE_BYTES = 1 << 30
+# 8-bit images scaled by 1/255 take 256 values, k / 255 (``Dataset.levels``).
+_EIGHT_BIT_LEVELS = 256
+
+
+def _check_torchvision_files(class_name: str, folder: Path, names: Sequence[str]) -> None:
+    """Refuse, before torchvision opens anything, a data file (``folder / name`` for each of
+    ``names``) that is a FIFO (reading or extracting into it blocks forever), a device such as
+    ``/dev/zero`` (reading never ends), a dangling symbolic link (a download would write through
+    it), a directory, or a file larger than 1 GiB. Absent files are fine: torchvision downloads
+    them."""
+    for name in names:
+        path = folder / name
+        fix = f"delete it so that {class_name} is downloaded again, or put the official file there"
+        _check_data_file(path, f"a {class_name} data file", _MAX_TORCHVISION_FILE_BYTES, fix)
+
+
+def _open_torchvision(class_name: str, root: Path, train: bool, where: str) -> Any:
+    """``torchvision.datasets.<class_name>(root, train=train)``: from the files already in
+    ``root``, else downloaded there. ``where`` ends the error message: which files to put where.
+
+    Raises:
+        DataError: If torchvision cannot be imported, or the files are absent (or corrupt) and
+            cannot be downloaded; one line with torchvision's reasons and ``where``.
+    """
+    try:  # lazily: importing torchvision is slow and rarely needed
+        import torchvision.datasets
+    except Exception as exc:  # not installed, or built for another torch (RuntimeError)
+        raise DataError(
+            f"cannot import torchvision, needed for {class_name} ({_one_line(exc)}); install the "
+            f"torchvision release that matches torch {torch.__version__}"
+        ) from None
+    dataset_cls = getattr(torchvision.datasets, class_name)
+    failures = []
+    for download in (False, True):  # use files already there before touching the network
+        try:
+            return dataset_cls(str(root), train=train, download=download)
+        except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ...
+            failures.append(f"download={download}: {_one_line(exc)}")
+    raise DataError(
+        f"could not load {class_name} ({'train' if train else 'test'}) from {root}: "
+        f"{'; '.join(failures)}. {where}, and pass --data-dir {root} or set PYROVAE_DATA, or "
+        "run once where the network is reachable."
+    )
+
+
+# --- MNIST and Fashion-MNIST ----------------------------------------------------------------------
 
 MNIST_VALID_SIZE = 10000  # the last 10000 official training images become the validation split
 _BINARIZE_SEED = 0  # fixed, so evaluation splits are the same binary images in every run
@@ -33,48 +84,17 @@ _TORCHVISION_FILES = tuple(
     for kind in ("images-idx3", "labels-idx1")
     for ext in ("", ".gz")
 ) + ("processed/training.pt", "processed/test.pt")
-# The largest official file (train images) is 47 MB; no sane MNIST file nears this.
-_MAX_TORCHVISION_FILE_BYTES = 1 << 30
-
-
-def _check_torchvision_files(class_name: str, root: Path) -> None:
-    """Refuse, before torchvision opens anything, a data file that is a FIFO (reading or
-    extracting into it blocks forever), a device such as ``/dev/zero`` (reading never ends), a
-    dangling symbolic link (a download would write through it), a directory, or a file larger
-    than 1 GiB. Absent files are fine: torchvision downloads them."""
-    folder = root / class_name
-    for name in _TORCHVISION_FILES:
-        path = folder / name
-        fix = f"delete it so that {class_name} is downloaded again, or put the official file there"
-        _check_data_file(path, f"a {class_name} data file", _MAX_TORCHVISION_FILE_BYTES, fix)
 
 
 def _torchvision_images(class_name: str, root: Path, train: bool) -> torch.Tensor:
-    """One official split as (N, 784) float32 in [0, 1]."""
-    try:  # lazily: importing torchvision is slow and rarely needed
-        import torchvision.datasets
-    except Exception as exc:  # not installed, or built for another torch (RuntimeError)
-        raise DataError(
-            f"cannot import torchvision, needed for {class_name} ({_one_line(exc)}); install the "
-            f"torchvision release that matches torch {torch.__version__}"
-        ) from None
-    dataset_cls = getattr(torchvision.datasets, class_name)
-    _check_torchvision_files(class_name, root)
-    failures = []
-    for download in (False, True):  # use files already there before touching the network
-        try:
-            dataset = dataset_cls(str(root), train=train, download=download)
-            break
-        except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ...
-            failures.append(f"download={download}: {_one_line(exc)}")
-    else:
-        raise DataError(
-            f"could not load {class_name} ({'train' if train else 'test'}) from {root}: "
-            f"{'; '.join(failures)}. Put the raw files (train-images-idx3-ubyte, "
-            "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each "
-            f"optionally .gz) in {root / class_name / 'raw'} and pass --data-dir {root} or set "
-            "PYROVAE_DATA, or run once where the network is reachable."
-        )
+    """One official MNIST-like split as (N, 784) float32 in [0, 1]."""
+    _check_torchvision_files(class_name, root / class_name, _TORCHVISION_FILES)
+    where = (
+        "Put the raw files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz) in "
+        f"{root / class_name / 'raw'}"
+    )
+    dataset = _open_torchvision(class_name, root, train, where)
     images = torch.as_tensor(dataset.data)
     if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
         raise DataError(
@@ -136,6 +156,7 @@ def _load_torchvision(
         binary=binarize is not None,
         image_shape=(28, 28),
         binarize="dynamic" if binarize == "dynamic" else None,
+        levels=None if binarize is not None else _EIGHT_BIT_LEVELS,
         **images,
     )
 
@@ -160,7 +181,8 @@ def load_mnist(
             file is read only for train or valid, the official test file only for test.
 
     Returns:
-        Dataset with splits (N_split, 784) float32, image_shape (28, 28).
+        Dataset with splits (N_split, 784) float32, image_shape (28, 28); levels 256 (values
+        k/255) when not binarized, else None.
 
     Raises:
         DataError: If the data directory is missing, the files are absent and cannot be
@@ -186,9 +208,96 @@ def load_fashion_mnist(
         splits: The splits to load, as for MNIST.
 
     Returns:
-        Dataset with splits (N_split, 784) float32, image_shape (28, 28).
+        Dataset with splits (N_split, 784) float32, image_shape (28, 28), levels as for MNIST.
 
     Raises:
         DataError: As for MNIST.
     """
     return _load_torchvision("fashion-mnist", "FashionMNIST", data_dir, binarize, splits)
+
+
+# --- CIFAR-10 -----------------------------------------------------------------------------------
+
+CIFAR10_VALID_SIZE = 5000  # the last 5000 official training images become the validation split
+CIFAR10_SHAPE: Tuple[int, int, int] = (3, 32, 32)  # (C, H, W), the order each row is flattened in
+_CIFAR10_FOLDER = "cifar-10-batches-py"  # what the official archive extracts to
+_CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+# The files torchvision reads, or writes when it downloads, under the root.
+_CIFAR10_FILES = tuple(
+    f"{_CIFAR10_FOLDER}/{name}"
+    for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+) + (_CIFAR10_ARCHIVE,)
+
+
+def _cifar10_images(root: Path, train: bool) -> torch.Tensor:
+    """One official CIFAR-10 split as (N, 3072) float32 values k/255, each row an image
+    flattened channel by channel, (C, H, W) = (3, 32, 32) in row-major order.
+
+    The batch files are Python pickles, which can run code when read; torchvision compares
+    each with the official MD5 checksum before unpickling it (and so refuses any other file),
+    after which it reads every training batch for ``train`` and the test batch otherwise.
+    """
+    _check_torchvision_files("CIFAR10", root, _CIFAR10_FILES)
+    where = (
+        f"Put the official {_CIFAR10_ARCHIVE} (or the {_CIFAR10_FOLDER} folder it extracts to, "
+        f"with data_batch_1 to data_batch_5, test_batch and batches.meta) in {root}"
+    )
+    dataset = _open_torchvision("CIFAR10", root, train, where)
+    images = torch.as_tensor(dataset.data)  # torchvision's (N, H, W, C)
+    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (32, 32, 3):
+        raise DataError(
+            f"CIFAR10 in {root} holds {tuple(images.shape)} {images.dtype} images, expected "
+            f"(N, 32, 32, 3) uint8; delete {root / _CIFAR10_FOLDER} so it is downloaded again"
+        )
+    # Back to channel-first, the order of the official files' rows and of the conv nets.
+    chw = images.permute(0, 3, 1, 2).reshape(len(images), -1)
+    return chw.to(torch.float32) / 255.0
+
+
+@DATASETS.register("cifar10")
+def load_cifar10(data_dir: PathLike | None = None, *, splits: Sequence[str] = SPLITS) -> Dataset:
+    """CIFAR-10 in colour: train = first 45000 official training images, valid = last 5000,
+    test = the official 10000.
+
+    Args:
+        data_dir: torchvision root (holding ``cifar-10-batches-py`` or the official
+            ``cifar-10-python.tar.gz``); None uses ``$PYROVAE_DATA``, else
+            ``~/.cache/pyrovae/torchvision``. Downloads there (163 MiB) when the files are
+            absent; a directory given here or in ``$PYROVAE_DATA`` must exist, only the
+            default one is created.
+        splits: The splits to load; the others are empty, (0, 3072). The training batches are
+            read only for train or valid, the test batch only for test (torchvision checks
+            the checksums of all six either way).
+
+    Returns:
+        Dataset with splits (N_split, 3072) float32 of values k/255 for whole k in [0, 255],
+        each row flattened as (C, H, W); image_shape (3, 32, 32), levels 256.
+
+    Raises:
+        DataError: If the data directory is missing, the files are absent (or fail
+            torchvision's checksums) and cannot be downloaded, a data file is not a regular
+            file (a FIFO, a device, a dangling symbolic link: refused before torchvision opens
+            it) or is over 1 GiB, or a split is unknown.
+    """
+    wanted = _check_splits(splits)
+    root = _data_root(data_dir, "torchvision")
+    pixels = math.prod(CIFAR10_SHAPE)
+    images: Dict[str, torch.Tensor] = {s: torch.zeros(0, pixels) for s in SPLITS}
+    if "train" in wanted or "valid" in wanted:
+        full_train = _cifar10_images(root, train=True)
+        if len(full_train) <= CIFAR10_VALID_SIZE:
+            raise DataError(
+                f"CIFAR10 in {root} has only {len(full_train)} training images, expected "
+                f"50000; delete {root / _CIFAR10_FOLDER} so it is downloaded again"
+            )
+        images["train"] = full_train[:-CIFAR10_VALID_SIZE]
+        images["valid"] = full_train[-CIFAR10_VALID_SIZE:]
+    if "test" in wanted:
+        images["test"] = _cifar10_images(root, train=False)
+    return Dataset(
+        "cifar10",
+        binary=False,
+        image_shape=CIFAR10_SHAPE,
+        levels=_EIGHT_BIT_LEVELS,
+        **images,
+    )

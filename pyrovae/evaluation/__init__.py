@@ -1,6 +1,8 @@
 """Evaluation: the importance-weighted estimate of log p(x) (``importance``) and the noise of
-each estimator's gradient (``gradients``), both from the producers' particles."""
+each estimator's gradient (``gradients``), both from the producers' particles; log p(x) of
+8-bit data in bits per dimension (``bits``)."""
 
+from .bits import bits_per_dim
 from .importance import (
     DEFAULT_CHUNK_PAIRS,
     LogLikelihood,
@@ -12,6 +14,7 @@ from .importance import (
 __all__ = [
     "DEFAULT_CHUNK_PAIRS",
     "LogLikelihood",
+    "bits_per_dim",
     "estimate_log_likelihood",
     "evaluate_vae",
     "log_importance_weights",

@@ -63,7 +63,9 @@ class AISResult:
     ``log_px`` is the mean over data points of log p̂(x), ``log_px_stderr`` the standard error of
     that mean over data points; ``mc_stderr`` the mean over points of each estimate's own Monte
     Carlo standard error (across its chains, by the delta method); ``acceptance`` the mean HMC
-    acceptance rate. ``per_point_*`` are (n,) tensors, on the CPU.
+    acceptance rate. ``bits_per_dim`` (with its standard error) is ``log_px`` in bits per
+    dimension, set for data of 256 (or L) levels (``pyrovae.evaluation.bits``).
+    ``per_point_*`` are (n,) tensors, on the CPU.
     """
 
     log_px: float
@@ -78,17 +80,23 @@ class AISResult:
     seconds: float
     producer: Optional[str] = None
     checkpoint: Optional[str] = None  # the run's checkpoint evaluated (best, last), if any
+    bits_per_dim: Optional[float] = None
+    bits_per_dim_stderr: Optional[float] = None
     per_point_log_px: Optional[torch.Tensor] = None
     per_point_mc_stderr: Optional[torch.Tensor] = None
     per_point_acceptance: Optional[torch.Tensor] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        """The scalar fields, JSON-ready, with ``method``: ``ais``."""
+        """The scalar fields, JSON-ready (the optional ones only when set), with ``method``:
+        ``ais``."""
         d = {"method": "ais", **asdict(self)}
         for key in ("per_point_log_px", "per_point_mc_stderr", "per_point_acceptance"):
             d.pop(key)
         if d["checkpoint"] is None:
             d.pop("checkpoint")
+        if d["bits_per_dim"] is None:
+            d.pop("bits_per_dim")
+            d.pop("bits_per_dim_stderr")
         return d
 
 

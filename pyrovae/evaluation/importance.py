@@ -44,6 +44,7 @@ from ..producers import (
     make_producer,
 )
 from ..runtime import fork_rng, module_device, place, progress_bar, seed_streams, tune_allocator
+from .bits import data_levels, with_bits_per_dim
 
 # (particle, data point) pairs evaluated at once. Memory is bounded by this whatever K is, and
 # smaller is faster up to a point: a (4096, 784) float tensor (13 MB) stays in cache between the
@@ -102,18 +103,23 @@ class LogLikelihood:
     producer: Optional[str] = None
     checkpoint: Optional[str] = None  # the run's checkpoint evaluated (best, last), if any
     refine_steps: Optional[int] = None  # the proposal refined per point by this many steps
+    bits_per_dim: Optional[float] = None
+    bits_per_dim_stderr: Optional[float] = None
     per_point_log_px: Optional[torch.Tensor] = None
     per_point_elbo: Optional[torch.Tensor] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        """The scalar fields, JSON-ready (per-point tensors left out), with ``method``:
-        ``iw``."""
+        """The scalar fields, JSON-ready (per-point tensors left out, and the optional fields
+        that are unset), with ``method``: ``iw``."""
         d = {"method": "iw", **asdict(self)}
         d.pop("per_point_log_px")
         d.pop("per_point_elbo")
         if d["exact_log_px"] is None:
             d.pop("exact_log_px")
             d.pop("exact_log_px_stderr")
+        if d["bits_per_dim"] is None:
+            d.pop("bits_per_dim")
+            d.pop("bits_per_dim_stderr")
         for key in ("checkpoint", "refine_steps"):
             if d[key] is None:
                 d.pop(key)
@@ -347,18 +353,30 @@ def _run_on_workers(draw, chunks, workers: int, finish) -> None:
 
 
 def evaluate_vae(
-    vae, data: torch.Tensor, k: int = 5000, producer: str = "auto", **kwargs: Any
+    vae,
+    data: torch.Tensor,
+    k: int = 5000,
+    producer: str = "auto",
+    levels: Optional[int] = None,
+    **kwargs: Any,
 ) -> LogLikelihood:
     """``estimate_log_likelihood`` for a ``VAE``, adding the exact log p(x) when the VAE is
-    linear-Gaussian. ``data`` (N, x_dim). ``producer`` (``auto``, ``direct``, ``traced``)
-    picks how the particles are computed (``pyrovae.producers``; the same numbers either
-    way). ``data`` may be a tensor or numpy array of any real dtype (bool and uint8 data as
-    ``read_amat`` returns it, float64...): it is converted to the VAE's, and evaluated on the
-    VAE's device (``vae.to(device)`` chooses it); the per-point results are on the CPU."""
+    linear-Gaussian, and log p(x) in bits per dimension for data of ``levels`` values.
+
+    ``data`` (N, x_dim). ``producer`` (``auto``, ``direct``, ``traced``) picks how the
+    particles are computed (``pyrovae.producers``; the same numbers either way). ``data`` may
+    be a tensor or numpy array of any real dtype (bool and uint8 data as ``read_amat`` returns
+    it, float64...): it is converted to the VAE's, and evaluated on the VAE's device
+    (``vae.to(device)`` chooses it); the per-point results are on the CPU. ``levels``: L when
+    the data are values k / (L - 1) (256 for 8-bit images; ``Dataset.levels``), which adds
+    ``bits_per_dim`` (``pyrovae.evaluation.bits``); None: the likelihood's own (the
+    discretized logistic's 256), else no bits per dimension. ``kwargs`` go to
+    ``estimate_log_likelihood``."""
     dtype = next(vae.parameters()).dtype
     data = place(as_data_tensor(data, "data", dtype), module_device(vae))
     vae.data_scale(data)  # the shape: (N, x_dim)
     vae.likelihood.check_data(data)
+    levels = data_levels(vae.likelihood, data, levels)  # refused now, not after the work
     truth = vae.linear_gaussian()
     exact = None
     if truth is not None:
@@ -397,7 +415,7 @@ def evaluate_vae(
         )
         x_dim = vae.x_dim
         given = None if exact is None else (lambda rows: exact(rows[:, :x_dim]))
-        return estimate_log_likelihood(
+        result = estimate_log_likelihood(
             None,
             None,
             torch.cat([data, inputs.to(data)], -1),  # data's dtype and device
@@ -406,7 +424,13 @@ def evaluate_vae(
             producer=GivenInputProducer(vae),
             **kwargs,
         )
-    return estimate_log_likelihood(None, None, data, k, exact_log_px=exact, producer=made, **kwargs)
+    else:
+        result = estimate_log_likelihood(
+            None, None, data, k, exact_log_px=exact, producer=made, **kwargs
+        )
+    if levels is None:
+        return result
+    return with_bits_per_dim(result, vae.x_dim, vae.likelihood.discrete, levels)
 
 
 def refine_guide(vae: VAE, steps: int) -> VAE:

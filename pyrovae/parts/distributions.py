@@ -4,6 +4,9 @@
 density computed by matrix multiplies; ``UniformMixture`` (at the end), its equal-weight mixture
 of any family with a log density given by a faster function.
 
+``DiscretizedLogistic`` is a logistic over 8-bit values k/255, the colour likelihood of image
+models, which Pyro lacks (see its docstring).
+
 ``FactorizedBernoulli`` is ``dist.Bernoulli(logits=l).to_event(1)`` with a faster ``log_prob``.
 Torch scores a Bernoulli through ``binary_cross_entropy_with_logits``, several passes over the
 (particles, batch, pixels) logits with ``exp`` and ``log`` that, on CPUs where torch sends them
@@ -19,6 +22,8 @@ import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
+
+from ..data import on_grid
 
 # The smallest normal float32: a sigmoid below it has lost relative precision, and so may a
 # factor of a product below it.
@@ -89,6 +94,123 @@ class FactorizedBernoulli(dist.Independent):
         ):
             return _bernoulli_log_prob_sum_no_grad(logits, value)
         return bernoulli_log_prob_sum(logits, value)
+
+
+class _Grid(constraints.Constraint):
+    """The values k / (levels - 1), k = 0 .. levels - 1 (``pyrovae.data.on_grid``)."""
+
+    is_discrete = True
+    event_dim = 0
+
+    def __init__(self, levels: int) -> None:
+        self.levels = levels
+        super().__init__()
+
+    def check(self, value: torch.Tensor) -> torch.Tensor:
+        return on_grid(value, self.levels)
+
+
+# The log scales a DiscretizedLogistic uses, clamped to these. At e^-9 (1.2e-4) a bin of width
+# 1/255 holds 1 - 2.5e-7 of the mass when the location is at its centre, so smaller scales buy
+# nothing but lost float32 precision in (x - loc) / scale; at e^9 the 256 bins are already
+# nearly flat, and the bin width over the scale (their log-mass) stays far from underflow.
+LOG_SCALE_BOUNDS = (-9.0, 9.0)
+
+
+def _log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(-a)) for a > 0, accurate for small and large a (Mächler, 2012)."""
+    return torch.where(a < math.log(2), torch.log(-torch.expm1(-a)), torch.log1p(-torch.exp(-a)))
+
+
+class DiscretizedLogistic(dist.TorchDistribution):
+    """A logistic of location ``loc`` and scale exp(``log_scale``) over [0, 1], discretized to
+    the ``levels`` = 256 values k/255: the bin of k is [(k - ½)/255, (k + ½)/255), width 1/255
+    around its value, except that the first and last bins reach out to -∞ and +∞, so the 256
+    masses sum to 1 (the single-logistic version of PixelCNN++'s and IAF's colour likelihood,
+    without the mixture). Batch shape: ``loc`` and ``log_scale`` broadcast; event shape ();
+    ``.to_event(1)`` makes the pixels of an image one event, as the likelihoods do.
+
+    Pyro has no such distribution. ``pyro.distributions.OrderedLogistic`` is the same family
+    in principle (cutpoints (e_k - loc) / scale), but it builds all 256 probabilities of every
+    value, a (..., 256) tensor, as differences of sigmoids: 256 times the memory of an image
+    batch, and no accuracy in the tails, where both sigmoids round to 1.
+
+    log P(k) is computed as a sum of log-sigmoids. With a, b the bin's edges standardized,
+    σ(b) - σ(a) = σ(b) σ(-a) (1 - e^-(b - a)) exactly, so
+
+        log P(k) = log σ(b) + log σ(-a) + log(1 - e^-δ),    δ = b - a = 1 / (255 scale),
+
+    with log σ(b) = 0 for the last bin and log σ(-a) = 0 and the last term 0 for the first
+    and last bins (a = -∞, b = +∞). Every term is finite and accurate for any location: no
+    difference of two nearly equal numbers is taken, so the tiny masses far in a tail need no
+    approximation by the density (PixelCNN++'s branch for bins below 1e-5). The log scale is
+    clamped to ``LOG_SCALE_BOUNDS``.
+
+    Args:
+        loc: Locations, any shape (...), on the data's [0, 1] scale (not constrained to it).
+        log_scale: Log scales, broadcastable with ``loc``.
+
+    ``log_prob(x)`` takes values k/255 (``round(255 x)`` is the bin: the likelihood checks the
+    data once, ``DiscretizedLogisticLikelihood.check_data``); ``sample`` draws from the
+    logistic and rounds to the nearest value, the edge bins taking everything beyond them;
+    ``mean`` is exact.
+    """
+
+    levels = 256
+    arg_constraints = {"loc": constraints.real, "log_scale": constraints.real}
+    support = _Grid(levels)
+    has_rsample = False
+
+    def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor, validate_args=None) -> None:
+        self.loc, log_scale = torch.broadcast_tensors(loc, log_scale)
+        self.log_scale = log_scale.clamp(*LOG_SCALE_BOUNDS)
+        super().__init__(self.loc.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        return DiscretizedLogistic(
+            self.loc.expand(batch_shape), self.log_scale.expand(batch_shape), validate_args=False
+        )
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log P(value) for values k/255, any shape broadcastable with the batch shape."""
+        if self._validate_args:
+            self._validate_sample(value)
+        top = self.levels - 1
+        k = torch.round(value * top)
+        inv_scale = torch.exp(-self.log_scale)
+        # Both edges from k by the same arithmetic, so that bin k's upper edge is bin k + 1's
+        # lower edge to the last bit and the masses add up to 1 in float too.
+        b = ((k + 0.5) / top - self.loc) * inv_scale
+        a = ((k - 0.5) / top - self.loc) * inv_scale
+        first, last = k <= 0, k >= top
+        log_upper = torch.where(last, 0.0, F.logsigmoid(b))  # log F(upper edge)
+        log_lower = torch.where(first, 0.0, F.logsigmoid(-a))  # log (1 - F(lower edge))
+        log_width = torch.where(first | last, 0.0, _log1mexp(inv_scale / top))
+        return log_upper + log_lower + log_width
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        """Values k/255, shape ``sample_shape + batch_shape``."""
+        with torch.no_grad():
+            top = self.levels - 1
+            y = dist.Logistic(self.loc, self.log_scale.exp(), validate_args=False).sample(
+                sample_shape
+            )
+            return torch.round(y * top).clamp(0, top) / top
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """E[x] = Σ_k (k/255) P(k) = 1 - (1/255) Σ_j F(e_j) over the 255 inner edges e_j =
+        (j - ½)/255 (summation by parts), shape: the batch shape. Edges are summed 8 at a
+        time, so the memory stays a few times the batch's (for the plots' 1000 samples)."""
+        top = self.levels - 1
+        j = torch.arange(1, self.levels, dtype=self.loc.dtype, device=self.loc.device)
+        edges = (j - 0.5) / top
+        loc, inv_scale = self.loc.unsqueeze(-1), torch.exp(-self.log_scale).unsqueeze(-1)
+        total = torch.zeros_like(self.loc)
+        for part in edges.split(8):
+            total = total + torch.sigmoid((part - loc) * inv_scale).sum(-1)
+        return 1 - total / top
 
 
 class DiagonalGaussianMixture(dist.TorchDistribution):

@@ -879,7 +879,8 @@ class _EpochLoop:
             # float precision, say), which training would otherwise keep exploiting.
             raise self._diverged(
                 f"the validation ELBO is {valid.elbo:.4g} at epoch {epoch}, above 0, which no "
-                "model of binary data can reach (log p(x) <= 0): the arithmetic broke down",
+                "model of discrete data (binary pixels, 8-bit colours) can reach (log p(x) <= 0): "
+                "the arithmetic broke down",
                 epoch,
             )
         return {
