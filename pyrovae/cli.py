@@ -176,6 +176,12 @@ def _train_parser(sub) -> None:
     m.add_argument("--sigma", type=float, help="(initial) std of a Gaussian likelihood")
     _key_value_option(
         m,
+        "--likelihood-option",
+        "an option of the likelihood, e.g. sigma=0.5 for the Gaussians (repeatable; --sigma "
+        "is its shorthand)",
+    )
+    _key_value_option(
+        m,
         "--prior-option",
         "an option of the prior, e.g. components=500 for vampprior or mixture, layers=4 "
         "for flow (repeatable)",
@@ -606,7 +612,11 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         if getattr(args, key) is not None
     }
     model_d.update(check_values(VAEConfig, flags, flag_name))
-    for key, pairs in (("prior_options", args.prior_option), ("guide_options", args.guide_option)):
+    for key, pairs in (
+        ("prior_options", args.prior_option),
+        ("guide_options", args.guide_option),
+        ("likelihood_options", args.likelihood_option),
+    ):
         if pairs:
             model_d[key] = {**model_d.get(key, {}), **dict(pairs)}
     if args.sigma is not None:

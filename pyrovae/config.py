@@ -163,7 +163,7 @@ def config_from_dict(cls: Type[C], d: Any, what: str, name: Optional[Namer] = No
 def flag_name(key: str) -> str:
     """The command-line flag that sets option ``key`` (``batch_size`` -> ``--batch-size``)."""
     return {
-        "likelihood_options": "--sigma",
+        "likelihood_options": "--likelihood-option",
         "estimator_options": "--estimator-option",
         "dataset_options": "--dataset-option",
         "prior_options": "--prior-option",

@@ -674,6 +674,18 @@ CLI_CASES = [
     Cli("defect-flag-sigma-0", T("--likelihood", "gaussian", "--sigma", "0"), 2, "--sigma"),
     Cli("defect-flag-sigma-negative", T("--likelihood", "gaussian", "--sigma", "-1"), 2, "--sigma"),
     Cli("defect-flag-sigma-nan", T("--likelihood", "gaussian", "--sigma", "nan"), 2, "--sigma"),
+    Cli(
+        "flag-likelihood-option-unknown-key",
+        T("--likelihood-option", "sigma=0.5"),  # the default Bernoulli takes no options
+        2,
+        "--likelihood-option",
+    ),
+    Cli(
+        "defect-flag-likelihood-option-sigma-0",
+        T("--likelihood", "gaussian", "--likelihood-option", "sigma=0"),
+        2,
+        "sigma",
+    ),
     Cli("flag-unknown-estimator", T("--estimator", "nope"), 2, "--estimator"),
     Cli("flag-unknown-producer", T("--producer", "gpu"), 2, "--producer"),
     Cli("flag-estimator-option-unknown-key", T("--estimator-option", "foo=1"), 2, "foo"),
