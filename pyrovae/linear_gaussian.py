@@ -48,6 +48,12 @@ class LinearGaussian:
     def z_dim(self) -> int:
         return self.weight.shape[1]
 
+    def prior(self) -> torch.distributions.MultivariateNormal:
+        """p(z) = N(prior_loc, prior_cov), event shape (Dz,)."""
+        return torch.distributions.MultivariateNormal(
+            self.prior_loc, covariance_matrix=self.prior_cov
+        )
+
     def marginal(self) -> torch.distributions.MultivariateNormal:
         """p(x) = N(W m + b, W S Wᵀ + diag(noise_var)), event shape (D,)."""
         loc = self.weight @ self.prior_loc + self.bias
@@ -80,20 +86,42 @@ class LinearGaussian:
         eps_x = torch.randn(n, self.x_dim, generator=generator, dtype=self.weight.dtype)
         return z @ self.weight.T + self.bias + eps_x * self.noise_var.sqrt()
 
-    def elbo_diagonal(
-        self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
-    ) -> torch.Tensor:
-        """Closed-form ELBO for the guide q(z|x) = N(loc, diag(scale²)) under a standard prior.
+    def elbo(self, x: torch.Tensor, loc: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
+        """Closed-form ELBO of the Gaussian guide q(z|x) = N(loc, L Lᵀ), L = ``scale_tril``.
 
-        ``x`` (..., D), ``loc`` and ``scale`` (..., Dz) -> (...). Requires the standard-normal
-        prior (``prior_loc`` 0, ``prior_cov`` I).
-        E_q log p(x|z) = Σ_d -½ log 2πσ²_d - ((x_d - W_d·loc - b_d)² + Σ_j W²_dj scale²_j) / 2σ²_d,
-        KL(q ‖ N(0, I)) = ½ Σ_j (scale²_j + loc²_j - 1 - log scale²_j).
+        ``x`` (..., D), ``loc`` (..., Dz), ``scale_tril`` (..., Dz, Dz) lower-triangular with a
+        positive diagonal -> (...). Any Gaussian prior. ELBO = E_q log p(x|z) - KL(q ‖ p(z)) with
+
+        E_q log p(x|z) = Σ_d -½ log 2πσ²_d - ((x_d - W_d·loc - b_d)² + ‖(W L)_d‖²) / 2σ²_d
+
+        (‖(W L)_d‖² = W_d Σ_q W_dᵀ, the spread of W_d·z under q) and the KL between two Gaussians
+        in closed form (torch's). Computed without the posterior, so that log p(x) = ELBO +
+        ``kl_to_posterior`` is a check, not a definition.
         """
-        resid = x - loc @ self.weight.T - self.bias
-        spread = (scale**2) @ (self.weight**2).T
+        resid = x - loc @ self.weight.T - self.bias  # (..., D)
+        spread = (self.weight @ scale_tril).pow(2).sum(-1)  # (..., D)
         expected_ll = -0.5 * (
             torch.log(2 * math.pi * self.noise_var) + (resid**2 + spread) / self.noise_var
         ).sum(-1)
-        kl = 0.5 * (scale**2 + loc**2 - 1 - torch.log(scale**2)).sum(-1)
-        return expected_ll - kl
+        q = torch.distributions.MultivariateNormal(loc, scale_tril=scale_tril)
+        return expected_ll - torch.distributions.kl_divergence(q, self.prior())
+
+    def elbo_diagonal(
+        self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        """Closed-form ELBO (``elbo``) for the guide q(z|x) = N(loc, diag(scale²)).
+
+        ``x`` (..., D), ``loc`` and ``scale`` (..., Dz) -> (...).
+        """
+        return self.elbo(x, loc, torch.diag_embed(scale))
+
+    def kl_to_posterior(
+        self, x: torch.Tensor, loc: torch.Tensor, scale_tril: torch.Tensor
+    ) -> torch.Tensor:
+        """KL(q(z|x) ‖ p(z|x)) for q = N(loc, L Lᵀ), L = ``scale_tril``, in closed form: the gap
+        log p(x) - ``elbo``, zero exactly when q is the posterior.
+
+        ``x`` (..., D), ``loc`` (..., Dz), ``scale_tril`` (..., Dz, Dz) -> (...).
+        """
+        q = torch.distributions.MultivariateNormal(loc, scale_tril=scale_tril)
+        return torch.distributions.kl_divergence(q, self.posterior(x))

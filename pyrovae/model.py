@@ -723,3 +723,47 @@ def build_vae(config: VAEConfig) -> VAE:
     return TwoLayerVAE(
         encoder, decoder, prior, likelihood, family, top_encoder, top_decoder, config=config
     )
+
+
+def linear_gaussian_vae(
+    truth: LinearGaussian,
+    guide: str = "diagonal-gaussian",
+    guide_options: Optional[Dict[str, Any]] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> VAE:
+    """A VAE whose model is exactly ``truth``: a linear decoder holding its weight (D, Dz) and
+    bias (D,), a learned-variance Gaussian likelihood holding its noise variance (D,), a
+    standard-normal prior; a linear encoder (at its seeded default initialization) into the
+    ``guide`` family named, with ``guide_options``.
+
+    A linear encoder can hold the exact posterior of such a model (its mean is affine in x, its
+    covariance constant) in the ``full-rank`` family, and the mean-field optimum in the
+    diagonal one, so the guide's gaps are known in closed form (``LinearGaussian.elbo``).
+    ``vae.linear_gaussian()`` gives ``truth`` back. Parameters in ``dtype`` (default
+    ``truth``'s).
+
+    Raises:
+        ValueError: ``truth``'s prior is not N(0, I), which the VAE's prior is.
+    """
+    z_dim = truth.z_dim
+    eye = torch.eye(z_dim, dtype=truth.prior_cov.dtype, device=truth.prior_cov.device)
+    if truth.prior_loc.abs().max() > 0 or not torch.equal(truth.prior_cov, eye):
+        raise ValueError(
+            "linear_gaussian_vae needs a standard-normal prior over z (LinearGaussian.standard)"
+        )
+    cfg = VAEConfig(
+        x_dim=truth.x_dim,
+        z_dim=z_dim,
+        encoder="linear",
+        decoder="linear",
+        likelihood="gaussian-learned",
+        guide=guide,
+        guide_options=guide_options or {},
+    )
+    vae = build_vae(cfg).to(dtype=dtype or truth.weight.dtype, device=truth.weight.device)
+    with torch.no_grad():
+        dec = vae.decoder[0]
+        dec.weight.copy_(truth.weight)
+        dec.bias.copy_(truth.bias)
+        vae.likelihood.log_scale.copy_(0.5 * truth.noise_var.log())
+    return vae

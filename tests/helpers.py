@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyrovae import LinearGaussian, VAEConfig, build_vae
+from pyrovae import LinearGaussian, VAEConfig, build_vae, linear_gaussian_vae
 
 
 def random_truth(x_dim: int, z_dim: int, seed: int) -> LinearGaussian:
@@ -21,25 +21,10 @@ def random_truth(x_dim: int, z_dim: int, seed: int) -> LinearGaussian:
 
 
 def linear_vae(truth: LinearGaussian, guide: str = "diagonal-gaussian", guide_options=None):
-    """A float64 VAE whose model is exactly ``truth`` (linear decoder, learned-variance Gaussian
-    likelihood) with a linear encoder, so the diagonal guide can be set in closed form; the
-    ``guide`` family named (with ``guide_options``) at its initialization."""
-    cfg = VAEConfig(
-        x_dim=truth.x_dim,
-        z_dim=truth.z_dim,
-        encoder="linear",
-        decoder="linear",
-        likelihood="gaussian-learned",
-        guide=guide,
-        guide_options=guide_options or {},
-    )
-    vae = build_vae(cfg).double()
-    with torch.no_grad():
-        dec = vae.decoder[0]
-        dec.weight.copy_(truth.weight)
-        dec.bias.copy_(truth.bias)
-        vae.likelihood.log_scale.copy_(0.5 * truth.noise_var.log())
-    return vae
+    """A float64 VAE whose model is exactly ``truth`` (``pyrovae.linear_gaussian_vae``: linear
+    decoder, learned-variance Gaussian likelihood, linear encoder), so the diagonal guide can be
+    set in closed form; the ``guide`` family named (with ``guide_options``)."""
+    return linear_gaussian_vae(truth, guide, guide_options, dtype=torch.float64)
 
 
 def set_mean_field_guide(vae, truth: LinearGaussian, inflate: float = 1.0) -> None:

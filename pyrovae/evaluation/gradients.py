@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -37,7 +37,15 @@ from ..runtime import check_step_memory, fused_adam, module_device, place
 
 @dataclass
 class GradientStats:
-    """One estimator's gradient noise at fixed parameters (see the module docstring)."""
+    """One estimator's gradient noise at fixed parameters (see the module docstring).
+
+    ``per_element``, when asked for (``gradient_variance(..., per_element=True)``), holds
+    float64 CPU tensors ``encoder_mean`` and ``encoder_var`` (P_enc,), ``decoder_mean`` and
+    ``decoder_var`` (P_dec,): each gradient element's mean and variance over the draws, the
+    elements in the order of the parameters of ``vae.inference_modules()`` (encoder) and of
+    the rest of ``vae.parameters()`` (decoder), each flattened. With the variance, the mean can
+    be tested against an exact gradient (its standard error is sqrt(var / draws)).
+    """
 
     estimator: str
     description: str
@@ -49,9 +57,13 @@ class GradientStats:
     decoder_snr: float
     seconds_per_estimate: float
     batch_size: Optional[int] = None  # the minibatch's size, B
+    per_element: Optional[Dict[str, torch.Tensor]] = field(default=None, repr=False)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """The scalar fields, JSON-ready (``per_element`` left out)."""
+        d = asdict(self)
+        d.pop("per_element")
+        return d
 
 
 def parse_estimator_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
@@ -119,9 +131,13 @@ class _Moments:
         self.mean += delta / self.n
         self.m2 += delta * (g - self.mean)
 
+    def variance(self) -> torch.Tensor:
+        """Each element's unbiased variance over the draws."""
+        return self.m2 / max(self.n - 1, 1)
+
     def summary(self) -> Tuple[float, float]:
         """(total variance, mean SNR over elements with nonzero variance)."""
-        var = self.m2 / max(self.n - 1, 1)
+        var = self.variance()
         std = var.sqrt()
         live = std > 0
         snr = (self.mean.abs()[live] / std[live]).mean().item() if live.any() else math.inf
@@ -189,6 +205,7 @@ def gradient_variance(
     progress: bool = True,
     warmup_data: Optional[torch.Tensor] = None,
     producer: str = "auto",
+    per_element: bool = False,
 ) -> List[GradientStats]:
     """Gradient noise of each estimator at ``vae``'s current parameters on minibatch ``x``.
 
@@ -203,6 +220,8 @@ def gradient_variance(
             ``x`` itself).
         producer: the route particles take (``pyrovae.runs.gradvar_run`` passes the one the run
             trained with).
+        per_element: also keep each gradient element's mean and variance over the draws
+            (``GradientStats.per_element``; four vectors the size of the model per estimator).
 
     Returns:
         One ``GradientStats`` per estimator, in order.
@@ -240,6 +259,14 @@ def gradient_variance(
                 enc.add(_flat_grad(inference) / x.shape[0])
                 dec.add(_flat_grad(generative) / x.shape[0])
             (enc_var, enc_snr), (dec_var, dec_snr) = enc.summary(), dec.summary()
+            moments = None
+            if per_element:
+                moments = {
+                    "encoder_mean": enc.mean.cpu(),
+                    "encoder_var": enc.variance().cpu(),
+                    "decoder_mean": dec.mean.cpu(),
+                    "decoder_var": dec.variance().cpu(),
+                }
             out.append(
                 GradientStats(
                     spec,
@@ -252,6 +279,7 @@ def gradient_variance(
                     dec_snr,
                     seconds / draws,
                     x.shape[0],
+                    moments,
                 )
             )
     finally:
