@@ -7,6 +7,7 @@ from .importance import (
     estimate_log_likelihood,
     evaluate_vae,
     log_importance_weights,
+    prior_guide,
 )
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "estimate_log_likelihood",
     "evaluate_vae",
     "log_importance_weights",
+    "prior_guide",
 ]
