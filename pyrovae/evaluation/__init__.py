@@ -9,6 +9,7 @@ from .importance import (
     estimate_log_likelihood,
     evaluate_vae,
     log_importance_weights,
+    prior_guide,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "estimate_log_likelihood",
     "evaluate_vae",
     "log_importance_weights",
+    "prior_guide",
 ]

@@ -16,6 +16,11 @@ depend on the chunks before it: processes can then split the points (``pyrovae.d
 
 Why not Pyro's own tools: ``pyro.infer.Importance`` draws one trace per sample (sequential) and
 returns no per-data-point estimates.
+
+The same estimator with the prior as the proposal, log (1/K) Σ_k p(x | z_k), z_k ~ p(z) (naive
+Monte Carlo over the prior), is ``estimate_log_likelihood(model, prior_guide(model), x, k)``:
+the guide is the model with its observed sites hidden, as Pyro's ``Importance`` proposes when
+given no guide.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+from pyro import poutine
 
 from ..config import SEED_RULE, Rule
 from ..data import as_data_tensor
@@ -78,6 +84,29 @@ def log_importance_weights(
     return traced_particles(
         model, guide, (x,), num_particles=k, max_plate_nesting=max_plate_nesting
     ).log_w
+
+
+def prior_guide(model: Callable) -> Callable:
+    """The model's prior as a guide: ``model`` with its observed sites hidden, so that running
+    it draws every latent site from the model's own distribution, p(z) (p(z2) p(z1 | z2) for
+    two layers), and a trace of it scores z there. This is the proposal Pyro's
+    ``pyro.infer.Importance`` uses when given no guide.
+
+    With it every log weight is log p(x, z) - log p(z) = log p(x | z), and the importance-
+    weighted estimator becomes naive Monte Carlo over the prior, log (1/K) Σ_k p(x | z_k),
+    z_k ~ p(z): ``estimate_log_likelihood(model, prior_guide(model), x, k)`` (traced; no
+    second copy of the estimator). It is unbiased for p(x) like the guide's, but its variance
+    grows with how far the posterior is from the prior.
+
+    Args:
+        model: a Pyro model taking ``x`` (B, ...), its sites in a data plate at dim -1.
+
+    Returns:
+        A guide, called as ``guide(x)`` (and with the model's other arguments): its latent
+        sites are the model's, shaped (..., B, ...) as in the model. (The observed sites still
+        run, hidden: the model's likelihood is built, not scored.)
+    """
+    return poutine.block(model, hide_types=["observe"])
 
 
 @dataclass

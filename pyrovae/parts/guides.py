@@ -108,6 +108,77 @@ class GuideFamily(nn.Module):
         return torch.logsumexp(log_q, -1) - math.log(h.shape[0])
 
 
+class _LowerCholeskyAffine(torch.distributions.Transform):
+    """z = loc + L ε for a batch of lower-triangular L (..., n, n) with a positive diagonal,
+    event_dim 1. Pyro's ``LowerCholeskyAffine`` takes a single (n, n) L: its Jacobian reads
+    ``scale_tril.diag()``, which fails on a batch (a full-rank guide has one L per data point)."""
+
+    domain = torch.distributions.constraints.real_vector
+    codomain = torch.distributions.constraints.real_vector
+    bijective = True
+
+    def __init__(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> None:
+        super().__init__()
+        self.loc, self.scale_tril = loc, scale_tril
+
+    def _call(self, eps: torch.Tensor) -> torch.Tensor:
+        return self.loc + (self.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+
+    def _inverse(self, z: torch.Tensor) -> torch.Tensor:
+        diff = (z - self.loc).unsqueeze(-1)
+        tril = self.scale_tril.expand(diff.shape[:-2] + self.scale_tril.shape[-2:])
+        return torch.linalg.solve_triangular(tril, diff, upper=False).squeeze(-1)
+
+    def log_abs_det_jacobian(self, eps: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        log_det = self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return log_det.expand(torch.broadcast_shapes(log_det.shape, eps.shape[:-1]))
+
+
+def noise_transform(q: dist.Distribution) -> Tuple[dist.Distribution, T.Transform]:
+    """A continuous guide distribution written as the reparameterization it samples by: z =
+    T(ε), ε ~ N(0, I), T invertible and differentiable. The change of variables then gives
+    log q(z | x) = log N(ε; 0, I) - log |det ∂T/∂ε| at z = T(ε), and any density over z pulls
+    back to one over ε the same way (a VAE's p(x, z) to p(x, ε), Dinh's view of the VAE).
+
+    Args:
+        q: q(z | x) with batch shape (...) and event shape (z_dim,), as a real-latent guide
+            family returns it: a diagonal Gaussian (``Normal(loc, scale).to_event(1)``), a
+            full-rank one (``MultivariateNormal``), or a ``TransformedDistribution`` of either
+            (the flow guide).
+
+    Returns:
+        ``(noise, transform)``: ``noise`` is N(0, I) with q's batch and event shapes, and
+        ``transform`` maps ε (..., z_dim) to z (..., z_dim), ``event_dim`` 1 (its
+        ``log_abs_det_jacobian(eps, z)`` is (...)). ``TransformedDistribution(noise,
+        [transform])`` is q: the same density, and the same samples from the same random
+        numbers (Pyro's samplers draw ε this way).
+
+    Raises:
+        NotApplicable: q is none of these (a discrete guide has no such transform).
+    """
+    if isinstance(q, torch.distributions.TransformedDistribution):
+        noise, first = noise_transform(q.base_dist)
+        return noise, T.ComposeTransform([first, *q.transforms])
+    if (
+        isinstance(q, torch.distributions.Independent)
+        and isinstance(q.base_dist, torch.distributions.Normal)
+        and q.reinterpreted_batch_ndims == 1
+    ):
+        loc, scale = q.base_dist.loc, q.base_dist.scale
+        loc, scale = torch.broadcast_tensors(loc, scale)
+        transform = T.AffineTransform(loc, scale, event_dim=1)
+    elif isinstance(q, torch.distributions.MultivariateNormal):
+        loc = q.loc.expand(q.batch_shape + q.event_shape)
+        transform = _LowerCholeskyAffine(loc, q.scale_tril)
+    else:
+        raise NotApplicable(
+            f"{type(q).__name__} is not a Gaussian or a flow of one: it has no standard-normal "
+            "reparameterization z = T(ε)"
+        )
+    noise = dist.Normal(torch.zeros_like(loc), torch.ones_like(loc)).to_event(1)
+    return noise, transform
+
+
 @GUIDES.register("diagonal-gaussian")
 class DiagonalGaussian(GuideFamily):
     """q(z|x) = N(loc(x), diag(scale(x)²)); the encoder outputs (loc, log scale)."""
