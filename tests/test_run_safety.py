@@ -317,13 +317,23 @@ def test_sigterm_mid_epoch_resumes_exactly(tmp_path, uninterrupted):
 def test_ctrl_c_while_the_command_line_starts_is_one_line(tmp_path):
     """A Ctrl-C while torch is still being imported (the first second) is exit 130 and one
     line, as later: the console script's own imports are light."""
-    script = "import sys; from pyrovae.cli import main; sys.exit(main())"
+    # Python leaves SIGINT ignored in a process started with it ignored, and pytest run in
+    # the background of a non-interactive shell (``cmd &``) passes that on to this child;
+    # a terminal's foreground command has the default, so the child restores it first. It
+    # says when its own imports are done, so the signal lands while ``main`` imports torch
+    # however busy the machine is.
+    script = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from pyrovae.cli import main; print('ready', flush=True); sys.exit(main())"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", script, "train", *TINY, "--run-dir", str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.3)
+    assert proc.stdout.readline() == "ready\n"
+    time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, err
