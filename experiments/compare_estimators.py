@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from pyrovae import VAEConfig, build_vae, evaluate_vae, load_dataset, make_estimator  # noqa: E402
 from pyrovae.evaluation.gradients import gradient_variance, parse_estimator_spec  # noqa: E402
-from pyrovae.plots import markdown_table  # noqa: E402
+from pyrovae.plots import markdown_table, save_figure  # noqa: E402
 from pyrovae.producers import check_applies, make_producer  # noqa: E402
 from pyrovae.runtime import tune_allocator  # noqa: E402
 from pyrovae.training import Trainer  # noqa: E402
@@ -185,8 +185,7 @@ def plot(results, path: Path, title: str) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:

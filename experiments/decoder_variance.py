@@ -48,7 +48,7 @@ from pyrovae import TrainConfig, VAEConfig, load_dataset, train  # noqa: E402
 from pyrovae.data import SPLITS, Dataset  # noqa: E402
 from pyrovae.evaluation import evaluate_vae  # noqa: E402
 from pyrovae.model import VAE  # noqa: E402
-from pyrovae.plots import image_grid  # noqa: E402
+from pyrovae.plots import image_grid, save_figure  # noqa: E402
 from pyrovae.runtime import progress_bar  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -224,9 +224,7 @@ def plot(ring: Dict[str, Any], mnist: Optional[Dict[str, Any]], path: Path) -> N
             ax.axis("off")
         axes[1, 3].axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:

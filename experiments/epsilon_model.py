@@ -48,6 +48,7 @@ from pyrovae import TrainConfig, load_dataset, train  # noqa: E402
 from pyrovae.evaluation import evaluate_vae  # noqa: E402
 from pyrovae.model import VAE  # noqa: E402
 from pyrovae.parts.guides import noise_transform  # noqa: E402
+from pyrovae.plots import save_figure  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the sibling script ring.py, also when imported from tests
@@ -139,9 +140,7 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     ax.set_ylabel("ε₂")
     ax.set_title("p(ε | x) for one test x (blue) and q(ε) = N(0, I) (red)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:

@@ -44,6 +44,8 @@ import torch  # noqa: E402
 from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from pyrovae.plots import save_figure  # noqa: E402
+
 FIGURE = Path(__file__).resolve().parent / "figures" / "forward_reverse_kl.png"
 MODES = (-2.0, 2.0)
 MODE_STD = 0.6
@@ -342,9 +344,7 @@ def draw(path, p, closed, fits, particles) -> None:
     right.set_title("the reverse fits along the way")
     right.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

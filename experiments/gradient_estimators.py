@@ -47,6 +47,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from pyrovae import linear_gaussian_vae, load_dataset  # noqa: E402
 from pyrovae.evaluation.gradients import gradient_variance  # noqa: E402
+from pyrovae.plots import save_figure  # noqa: E402
 
 FIGURE = Path(__file__).resolve().parent / "figures" / "gradient_estimators.png"
 # Display name -> the library's estimator spec (``num_particles`` is added per setting).
@@ -267,9 +268,7 @@ def draw(path, by_dim, by_particles, ratios, args) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

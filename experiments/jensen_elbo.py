@@ -46,6 +46,7 @@ from pyrovae import (  # noqa: E402
     linear_gaussian_vae,
     load_dataset,
 )
+from pyrovae.plots import save_figure  # noqa: E402
 
 FIGURE = Path(__file__).resolve().parent / "figures" / "jensen_elbo.png"
 
@@ -334,9 +335,7 @@ def draw(
     right.set_title("log p(x) = ELBO + KL: they meet only at the posterior")
     right.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pyrovae.plots import markdown_table  # noqa: E402
+from pyrovae.plots import markdown_table, save_figure  # noqa: E402
 from pyrovae.runs import bdmc_run, evaluate_run  # noqa: E402
 from pyrovae.runtime import matmul_peak_gflops  # noqa: E402
 
@@ -240,8 +240,7 @@ def _figure(estimates, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> int:

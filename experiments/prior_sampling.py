@@ -39,6 +39,7 @@ from pyrovae import TrainConfig, VAEConfig, load_dataset, train  # noqa: E402
 from pyrovae.data import SPLITS  # noqa: E402
 from pyrovae.evaluation import estimate_log_likelihood, evaluate_vae, prior_guide  # noqa: E402
 from pyrovae.model import VAE  # noqa: E402
+from pyrovae.plots import save_figure  # noqa: E402
 from pyrovae.runs import load_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -162,9 +163,7 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:

@@ -47,7 +47,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pyrovae import TrainConfig, VAEConfig, train  # noqa: E402
-from pyrovae.plots import markdown_table  # noqa: E402
+from pyrovae.plots import markdown_table, save_figure  # noqa: E402
 from pyrovae.runs import evaluate_run  # noqa: E402
 from pyrovae.training import read_metrics  # noqa: E402
 
@@ -214,8 +214,7 @@ def _figure(records, path: Path) -> None:
     ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> int:

@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from pyrovae import TrainConfig, VAEConfig, load_dataset, train  # noqa: E402
 from pyrovae.evaluation import evaluate_vae  # noqa: E402
 from pyrovae.model import VAE  # noqa: E402
+from pyrovae.plots import save_figure  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FIGURE = HERE / "figures" / "ring.png"
@@ -105,9 +106,7 @@ def plot(data: torch.Tensor, z: torch.Tensor, samples: torch.Tensor, test, means
     for ax in axes:
         ax.set_aspect("equal")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:

@@ -18,6 +18,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
+def save_figure(fig, path: Path, **options: Any) -> Path:
+    """Save the matplotlib figure ``fig`` as a PNG at ``path`` (its folder made if missing),
+    atomically, and close it; ``options`` go to ``savefig`` (``dpi``, ``bbox_inches``).
+    Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path, **options)
+    return path
+
+
 def _save(fig, path: Path, **options: Any) -> None:
     """Save ``fig`` as a PNG at ``path`` atomically (a ``.tmp`` file renamed into place, removed
     if the write fails: a full disk leaves the previous figure, not half a new one)."""
