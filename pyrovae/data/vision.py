@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -114,6 +114,34 @@ def _binarize_once(x: torch.Tensor, split: str) -> torch.Tensor:
     return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
 
 
+def _official_splits(
+    read: Callable[[bool], torch.Tensor],
+    wanted: Sequence[str],
+    pixels: int,
+    valid_size: int,
+    what: str,
+    train_size: int,
+    folder: Path,
+) -> Dict[str, torch.Tensor]:
+    """The wanted splits from an official train/test pair: the last ``valid_size`` official
+    training images become the validation split; unwanted splits are empty (0, ``pixels``).
+    ``read(train)`` gives an official split, (N, pixels); ``what``, ``train_size`` and
+    ``folder`` word the error when the training file holds too few images."""
+    images: Dict[str, torch.Tensor] = {s: torch.zeros(0, pixels) for s in SPLITS}
+    if "train" in wanted or "valid" in wanted:
+        full_train = read(True)
+        if len(full_train) <= valid_size:
+            raise DataError(
+                f"{what} has only {len(full_train)} training images, expected {train_size}; "
+                f"delete {folder} so it is downloaded again"
+            )
+        images["train"] = full_train[:-valid_size]
+        images["valid"] = full_train[-valid_size:]
+    if "test" in wanted:
+        images["test"] = read(False)
+    return images
+
+
 def _load_torchvision(
     name: str,
     class_name: str,
@@ -134,18 +162,15 @@ def _load_torchvision(
         )
     wanted = _check_splits(splits)
     root = _data_root(data_dir, "torchvision")
-    images: Dict[str, torch.Tensor] = {s: torch.zeros(0, _PIXELS) for s in SPLITS}
-    if "train" in wanted or "valid" in wanted:
-        full_train = _torchvision_images(class_name, root, train=True)
-        if len(full_train) <= MNIST_VALID_SIZE:
-            raise DataError(
-                f"{class_name} in {root} has only {len(full_train)} training images, expected "
-                f"60000; delete {root / class_name} so it is downloaded again"
-            )
-        images["train"] = full_train[:-MNIST_VALID_SIZE]
-        images["valid"] = full_train[-MNIST_VALID_SIZE:]
-    if "test" in wanted:
-        images["test"] = _torchvision_images(class_name, root, train=False)
+    images = _official_splits(
+        lambda train: _torchvision_images(class_name, root, train),
+        wanted,
+        _PIXELS,
+        MNIST_VALID_SIZE,
+        f"{class_name} in {root}",
+        60000,
+        root / class_name,
+    )
     # Dynamic: the trainer redraws training pixels each step, but evaluation must see the same
     # images every time, so valid and test are drawn once here. Static: every split drawn once.
     to_binarize = {None: (), "dynamic": ("valid", "test"), "static": SPLITS}[binarize]
@@ -282,18 +307,15 @@ def load_cifar10(data_dir: PathLike | None = None, *, splits: Sequence[str] = SP
     wanted = _check_splits(splits)
     root = _data_root(data_dir, "torchvision")
     pixels = math.prod(CIFAR10_SHAPE)
-    images: Dict[str, torch.Tensor] = {s: torch.zeros(0, pixels) for s in SPLITS}
-    if "train" in wanted or "valid" in wanted:
-        full_train = _cifar10_images(root, train=True)
-        if len(full_train) <= CIFAR10_VALID_SIZE:
-            raise DataError(
-                f"CIFAR10 in {root} has only {len(full_train)} training images, expected "
-                f"50000; delete {root / _CIFAR10_FOLDER} so it is downloaded again"
-            )
-        images["train"] = full_train[:-CIFAR10_VALID_SIZE]
-        images["valid"] = full_train[-CIFAR10_VALID_SIZE:]
-    if "test" in wanted:
-        images["test"] = _cifar10_images(root, train=False)
+    images = _official_splits(
+        lambda train: _cifar10_images(root, train),
+        wanted,
+        pixels,
+        CIFAR10_VALID_SIZE,
+        f"CIFAR10 in {root}",
+        50000,
+        root / _CIFAR10_FOLDER,
+    )
     return Dataset(
         "cifar10",
         binary=False,
