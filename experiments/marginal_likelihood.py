@@ -229,8 +229,16 @@ def _figure(estimates, path: Path) -> None:
         rs = sorted(rs, key=lambda r: r["wall_seconds"])
         xs, ys = [r["wall_seconds"] for r in rs], [r["log_px"] for r in rs]
         ax.plot(xs, ys, "o-", color=color, label=label)
+        # The prior-started AIS ends beside the guide-started one: its labels go below the line.
+        below = color == "C2"
         for r, x, y in zip(rs, xs, ys):
-            ax.annotate(str(r[key]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(
+                str(r[key]),
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, -10 if below else 4),
+                fontsize=7,
+            )
     ax.set_xscale("log")
     ax.margins(x=0.15)  # room for the labels of the costliest points
     ax.set_xlabel(f"wall seconds for {estimates[0]['n']} test images")
