@@ -213,20 +213,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     return {"by_dim": by_dim, "by_particles": by_particles, "ratios": ratios, "unbiased": unbiased}
 
 
-def draw(path, by_dim, by_particles, ratios, args) -> None:
-    """The figure: variance against dimension, the ratio against dimension, variance against K."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    dims = list(by_dim)
+def _variance_lines(ax, table) -> None:
+    """One log-log line per estimator: ``table[x][name]["variance"]`` against the keys x."""
+    xs = list(table)
     for name in ESTIMATORS:
         color, marker, ls = STYLES[name]
-        axes[0].loglog(
-            dims,
-            [by_dim[d][name]["variance"] for d in dims],
+        ax.loglog(
+            xs,
+            [table[x][name]["variance"] for x in xs],
             color=color,
             marker=marker,
             ls=ls,
             label=name,
         )
+
+
+def draw(path, by_dim, by_particles, ratios, args) -> None:
+    """The figure: variance against dimension, the ratio against dimension, variance against K."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    dims = list(by_dim)
+    _variance_lines(axes[0], by_dim)
     axes[0].set_xlabel("latent dimension")
     axes[0].set_ylabel("gradient variance per encoder parameter")
     axes[0].set_title("K = 1 particle")
@@ -245,16 +251,7 @@ def draw(path, by_dim, by_particles, ratios, args) -> None:
     axes[1].legend(fontsize=8)
 
     ks = list(by_particles)
-    for name in ESTIMATORS:
-        color, marker, ls = STYLES[name]
-        axes[2].loglog(
-            ks,
-            [by_particles[k][name]["variance"] for k in ks],
-            color=color,
-            marker=marker,
-            ls=ls,
-            label=name,
-        )
+    _variance_lines(axes[2], by_particles)
     # Drawn above the score function's line, which it would hide.
     first = 3 * by_particles[ks[0]]["score function"]["variance"] * ks[0]
     axes[2].loglog(ks, [first / k for k in ks], color="0.5", ls=":", lw=1, label="∝ 1 / K")
