@@ -340,6 +340,14 @@ def setup(device: Device = None) -> Tuple[World, Optional[torch.device]]:
     if where.type == "cuda":
         torch.cuda.set_device(where)
     if not initialized:
+        # torch._dynamo, imported once a process group exists (building a torch.optim
+        # optimizer imports it), keeps references to the group that destroy_process_group
+        # cannot drop (torch 2.15): gloo's threads then outlive ``shutdown`` and are torn
+        # down with the interpreter, which aborted about one exit in twenty ("terminate
+        # called without an active exception", SIGABRT, after the run had finished).
+        # Imported before the group, it holds none.
+        import torch._dynamo  # noqa: F401
+
         dist.init_process_group("nccl" if where.type == "cuda" else "gloo")
         _we_started = True
     comm = where if dist.get_backend() == "nccl" else torch.device("cpu")

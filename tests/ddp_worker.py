@@ -8,6 +8,7 @@ The configurations are here, and imported by the test for its one-process refere
 
 import contextlib
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -108,7 +109,18 @@ def run(out: Path) -> None:
     with contextlib.redirect_stdout(stdout):
         status = main(["evaluate", str(out / "plain"), "--k", "7", "--json", "--quiet"])
     saved["cli_evaluate"] = (status, stdout.getvalue())
+    saved["threads_after"] = thread_names()
     torch.save(saved, out / f"rank{world.rank}.pt")
+
+
+def thread_names():
+    """The names of this process's threads (Linux's /proc), or None where they cannot be
+    read: gloo names its threads gloo_tcp_loop and pt_gloo_runloop."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+        return [Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in tasks]
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":
