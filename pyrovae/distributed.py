@@ -64,6 +64,7 @@ others. Process 0 reports it; the others stay quiet about errors process 0 repor
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple
@@ -345,8 +346,9 @@ def setup(device: Device = None) -> Tuple[World, Optional[torch.device]]:
         # cannot drop (torch 2.15): gloo's threads then outlive ``shutdown`` and are torn
         # down with the interpreter, which aborted about one exit in twenty ("terminate
         # called without an active exception", SIGABRT, after the run had finished).
-        # Imported before the group, it holds none.
-        import torch._dynamo  # noqa: F401
+        # Imported before the group, it holds none. (By importlib: an ``import torch._dynamo``
+        # here would make ``torch`` a local name of this function.)
+        importlib.import_module("torch._dynamo")
 
         dist.init_process_group("nccl" if where.type == "cuda" else "gloo")
         _we_started = True
