@@ -311,8 +311,9 @@ def setup(device: Device = None) -> Tuple[World, Optional[torch.device]]:
     ``None``; the caller resolves ``device`` as usual. Under torchrun: each process on its
     own device, ``cuda:LOCAL_RANK`` for ``auto`` (where CUDA is available) and ``cuda``, the
     CPU for ``cpu`` (or ``auto`` without CUDA); the process group uses ``nccl`` on GPUs and
-    ``gloo`` on the CPU. A process group the caller initialized already is used as it is; this
-    one is left with ``shutdown``.
+    ``gloo`` on the CPU. A process group the caller initialized already is used as it is
+    (import ``torch._dynamo`` before making it, or it may outlive ``destroy_process_group``:
+    see below); the one made here is left with ``shutdown``.
 
     Raises:
         OptionError: ``cuda:N`` under torchrun (each process takes the GPU of its
