@@ -15,6 +15,7 @@ prints and writes, the others stay quiet.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import math
@@ -46,7 +47,9 @@ class _Parser(argparse.ArgumentParser):
     lines, which bury the error)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # The same argv gives every process torchrun started the same error: process 0 says it.
+        line = f"{self.prog}: error: {message} (see {self.prog} --help)\n"
+        self.exit(2, line if _rank() == 0 else None)
 
 
 def _hidden(text: str):
@@ -630,13 +633,14 @@ def _cmd_train(args) -> int:
     from .plots import summary_table
     from .training import TrainConfig, train
 
-    train_d, model_d = _given_options(args)
-    if args.resume:
-        if not args.run_dir:
-            raise ValueError("--resume needs --run-dir, the run to continue")
-        train_cfg, model_cfg, changes = TrainConfig(), None, {**train_d, **model_d}
-    else:
-        train_cfg, model_cfg, changes = TrainConfig(**train_d), VAEConfig(**model_d), None
+    with _said_by_process_0():
+        train_d, model_d = _given_options(args)
+        if args.resume:
+            if not args.run_dir:
+                raise ValueError("--resume needs --run-dir, the run to continue")
+            train_cfg, model_cfg, changes = TrainConfig(), None, {**train_d, **model_d}
+        else:
+            train_cfg, model_cfg, changes = TrainConfig(**train_d), VAEConfig(**model_d), None
     t0 = time.perf_counter()
     result = train(
         train_cfg,
@@ -675,7 +679,8 @@ def _cmd_evaluate(args) -> int:
     from .plots import summary_table
     from .runs import EVALUATE_ARGUMENTS, evaluate_run, strict_json
 
-    check_arguments(EVALUATE_ARGUMENTS, vars(args), flag_name)
+    with _said_by_process_0():
+        check_arguments(EVALUATE_ARGUMENTS, vars(args), flag_name)
     res = evaluate_run(
         args.run_dir,
         k=args.k,
@@ -936,6 +941,20 @@ def _rank() -> int:
     except ValueError:
         pass
     return 0
+
+
+@contextlib.contextmanager
+def _said_by_process_0():
+    """A block that checks the command's flags (and the config file it names): a bad value
+    is the same error in every process torchrun started, so process 0 alone reports it."""
+    try:
+        yield
+    except ValueError as e:
+        if _processes() > 1:
+            from .distributed import everywhere
+
+            everywhere(e)
+        raise
 
 
 def _processes() -> int:

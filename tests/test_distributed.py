@@ -224,6 +224,13 @@ def test_train_under_torchrun_and_resume_with_another_number_of_processes(tmp_pa
     again = torchrun("-m", "pyrovae", "train", *flags, "--run-dir", "run", cwd=tmp_path, ok=False)
     said = [line for line in again.stderr.splitlines() if line.startswith("pyrovae train")]
     assert len(said) == 1 and "already holds a training run" in said[0], again.stderr
+    # A bad flag is the same error in every process: said once, by process 0.
+    for bad in (["--epochs", "-3"], ["--dataset", "nope"]):
+        wrong = torchrun(
+            "-m", "pyrovae", "train", *bad, "--run-dir", "other", cwd=tmp_path, ok=False
+        )
+        said = [line for line in wrong.stderr.splitlines() if line.startswith("pyrovae train")]
+        assert len(said) == 1 and bad[0] in said[0], wrong.stderr
     capsys.readouterr()
     status = main(["train", "--resume", "--run-dir", str(tmp_path / "run"), "--epochs", "2"])
     err = capsys.readouterr().err
