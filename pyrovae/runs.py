@@ -29,6 +29,7 @@ from .evaluation.bits import data_levels, with_bits_per_dim
 from .evaluation.gap import InferenceGap, inference_gap
 from .evaluation.gradients import GradientStats, default_estimator_specs, gradient_variance
 from .evaluation.importance import refine_guide
+from .evaluation.truth import with_exact_log_px
 from .model import VAE
 from .plots import (
     save_gap,
@@ -229,6 +230,7 @@ def evaluate_run(
         vae.likelihood.check_data(x)
         levels = data_levels(vae.likelihood, x, data.levels)
         result = ais_log_likelihood(made, x, steps, chains, leapfrog, init, progress=progress)
+        result = with_exact_log_px(result, vae, x)
         if levels is not None:
             result = with_bits_per_dim(result, vae.x_dim, vae.likelihood.discrete, levels)
         return dataclasses.replace(result, checkpoint=state["checkpoint"])
@@ -442,4 +444,6 @@ def bdmc_run(
     dtype = next(vae.parameters()).dtype
     pyro.set_rng_seed(seed)
     x_like = torch.zeros(n, vae.x_dim, dtype=dtype, device=device)
-    return bdmc(make_producer(vae, producer), x_like, steps, chains, leapfrog, k, progress=progress)
+    made = make_producer(vae, producer)
+    result = bdmc(made, x_like, steps, chains, leapfrog, k, progress=progress)
+    return with_exact_log_px(result, vae, result.points)

@@ -43,8 +43,9 @@ def _h(family, *batch, seed=1, scale=0.5):
 
 def _tril_by_hand(h, z_dim):
     """(loc, L) of the full-rank family from one h (in_features,), written out entry by
-    entry: encoder order (loc, log diagonal, strictly-lower entries row by row)."""
-    loc, log_diag, off = h[:z_dim], h[z_dim : 2 * z_dim], h[2 * z_dim :]
+    entry: encoder order (loc, log diagonal, strictly-lower entries row by row, each scaled by
+    1 / z_dim)."""
+    loc, log_diag, off = h[:z_dim], h[z_dim : 2 * z_dim], h[2 * z_dim :] / z_dim
     tril = torch.zeros(z_dim, z_dim, dtype=h.dtype)
     n = 0
     for i in range(z_dim):

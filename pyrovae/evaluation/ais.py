@@ -34,6 +34,7 @@ import torch
 from ..config import Rule
 from ..producers import Producer
 from ..runtime import progress_bar
+from .truth import mean_stderr
 
 INITS = ("prior", "guide")
 SCHEDULES = ("sigmoid", "linear")
@@ -82,6 +83,8 @@ class AISResult:
     checkpoint: Optional[str] = None  # the run's checkpoint evaluated (best, last), if any
     bits_per_dim: Optional[float] = None
     bits_per_dim_stderr: Optional[float] = None
+    exact_log_px: Optional[float] = None
+    exact_log_px_stderr: Optional[float] = None
     per_point_log_px: Optional[torch.Tensor] = None
     per_point_mc_stderr: Optional[torch.Tensor] = None
     per_point_acceptance: Optional[torch.Tensor] = None
@@ -94,9 +97,10 @@ class AISResult:
             d.pop(key)
         if d["checkpoint"] is None:
             d.pop("checkpoint")
-        if d["bits_per_dim"] is None:
-            d.pop("bits_per_dim")
-            d.pop("bits_per_dim_stderr")
+        for key in ("bits_per_dim", "exact_log_px"):
+            if d[key] is None:
+                d.pop(key)
+                d.pop(f"{key}_stderr")
         return d
 
 
@@ -293,8 +297,8 @@ def ais_log_likelihood(
         )
     per_mc, per_acc = torch.cat(mc).cpu(), torch.cat(acceptance).cpu()
     return AISResult(
-        log_px=per_point.mean().item(),
-        log_px_stderr=(per_point.std() / math.sqrt(n)).item() if n > 1 else math.nan,
+        log_px=mean_stderr(per_point)[0],
+        log_px_stderr=mean_stderr(per_point)[1],
         mc_stderr=per_mc.mean().item(),
         acceptance=per_acc.mean().item(),
         steps=steps,
@@ -338,19 +342,21 @@ class BDMCResult:
     iw_stderr: float
     acceptance: float
     seconds: float
+    exact_log_px: Optional[float] = None
+    exact_log_px_stderr: Optional[float] = None
     per_point: Optional[Dict[str, torch.Tensor]] = None
     points: Optional[torch.Tensor] = None  # the simulated data, (n, ...)
 
     def to_dict(self) -> Dict[str, Any]:
+        """The scalar fields, JSON-ready (``exact_log_px`` and its standard error only where
+        the model has one)."""
         d = asdict(self)
         d.pop("per_point")
         d.pop("points")
+        if d["exact_log_px"] is None:
+            d.pop("exact_log_px")
+            d.pop("exact_log_px_stderr")
         return d
-
-
-def _mean_stderr(values: torch.Tensor) -> Tuple[float, float]:
-    n = values.numel()
-    return values.mean().item(), (values.std().item() / math.sqrt(n)) if n > 1 else math.nan
 
 
 def bdmc(
@@ -412,7 +418,7 @@ def bdmc(
         "width": upper_pp - forward.per_point_log_px,
         "iw": iw.per_point_log_px,
     }
-    stats = {name: _mean_stderr(v) for name, v in per_point.items()}
+    stats = {name: mean_stderr(v) for name, v in per_point.items()}
     return BDMCResult(
         n=n,
         steps=steps,

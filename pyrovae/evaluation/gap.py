@@ -16,7 +16,6 @@ linear-Gaussian model). The importance-weighted estimate under q_φ is reported 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
@@ -31,6 +30,7 @@ from ..producers import GivenInputProducer, make_producer
 from ..runtime import module_device
 from .ais import ais_log_likelihood
 from .importance import LogLikelihood, estimate_log_likelihood
+from .truth import exact_log_px, mean_stderr
 
 
 @dataclass
@@ -77,12 +77,6 @@ class InferenceGap:
         if d["checkpoint"] is None:
             d.pop("checkpoint")
         return d
-
-
-def _mean_stderr(values: torch.Tensor):
-    n = values.numel()
-    mean = values.mean().item()
-    return mean, (values.std().item() / math.sqrt(n)) if n > 1 else float("nan")
 
 
 def inference_gap(
@@ -136,7 +130,7 @@ def inference_gap(
             [vae.encoder(data[lo : lo + 1000]) for lo in range(0, data.shape[0], 1000)]
         )
     fitted_inputs = fit_guide_inputs(vae, data, steps, lr, samples, seed, progress=progress)
-    truth = vae.linear_gaussian()
+    exact = exact_log_px(vae, data)
 
     def evaluate(inputs: torch.Tensor) -> LogLikelihood:
         torch.manual_seed(seed)
@@ -145,8 +139,8 @@ def inference_gap(
         )
 
     amortized, fitted = evaluate(amortized_inputs), evaluate(fitted_inputs)
-    if truth is not None:
-        log_px = truth.log_marginal(data.double()).double().cpu()
+    if exact is not None:
+        log_px = exact
         source = "exact"
     elif ais_steps:
         torch.manual_seed(seed)
@@ -166,7 +160,7 @@ def inference_gap(
         "amortization_gap": fitted.per_point_elbo - amortized.per_point_elbo,
         "inference_gap": log_px - amortized.per_point_elbo,
     }
-    stats = {name: _mean_stderr(v) for name, v in per_point.items()}
+    stats = {name: mean_stderr(v) for name, v in per_point.items()}
     fields = {}
     for name, (mean, stderr) in stats.items():
         fields[name], fields[f"{name}_stderr"] = mean, stderr

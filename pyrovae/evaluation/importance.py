@@ -51,6 +51,7 @@ from ..producers import (
 )
 from ..runtime import fork_rng, module_device, place, progress_bar, seed_streams, tune_allocator
 from .bits import data_levels, with_bits_per_dim
+from .truth import mean_stderr, with_exact_log_px
 
 # (particle, data point) pairs evaluated at once. Memory is bounded by this whatever K is, and
 # smaller is faster up to a point: a (4096, 784) float tensor (13 MB) stays in cache between the
@@ -153,13 +154,6 @@ class LogLikelihood:
             if d[key] is None:
                 d.pop(key)
         return d
-
-
-def _mean_stderr(values: torch.Tensor):
-    values = values.double()
-    n = values.numel()
-    stderr = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
-    return values.mean().item(), stderr
 
 
 def _data_dtype(data: Any, *programs: Any) -> torch.dtype:
@@ -320,8 +314,8 @@ def estimate_log_likelihood(
             "the log-likelihood estimate is not finite for some data points: the model assigns "
             "them zero density or the guide produced NaN; check the data and the checkpoint"
         )
-    lp_mean, lp_se = _mean_stderr(log_px)
-    el_mean, el_se = _mean_stderr(elbo)
+    lp_mean, lp_se = mean_stderr(log_px)
+    el_mean, el_se = mean_stderr(elbo)
     result = LogLikelihood(
         lp_mean,
         lp_se,
@@ -336,7 +330,7 @@ def estimate_log_likelihood(
     )
     if exact_log_px is not None:
         exact = torch.cat([exact_log_px(rows(lo, lo + 4096)) for lo in range(0, n, 4096)])
-        result.exact_log_px, result.exact_log_px_stderr = _mean_stderr(exact)
+        result.exact_log_px, result.exact_log_px_stderr = mean_stderr(exact)
     return result
 
 
@@ -406,25 +400,6 @@ def evaluate_vae(
     vae.data_scale(data)  # the shape: (N, x_dim)
     vae.likelihood.check_data(data)
     levels = data_levels(vae.likelihood, data, levels)  # refused now, not after the work
-    truth = vae.linear_gaussian()
-    exact = None
-    if truth is not None:
-        truth64 = type(truth)(
-            *(
-                t.double()
-                for t in (
-                    truth.weight,
-                    truth.bias,
-                    truth.noise_var,
-                    truth.prior_loc,
-                    truth.prior_cov,
-                )
-            )
-        )
-
-        def exact(x):
-            return truth64.log_marginal(x.double())
-
     made = make_producer(vae, producer)
     family = vae.guide_family
     if isinstance(made, DirectProducer) and getattr(family, "refines", lambda: False)():
@@ -442,21 +417,17 @@ def evaluate_vae(
             family.seed,
             progress=kwargs.get("progress", True),
         )
-        x_dim = vae.x_dim
-        given = None if exact is None else (lambda rows: exact(rows[:, :x_dim]))
         result = estimate_log_likelihood(
             None,
             None,
             torch.cat([data, inputs.to(data)], -1),  # data's dtype and device
             k,
-            exact_log_px=given,
             producer=GivenInputProducer(vae),
             **kwargs,
         )
     else:
-        result = estimate_log_likelihood(
-            None, None, data, k, exact_log_px=exact, producer=made, **kwargs
-        )
+        result = estimate_log_likelihood(None, None, data, k, producer=made, **kwargs)
+    result = with_exact_log_px(result, vae, data)
     if levels is None:
         return result
     return with_bits_per_dim(result, vae.x_dim, vae.likelihood.discrete, levels)
