@@ -29,7 +29,7 @@ from torch import nn
 from .config import OptionError, Rule, config_from_dict, option, validate_fields
 from .data import as_data_tensor
 from .linear_gaussian import LinearGaussian
-from .particles import NotApplicable, Particles
+from .particles import NotApplicable, Particles, no_reparameterized_sampler
 from .parts.guides import (
     GUIDES,
     HALF_LOG_2PI,
@@ -246,6 +246,8 @@ class VAE(nn.Module):
         """
         scale = self.data_scale(x, num_data)
         h = self.guide_input(x) if guide_input is None else guide_input
+        if reparameterized and not self.guide_family.reparameterizable:
+            raise no_reparameterized_sampler("z", self.guide_family(h))
         z, log_q, log_q_stopped = self.guide_family.draw(h, num_particles, reparameterized)
 
         def kl() -> torch.Tensor:

@@ -44,6 +44,15 @@ class NotApplicable(ValueError):
     sample of a discrete latent, say); the message says what and what to use instead."""
 
 
+def no_reparameterized_sampler(name: str, fn) -> NotApplicable:
+    """The error for a reparameterized sample asked of latent site ``name`` whose distribution
+    ``fn`` has no ``rsample``: the same words from every producer."""
+    return NotApplicable(
+        f"latent {name!r} has no reparameterized sampler ({type(fn).__name__}), so its "
+        "gradient cannot pass through z; use a score-function estimator (score-function, vimco)"
+    )
+
+
 class _LazyField:
     """A log-density attribute of ``Particles``: the tensor its producer gave, or the result
     of the function it gave, computed on first read and kept."""
@@ -329,11 +338,7 @@ def traced_particles(
     if reparameterized:
         for name, site in guide_sites.items():
             if not site["fn"].has_rsample:
-                raise NotApplicable(
-                    f"latent {name!r} has no reparameterized sampler "
-                    f"({type(site['fn']).__name__}), so its gradient cannot pass through z; "
-                    "use a score-function estimator (score-function, vimco)"
-                )
+                raise no_reparameterized_sampler(name, site["fn"])
     scales = {float(s["scale"]) for s in list(guide_sites.values()) + observed}
     scales |= {float(s["scale"]) for s in model_latent.values()}
     if len(scales) > 1:

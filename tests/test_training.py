@@ -154,7 +154,7 @@ def test_the_producers_train_alike_and_a_run_resumes_on_the_other(tmp_path, esti
 
 
 def test_an_estimator_that_does_not_apply_fails_before_anything_is_written(tmp_path):
-    with pytest.raises(NotApplicable, match="'pathwise' estimator does not apply.*discrete"):
+    with pytest.raises(NotApplicable, match="'pathwise' estimator does not apply.*no reparam"):
         train(
             small_config(),
             VAEConfig(

@@ -134,6 +134,102 @@ class _LowerCholeskyAffine(torch.distributions.Transform):
         return log_det.expand(torch.broadcast_shapes(log_det.shape, eps.shape[:-1]))
 
 
+def noise_log_density(eps: torch.Tensor, log_det: torch.Tensor) -> torch.Tensor:
+    """log q(z) of a Gaussian sample z = loc + L ε from its standard normal noise ε (..., D) and
+    log |det L| (broadcastable to (...)): Σ -ε²/2 - D log(2π)/2 - log |det L| -> (...).
+
+    The density of z computed this way is exact at any scale, and as a function of the
+    parameters it has the total derivative of log q(z(ε, φ); φ): what the pathwise estimators
+    differentiate. (From z instead, ε is recovered as L⁻¹ (z - loc), which rounding loses when
+    the scale is far below the location's resolution, or L is ill-conditioned.)
+    """
+    constant = torch.linalg.vecdot(eps, eps).mul_(-0.5).sub_(eps.shape[-1] * HALF_LOG_2PI)
+    return constant - log_det
+
+
+class _Noised:
+    """A Gaussian guide distribution that keeps the noise ε of the last sample it drew with
+    ``rsample``, and scores exactly that sample from it (``noise_log_density``), as the direct
+    producer scores its own draws: the traced producer then computes the same log q(z | x) for
+    any encoder output, where scoring z afresh would lose it to rounding (a scale of e^-60
+    gives NaN; a badly conditioned L gives another number). Any other value, and samples drawn
+    with ``sample`` (whose score function needs ∇ log q at fixed z), are scored as usual."""
+
+    _drawn: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (z, ε)
+
+    def log_det(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        # (torch's MultivariateNormal.sample is rsample under no_grad: not a draw to keep.)
+        value = super().sample(sample_shape)
+        self._drawn = None
+        return value
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        drawn = self._drawn
+        if drawn is not None and value is drawn[0]:
+            return noise_log_density(drawn[1], self.log_det())
+        return super().log_prob(value)
+
+
+class DiagonalNormal(_Noised, dist.Independent):
+    """N(loc, diag(exp(log_scale)²)) over the last dim: Pyro's ``Normal(loc,
+    log_scale.exp()).to_event(1)`` (the diagonal guide's and the flow's base distribution) that
+    scores its own reparameterized samples from their noise (``_Noised``). ``loc`` and
+    ``log_scale``: (..., D), broadcastable; batch shape (...), event shape (D,)."""
+
+    def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor) -> None:
+        loc, log_scale = torch.broadcast_tensors(loc, log_scale)
+        normal = dist.Normal(loc, log_scale.exp(), validate_args=False)
+        super().__init__(normal, 1, validate_args=False)
+        self.log_scale = log_scale
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape) + self.event_shape
+        return DiagonalNormal(self.base_dist.loc.expand(shape), self.log_scale.expand(shape))
+
+    def log_det(self) -> torch.Tensor:
+        return self.log_scale.sum(-1)
+
+    def rsample(self, sample_shape=()) -> torch.Tensor:
+        base = self.base_dist
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=base.loc.dtype, device=base.loc.device)
+        z = torch.addcmul(base.loc, base.scale, eps)
+        self._drawn = (z, eps)
+        return z
+
+
+class FullRankNormal(_Noised, dist.MultivariateNormal):
+    """N(loc, L Lᵀ) with L = ``scale_tril`` (..., D, D) lower-triangular, exp(``log_diag``) its
+    diagonal: Pyro's ``MultivariateNormal`` (the full-rank guide's) that scores its own
+    reparameterized samples from their noise (``_Noised``), with no triangular solve."""
+
+    def __init__(self, loc: torch.Tensor, scale_tril: torch.Tensor, log_diag: torch.Tensor):
+        # validate_args=False: L is lower-triangular with a positive diagonal by construction.
+        super().__init__(loc, scale_tril=scale_tril, validate_args=False)
+        self.log_diag = log_diag
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(FullRankNormal, _instance)
+        new = super().expand(batch_shape, new)
+        new.log_diag = self.log_diag.expand(torch.Size(batch_shape) + self.event_shape)
+        new._drawn = None
+        return new
+
+    def log_det(self) -> torch.Tensor:
+        return self.log_diag.sum(-1)
+
+    def rsample(self, sample_shape=()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        tril = self._unbroadcasted_scale_tril
+        z = self.loc + (tril @ eps.unsqueeze(-1)).squeeze(-1)
+        self._drawn = (z, eps)
+        return z
+
+
 def noise_transform(q: dist.Distribution) -> Tuple[dist.Distribution, T.Transform]:
     """A continuous guide distribution written as the reparameterization it samples by: z =
     T(ε), ε ~ N(0, I), T invertible and differentiable. The change of variables then gives
@@ -194,7 +290,7 @@ class DiagonalGaussian(GuideFamily):
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
         loc, log_scale = self.split(h)
-        return dist.Normal(loc, log_scale.exp(), validate_args=False).to_event(1)
+        return DiagonalNormal(loc, log_scale)
 
     def draw(self, h: torch.Tensor, k: int, reparameterized: Optional[bool]):
         if reparameterized is False or type(self).forward is not DiagonalGaussian.forward:
@@ -209,8 +305,7 @@ class DiagonalGaussian(GuideFamily):
         z = torch.addcmul(loc, log_scale.exp(), eps)
 
         def log_q() -> torch.Tensor:
-            constant = torch.linalg.vecdot(eps, eps).mul_(-0.5).sub_(self.z_dim * HALF_LOG_2PI)
-            return constant - log_scale.sum(-1)
+            return noise_log_density(eps, log_scale.sum(-1))
 
         return z, log_q, (lambda: self.stopped(h).log_prob(z))
 
@@ -322,9 +417,8 @@ class FullRankGaussian(GuideFamily):
         return loc, log_diag, tril
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
-        loc, _, tril = self._split(h)
-        # validate_args=False: L is lower-triangular with a positive diagonal by construction.
-        return dist.MultivariateNormal(loc, scale_tril=tril, validate_args=False)
+        loc, log_diag, tril = self._split(h)
+        return FullRankNormal(loc, tril, log_diag)
 
     def draw(self, h: torch.Tensor, k: int, reparameterized: Optional[bool]):
         if reparameterized is False or type(self).forward is not FullRankGaussian.forward:
@@ -350,8 +444,7 @@ class FullRankGaussian(GuideFamily):
             z = loc + torch.einsum("...ij,k...j->k...i", tril, eps)
 
         def log_q() -> torch.Tensor:
-            constant = torch.linalg.vecdot(eps, eps).mul_(-0.5).sub_(self.z_dim * HALF_LOG_2PI)
-            return constant - log_diag.sum(-1)
+            return noise_log_density(eps, log_diag.sum(-1))
 
         return z, log_q, (lambda: self.stopped(h).log_prob(z))
 
@@ -564,7 +657,7 @@ class NormalizingFlow(GuideFamily):
 
     def forward(self, h: torch.Tensor) -> dist.Distribution:
         loc, log_scale, context = self._split(h)
-        base = dist.Normal(loc, log_scale.exp(), validate_args=False).to_event(1)
+        base = DiagonalNormal(loc, log_scale)
         # Batch shape h.shape[:-1], event shape (z_dim,). Under plates Pyro expands it
         # (TransformedDistribution.expand expands the base and keeps the transforms): the
         # networks then get inputs (K, B, ·) and expand the context (B, c) to match.
@@ -591,8 +684,7 @@ class NormalizingFlow(GuideFamily):
         z = x
 
         def log_q() -> torch.Tensor:
-            constant = torch.linalg.vecdot(eps, eps).mul_(-0.5).sub_(self.z_dim * HALF_LOG_2PI)
-            out = constant - log_scale.sum(-1)
+            out = noise_log_density(eps, log_scale.sum(-1))
             for term in log_det:
                 out = out - term
             return out
