@@ -181,7 +181,8 @@ def assert_producers_agree(vae, name, options, fields, num_data=40, steps=3):
                 for u, v in zip(da, db):
                     assert (u is None) == (v is None), field
                     if u is not None:
-                        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+                        # (1e-9: derivatives of order 1e3, summed in another order by each)
+                        torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-10)
         loss, surrogate = est(a)
         loss_twin, surrogate_twin = est_twin(b)
         torch.testing.assert_close(loss, loss_twin, rtol=1e-10, atol=1e-10)
@@ -189,7 +190,7 @@ def assert_producers_agree(vae, name, options, fields, num_data=40, steps=3):
         grads, grads_twin = _grads(surrogate, params), _grads(surrogate_twin, params_twin)
         assert any(g.abs().sum() > 0 for g in grads)
         for g, h in zip(grads, grads_twin):
-            torch.testing.assert_close(g, h, rtol=1e-8, atol=1e-10)
+            torch.testing.assert_close(g, h, rtol=1e-8, atol=1e-9)
         state, state_twin = est.state_dict(), est_twin.state_dict()
         assert state.keys() == state_twin.keys()
         for key in state:
