@@ -206,3 +206,88 @@ def test_stopped_guide_density_with_a_stale_param_store():
         grads.append(torch.autograd.grad(surrogate, list(second.encoder.parameters())))
     for g, h in zip(*grads):
         torch.testing.assert_close(g, h, rtol=1e-8, atol=1e-10)
+
+
+# Extreme encoder outputs, as a diverging training run reaches them: each a function of the
+# family's latent width d and input width F giving the encoder's output (F,), or None where
+# the family has no such output. Every registered real-latent family reads (location, log
+# scale) first; the locations are 3, so that a scale of e^-60 is far below their float32
+# resolution.
+def _scales(log_scale):
+    def outputs(family, d, f):
+        if family.latent == "binary":
+            return torch.full((f,), 4 * log_scale)  # logits far into either tail
+        h = torch.zeros(f)
+        h[:d], h[d : 2 * d] = 3.0, log_scale
+        return h
+
+    return outputs
+
+
+def _off_diagonal(family, d, f):
+    if f != 2 * d + d * (d - 1) // 2 or family.latent != "real":
+        return None
+    h = torch.zeros(f)
+    h[:d], h[2 * d :] = 3.0, 1e4 * d  # L's strictly-lower entries 1e4
+    return h
+
+
+EXTREMES = {
+    "large-scales": _scales(60.0),
+    "small-scales": _scales(-60.0),
+    "large-off-diagonal": _off_diagonal,
+}
+EXTREME_CASES = [
+    (guide, extreme)
+    for guide in GUIDES.names()
+    for extreme in EXTREMES
+    if EXTREMES[extreme](GUIDES.get(guide)(4), 4, GUIDES.get(guide)(4).in_features) is not None
+]
+
+
+@pytest.mark.parametrize("guide,extreme", EXTREME_CASES, ids=["-".join(c) for c in EXTREME_CASES])
+def test_producers_agree_on_extreme_encoder_outputs(guide, extreme):
+    """On encoder outputs a diverging run reaches (scales of e^±60, L's entries of 1e4), in the
+    float32 the command line trains in, the direct and traced producers give every estimator
+    the same loss and log densities (NaN and infinities included), or refuse it with the same
+    message. (The traced producer used to score z afresh: NaN at a scale of e^-60 where the
+    direct one, scoring from the noise, was finite; another number for a badly conditioned L.)
+    """
+    import copy
+
+    from pyrovae.particles import NotApplicable
+
+    prior = "bernoulli" if GUIDES.get(guide).latent == "binary" else "standard-normal"
+    torch.manual_seed(0)
+    cfg = VAEConfig(x_dim=6, z_dim=4, hidden=(8,), prior=prior, guide=guide, likelihood="gaussian")
+    vae = build_vae(cfg)
+    family = vae.guide_family
+    last = [m for m in vae.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(EXTREMES[extreme](family, 4, family.in_features))
+    x = torch.randn(5, 6)
+    twin = copy.deepcopy(vae)
+    twin.name = "twin"
+    producers = (make_producer(vae, "direct"), make_producer(twin, "traced"))
+    for name, options in estimator_specs():
+        torch.manual_seed(1)
+        est = make_estimator(name, **options)
+        outcomes = []
+        for producer, estimator in zip(producers, (est, copy.deepcopy(est))):
+            pyro.set_rng_seed(2)
+            try:
+                estimator.prepare(x)
+                k, reparameterized = estimator.num_particles, estimator.reparameterized
+                particles = producer(x, NUM_DATA, k, reparameterized)
+                loss, _ = estimator(particles, update_state=False)
+                outcomes.append((loss.detach(), particles.log_q.detach(), particles.log_w.detach()))
+            except NotApplicable as e:
+                outcomes.append(str(e))
+        direct, traced = outcomes
+        assert type(direct) is type(traced), (name, options, direct, traced)
+        if isinstance(direct, str):
+            assert direct == traced, (name, options)
+            continue
+        for a, b in zip(direct, traced):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4, equal_nan=True, msg=name)
