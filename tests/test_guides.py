@@ -91,6 +91,30 @@ def test_full_rank_log_prob_is_the_multivariate_normal_formula():
         torch.testing.assert_close(log_q_stopped(), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_full_rank_draw_has_the_gradient_of_the_multivariate_normal_sample():
+    """``draw`` computes z at K = 1 without forming L (a gather and a row sum): its gradient in
+    h, through z and log q, is that of Pyro's ``MultivariateNormal.rsample`` and ``log_prob``
+    at the same random numbers, for K = 1 and K > 1 alike (checked as a cause of issue 22: it
+    was not)."""
+    d = 5
+    family = FullRankGaussian(d).double()
+    h = _h(family, 4, scale=0.8).requires_grad_()
+    for k in (1, 3):
+        weights = torch.randn(k, 4, d, dtype=F64)
+        torch.manual_seed(7)
+        z, log_q, _ = family.draw(h, k, True)
+        got = torch.autograd.grad((z * weights).sum() + log_q().sum(), h)[0]
+        loc, tril = zip(*(_tril_by_hand(row, d) for row in h))
+        reference = pyro.distributions.MultivariateNormal(
+            torch.stack(loc), scale_tril=torch.stack(tril)
+        )
+        torch.manual_seed(7)
+        z_ref = reference.rsample((k,))
+        value = (z_ref * weights).sum() + reference.log_prob(z_ref).sum()
+        expected = torch.autograd.grad(value, h)[0]
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
 def test_full_rank_sample_moments_match_l_lt():
     d, n = 3, 200_000
     family = FullRankGaussian(d).double()
@@ -210,15 +234,15 @@ def test_full_rank_guide_on_a_linear_encoder_trains_through_either_producer(tmp_
 
 
 def test_a_full_rank_state_dict_of_pyrovae_0_2_loads_in_its_own_parameterization():
-    """A checkpoint written before L's entries were scaled (no ``off_scale`` in its state)
+    """A checkpoint written before L's entries were scaled (no ``off_divisor`` in its state)
     loads with scale 1: the guide it holds is the one it trained."""
     d = 4
     family = FullRankGaussian(d).double()
-    assert family.off_scale.item() == pytest.approx(1 / d)
-    old_state = {k: v for k, v in family.state_dict().items() if k != "off_scale"}
+    assert family.off_divisor.item() == d
+    old_state = {k: v for k, v in family.state_dict().items() if k != "off_divisor"}
     old = FullRankGaussian(d).double()
     old.load_state_dict(old_state)
-    assert old.off_scale.item() == 1.0
+    assert old.off_divisor.item() == 1.0
     h = _h(old, 3, scale=0.8)
     for b in range(3):
         log_diag, off = h[b, d : 2 * d], h[b, 2 * d :]
@@ -229,7 +253,7 @@ def test_a_full_rank_state_dict_of_pyrovae_0_2_loads_in_its_own_parameterization
     # Saved again, it stays what it is.
     again = FullRankGaussian(d).double()
     again.load_state_dict(old.state_dict())
-    assert again.off_scale.item() == 1.0
+    assert again.off_divisor.item() == 1.0
 
 
 # --------------------------------------------------------------------------------------- flow

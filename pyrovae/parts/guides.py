@@ -350,7 +350,7 @@ class FullRankGaussian(GuideFamily):
 
     The encoder outputs (loc (z_dim), log of L's diagonal (z_dim), u: z_dim (z_dim - 1) / 2
     values, row by row as ``torch.tril_indices(z_dim, z_dim, -1)`` lists them), and L's
-    strictly-lower entries are ``off_scale`` · u, with ``off_scale`` = 1 / z_dim. No options.
+    strictly-lower entries are u / ``off_divisor``, with ``off_divisor`` = z_dim. No options.
 
     Why 1 / z_dim. At a constant learning rate every encoder output ends jittering around its
     optimum by about one Adam step, whatever its gradient's noise, and each output's jitter costs
@@ -367,14 +367,14 @@ class FullRankGaussian(GuideFamily):
     jitter of the still more numerous outputs; a rate decaying to 0 removes it (cosine: 0.013
     against the diagonal family's 0.040).
 
-    ``off_scale`` is a buffer saved with the parameters: a state dict without it (written
-    before the scale existed) loads with ``off_scale`` = 1, the parameterization it was
-    trained in.
+    ``off_divisor`` is a buffer saved with the parameters (a whole number, exact in any
+    dtype): a state dict without it (written before the scale existed) loads with
+    ``off_divisor`` = 1, the parameterization it was trained in.
     """
 
     def __init__(self, z_dim: int) -> None:
         super().__init__(z_dim)
-        self.register_buffer("off_scale", torch.tensor(1.0 / z_dim))
+        self.register_buffer("off_divisor", torch.tensor(float(z_dim)))
         # Index constants, made on first use (``_indices``): O(z_dim²) of them, so that a
         # family too big for memory is refused (build_vae checks its in_features) before
         # anything that size exists.
@@ -397,7 +397,7 @@ class FullRankGaussian(GuideFamily):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A state dict of pyrovae 0.2.0 or earlier: L's entries were the encoder's outputs.
-        state_dict.setdefault(prefix + "off_scale", torch.tensor(1.0))
+        state_dict.setdefault(prefix + "off_divisor", torch.tensor(1.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
@@ -409,7 +409,7 @@ class FullRankGaussian(GuideFamily):
         1) / 2)) from h (..., in_features)."""
         d = self.z_dim
         loc, log_diag, u = h.split([d, d, d * (d - 1) // 2], dim=-1)
-        return loc, log_diag, u * self.off_scale
+        return loc, log_diag, u / self.off_divisor
 
     def _split(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loc (..., z_dim), log diag (..., z_dim), L (..., z_dim, z_dim)) from h (..., in)."""
