@@ -24,9 +24,8 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from pyrovae import TrainConfig, VAEConfig, load_dataset, train
+from pyrovae.evaluation.truth import exact_guide_gap
 from pyrovae.plots import markdown_table
 
 HERE = Path(__file__).resolve().parent
@@ -38,23 +37,6 @@ SCHEDULES = ("constant", "cosine")
 
 def cells():
     return [(g, e, s) for s in SCHEDULES for e in ENCODERS for g in GUIDES]
-
-
-def gap(vae, x: torch.Tensor) -> float:
-    """Mean exact log p(x) - ELBO of a trained linear-Gaussian VAE on points x (n, x_dim)."""
-    vae, x = vae.double(), x.double()
-    truth = vae.linear_gaussian()
-    with torch.no_grad():
-        q = vae.guide_family(vae.encoder(x))
-        if isinstance(q, torch.distributions.MultivariateNormal):
-            elbo = truth.elbo(x, q.loc, q.scale_tril)
-        elif isinstance(q, torch.distributions.Independent):
-            elbo = truth.elbo_diagonal(x, q.base_dist.loc, q.base_dist.scale)
-        else:
-            elbo = torch.stack(
-                [vae.particles(x, None, 500, None).log_w.mean(0) for _ in range(4)]
-            ).mean(0)
-    return (truth.log_marginal(x) - elbo).mean().item()
 
 
 def run_cell(guide: str, encoder: str, schedule: str, args) -> dict:
@@ -84,7 +66,7 @@ def run_cell(guide: str, encoder: str, schedule: str, args) -> dict:
         "encoder": encoder,
         "schedule": schedule,
         "epochs": args.epochs,
-        "gap": gap(result.vae, data.test),
+        "gap": exact_guide_gap(result.vae, data.test).mean().item(),
         "seconds": time.perf_counter() - start,
     }
 

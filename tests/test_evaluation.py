@@ -137,3 +137,31 @@ def test_bad_k_and_empty_data_are_clear_errors():
         estimate_log_likelihood(vae.model, vae.guide, torch.zeros(0, 3, dtype=torch.float64), 5)
     with pytest.raises(ValueError, match=r"expected a batch of shape \(B, 3\)"):
         estimate_log_likelihood(vae.model, vae.guide, torch.zeros(4, 5, dtype=torch.float64), 5)
+
+
+def test_exact_guide_gap_is_the_kl_to_the_posterior():
+    """``exact_guide_gap``: log p(x) - ELBO of a linear-Gaussian VAE's guide, in closed form
+    for the Gaussian families (the KL from q to the exact posterior), by Monte Carlo for a flow
+    (its mean within its error), ``None`` for a model without an exact log p(x)."""
+    from pyrovae import VAEConfig, build_vae
+    from pyrovae.evaluation.truth import exact_guide_gap
+
+    from helpers import linear_vae, random_truth
+
+    truth = random_truth(4, 2, seed=3)
+    x = truth.sample(50, torch.Generator().manual_seed(3))
+    for guide in ("diagonal-gaussian", "full-rank"):
+        vae = linear_vae(truth, guide)
+        with torch.no_grad():
+            q = vae.guide_family(vae.encoder(x))
+            tril = q.scale_tril if guide == "full-rank" else torch.diag_embed(q.base_dist.scale)
+            kl = truth.kl_to_posterior(x, q.mean, tril)
+        torch.testing.assert_close(exact_guide_gap(vae, x), kl, rtol=1e-9, atol=1e-9)
+    vae = linear_vae(truth, "flow")
+    with torch.no_grad():
+        log_w = vae.particles(x, None, 4000, None).log_w
+    gap = exact_guide_gap(vae, x, particles=4000)
+    mc = (truth.log_marginal(x) - log_w.mean(0)).mean()
+    assert abs(gap.mean() - mc) < 4 * log_w.std(0).mean() / 4000**0.5 * 2
+    assert gap.min() > 0
+    assert exact_guide_gap(build_vae(VAEConfig(x_dim=4, z_dim=2)), x.float()) is None
