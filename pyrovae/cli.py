@@ -715,6 +715,7 @@ def _cmd_evaluate(args) -> int:
                 f"{res.log_px:.3f} ± {res.log_px_stderr:.3f} nats",
             ),
             *_bits_rows(res),
+            *_exact_rows(res),
             ("Monte Carlo error per point", f"{res.mc_stderr:.3f} nats (mean over points)"),
             ("annealed from", f"the {res.init}; {res.leapfrog} leapfrog steps per transition"),
             ("HMC acceptance", f"{res.acceptance:.2f}"),
@@ -730,20 +731,21 @@ def _cmd_evaluate(args) -> int:
         *_bits_rows(res),
         ("ELBO", f"{res.elbo:.3f} ± {res.elbo_stderr:.3f} nats"),
     ]
-    if res.exact_log_px is not None:
-        rows.append(
-            (
-                "exact log p(x)",
-                f"{res.exact_log_px:.3f} ± {res.exact_log_px_stderr:.3f}"
-                " nats (closed form, linear-Gaussian model)",
-            )
-        )
+    rows += _exact_rows(res)
     if res.refine_steps:
         rows.append(("proposal", f"q refined by {res.refine_steps} Adam steps per point"))
     rows.append(("particles from", f"the {res.producer} producer"))
     rows.append(("wall time", f"{res.seconds:.1f} s"))
     print("evaluation (± is the standard error over data points)\n" + summary_table(rows))
     return 0
+
+
+def _exact_rows(res) -> List[Tuple[str, str]]:
+    """The summary row of the exact log p(x), where the model has one (linear-Gaussian)."""
+    if res.exact_log_px is None:
+        return []
+    value = f"{res.exact_log_px:.3f} ± {res.exact_log_px_stderr:.3f}"
+    return [("exact log p(x)", value + " nats (closed form, linear-Gaussian model)")]
 
 
 def _bits_rows(res) -> List[Tuple[str, str]]:
@@ -908,6 +910,7 @@ def _cmd_bdmc(args) -> int:
         (f"upper: reverse AIS, T={res.steps}", nats("upper")),
         (f"lower: forward AIS, T={res.steps}", nats("lower")),
         ("sandwich width", f"{nats('width')}  (paired per point)"),
+        *_exact_rows(res),
         (f"importance-weighted, K={res.k}", nats("iw")),
         ("chains, leapfrog", f"{res.chains} per point each way, {res.leapfrog} steps"),
         ("HMC acceptance", f"{res.acceptance:.2f}"),

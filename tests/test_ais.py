@@ -200,6 +200,8 @@ def test_every_method_reports_the_exact_log_px_under_the_same_keys(tmp_path, cap
             out = json.loads(capsys.readouterr().out)
             assert out["method"] == method
             results[decoder, method] = out
+            assert main(command + ["--quiet"]) == 0  # and the summary table says it
+            assert ("exact log p(x)" in capsys.readouterr().out) == (decoder == "linear")
     for method in ("iw", "ais", "bdmc"):
         assert keys <= set(results["linear", method]), method
         assert not keys & set(results["mlp", method]), method
