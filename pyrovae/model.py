@@ -719,12 +719,15 @@ def build_vae(config: VAEConfig) -> VAE:
     out = likelihood.out_features
     _check_size(config, family.in_features, out, parts)
     nets = [_net(config, *spec) for spec in _net_specs(config, family.in_features, out)]
+    family.start_encoder(nets[0])  # q's spread the same for every x at the start
     if not two:
         return VAE(*nets, prior, likelihood, family, config=config)
     encoder, decoder, top_encoder, top_decoder = nets
-    return TwoLayerVAE(
+    vae = TwoLayerVAE(
         encoder, decoder, prior, likelihood, family, top_encoder, top_decoder, config=config
     )
+    vae.top_family.start_encoder(top_encoder)
+    return vae
 
 
 def linear_gaussian_vae(

@@ -33,10 +33,17 @@ def test_gap_parts_match_the_closed_form_on_linear_gaussian():
     assert res.log_px_source == "exact"
     assert res.log_px == pytest.approx(exact.mean().item(), abs=1e-9)
     assert (exact - best).mean() > 0.05 and (best - amortized).mean() > 1.0  # both gaps real
-    # Monte Carlo ELBOs of K = 4000 log weights; the fit within 0.02 nats of the optimum.
-    assert res.elbo_amortized == pytest.approx(amortized.mean().item(), abs=0.05)
+    # Monte Carlo ELBOs of K = 4000 log weights, within 5 standard errors (that of the mean of
+    # 40 x 4000 log weights under the amortized q, from a sample of them); the fit within 0.03
+    # nats of the optimum.
+    with torch.no_grad():
+        log_w = vae.particles(x, None, 4000, None).log_w  # (K, n)
+    mc = (log_w.var(0).sum() / 4000).sqrt().item() / x.shape[0]
+    assert res.elbo_amortized == pytest.approx(amortized.mean().item(), abs=5 * mc)
     assert res.approximation_gap == pytest.approx((exact - best).mean().item(), abs=0.03)
-    assert res.amortization_gap == pytest.approx((best - amortized).mean().item(), abs=0.06)
+    assert res.amortization_gap == pytest.approx(
+        (best - amortized).mean().item(), abs=5 * mc + 0.03
+    )
     assert res.inference_gap == pytest.approx(res.approximation_gap + res.amortization_gap)
     # The importance-weighted estimate under the amortized q is a (stochastic) lower bound.
     assert res.log_px_amortized <= res.log_px + 0.05

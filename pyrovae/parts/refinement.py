@@ -199,6 +199,10 @@ class LocalRefinement(GuideFamily):
     def in_features(self) -> int:
         return self.base.in_features
 
+    @property
+    def spread_features(self) -> slice:
+        return self.base.spread_features  # refinement starts from the base family's output
+
     def forward(self, h: torch.Tensor):
         return self.base(h)
 
