@@ -391,15 +391,15 @@ class FullRankGaussian(GuideFamily):
     ELBO. The diagonal family has 2 z_dim outputs; this one adds z_dim (z_dim - 1) / 2 more.
     With L's entries taken as they come (pyrovae 0.2.0) the full-rank guide ended 0.35 nats
     short of log p(x) at z_dim = 50, the diagonal one 0.12 (linear-Gaussian data, trained
-    jointly; this family can hold the exact posterior); with them scaled by 1 / z_dim, 0.19
-    (``experiments/guides_joint.py``). Scaled, the off-diagonal outputs' summed jitter grows
-    like z_dim, as the diagonal outputs' does, not like z_dim². The same scale starts L near
-    its diagonal, well conditioned whatever the encoder's initialization (unscaled, a linear
-    encoder's L at z_dim = 50 had condition numbers up to 1e16, past what float32 can solve
-    with). Correlations are still reached: the encoder scales u up, at 1 / z_dim of the speed
-    in L's units. What remains above the diagonal family's gap at a constant rate is the
-    jitter of the still more numerous outputs; a rate decaying to 0 removes it (cosine: 0.013
-    against the diagonal family's 0.040).
+    jointly, MLP encoder; this family can hold the exact posterior); with them scaled by
+    1 / z_dim, 0.19 (``experiments/guides_joint.py``). Scaled, the off-diagonal outputs' summed
+    jitter grows like z_dim, as the diagonal outputs' does, not like z_dim². Correlations are
+    still reached: the encoder scales u up, at 1 / z_dim of the speed in L's units (slow for a
+    linear encoder, which has few weights per output to do it with). What remains above the
+    diagonal family's gap at a constant rate is gradient noise at the optimum: STL, whose noise
+    vanishes there, ends at 0.019 against the diagonal family's 0.012 (the pathwise gradient:
+    0.165 against 0.122), and so does a rate decaying to 0 (cosine: 0.011 for both). L starts
+    at the identity for every x (``start_encoder``).
 
     ``off_divisor`` is a buffer saved with the parameters (a whole number, exact in any
     dtype): a state dict without it (written before the scale existed) loads with
