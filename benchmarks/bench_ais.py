@@ -16,11 +16,16 @@ from __future__ import annotations
 import argparse
 import warnings
 
-import pyro
-import torch
-from bench_eval import network_flops
+from pyrovae.threads import prepare_runtime
 
-from common import binarized_mnist, matmul_peak_gflops, table
+# The command line's thread policy (pyrovae.threads), set before torch loads OpenMP.
+prepare_runtime()
+
+import pyro  # noqa: E402
+import torch  # noqa: E402
+from bench_eval import network_flops  # noqa: E402
+
+from common import binarized_mnist, matmul_peak_gflops, table  # noqa: E402
 
 
 def decoder_flops(vae) -> int:

@@ -19,7 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
+from pyrovae.threads import prepare_runtime
+
+# The command line's thread policy (pyrovae.threads), set before torch loads OpenMP.
+prepare_runtime()
+
+import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

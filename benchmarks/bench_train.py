@@ -19,16 +19,21 @@ import tempfile
 import time
 import warnings
 
-import pyro
-import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyrovae.threads import prepare_runtime
 
-from pyrovae import TrainConfig, VAEConfig, build_vae, make_estimator, train
-from pyrovae.producers import make_producer
-from pyrovae.runtime import tune_allocator
-from pyrovae.training import Trainer
+# The command line's thread policy (pyrovae.threads), set before torch loads OpenMP.
+prepare_runtime()
 
-from common import (
+import pyro  # noqa: E402
+import torch  # noqa: E402
+from pyro.infer import SVI, Trace_ELBO  # noqa: E402
+
+from pyrovae import TrainConfig, VAEConfig, build_vae, make_estimator, train  # noqa: E402
+from pyrovae.producers import make_producer  # noqa: E402
+from pyrovae.runtime import tune_allocator  # noqa: E402
+from pyrovae.training import Trainer  # noqa: E402
+
+from common import (  # noqa: E402
     SHARED_MNIST,
     ReferenceVAE,
     binarized_mnist,

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
 from .config import check_arguments, check_values, flag_name
+from .threads import apply_threads, prepare_runtime
 
 
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -246,18 +247,28 @@ def _train_parser(sub) -> None:
         action="store_true",
         help="continue the run in --run-dir from its last checkpoint",
     )
-    _device_option(r)
+    _compute_options(r)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _device_option(p) -> None:
-    """``--device``: where a command computes (``pyrovae.runtime.resolve_device``)."""
+def _compute_options(p) -> None:
+    """``--device``: where a command computes (``pyrovae.runtime.resolve_device``);
+    ``--threads``: on how many CPU threads (``pyrovae.threads``)."""
     p.add_argument(
         "--device",
         metavar="DEVICE",
         help="where to compute: auto (a CUDA GPU where there is one, else the CPU), cpu, cuda "
         "(the current GPU) or cuda:N (default: $PYROVAE_DEVICE, else auto). Not part of the "
         "run: a run trained on one device evaluates, samples and resumes on any other",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads to compute on (default: $OMP_NUM_THREADS, else the cores this "
+        "process may run on). Threads wait passively (OMP_WAIT_POLICY=PASSIVE) unless you set "
+        "OMP_WAIT_POLICY or GOMP_SPINCOUNT: a training beside other work then slows about "
+        "twofold, not tens of times",
     )
 
 
@@ -332,7 +343,7 @@ def _eval_parser(sub) -> None:
         "many processes share the points (always so under torchrun with more than one "
         "process; without it, one stream drawn in order, as pyrovae 0.1.0 did)",
     )
-    _device_option(p)
+    _compute_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -346,7 +357,7 @@ def _sample_parser(sub) -> None:
     p.add_argument("--n", type=int, default=100, help="number of samples")
     p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
     _run_options(p, seed="seeds the images shown and the samples")
-    _device_option(p)
+    _compute_options(p)
 
 
 def _gradvar_parser(sub) -> None:
@@ -380,7 +391,7 @@ def _gradvar_parser(sub) -> None:
         choices=["auto", "direct", "traced"],
         help="the route gradients are computed by (default: the one the run was trained with)",
     )
-    _device_option(p)
+    _compute_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -407,7 +418,7 @@ def _bdmc_parser(sub) -> None:
         choices=["auto", "direct", "traced"],
         help="how log densities are computed (default: as the run was trained)",
     )
-    _device_option(p)
+    _compute_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -444,7 +455,7 @@ def _gap_parser(sub) -> None:
         "--split", choices=["train", "valid", "test"], default="test", help="the data used"
     )
     _run_options(p, seed="seeds the subset, the fit and the samples")
-    _device_option(p)
+    _compute_options(p)
     p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -665,6 +676,7 @@ def _cmd_train(args) -> int:
         ("wall time", f"{time.perf_counter() - t0:.1f} s"),
         ("next", f"pyrovae evaluate {result.run_dir}"),
     ]
+    rows.insert(-1, _threads_row())
     print("training finished\n" + summary_table(rows))
     return 0
 
@@ -677,7 +689,7 @@ def _where(result) -> str:
 
 def _cmd_evaluate(args) -> int:
     from .plots import summary_table
-    from .runs import EVALUATE_ARGUMENTS, evaluate_run, strict_json
+    from .runs import EVALUATE_ARGUMENTS, evaluate_run
 
     with _said_by_process_0():
         check_arguments(EVALUATE_ARGUMENTS, vars(args), flag_name)
@@ -704,7 +716,7 @@ def _cmd_evaluate(args) -> int:
         return 0  # process 0 reports
     if args.json:
         out = {"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}
-        print(strict_json(out))
+        print(_json(out))
         return 0
     if args.method == "ais":
         rows = [
@@ -722,7 +734,10 @@ def _cmd_evaluate(args) -> int:
             ("log densities from", f"the {res.producer} producer"),
             ("wall time", f"{res.seconds:.1f} s"),
         ]
-        print("evaluation (± is the standard error over data points)\n" + summary_table(rows))
+        print(
+            "evaluation (± is the standard error over data points)\n"
+            + summary_table(rows + [_threads_row()])
+        )
         return 0
     rows = [
         ("run / checkpoint", f"{args.run_dir} ({res.checkpoint})"),
@@ -736,6 +751,7 @@ def _cmd_evaluate(args) -> int:
         rows.append(("proposal", f"q refined by {res.refine_steps} Adam steps per point"))
     rows.append(("particles from", f"the {res.producer} producer"))
     rows.append(("wall time", f"{res.seconds:.1f} s"))
+    rows.append(_threads_row())
     print("evaluation (± is the standard error over data points)\n" + summary_table(rows))
     return 0
 
@@ -775,7 +791,7 @@ def _cmd_sample(args) -> int:
 
 def _cmd_gradvar(args) -> int:
     from .plots import markdown_table, summary_table
-    from .runs import GRADVAR_ARGUMENTS, gradvar_run, strict_json
+    from .runs import GRADVAR_ARGUMENTS, gradvar_run
 
     check_arguments(GRADVAR_ARGUMENTS, vars(args), flag_name)
     # Specs are comma-separated, and so are an estimator's options: "iwae:a=1;b=2".
@@ -796,7 +812,7 @@ def _cmd_gradvar(args) -> int:
     )
     if args.json:
         out = {"run_dir": str(args.run_dir), "estimators": [s.to_dict() for s in stats]}
-        print(strict_json(out))
+        print(_json(out))
         return 0
     table = markdown_table(
         [
@@ -824,7 +840,8 @@ def _cmd_gradvar(args) -> int:
     used = json.loads(paths["json"].read_text()).get("checkpoint", args.checkpoint)
     print(
         f"gradient noise at {args.run_dir} ({used}), {args.draws} draws on one "
-        f"minibatch of {batch}, particles from the {route} producer\n{table}"
+        f"minibatch of {batch}, particles from the {route} producer; threads: "
+        f"{_POLICY.describe()}\n{table}"
     )
     print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
     return 0
@@ -832,7 +849,7 @@ def _cmd_gradvar(args) -> int:
 
 def _cmd_gap(args) -> int:
     from .plots import summary_table
-    from .runs import GAP_ARGUMENTS, gap_run, strict_json
+    from .runs import GAP_ARGUMENTS, gap_run
 
     check_arguments(GAP_ARGUMENTS, vars(args), flag_name)
     res, paths = gap_run(
@@ -853,7 +870,7 @@ def _cmd_gap(args) -> int:
         device=args.device,
     )
     if args.json:
-        print(strict_json({"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}))
+        print(_json({"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}))
         return 0
 
     def nats(name: str) -> str:
@@ -872,6 +889,7 @@ def _cmd_gap(args) -> int:
         ("inference gap", f"{nats('inference_gap')}  log p(x) - ELBO(q)"),
         ("q* fit", f"{res.steps} Adam steps, lr {res.lr:g}, {res.samples} particles per step"),
         ("wall time", f"{res.seconds:.1f} s"),
+        _threads_row(),
     ]
     print("inference gap, nats per point (± is the standard error over points)")
     print(summary_table(rows))
@@ -881,7 +899,7 @@ def _cmd_gap(args) -> int:
 
 def _cmd_bdmc(args) -> int:
     from .plots import summary_table
-    from .runs import BDMC_ARGUMENTS, bdmc_run, strict_json
+    from .runs import BDMC_ARGUMENTS, bdmc_run
 
     check_arguments(BDMC_ARGUMENTS, vars(args), flag_name)
     res = bdmc_run(
@@ -898,7 +916,7 @@ def _cmd_bdmc(args) -> int:
         device=args.device,
     )
     if args.json:
-        print(strict_json({"run_dir": str(args.run_dir), "method": "bdmc", **res.to_dict()}))
+        print(_json({"run_dir": str(args.run_dir), "method": "bdmc", **res.to_dict()}))
         return 0
 
     def nats(name: str) -> str:
@@ -916,12 +934,29 @@ def _cmd_bdmc(args) -> int:
         ("HMC acceptance", f"{res.acceptance:.2f}"),
         ("wall time", f"{res.seconds:.1f} s"),
     ]
+    rows.append(_threads_row())
     print("BDMC, nats per point (± is the standard error over points)\n" + summary_table(rows))
     return 0
 
 
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that it ends as a Ctrl-C does."""
+
+
+# What the command computes on (``pyrovae.threads``), set before it runs.
+_POLICY = None
+
+
+def _threads_row() -> Tuple[str, str]:
+    """The summary row that says what the command computed on."""
+    return ("threads", _POLICY.describe())
+
+
+def _json(out: Dict[str, Any]) -> str:
+    """A command's JSON output, with the threads it computed on."""
+    from .runs import strict_json
+
+    return strict_json({**out, "threads": _POLICY.to_dict()})
 
 
 def _terminate(signum, frame) -> None:
@@ -982,7 +1017,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{name}: error: standard output is closed: nowhere to print results",
                   file=sys.stderr)  # fmt: skip
             return 2
-        # Inside the try: building the parser imports torch, which takes a second or two.
+        # Before torch is first imported (building the parser imports it): the OpenMP
+        # runtime reads its wait policy once, when torch loads it.
+        try:
+            prepare_runtime()
+        except ValueError as e:  # a $OMP_NUM_THREADS the OpenMP runtime could not read
+            print(f"{name}: error: {e}", file=sys.stderr)
+            return 2
+        # Inside the try: importing torch takes a second or two.
         args = build_parser().parse_args(argv)
         name = f"pyrovae {args.command}"
         if _processes() > 1 and args.command not in DISTRIBUTED_COMMANDS:
@@ -1029,9 +1071,11 @@ def _run(args, name: str) -> int:
         "gap": _cmd_gap,
         "bdmc": _cmd_bdmc,
     }
+    global _POLICY
     if _rank() > 0:
         name = f"{name} (process {_rank()})"
     try:
+        _POLICY = apply_threads(args.threads)
         return command[args.command](args)
     except TrainingDiverged as e:
         _report(f"{name}: training diverged: {_one_line(e)}", e)

@@ -42,7 +42,8 @@ def torchrun(*args, cwd=None, ok=True) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node 2 ARGS``: 2 processes on this machine's CPU,
     one thread each, on a free port; ``ok``: they must succeed."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYROVAE_DEVICE": "cpu"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(PYTHONPATH=path, OMP_NUM_THREADS="1", PYROVAE_DEVICE="cpu")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc-per-node", "2", *map(str, args)]
     done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
@@ -207,7 +208,9 @@ def test_evaluate_under_torchrun_prints_once_what_chunk_seeds_give_in_one_proces
     args = ["evaluate", str(out / "plain"), "--k", "7", "--json", "--quiet", "--chunk-seeds"]
     assert main(args) == 0
     alone = json.loads(capsys.readouterr().out)
-    assert split == {**alone, "seconds": split["seconds"]}
+    # The threads differ: torchrun's one per process ($OMP_NUM_THREADS) against this one's.
+    assert split == {**alone, "seconds": split["seconds"], "threads": split["threads"]}
+    assert split["threads"]["threads_from"] == "$OMP_NUM_THREADS"
 
 
 def test_train_under_torchrun_and_resume_with_another_number_of_processes(tmp_path, capsys):
@@ -218,6 +221,9 @@ def test_train_under_torchrun_and_resume_with_another_number_of_processes(tmp_pa
     assert done.stdout.count("training finished") == 1  # process 0 reports
     assert done.stderr.count("pyrovae: training the VAE") == 1
     assert "on 2 processes on cpu" in done.stderr
+    # Each process chose its thread policy before torch started: one thread each (torchrun's
+    # OMP_NUM_THREADS), waiting passively.
+    assert "1 ($OMP_NUM_THREADS); waiting passive (pyrovae's choice)" in done.stdout
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["processes"] == 2
     # An error that process 0 meets (the directory holds a run) stops both, said once.

@@ -1,0 +1,122 @@
+"""The command line's thread policy (``pyrovae.threads``, issue 23): chosen before torch starts
+its OpenMP runtime, read back from that runtime itself (``OMP_DISPLAY_ENV`` makes libgomp print
+the settings it took when torch loaded it), and a user's own setting kept."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pyrovae.threads import apply_threads, usable_cores
+
+CLEARED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("threads") / "run"
+    argv = ["train", "--dataset", "linear-gaussian", "--likelihood", "gaussian-learned"]
+    _pyrovae(argv + ["--epochs", "1", "--run-dir", str(run), "--quiet"])
+    return run
+
+
+def _pyrovae(argv, status=0, display=True, **env):
+    """(stdout, stderr) of ``python -m pyrovae`` in a fresh process with no thread settings
+    but ``env``'s; with ``display``, the OpenMP runtime printing what it read."""
+    clean = {k: v for k, v in os.environ.items() if k not in CLEARED}
+    clean.update(env, PYROVAE_DEVICE="cpu")
+    if display:
+        clean["OMP_DISPLAY_ENV"] = "VERBOSE"
+    done = subprocess.run(
+        [sys.executable, "-m", "pyrovae", *argv], env=clean, capture_output=True, text=True
+    )
+    assert done.returncode == status, done.stderr[-2000:]
+    return done.stdout, done.stderr
+
+
+def _evaluate(run, *flags, **env):
+    """(the JSON's ``threads``, {setting: value} as the OpenMP runtime read them:
+    OMP_WAIT_POLICY and GOMP_SPINCOUNT, the rounds a waiting thread spins before it sleeps)."""
+    out, err = _pyrovae(["evaluate", str(run), "--k", "2", "--n", "5", "--json", *flags], **env)
+    read = {}
+    for line in err.splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+            read[name.strip()] = value.strip(" '")
+    return json.loads(out)["threads"], read
+
+
+def test_the_runtime_waits_passively_on_the_usable_cores_by_default(run):
+    threads, read = _evaluate(run)
+    # Set before torch loaded the OpenMP runtime: no spinning (its default is 300000 rounds).
+    assert read == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}
+    assert threads == {
+        "threads": usable_cores(),
+        "threads_from": "the cores this process may use",
+        "wait": "passive",
+        "wait_from": "pyrovae's choice",
+    }
+
+
+def test_a_users_wait_policy_and_thread_count_are_kept(run):
+    threads, read = _evaluate(run, OMP_WAIT_POLICY="ACTIVE", OMP_NUM_THREADS="1")
+    assert read["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert threads == {
+        "threads": 1,
+        "threads_from": "$OMP_NUM_THREADS",
+        "wait": "active",
+        "wait_from": "$OMP_WAIT_POLICY",
+    }
+    threads, read = _evaluate(run, GOMP_SPINCOUNT="1000")
+    assert read["GOMP_SPINCOUNT"] == "1000" and threads["wait_from"] == "$GOMP_SPINCOUNT"
+    # --threads wins over the environment.
+    threads, _ = _evaluate(run, "--threads", "3", OMP_NUM_THREADS="1")
+    assert (threads["threads"], threads["threads_from"]) == (3, "--threads")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no affinity masks here")
+def test_threads_are_capped_at_the_cores_the_process_may_use(run):
+    # taskset's limit, as a container's: one core usable, one thread.
+    out = subprocess.run(["taskset", "--help"], capture_output=True)
+    if out.returncode != 0:
+        pytest.skip("no taskset")
+    done = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-m", "pyrovae", "evaluate", str(run), "--k",
+         "2", "--n", "5", "--json"],
+        env={k: v for k, v in os.environ.items() if k not in CLEARED},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["threads"]["threads"] == 1
+
+
+def test_bad_thread_counts_are_one_line_and_status_2(run):
+    _, err = _pyrovae(["evaluate", str(run), "--threads", "0"], status=2, display=False)
+    assert err.strip() == "pyrovae evaluate: error: --threads must be an integer >= 1, got 0"
+    _, err = _pyrovae(["evaluate", str(run)], 2, False, OMP_NUM_THREADS="x")
+    # Refused before torch loads the runtime, which would add a warning of its own.
+    assert err.strip().startswith("pyrovae: error: $OMP_NUM_THREADS must be a count >= 1")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_in_process_a_smaller_torch_setting_is_kept_and_a_larger_one_capped():
+    before = torch.get_num_threads()
+    try:
+        env = os.environ.pop("OMP_NUM_THREADS", None)
+        if usable_cores() > 1:
+            torch.set_num_threads(1)
+            policy = apply_threads()
+            assert policy.threads == 1
+            assert policy.threads_from.startswith("torch.set_num_threads")
+        torch.set_num_threads(usable_cores() + 3)
+        policy = apply_threads()
+        assert policy.threads == usable_cores() == torch.get_num_threads()
+        with pytest.raises(ValueError, match="--threads must be an integer >= 1"):
+            apply_threads(-1)
+    finally:
+        torch.set_num_threads(before)
+        if env is not None:
+            os.environ["OMP_NUM_THREADS"] = env
