@@ -1,18 +1,20 @@
 """Speed beside other work: pyrovae's thread policy against the one PyTorch inherits (issue 23).
 
-    python bench_contention.py [--reps 2] [--jobs train,evaluate,ais] [--n-train 50000]
+    python bench_contention.py [--reps 2] [--jobs train,evaluate,ais,small] [--n-train 50000]
 
 Each job is a real command in a fresh process, timed from start to exit (start-up, data and
 writing included): a training of the default VAE (one epoch on ``--n-train`` images of the
 shared binarized MNIST, whose "seconds per epoch" also gives ms per step), the
 importance-weighted evaluation (``evaluate --k 5000``) and AIS (``evaluate --method ais``) of
-that run. Each runs
+that run (500 test images; AIS on 50, T = 100); and ``small``, issue 22's training on
+linear-Gaussian data (50 epochs of 30 steps of a linear VAE with 50 latents), whose ops are so
+small that synchronizing the threads is most of each step. Each runs
 
 - alone;
 - beside a second copy of itself started at the same moment (its time: the later of the two);
 - beside one busy core (a Python loop that spins for the whole job);
 
-under the two policies: ``new``, pyrovae's (the command line's own choice: passive waiting,
+under the two policies: ``new``, pyrovae's (the command line's own choice: a 1000-round spin,
 threads up to the usable cores), and ``old``, the OpenMP default that torch would otherwise
 inherit (spinning 300,000 rounds before sleeping, set as ``GOMP_SPINCOUNT=300000``: that
 variable overrides pyrovae's choice and is libgomp's default when ``OMP_WAIT_POLICY`` is
@@ -38,6 +40,12 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "data" / "binarized_mnist"
 POLICIES = {"new": {}, "old": {"GOMP_SPINCOUNT": "300000"}}
 SCENES = ("alone", "beside a second copy", "beside a busy core")
+# A busy core that stops when the benchmark does, however it ends (a plain loop outlives a
+# benchmark killed by a signal, and would sit beside every later measurement).
+SPIN = (
+    "import os\nparent = os.getppid()\n"
+    "while os.getppid() == parent:\n    for _ in range(10**5): pass"
+)
 # Settings a user might have exported, which would otherwise decide both policies.
 CLEARED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -50,10 +58,27 @@ def commands(job: str, run: Path, n_train: int, out: Path) -> List[str]:
             "train", "--dataset", "binarized-mnist", "--data-dir", str(DATA), "--epochs", "1",
             "--n-train", str(n_train), "--n-eval", "1000", "--run-dir", str(out), "--quiet",
         ]  # fmt: skip
+    if job == "small":  # issue 22's linear-Gaussian training: many tiny parallel regions
+        return pyrovae + [
+            "train", "--dataset", "linear-gaussian", "--dataset-option", "x_dim=5",
+            "--dataset-option", "z_dim=2", "--dataset-option", "n_train=3000", "--encoder",
+            "linear", "--decoder", "linear", "--likelihood", "gaussian-learned", "--epochs",
+            "50", "--run-dir", str(out), "--quiet",
+        ]  # fmt: skip
     if job == "evaluate":
         return pyrovae + ["evaluate", str(run), "--k", "5000", "--n", "500", "--quiet"]
     if job == "ais":
-        return pyrovae + ["evaluate", str(run), "--method", "ais", "--n", "200", "--quiet"]
+        return pyrovae + [
+            "evaluate",
+            str(run),
+            "--method",
+            "ais",
+            "--n",
+            "50",
+            "--steps",
+            "100",
+            "--quiet",
+        ]
     raise ValueError(f"unknown job {job!r}")
 
 
@@ -72,7 +97,7 @@ def measure(job: str, policy: str, scene: str, run: Path, args, tmp: Path) -> Tu
     copies = 2 if scene == "beside a second copy" else 1
     spinner = None
     if scene == "beside a busy core":
-        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        spinner = subprocess.Popen([sys.executable, "-c", SPIN])
         time.sleep(0.5)  # it is running before the job starts
     try:
         start = time.perf_counter()
@@ -103,7 +128,7 @@ def measure(job: str, policy: str, scene: str, run: Path, args, tmp: Path) -> Tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--jobs", default="train,evaluate,ais")
+    parser.add_argument("--jobs", default="train,evaluate,ais,small")
     parser.add_argument("--n-train", type=int, default=50000)
     parser.add_argument("--json", type=Path, help="also write the medians here")
     args = parser.parse_args()
@@ -142,7 +167,7 @@ def report(jobs: List[str], times: Dict[tuple, List[Tuple[float, float]]], args)
                 f"{new / med((job, 'new', 'alone')):.2f}",
             ]
             row.append(f"{new / old:.2f}")
-            if job == "train":
+            if job == "train":  # one epoch of n_train / 100 steps
                 steps = args.n_train / 100
                 ms = [1e3 * med((job, p, scene), 1) / steps for p in ("old", "new")]
                 row[1] += f" (ms per step: old {ms[0]:.1f}, new {ms[1]:.1f})"

@@ -1,18 +1,32 @@
 """The CPU threads a command computes on: chosen by pyrovae, not inherited (issue 23).
 
 PyTorch's CPU ops run on an OpenMP team (libgomp in the Linux wheels) whose threads, by
-default, spin for a while at the end of every parallel region waiting for the next one. Alone on
-a machine that is the fastest choice. Beside other work it is the slowest by far: a spinning
-thread holds a core that a descheduled team-mate needs, and every region waits for the slowest
-member. Measured on 2 cores beside a second training, the default VAE's step took 490-600 ms
-against 7-30 ms with ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once) and 9-17 ms on one
-thread (``benchmarks/bench_contention.py`` has the side-by-side ratios).
+default, spin 300,000 rounds (a few ms) at the end of every parallel region waiting for the
+next one before they sleep. Alone on a machine that is fast. Beside other work it is slow: a
+spinning thread holds a core that a descheduled team-mate needs, and every region waits for the
+slowest member. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) is the cure beside other work but
+costs alone: on this project's 2-core virtual machines a sleeping thread's core goes idle, and
+waking it takes longer than the region it is woken for. Measured there, one epoch of 200
+default training steps (seconds, alone / two trainings at once):
+
+    spin 300,000 (OpenMP's default)  0.66 / 3.0-8.6
+    spin 30,000                      0.62 / 10.8-17.0
+    spin 3,000                       0.52-0.65 / 2.6-2.7
+    spin 1,000 (pyrovae's)           0.70 / 1.5-1.6
+    spin 100                         1.22-1.27 / 1.0-1.1
+    passive (spin 0)                 1.0-1.3 / 1.0
+
+So a short spin: long enough to catch the next region of a busy step, too short to hold a core
+a team-mate needs for long (``benchmarks/bench_contention.py`` has the side-by-side ratios). It
+is a compromise, not yet the answer: alone, the default step in ``bench_train.py``'s loop costs
+about 9% more than with OpenMP's spin, and beside an identical training each epoch takes 2.75
+times as long (issue 23 asks at most 3% and 2.3 times).
 
 The policy, applied by the command line (``pyrovae ...``, ``python -m pyrovae``, and so every
 process torchrun starts):
 
 - ``prepare_runtime`` (before torch is first imported, which is when the OpenMP runtime reads
-  its environment): ``OMP_WAIT_POLICY=PASSIVE`` unless the user set ``OMP_WAIT_POLICY`` or
+  its environment): ``GOMP_SPINCOUNT=1000`` unless the user set ``OMP_WAIT_POLICY`` or
   ``GOMP_SPINCOUNT`` themselves.
 - ``apply_threads`` (after the flags are read): as many threads as ``--threads`` says; else
   as ``OMP_NUM_THREADS`` says (the user's, or torchrun's 1 per process); else no more than the
@@ -21,7 +35,8 @@ process torchrun starts):
 
 The evaluation's scoring workers, AIS and BDMC take their thread counts from the same setting
 (``torch.get_num_threads()``). Library users who import torch themselves choose their own
-policy: set ``OMP_WAIT_POLICY=PASSIVE`` before importing torch to get the command line's.
+policy: call ``prepare_runtime`` (or set ``GOMP_SPINCOUNT=1000``) before importing torch to get
+the command line's.
 """
 
 from __future__ import annotations
@@ -30,8 +45,9 @@ import os
 import sys
 from typing import Dict, NamedTuple, Optional
 
-# The wait policy pyrovae sets, and the variables by which a user sets their own.
-WAIT_POLICY = "PASSIVE"
+# The wait pyrovae sets (rounds a waiting thread spins before it sleeps), and the variables by
+# which a user sets their own.
+SPIN_COUNT = "1000"
 USER_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 # What ``prepare_runtime`` found: None until it has run; else whether it set the wait policy
@@ -50,7 +66,7 @@ class ThreadPolicy(NamedTuple):
 
     def describe(self) -> str:
         """One line for a command's summary, e.g. ``2 (the cores this process may use);
-        waiting passive (pyrovae's choice)``."""
+        waiting spin 1000, then sleep (pyrovae's choice)``."""
         return f"{self.threads} ({self.threads_from}); waiting {self.wait} ({self.wait_from})"
 
     def to_dict(self) -> Dict[str, object]:
@@ -67,7 +83,7 @@ def usable_cores() -> int:
 
 
 def prepare_runtime() -> None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` in this process's environment where the user has set
+    """Set ``GOMP_SPINCOUNT=1000`` in this process's environment where the user has set
     no wait policy of their own and torch is not yet imported (the OpenMP runtime reads it once,
     when torch loads it; later it would be a setting that nothing reads, so none is made).
     Child processes inherit it.
@@ -83,7 +99,7 @@ def prepare_runtime() -> None:
     user = any(v in os.environ for v in USER_WAIT_VARIABLES)
     _set_wait_policy = not user and "torch" not in sys.modules
     if _set_wait_policy:
-        os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
 
 
 def apply_threads(threads: Optional[int] = None) -> ThreadPolicy:
@@ -130,10 +146,10 @@ def _check_omp_num_threads(value: str) -> None:
 def _wait() -> tuple:
     """(wait policy, where it came from) as the OpenMP runtime read it."""
     if _set_wait_policy:
-        return WAIT_POLICY.lower(), "pyrovae's choice"
+        return f"spin {SPIN_COUNT}, then sleep", "pyrovae's choice"
     for name in USER_WAIT_VARIABLES:
         if name in os.environ:
             return os.environ[name].lower(), f"${name}"
     # torch was imported before the command line could choose (an in-process call of
-    # ``pyrovae.cli.main``): libgomp's default, spinning before it sleeps.
-    return "spin, then sleep", "OpenMP's default: torch was imported first"
+    # ``pyrovae.cli.main``): libgomp's default.
+    return "spin 300000, then sleep", "OpenMP's default: torch was imported first"

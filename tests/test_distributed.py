@@ -222,8 +222,8 @@ def test_train_under_torchrun_and_resume_with_another_number_of_processes(tmp_pa
     assert done.stderr.count("pyrovae: training the VAE") == 1
     assert "on 2 processes on cpu" in done.stderr
     # Each process chose its thread policy before torch started: one thread each (torchrun's
-    # OMP_NUM_THREADS), waiting passively.
-    assert "1 ($OMP_NUM_THREADS); waiting passive (pyrovae's choice)" in done.stdout
+    # OMP_NUM_THREADS), spinning briefly.
+    assert "1 ($OMP_NUM_THREADS); waiting spin 1000, then sleep (pyrovae's choice)" in done.stdout
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["processes"] == 2
     # An error that process 0 meets (the directory holds a run) stops both, said once.
