@@ -676,7 +676,7 @@ def _cmd_train(args) -> int:
         ("wall time", f"{time.perf_counter() - t0:.1f} s"),
         ("next", f"pyrovae evaluate {result.run_dir}"),
     ]
-    rows.insert(-1, _threads_row())
+    rows.insert(-1, _threads_row(args))
     print("training finished\n" + summary_table(rows))
     return 0
 
@@ -716,7 +716,7 @@ def _cmd_evaluate(args) -> int:
         return 0  # process 0 reports
     if args.json:
         out = {"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}
-        print(_json(out))
+        print(_json(out, args))
         return 0
     if args.method == "ais":
         rows = [
@@ -736,7 +736,7 @@ def _cmd_evaluate(args) -> int:
         ]
         print(
             "evaluation (± is the standard error over data points)\n"
-            + summary_table(rows + [_threads_row()])
+            + summary_table(rows + [_threads_row(args)])
         )
         return 0
     rows = [
@@ -751,7 +751,7 @@ def _cmd_evaluate(args) -> int:
         rows.append(("proposal", f"q refined by {res.refine_steps} Adam steps per point"))
     rows.append(("particles from", f"the {res.producer} producer"))
     rows.append(("wall time", f"{res.seconds:.1f} s"))
-    rows.append(_threads_row())
+    rows.append(_threads_row(args))
     print("evaluation (± is the standard error over data points)\n" + summary_table(rows))
     return 0
 
@@ -812,7 +812,7 @@ def _cmd_gradvar(args) -> int:
     )
     if args.json:
         out = {"run_dir": str(args.run_dir), "estimators": [s.to_dict() for s in stats]}
-        print(_json(out))
+        print(_json(out, args))
         return 0
     table = markdown_table(
         [
@@ -841,7 +841,7 @@ def _cmd_gradvar(args) -> int:
     print(
         f"gradient noise at {args.run_dir} ({used}), {args.draws} draws on one "
         f"minibatch of {batch}, particles from the {route} producer; threads: "
-        f"{_POLICY.describe()}\n{table}"
+        f"{args.threads_used.describe()}\n{table}"
     )
     print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
     return 0
@@ -870,7 +870,7 @@ def _cmd_gap(args) -> int:
         device=args.device,
     )
     if args.json:
-        print(_json({"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}))
+        print(_json({"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}, args))
         return 0
 
     def nats(name: str) -> str:
@@ -889,7 +889,7 @@ def _cmd_gap(args) -> int:
         ("inference gap", f"{nats('inference_gap')}  log p(x) - ELBO(q)"),
         ("q* fit", f"{res.steps} Adam steps, lr {res.lr:g}, {res.samples} particles per step"),
         ("wall time", f"{res.seconds:.1f} s"),
-        _threads_row(),
+        _threads_row(args),
     ]
     print("inference gap, nats per point (± is the standard error over points)")
     print(summary_table(rows))
@@ -916,7 +916,7 @@ def _cmd_bdmc(args) -> int:
         device=args.device,
     )
     if args.json:
-        print(_json({"run_dir": str(args.run_dir), "method": "bdmc", **res.to_dict()}))
+        print(_json({"run_dir": str(args.run_dir), "method": "bdmc", **res.to_dict()}, args))
         return 0
 
     def nats(name: str) -> str:
@@ -934,7 +934,7 @@ def _cmd_bdmc(args) -> int:
         ("HMC acceptance", f"{res.acceptance:.2f}"),
         ("wall time", f"{res.seconds:.1f} s"),
     ]
-    rows.append(_threads_row())
+    rows.append(_threads_row(args))
     print("BDMC, nats per point (± is the standard error over points)\n" + summary_table(rows))
     return 0
 
@@ -943,20 +943,16 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that it ends as a Ctrl-C does."""
 
 
-# What the command computes on (``pyrovae.threads``), set before it runs.
-_POLICY = None
+def _threads_row(args) -> Tuple[str, str]:
+    """The summary row that says what the command computed on (``args.threads_used``)."""
+    return ("threads", args.threads_used.describe())
 
 
-def _threads_row() -> Tuple[str, str]:
-    """The summary row that says what the command computed on."""
-    return ("threads", _POLICY.describe())
-
-
-def _json(out: Dict[str, Any]) -> str:
+def _json(out: Dict[str, Any], args) -> str:
     """A command's JSON output, with the threads it computed on."""
     from .runs import strict_json
 
-    return strict_json({**out, "threads": _POLICY.to_dict()})
+    return strict_json({**out, "threads": args.threads_used.to_dict()})
 
 
 def _terminate(signum, frame) -> None:
@@ -1071,11 +1067,10 @@ def _run(args, name: str) -> int:
         "gap": _cmd_gap,
         "bdmc": _cmd_bdmc,
     }
-    global _POLICY
     if _rank() > 0:
         name = f"{name} (process {_rank()})"
     try:
-        _POLICY = apply_threads(args.threads)
+        args.threads_used = apply_threads(args.threads)
         return command[args.command](args)
     except TrainingDiverged as e:
         _report(f"{name}: training diverged: {_one_line(e)}", e)

@@ -122,10 +122,8 @@ def apply_threads(threads: Optional[int] = None) -> ThreadPolicy:
     elif os.environ.get("OMP_NUM_THREADS"):
         _check_omp_num_threads(os.environ["OMP_NUM_THREADS"])
         source = "$OMP_NUM_THREADS"
-    elif torch.get_num_threads() > cores:
+    elif torch.get_num_threads() >= cores:
         torch.set_num_threads(cores)
-        source = "the cores this process may use"
-    elif torch.get_num_threads() == cores:
         source = "the cores this process may use"
     else:
         source = f"torch.set_num_threads; {cores} cores usable"

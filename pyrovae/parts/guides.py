@@ -61,7 +61,7 @@ class GuideFamily(nn.Module):
     @property
     def spread_features(self) -> slice:
         """The encoder outputs that set q's spread (scales, correlations) rather than where it
-        sits, as a slice of the ``in_features``: ``start_encoder`` starts them at zero. None
+        sits, as a slice of the ``in_features``: ``start_encoder`` starts them at zero. Empty
         here (a family whose outputs all place it, such as Bernoulli logits)."""
         return slice(0, 0)
 
