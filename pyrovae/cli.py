@@ -266,9 +266,9 @@ def _compute_options(p) -> None:
         type=int,
         metavar="N",
         help="CPU threads to compute on (default: $OMP_NUM_THREADS, else the cores this "
-        "process may run on). Waiting threads spin briefly, then sleep (GOMP_SPINCOUNT=1000) "
-        "unless you set OMP_WAIT_POLICY or GOMP_SPINCOUNT: a training beside other work then "
-        "slows two- to threefold, not tenfold",
+        "process may run on, one fewer for each core that other work keeps busy). Waiting "
+        "threads spin briefly, then sleep (GOMP_SPINCOUNT=3000) unless you set "
+        "OMP_WAIT_POLICY or GOMP_SPINCOUNT",
     )
 
 

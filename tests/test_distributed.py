@@ -28,6 +28,7 @@ from pyrovae import build_vae, estimate_log_likelihood, make_estimator, train
 from pyrovae.cli import main
 from pyrovae.distributed import World, chunk_seed, rank_seed
 from pyrovae.producers import estimate_and_backward, make_producer
+from pyrovae.threads import SPIN_COUNT
 from pyrovae.training import Trainer, prepare_data
 
 pytestmark = pytest.mark.skipif(
@@ -223,7 +224,8 @@ def test_train_under_torchrun_and_resume_with_another_number_of_processes(tmp_pa
     assert "on 2 processes on cpu" in done.stderr
     # Each process chose its thread policy before torch started: one thread each (torchrun's
     # OMP_NUM_THREADS), spinning briefly.
-    assert "1 ($OMP_NUM_THREADS); waiting spin 1000, then sleep (pyrovae's choice)" in done.stdout
+    waits = f"1 ($OMP_NUM_THREADS); waiting spin {SPIN_COUNT}, then sleep (pyrovae's choice)"
+    assert waits in done.stdout
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["processes"] == 2
     # An error that process 0 meets (the directory holds a run) stops both, said once.

@@ -4,13 +4,14 @@ the settings it took when torch loaded it), and a user's own setting kept."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from pyrovae.threads import apply_threads, usable_cores
+from pyrovae.threads import LOOK_EVERY, SPIN_COUNT, CoreSharing, apply_threads, usable_cores
 
 CLEARED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -52,12 +53,13 @@ def _evaluate(run, *flags, **env):
 def test_the_runtime_spins_briefly_on_the_usable_cores_by_default(run):
     threads, read = _evaluate(run)
     # Set before torch loaded the OpenMP runtime (whose own default is 300000 rounds).
-    assert read["GOMP_SPINCOUNT"] == "1000"
+    assert read["GOMP_SPINCOUNT"] == SPIN_COUNT
     assert threads == {
         "threads": usable_cores(),
         "threads_from": "the cores this process may use",
-        "wait": "spin 1000, then sleep",
+        "wait": f"spin {SPIN_COUNT}, then sleep",
         "wait_from": "pyrovae's choice",
+        "seconds_at": {},  # an evaluation by importance weighting runs no team to share
     }
 
 
@@ -120,3 +122,72 @@ def test_in_process_a_smaller_torch_setting_is_kept_and_a_larger_one_capped():
         torch.set_num_threads(before)
         if env is not None:
             os.environ["OMP_NUM_THREADS"] = env
+
+
+class _Machine:
+    """A fake clock and /proc/stat for ``CoreSharing``: ``advance`` moves time on with this
+    process and the others each using so many cores."""
+
+    def __init__(self):
+        self.now = self.busy = self.own = 0.0
+
+    def advance(self, seconds, own_cores, other_cores):
+        self.now += seconds
+        self.own += own_cores * seconds
+        self.busy += (own_cores + other_cores) * seconds
+
+
+@pytest.fixture
+def sharing():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    machine = _Machine()
+    share = CoreSharing(2, lambda: machine.busy, lambda: machine.own, lambda: machine.now)
+    yield share, machine
+    torch.set_num_threads(before)
+
+
+def test_a_thread_is_lent_while_others_are_busy_and_taken_back_after(sharing):
+    share, machine = sharing
+    seen = []
+    # (seconds, this process's cores, other work's cores): alone; a second training starts
+    # (each gets a core); a little noise (not enough to lend or take); the other one ends.
+    for seconds, own, others in [(0.6, 2, 0), (0.6, 1, 1), (0.6, 1, 0.9), (0.6, 1, 0.2),
+                                 (0.6, 1, 0.05), (0.6, 2, 0.2), (0.6, 2, 0.3)]:  # fmt: skip
+        machine.advance(seconds, own, others)
+        share.look()
+        seen.append(torch.get_num_threads())
+    assert seen == [2, 1, 1, 1, 2, 2, 1]
+    assert share.seconds_at() == {2: 2.4, 1: 1.8}
+    assert share.describe() == ", 1 for 1.8 of 4.2 s while other work was busy"
+    # Looks closer together than LOOK_EVERY read nothing.
+    machine.advance(LOOK_EVERY / 2, 1, 0)
+    share.look()
+    assert torch.get_num_threads() == 1 and sum(share.seconds_at().values()) == 4.2
+
+
+def test_a_count_set_by_someone_else_is_kept(sharing):
+    share, machine = sharing
+    torch.set_num_threads(3)  # the user's own call, between steps
+    machine.advance(1.0, 1, 1)
+    share.look()
+    machine.advance(1.0, 1, 0)
+    share.look()
+    assert torch.get_num_threads() == 3 and share.stopped
+
+
+@pytest.mark.skipif(usable_cores() < 2 or not os.path.exists("/proc/stat"), reason="one core")
+def test_a_training_beside_a_busy_core_lends_it_a_thread(tmp_path):
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        out, _ = _pyrovae(
+            ["train", "--dataset", "linear-gaussian", "--likelihood", "gaussian-learned",
+             "--epochs", "30", "--run-dir", str(tmp_path / "run"), "--quiet"],
+            display=False,
+        )  # fmt: skip
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert re.search(r"threads\s+\d+ \(the cores this process may use\), [\d-]+ for "
+                     r"[\d.]+ of [\d.]+ s while other work was busy", out), out  # fmt: skip

@@ -34,6 +34,7 @@ import torch
 from ..config import Rule
 from ..producers import Producer
 from ..runtime import progress_bar
+from ..threads import share_cores
 from .truth import mean_stderr
 
 INITS = ("prior", "guide")
@@ -202,6 +203,7 @@ def _anneal(
         eps = (eps * torch.where(running > TARGET_ACCEPTANCE, 1.02, 0.98).unsqueeze(-1)).clamp(
             low, high
         )
+        share_cores()
         if on_step is not None:
             on_step()
     return log_w, (accepted / (len(betas) - 1)).mean(0)

@@ -33,6 +33,7 @@ from ..producers import (
     make_producer,
 )
 from ..runtime import check_step_memory, fused_adam, module_device, place
+from ..threads import share_cores
 
 
 @dataclass
@@ -190,6 +191,7 @@ def _warm_up_baselines(
                 optim.zero_grad(set_to_none=True)
                 estimate_and_backward(producer, est, batch(), None)
                 optim.step()
+            share_cores()
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -258,6 +260,7 @@ def gradient_variance(
                 seconds += time.perf_counter() - start
                 enc.add(_flat_grad(inference) / x.shape[0])
                 dec.add(_flat_grad(generative) / x.shape[0])
+                share_cores()  # untimed
             (enc_var, enc_snr), (dec_var, dec_snr) = enc.summary(), dec.summary()
             moments = None
             if per_element:

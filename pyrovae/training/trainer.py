@@ -60,6 +60,7 @@ from ..runtime import (
     resolve_device,
     tune_allocator,
 )
+from ..threads import share_cores
 from . import legacy
 from .checkpoint import (
     CheckpointError,
@@ -831,6 +832,7 @@ class _EpochLoop:
                         )
                     total_loss += loss
                     step += 1
+                    share_cores()
                     bar.update()
                     if i % 50 == 0:
                         bar.set_postfix(epoch=epoch, elbo=f"{-total_loss / ((i + 1) * n):.2f}")
