@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
 from .config import check_arguments, check_values, flag_name
+from .files import read_bytes
 from .threads import apply_threads, prepare_runtime
 
 
@@ -484,15 +485,12 @@ _MAX_CONFIG_BYTES = 1 << 20
 
 def _read_config_file(path: str) -> Dict[str, Dict[str, Any]]:
     """The sections of a ``--config`` file, each checked to be an object of options."""
-    file = Path(path)
+    fix = "give --config a pyrovae config file (JSON)"
     try:
-        if not file.resolve().is_file():  # /dev/zero, a FIFO, a directory: never read
-            raise ValueError(f"--config {path} is not a regular file")
-        if file.stat().st_size > _MAX_CONFIG_BYTES:
-            raise ValueError(f"--config {path} is over 1 MiB: not a pyrovae config file")
-        cfg = json.loads(file.read_text())
-    except OSError as e:
-        raise ValueError(f"cannot read --config {path}: {e.strerror or e}") from None
+        # /dev/zero, a FIFO, a directory, a huge file: never read (pyrovae.files).
+        cfg = json.loads(read_bytes(Path(path), "a config file", _MAX_CONFIG_BYTES, fix))
+    except FileNotFoundError:
+        raise ValueError(f"--config {path} does not exist; {fix}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"--config {path} is not valid JSON ({e})") from None
     except RecursionError:
@@ -598,11 +596,7 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         train_d["dataset_options"] = options
     estimator_options = dict(train_d.get("estimator_options", {}))
     given = dict(args.estimator_option)
-    if args.baseline and given.get("baseline", args.baseline) != args.baseline:
-        raise ValueError(
-            f"--baseline {args.baseline} contradicts --estimator-option "
-            f"baseline={given['baseline']}: give one of them"
-        )
+    _check_shorthand("--baseline", args.baseline, "--estimator-option", given, "baseline")
     estimator_options.update(given)
     if args.baseline:
         estimator_options["baseline"] = args.baseline
@@ -634,9 +628,21 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         if pairs:
             model_d[key] = {**model_d.get(key, {}), **dict(pairs)}
     if args.sigma is not None:
+        given = dict(args.likelihood_option)
+        _check_shorthand("--sigma", args.sigma, "--likelihood-option", given, "sigma")
         sigma = SIGMA.check("--sigma", args.sigma)
         model_d["likelihood_options"] = {**model_d.get("likelihood_options", {}), "sigma": sigma}
     return train_d, model_d
+
+
+def _check_shorthand(flag: str, value: Any, option_flag: str, given: Dict, key: str) -> None:
+    """Refuse a flag that is a shorthand for an option (``--baseline`` for ``--estimator-option
+    baseline=``, ``--sigma`` for ``--likelihood-option sigma=``) given with another value than
+    that option: neither may win silently."""
+    if value is not None and key in given and given[key] != value:
+        raise ValueError(
+            f"{flag} {value} contradicts {option_flag} {key}={given[key]}: give one of them"
+        )
 
 
 def _cmd_train(args) -> int:
@@ -729,7 +735,7 @@ def _cmd_evaluate(args) -> int:
             *_bits_rows(res),
             *_exact_rows(res),
             ("Monte Carlo error per point", f"{res.mc_stderr:.3f} nats (mean over points)"),
-            ("annealed from", f"the {res.init}; {res.leapfrog} leapfrog steps per transition"),
+            ("annealed from", _annealed_from(res)),
             ("HMC acceptance", f"{res.acceptance:.2f}"),
             ("log densities from", f"the {res.producer} producer"),
             ("wall time", f"{res.seconds:.1f} s"),
@@ -754,6 +760,15 @@ def _cmd_evaluate(args) -> int:
     rows.append(_threads_row(args))
     print("evaluation (± is the standard error over data points)\n" + summary_table(rows))
     return 0
+
+
+def _annealed_from(res) -> str:
+    """Where AIS's chains started (the prior, the guide, or the guide refined by
+    ``--refine``), and how they moved."""
+    start = f"the {res.init}"
+    if res.refine_steps:
+        start = f"the guide refined by {res.refine_steps} Adam steps per point"
+    return f"{start}; {res.leapfrog} leapfrog steps per transition"
 
 
 def _exact_rows(res) -> List[Tuple[str, str]]:
@@ -882,6 +897,7 @@ def _cmd_gap(args) -> int:
         ("log p(x)", f"{nats('log_px')} ({res.log_px_source})"),
         (f"log p(x), K={res.k}, fitted q*", nats("log_px_fitted")),
         (f"log p(x), K={res.k}, amortized q", nats("log_px_amortized")),
+        *([("log p(x), AIS", nats("log_px_ais"))] if res.log_px_ais is not None else []),
         ("ELBO, fitted q*", nats("elbo_fitted")),
         ("ELBO, amortized q", nats("elbo_amortized")),
         ("approximation gap", f"{nats('approximation_gap')}  log p(x) - ELBO(q*)"),
@@ -1091,6 +1107,16 @@ def _run(args, name: str) -> int:
         _report(f"{name}: error: {_os_error(e)}", e)
         return 2
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError among them
+        distributed = sys.modules.get("pyrovae.distributed")
+        if _processes() > 1 and distributed is not None and distributed.lost_peer(e):
+            print(
+                f"{name}: error: another process of this run stopped "
+                f"({distributed.peer_reason(e)}); "
+                "the checkpoints written so far are intact: find why it stopped (its own "
+                "lines above), then run the same torchrun command with --resume",
+                file=sys.stderr,
+            )
+            return 2
         if "can't allocate memory" not in str(e) and "out of memory" not in str(e):
             raise  # a bug: its traceback is what a report needs
         print(

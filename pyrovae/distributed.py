@@ -66,6 +66,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -107,6 +108,25 @@ def only_here(error: Optional[BaseException]) -> bool:
 def _own(error: BaseException) -> BaseException:
     setattr(error, _OWN, True)
     return error
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another process of the run is gone
+    (killed, out of memory, its machine down): torch raises gloo's and NCCL's transport errors
+    as ``DistError``s, or, in some releases, as plain ``RuntimeError``s naming the backend."""
+    import torch.distributed as dist
+
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("gloo" in text or "NCCL" in text)
+
+
+def peer_reason(error: BaseException) -> str:
+    """The transport's reason in a ``lost_peer`` error, e.g. ``Read error [127.0.0.1]:36036:
+    Connection reset by peer``: without gloo's source location and its advice."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", _describe(error))
+    return text.split(". This is typically")[0][:200]
 
 
 def _describe(error: BaseException) -> str:

@@ -41,7 +41,7 @@ from .parts.likelihoods import LIKELIHOODS, Likelihood
 from .parts.nets import ACTIVATIONS, NETS
 from .parts.priors import PRIORS, Prior
 from .parts.refinement import LocalRefinement  # noqa: F401  (registers the local guide)
-from .runtime import check_memory, module_device
+from .runtime import available_memory, check_memory, module_device
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,28 @@ class VAE(nn.Module):
                 "and a guide of the same kind (binary latents: --prior bernoulli --guide "
                 "bernoulli)"
             )
+        self._check_widths()
+
+    def _check_widths(self) -> None:
+        """Refuse parts whose widths do not fit (``check_net_widths``), at construction rather
+        than as a shape error from torch at the first batch."""
+        g, p = self.guide_family, self.prior
+        if g.z_dim != p.z_dim:
+            raise ValueError(
+                f"the guide family {type(g).__name__} draws {g.z_dim} latents per point, but the "
+                f"prior {type(p).__name__} models {p.z_dim}: build both for the same z_dim"
+            )
+        check_net_widths(self._net_widths())
+
+    def _net_widths(self) -> List[Tuple[str, nn.Module, int, int, str]]:
+        """(name, net, input width, output width, the part that reads the output) of each
+        net between the parts."""
+        g, lik = self.guide_family, self.likelihood
+        family, likelihood = f"guide family {type(g).__name__}", f"likelihood {type(lik).__name__}"
+        return [
+            ("encoder", self.encoder, lik.x_dim, g.in_features, family),
+            ("decoder", self.decoder, g.z_dim, lik.out_features, likelihood),
+        ]
 
     def _bind_prior(self) -> None:
         """Hand the prior what it may be made of (``Prior.bind``: the VampPrior's posteriors)."""
@@ -350,6 +372,41 @@ class VAE(nn.Module):
             )
 
 
+def check_net_widths(specs: List[Tuple[str, nn.Module, int, int, str]]) -> None:
+    """Run each net of ``specs`` (name, net, input width, output width, the part that reads
+    its output) once on a row of zeros, in eval mode and without gradients, and refuse one
+    that does not take its input width or does not give its output width, naming the net and
+    the width expected.
+
+    Raises:
+        ValueError: naming the net, the width expected and the part that expects it.
+    """
+    for name, net, width_in, width_out, reader in specs:
+        like = next(net.parameters(), torch.zeros(()))
+        was_training = net.training
+        net.eval()  # a batch-norm layer takes a single row only in eval mode
+        try:
+            with torch.no_grad():
+                out = net(like.new_zeros(1, width_in))
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"the {name} does not take inputs of width {width_in} ({_first_line(e)}): build "
+                f"it for {width_in} inputs"
+            ) from None
+        finally:
+            net.train(was_training)
+        if out.dim() != 2 or out.shape[-1] != width_out:
+            raise ValueError(
+                f"the {name} gives outputs of shape {tuple(out.shape[1:])} per row, but the "
+                f"{reader} takes {width_out} values per row: build the {name} with {width_out} "
+                "outputs"
+            )
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _rows(net: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """``net`` on z (..., n) with the leading dims as one (see ``VAE._decode``)."""
     out = net(z.reshape(-1, z.shape[-1]))
@@ -431,10 +488,22 @@ class TwoLayerVAE(VAE):
                 "the local guide refines one latent layer's q(z | x), but a two-layer VAE's "
                 "guide is q(z1 | x) q(z2 | z1): choose another guide, or --latent-layers 1"
             )
+        z1, z2 = guide_family.z_dim, prior.z_dim
+        check_net_widths(
+            [
+                ("top_encoder", top_encoder, z1, 2 * z2, "Gaussian q(z2 | z1) (loc, log scale)"),
+                ("top_decoder", top_decoder, z2, 2 * z1, "Gaussian p(z1 | z2) (loc, log scale)"),
+            ]
+        )
         # The prior is bound (``_bind_prior``) to a method that reads top_encoder when called.
         super().__init__(encoder, decoder, prior, likelihood, guide_family, name, config)
         self.top_encoder = top_encoder
         self.top_decoder = top_decoder
+
+    def _check_widths(self) -> None:
+        # The prior models z2, the guide family z1: their widths differ (the top nets, checked
+        # in __init__, join them).
+        check_net_widths(self._net_widths())
 
     def _bind_prior(self) -> None:
         # q(z2 | z1) and p(z1 | z2) are diagonal Gaussian families (parameterless) on the top
@@ -648,12 +717,32 @@ def _check_size(config: VAEConfig, enc_out: int, dec_out: int, parts: int) -> No
     ``parts`` more (the prior's, guide family's and likelihood's own). The nets are counted
     exactly, whatever their layers, by building them on PyTorch's meta device, which allocates
     no memory."""
-    with torch.device("meta"):
-        nets = [_net(config, *spec) for spec in _net_specs(config, enc_out, dec_out)]
-    count = sum(p.numel() for net in nets for p in net.parameters())
     two = config.latent_layers == 2
     hint = "lower --hidden or --z-dim" + (", --hidden-top or --z1-dim" if two else "")
+    try:
+        with torch.device("meta"):
+            nets = [_net(config, *spec) for spec in _net_specs(config, enc_out, dec_out)]
+    except RuntimeError as e:
+        # A layer's byte count beyond int64 ("Storage size calculation overflowed"), or a
+        # size product that wrapped around to a negative dimension.
+        if "overflow" not in str(e) and "negative dimension" not in str(e):
+            raise
+        sizes = f"hidden {list(config.hidden)}, z_dim {config.z_dim}"
+        raise MemoryError(
+            f"a VAE of these sizes ({sizes}) has a layer too large for any memory (its byte "
+            f"count overflows torch's 64-bit sizes): {hint}; {_what_fits()}"
+        ) from None
+    count = sum(p.numel() for net in nets for p in net.parameters())
     check_memory(16 * (count + parts), "a VAE of this size", hint)
+
+
+def _what_fits() -> str:
+    """How many parameters (with their gradients and Adam's two moments, 16 bytes each) the
+    memory left holds, for a message."""
+    free = available_memory()
+    if free is None:
+        return "the memory left could not be read"
+    return f"about {free // 16:,} parameters fit in the {free / 2**30:.1f} GiB of memory free"
 
 
 def _count(value: Any) -> int:

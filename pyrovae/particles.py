@@ -33,6 +33,8 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from .runtime import fork_rng
+
 Field = Union[torch.Tensor, Callable[[], torch.Tensor]]
 
 # Pyro's vectorized ELBOs use this name for their particle plate; a user's model will not.
@@ -51,6 +53,45 @@ def no_reparameterized_sampler(name: str, fn) -> NotApplicable:
         f"latent {name!r} has no reparameterized sampler ({type(fn).__name__}), so its "
         "gradient cannot pass through z; use a score-function estimator (score-function, vimco)"
     )
+
+
+# What handles discrete latents where the gradient-following methods do not.
+DISCRETE_INSTEAD = (
+    "use the importance-weighted estimate instead (pyrovae evaluate --method iw, without --refine)"
+)
+
+
+def require_continuous_latent(name: str, fn, what: str, instead: str = DISCRETE_INSTEAD) -> None:
+    """Refuse latent site ``name``, drawn from ``fn``, to ``what``: a method that moves the
+    latents along the gradient of a log density (the HMC of AIS and BDMC, the refinement's
+    Adam steps), which a discrete latent does not have. Pyro's own marks decide: a
+    reparameterized sampler (``fn.has_rsample``) and a support that is not discrete.
+
+    Raises:
+        NotApplicable: naming the site, its distribution and ``instead``.
+    """
+    try:
+        discrete = fn.support.is_discrete
+    except NotImplementedError:  # a distribution of the user's own that declares no support
+        discrete = False
+    if fn.has_rsample and not discrete:
+        return
+    raise NotApplicable(
+        f"{what} moves latent {name!r} along the gradient of its log density, which a discrete "
+        f"latent ({type(fn).__name__}) does not have: {instead}"
+    )
+
+
+def require_continuous_latents(model: Callable, args: Sequence[Any], what: str) -> None:
+    """``require_continuous_latent`` for every latent site of ``model``, traced once on
+    ``args`` (its parameters blocked, no gradient kept, the random streams left as they
+    were: a check must not change the numbers of what it lets run)."""
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    with torch.no_grad(), fork_rng(x.device if x is not None else "cpu"):
+        t = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(*args)
+    for site in t.nodes.values():
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
+            require_continuous_latent(site["name"], site["fn"], what)
 
 
 class _LazyField:

@@ -6,7 +6,6 @@ Uses matplotlib's non-interactive Agg backend, so it works on machines without a
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -16,6 +15,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+from .files import write_atomic  # noqa: E402
 
 
 def save_figure(fig, path: Path, **options: Any) -> Path:
@@ -29,16 +30,13 @@ def save_figure(fig, path: Path, **options: Any) -> Path:
 
 
 def _save(fig, path: Path, **options: Any) -> None:
-    """Save ``fig`` as a PNG at ``path`` atomically (a ``.tmp`` file renamed into place, removed
-    if the write fails: a full disk leaves the previous figure, not half a new one)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    """Save ``fig`` as a PNG at ``path`` atomically and never through a link
+    (``pyrovae.files.write_atomic``: a full disk leaves the previous figure, not half a new
+    one)."""
     try:
-        fig.savefig(tmp, format="png", **options)
-        os.replace(tmp, path)
+        write_atomic(Path(path), lambda f: fig.savefig(f, format="png", **options))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:

@@ -28,6 +28,7 @@ from .model import VAE, TwoLayerVAE
 from .particles import (
     NotApplicable,
     Particles,
+    require_continuous_latents,
     traced_particles,
     traced_prior_latents,
     traced_scores,
@@ -81,6 +82,11 @@ class DirectProducer:
     def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only)."""
         return traced_simulation(self.vae.model, x_like)
+
+    def require_continuous(self, x: torch.Tensor, what: str) -> None:
+        """Refuse ``what`` (a method that follows gradients in z) for a model with a discrete
+        latent (``pyrovae.particles.require_continuous_latents``), traced on the batch ``x``."""
+        require_continuous_latents(self.vae.model, (x,), what)
 
 
 class GivenInputProducer(DirectProducer):
@@ -171,6 +177,11 @@ class TracedProducer:
     def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only)."""
         return traced_simulation(self.model, x_like)
+
+    def require_continuous(self, x: torch.Tensor, what: str) -> None:
+        """Refuse ``what`` (a method that follows gradients in z) for a model with a discrete
+        latent (``pyrovae.particles.require_continuous_latents``), traced on the batch ``x``."""
+        require_continuous_latents(self.model, (x,), what)
 
 
 Producer = Union[DirectProducer, GivenInputProducer, TracedProducer]

@@ -30,6 +30,7 @@ from .evaluation.gap import InferenceGap, inference_gap
 from .evaluation.gradients import GradientStats, default_estimator_specs, gradient_variance
 from .evaluation.importance import refine_guide
 from .evaluation.truth import with_exact_log_px
+from .files import own_folder
 from .model import VAE
 from .plots import (
     save_gap,
@@ -43,7 +44,7 @@ from .producers import make_producer
 from .runtime import Device, resolve_device
 from .training import load_vae, prepare_data, read_config, read_metrics
 from .training.checkpoint import check_belongs, find_checkpoint
-from .training.rundir import read_record, write_text
+from .training.rundir import RunDirError, read_record, write_text
 
 # A figure of samples shows at most this many; drawing more would only cost memory.
 MAX_FIGURE_SAMPLES = 1000
@@ -136,15 +137,21 @@ def load_run(
     return vae, prepare_data(train_cfg, splits), state
 
 
-def writable_dir(path: Path) -> Path:
-    """Create ``path`` if needed and check that files can be written in it, so that a command
-    fails before its work, not after (an ``OSError`` naming the path)."""
-    path.mkdir(parents=True, exist_ok=True)
+def output_dir(
+    run_dir: Union[str, os.PathLike], out_dir: Optional[Union[str, os.PathLike]]
+) -> Path:
+    """Where a command writes its figures: ``out_dir`` if given, else the run's own
+    ``figures/`` (which must not be a link into another folder), made if needed and checked
+    to take files, so that a command fails before its work, not after (an ``OSError`` naming
+    the path)."""
+    if out_dir is None:
+        path = own_folder(Path(run_dir) / "figures", RunDirError)
+    else:
+        path = Path(out_dir)
+        path.mkdir(parents=True, exist_ok=True)
     probe = path / f".pyrovae-write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-    finally:
-        probe.unlink(missing_ok=True)
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)))
+    probe.unlink()
     return path
 
 
@@ -210,6 +217,11 @@ def evaluate_run(
         raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
+    if method == "ais" and refine and init == "prior":
+        raise ValueError(
+            "--refine improves the guide, which --method ais --init prior does not use (its "
+            "chains start at the prior): add --init guide, or drop --refine"
+        )
     if method == "ais" and world.distributed:
         raise distributed.everywhere(
             ValueError(
@@ -233,7 +245,9 @@ def evaluate_run(
         result = with_exact_log_px(result, vae, x)
         if levels is not None:
             result = with_bits_per_dim(result, vae.x_dim, vae.likelihood.discrete, levels)
-        return dataclasses.replace(result, checkpoint=state["checkpoint"])
+        return dataclasses.replace(
+            result, checkpoint=state["checkpoint"], refine_steps=refine or None
+        )
     seeded = {"seed": seed, "world": world} if chunk_seeds or world.distributed else {}
     progress = progress and world.main
     result = evaluate_vae(
@@ -283,7 +297,7 @@ def gap_run(
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     vae, data, state = load_run(run_dir, which, data_dir, splits=(split,), device=device)
-    out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
+    out = output_dir(run_dir, out_dir)
     x = _points(data, split, n, seed)
     pyro.set_rng_seed(seed)
     result = inference_gap(vae, x, k, steps, lr, samples, seed, progress, ais_steps, ais_chains)
@@ -322,7 +336,7 @@ def sample_run(
     device = resolve_device(device)
     check_arguments(SAMPLE_ARGUMENTS, {"n": n, "seed": seed})
     vae, data, _ = load_run(run_dir, which, data_dir, splits=("test",), device=device)
-    out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
+    out = output_dir(run_dir, out_dir)
     pyro.set_rng_seed(seed)
     idx = torch.randperm(data.test.shape[0], generator=torch.Generator().manual_seed(seed))
     x = data.test[idx[:n]]
@@ -373,7 +387,7 @@ def gradvar_run(
     if estimators is not None and not all(isinstance(e, str) for e in estimators):
         raise ValueError("estimators must be a list of strings like 'iwae:num_particles=5'")
     vae, data, state = load_run(run_dir, which, data_dir, splits=("train",), device=device)
-    out = writable_dir(Path(out_dir) if out_dir else Path(run_dir) / "figures")
+    out = output_dir(run_dir, out_dir)
     producer = producer or read_config(Path(run_dir))[0].producer
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(data.train.shape[0], generator=g)[:batch_size]

@@ -130,7 +130,11 @@ def apply_threads(threads: Optional[int] = None) -> ThreadPolicy:
     """
     import torch
 
+    global _sharing
     cores = usable_cores()
+    if _sharing is not None and torch.get_num_threads() == _sharing.threads:
+        # A thread an earlier command in this process lent, not a count the user set.
+        torch.set_num_threads(_sharing.most)
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"--threads must be an integer >= 1, got {threads!r}")
@@ -144,7 +148,6 @@ def apply_threads(threads: Optional[int] = None) -> ThreadPolicy:
         source = "the cores this process may use"
     else:
         source = f"torch.set_num_threads; {cores} cores usable"
-    global _sharing
     _sharing = CoreSharing.start(cores) if source == "the cores this process may use" else None
     return ThreadPolicy(torch.get_num_threads(), source, *_wait(), sharing=_sharing)
 

@@ -1240,3 +1240,23 @@ def test_subset_seed_is_bounded_to_torch_seeds():
             DataError, match=r"seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\]"
         ):
             ds.subset(n_train=5, seed=seed)
+
+
+@pytest.mark.parametrize(
+    "raw, fault",
+    [
+        (b"\x00\x00\x08\x01" + bytes(12), "magic number 0x0803"),  # a labels file's header
+        ((0x0803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (10, 28, 28))
+         + bytes(100), "truncated or corrupt"),
+    ],
+)  # fmt: skip
+def test_a_corrupt_raw_mnist_file_is_named_with_its_fault(tmp_path, raw, fault):
+    # torchvision's reader only asserts: the message named neither the file nor the fault.
+    folder = tmp_path / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    (folder / "train-images-idx3-ubyte").write_bytes(raw)
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", data_dir=tmp_path)
+    message = str(info.value)
+    assert "train-images-idx3-ubyte" in message and fault in message, message
+    assert "\n" not in message

@@ -29,7 +29,7 @@ from pyrovae.cli import main
 from pyrovae.distributed import World, chunk_seed, rank_seed
 from pyrovae.producers import estimate_and_backward, make_producer
 from pyrovae.threads import SPIN_COUNT
-from pyrovae.training import Trainer, prepare_data
+from pyrovae.training import Trainer, load_checkpoint, prepare_data
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -255,3 +255,74 @@ def test_shards_tile_the_batch_and_streams_differ():
             assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
             assert max(h - lo for lo, h in parts) - min(h - lo for lo, h in parts) <= 1
     assert len({rank_seed(s, r) for s in range(3) for r in range(1, 4)}) == 9
+
+
+KILLER = '''"""pyrovae's command line, with process 1 killed (SIGKILL) at its 3rd training step."""
+import os
+import signal
+import sys
+
+import pyrovae.training.trainer as trainer
+
+real, steps = trainer.Trainer.step, []
+
+
+def step(self, *args, **kwargs):
+    steps.append(1)
+    if len(steps) == 3 and os.environ.get("RANK") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, *args, **kwargs)
+
+
+trainer.Trainer.step = step
+from pyrovae.cli import main  # noqa: E402
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_a_process_killed_mid_run_leaves_one_line_and_a_run_that_resumes(tmp_path):
+    (tmp_path / "killer.py").write_text(KILLER)
+    flags = ["--dataset", "linear-gaussian", "--dataset-option", "x_dim=5", "--n-train", "100"]
+    flags += ["--n-eval", "40", "--batch-size", "20", "--z-dim", "2", "--hidden", "16"]
+    flags += ["--decoder", "linear", "--likelihood", "gaussian-learned", "--run-dir", "run"]
+    first = ["train", *flags, "--epochs", "1"]
+    torchrun("-m", "pyrovae", *first, cwd=tmp_path)  # one epoch checkpointed
+    done = torchrun("--tee", "3", "killer.py", "train", *flags, "--epochs", "3", "--resume",
+                    cwd=tmp_path, ok=False)  # fmt: skip
+    # Process 0 (torchrun tees its lines as "[default0]:") says one line, whichever comes
+    # first: the collective failing as the peer's socket closes, or torchrun's SIGTERM.
+    mine = [line for line in done.stderr.splitlines() if line.startswith("[default0]:")]
+    assert not any("Traceback" in line for line in mine), "\n".join(mine)
+    said = [line for line in mine if "another process of this run stopped" in line]
+    said += [line for line in mine if "terminated (SIGTERM)" in line]
+    assert len(said) == 1, "\n".join(mine)
+    # Nothing written was lost: the run resumes from its checkpoint.
+    torchrun("-m", "pyrovae", "train", *flags, "--epochs", "2", "--resume", cwd=tmp_path)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_a_lost_process_is_one_line_not_a_gloo_traceback(monkeypatch, capsys):
+    # Deterministic: the collective's error as gloo raises it, on process 0 of 2.
+    import pyrovae.cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    gloo = RuntimeError(
+        "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+        "[127.0.0.1]:36036: Connection reset by peer. This is typically caused by a remote "
+        "worker hanging or bugs in the application. Check the logs of the remote worker."
+    )
+
+    def train(args):
+        raise gloo
+
+    monkeypatch.setattr(pyrovae.cli, "_cmd_train", train)
+    assert main(["train", "--dataset", "linear-gaussian", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "pyrovae train: error: another process of this run stopped (Read error "
+        "[127.0.0.1]:36036: Connection reset by peer); the checkpoints written so far are "
+        "intact: find why it stopped (its own lines above), then run the same torchrun "
+        "command with --resume"
+    )

@@ -367,6 +367,37 @@ def append_metrics(text: str):
     return setup
 
 
+def prepend_metrics(text: str):
+    def setup(c: Ctx) -> None:
+        path = c.run / "metrics.jsonl"
+        path.write_text(text + path.read_text())
+
+    return setup
+
+
+def unreadable_config(c: Ctx) -> None:
+    """The run's config.json cannot be opened for reading (as a non-root user's chmod 000:
+    root, who runs CI, may read anything)."""
+    denied = PermissionError(errno.EACCES, "Permission denied")
+    real_open, real_read_text = os.open, Path.read_text
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if str(path).endswith("config.json") and not flags & (os.O_WRONLY | os.O_RDWR):
+            raise denied
+        return real_open(path, flags, *args, **kwargs)
+
+    def read_text(self, *args, **kwargs):
+        if self.name == "config.json":
+            raise denied
+        return real_read_text(self, *args, **kwargs)
+
+    c.monkeypatch.setattr(os, "open", guarded_open)
+    c.monkeypatch.setattr(Path, "read_text", read_text)
+
+
+DEEP = "[" * 100000 + "]" * 100000  # beyond Python's JSON parser's recursion
+
+
 def corrupt_first_metrics_line(c: Ctx) -> None:
     path = c.run / "metrics.jsonl"
     lines = path.read_text().splitlines(keepends=True)
@@ -1184,6 +1215,27 @@ CLI_CASES = [
         "--sigma",
     ),  # fmt: skip
     Cli("hostile-config-dev-zero", ("train", "--config", "/dev/zero", "--quiet"), 2, "/dev/zero"),
+    Cli(
+        "defect-run-config-nested-too-deeply",
+        E(),
+        2,
+        "config.json",
+        put("{run}/config.json", '{"train": ' + DEEP + "}"),
+    ),
+    Cli(
+        "defect-run-metrics-line-nested-too-deeply",
+        S(),
+        2,
+        ("metrics.jsonl", "line 1"),
+        prepend_metrics(DEEP + "\n"),
+    ),
+    Cli(
+        "defect-run-config-unreadable-on-resume",
+        R(*RESUME),
+        2,
+        ("config.json", "Permission denied"),
+        unreadable_config,
+    ),
     Cli(
         "hostile-config-nested-too-deeply",
         CFG,

@@ -29,7 +29,6 @@ registers its loaders when ``pyrovae.data`` is imported:
 
 from __future__ import annotations
 
-import errno
 import inspect
 import math
 import numbers
@@ -42,6 +41,7 @@ from typing import Callable, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from pyrovae.files import check_regular, file_kind, os_reason
 from pyrovae.linear_gaussian import LinearGaussian
 from pyrovae.registry import Registry
 
@@ -470,11 +470,6 @@ def _keep_splits(dataset: Dataset, wanted: Sequence[str]) -> Dataset:
     return replace(dataset, **emptied) if emptied else dataset
 
 
-def _os_reason(exc: OSError) -> str:
-    """The operating system's reason, e.g. ``Permission denied``, without the repeated path."""
-    return exc.strerror or _one_line(exc)
-
-
 def _expand(path: Path, source: str) -> Path:
     """``path`` with ``~`` expanded; DataError naming ``source`` when that is impossible."""
     try:
@@ -526,11 +521,11 @@ def _data_root(data_dir: PathLike | None, default_subdir: str) -> Path:
         ) from None
     except OSError as exc:
         raise DataError(
-            f"cannot read data directory {root}: {_os_reason(exc)}; check {source} and the "
+            f"cannot read data directory {root}: {os_reason(exc)}; check {source} and the "
             "directory's permissions"
         ) from None
     if not stat.S_ISDIR(info.st_mode):
-        kind = "a file" if stat.S_ISREG(info.st_mode) else _file_kind(info.st_mode)
+        kind = "a file" if stat.S_ISREG(info.st_mode) else file_kind(info.st_mode)
         raise DataError(
             f"data directory {root} is {kind}, not a directory; check {source}: it names the "
             "directory that holds the data files"
@@ -538,91 +533,11 @@ def _data_root(data_dir: PathLike | None, default_subdir: str) -> Path:
     return root
 
 
-# What a stat mode stands for, as an error message names it; a regular file is none of these.
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),  # a named pipe: opening it waits for a writer
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
-def _file_kind(mode: int) -> str:
-    """What a non-regular ``os.stat`` mode is, e.g. ``"a FIFO"``."""
-    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a file")
-
-
-def _link_target(path: Path) -> str:
-    """Where the symbolic link ``path`` points, as written in the link (for messages)."""
-    try:
-        return os.readlink(path)
-    except OSError:
-        return "?"
-
-
 def _check_data_file(path: Path, what: str, max_bytes: int, fix: str) -> os.stat_result | None:
-    """Check a data file before anything opens it: ``os.stat`` after resolving symbolic links.
-
-    Opening a FIFO blocks until a writer comes, and reading ``/dev/zero`` never ends, so a path
-    that is not a regular file (through a symbolic link or not) is refused here, before any read.
-
-    Args:
-        path: The data file.
-        what: What it should be, for messages, e.g. ``"an .amat file"``.
-        max_bytes: The largest size such a file can sanely have.
-        fix: How to fix a bad file, the end of every message.
-
-    Returns:
-        The file's ``os.stat`` result, or None when nothing is at ``path`` (not even a link).
-
-    Raises:
-        DataError: If ``path`` is a dangling symbolic link or a loop of them, is not a regular
-            file (a directory, FIFO, socket or device), is larger than ``max_bytes``, or cannot
-            be examined (the OS's reason); the message names ``path``.
-    """
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a directory on the way is a loop of symbolic links
-            raise DataError(f"{path} goes through a loop of symbolic links; {fix}") from None
-        raise DataError(f"cannot read {path}: {_os_reason(exc)}; {fix}") from None
-    try:
-        info = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):  # the entry is there, its target is not
-        raise DataError(
-            f"{path} is a symbolic link to {_link_target(path)}, which does not exist; fix or "
-            f"remove the link ({fix})"
-        ) from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise DataError(
-                f"{path} is a symbolic link that loops (to {_link_target(path)}); fix or remove "
-                f"the link ({fix})"
-            ) from None
-        raise DataError(f"cannot read {path}: {_os_reason(exc)}; {fix}") from None
-    via = f", through the symbolic link to {_link_target(path)}" if path.is_symlink() else ""
-    if stat.S_ISDIR(info.st_mode):
-        raise DataError(f"{path} is a directory{via}, not {what}; {fix}")
-    if not stat.S_ISREG(info.st_mode):
-        kind = _file_kind(info.st_mode)
-        raise DataError(f"{path} is not a regular file ({kind}{via}); {fix}")
-    if info.st_size > max_bytes:
-        raise DataError(
-            f"{path} holds {info.st_size} bytes, more than the {_size(max_bytes)} that {what} "
-            f"can sanely hold; {fix}"
-        )
-    return info
-
-
-def _size(n_bytes: int) -> str:
-    """A byte count for messages: ``1.5 GiB``, ``78.4 MiB``, ``12 bytes``."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}"
-    return _plural(n_bytes, "byte")
+    """``pyrovae.files.check_regular`` with a ``DataError``: a data file that is not a regular
+    file (a FIFO would block, ``/dev/zero`` never end) or is too large is refused before any
+    read; None when nothing is at ``path``."""
+    return check_regular(path, what, max_bytes, fix, DataError)
 
 
 # The source modules import the names above and register their loaders in DATASETS, so they are

@@ -7,7 +7,6 @@ import hashlib
 import logging
 import os
 import shutil
-import stat
 import tempfile
 import urllib.request
 import warnings
@@ -29,10 +28,9 @@ from pyrovae.data import (
     _data_root,
     _expand,
     _one_line,
-    _os_reason,
     _shown,
-    _size,
 )
+from pyrovae.files import open_regular, os_reason, size_text
 
 logger = logging.getLogger(__name__)
 
@@ -173,13 +171,9 @@ def _load_cache(cache_file: Path) -> torch.Tensor | None:
     any parsed .amat file is unusable: the parse rebuilds it.
     """
     try:
-        if not cache_file.exists():
-            return None
-        info = cache_file.stat()
-        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_AMAT_BYTES:
-            return None
-        cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-    except Exception:  # unreadable, truncated by a crash, garbage, from another torch: rebuild
+        with open_regular(cache_file, "a parse cache", _MAX_AMAT_BYTES, "", DataError) as f:
+            cached = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception:  # absent, unreadable, truncated by a crash, garbage, another torch's
         return None
     ok = (
         isinstance(cached, torch.Tensor)
@@ -231,8 +225,8 @@ def _read_capped(path: Path, info: os.stat_result, max_bytes: int) -> bytes:
             raw = f.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise DataError(
-            f"{path} holds more than {_size(max_bytes)}, more than any .amat file (the canonical "
-            f"train file is 78.4 MB); {_replace_fix()}"
+            f"{path} holds more than {size_text(max_bytes)}, more than any .amat file (the "
+            f"canonical train file is 78.4 MB); {_replace_fix()}"
         )
     return raw
 
@@ -275,7 +269,7 @@ def read_amat(path: PathLike, cache: bool = True) -> torch.Tensor:
         raise DataError(f"{path} does not exist; check the path") from None
     except OSError as exc:  # permission denied, a directory, an I/O error, ...
         raise DataError(
-            f"cannot read {path}: {_os_reason(exc)}; check that it is a readable file, or "
+            f"cannot read {path}: {os_reason(exc)}; check that it is a readable file, or "
             "replace it with a fresh copy"
         ) from None
     values = _parse_fast(raw)

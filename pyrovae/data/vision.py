@@ -4,6 +4,7 @@ binarized; CIFAR-10, split 45000/5000/10000, in colour."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Sequence, Tuple
 
@@ -22,6 +23,7 @@ from pyrovae.data import (
     _data_root,
     _one_line,
 )
+from pyrovae.files import open_regular
 
 # --- torchvision, shared by the loaders -------------------------------------------------------
 
@@ -86,9 +88,42 @@ _TORCHVISION_FILES = tuple(
 ) + ("processed/training.pt", "processed/test.pt")
 
 
+# The idx files' magic numbers (0x0803: unsigned bytes, 3 dimensions; 0x0801: 1 dimension).
+_IDX_MAGIC = {"images-idx3": (0x0803, 3), "labels-idx1": (0x0801, 1)}
+
+
+def _check_idx_files(class_name: str, raw: Path) -> None:
+    """Refuse an uncompressed raw file that is not what its name says, naming it and the
+    fault: torchvision's reader only asserts, so a corrupt file reached the user as a bare
+    ``AssertionError``. Checks the magic number and that the size is what the header's
+    dimensions make; absent files are torchvision's to download."""
+    fix = f"delete it so that {class_name} is downloaded again, or put the official file there"
+    for name in _TORCHVISION_FILES:
+        path = raw.parent / name
+        if not name.startswith("raw/") or name.endswith(".gz") or not path.is_file():
+            continue
+        magic, ndim = _IDX_MAGIC[name.split("-", 1)[1].rsplit("-", 1)[0]]
+        what = f"a {class_name} data file"
+        with open_regular(path, what, _MAX_TORCHVISION_FILE_BYTES, fix, DataError) as f:
+            header, size = f.read(4 + 4 * ndim), os.fstat(f.fileno()).st_size
+        if len(header) < 4 + 4 * ndim or int.from_bytes(header[:4], "big") != magic:
+            raise DataError(
+                f"{path} is not an idx file of {class_name} (its first bytes are not the magic "
+                f"number {magic:#06x}); {fix}"
+            )
+        dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+        expected = 4 + 4 * ndim + math.prod(dims)
+        if size != expected:
+            raise DataError(
+                f"{path} holds {size} bytes where its header ({' x '.join(map(str, dims))}) "
+                f"makes {expected}: it is truncated or corrupt; {fix}"
+            )
+
+
 def _torchvision_images(class_name: str, root: Path, train: bool) -> torch.Tensor:
     """One official MNIST-like split as (N, 784) float32 in [0, 1]."""
     _check_torchvision_files(class_name, root / class_name, _TORCHVISION_FILES)
+    _check_idx_files(class_name, root / class_name / "raw")
     where = (
         "Put the raw files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
         "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz) in "

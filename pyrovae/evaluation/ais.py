@@ -32,9 +32,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..config import Rule
+from ..data import as_data_tensor
 from ..producers import Producer
 from ..runtime import progress_bar
 from ..threads import share_cores
+from .importance import data_dtype, estimate_log_likelihood
 from .truth import mean_stderr
 
 INITS = ("prior", "guide")
@@ -65,8 +67,10 @@ class AISResult:
     ``log_px`` is the mean over data points of log p̂(x), ``log_px_stderr`` the standard error of
     that mean over data points; ``mc_stderr`` the mean over points of each estimate's own Monte
     Carlo standard error (across its chains, by the delta method); ``acceptance`` the mean HMC
-    acceptance rate. ``bits_per_dim`` (with its standard error) is ``log_px`` in bits per
-    dimension, set for data of 256 (or L) levels (``pyrovae.evaluation.bits``).
+    acceptance rate; ``refine_steps``, where set, the Adam steps per point that refined the
+    guide annealed from (``pyrovae evaluate --refine``). ``bits_per_dim`` (with its standard
+    error) is ``log_px`` in bits per dimension, set for data of 256 (or L) levels
+    (``pyrovae.evaluation.bits``).
     ``per_point_*`` are (n,) tensors, on the CPU.
     """
 
@@ -82,6 +86,7 @@ class AISResult:
     seconds: float
     producer: Optional[str] = None
     checkpoint: Optional[str] = None  # the run's checkpoint evaluated (best, last), if any
+    refine_steps: Optional[int] = None  # the guide annealed from, refined by so many steps
     bits_per_dim: Optional[float] = None
     bits_per_dim_stderr: Optional[float] = None
     exact_log_px: Optional[float] = None
@@ -96,8 +101,9 @@ class AISResult:
         d = {"method": "ais", **asdict(self)}
         for key in ("per_point_log_px", "per_point_mc_stderr", "per_point_acceptance"):
             d.pop(key)
-        if d["checkpoint"] is None:
-            d.pop("checkpoint")
+        for key in ("checkpoint", "refine_steps"):
+            if d[key] is None:
+                d.pop(key)
         for key in ("bits_per_dim", "exact_log_px"):
             if d[key] is None:
                 d.pop(key)
@@ -262,11 +268,14 @@ def ais_log_likelihood(
     if init not in INITS:
         raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     betas = schedule(steps, schedule_kind)
+    # NaN or infinite values refused by name here, not blamed on the chains at the end.
+    data = as_data_tensor(data, "data", data_dtype(data, producer))
     n = data.shape[0]
     if n == 0:
         raise ValueError("cannot evaluate an empty data set")
     batch = max(1, min(n, chain_pairs // chains))
     device = getattr(producer, "device", None) or data.device
+    producer.require_continuous(data[:1].to(device), "annealed importance sampling (HMC)")
     start = time.perf_counter()
     bar = progress_bar(n * steps, f"AIS, T={steps}, {chains} chains", "point-step", progress)
     log_px: List[torch.Tensor] = []
@@ -379,10 +388,10 @@ def bdmc(
     weights are unbiased for 1 / p(x)). Also the importance-weighted estimate with ``k``
     samples on the same points. Returns a ``BDMCResult``. Runs on the producer's device
     (``producer.device``; where it has none, ``x_like``'s)."""
-    from .importance import estimate_log_likelihood
-
     start = time.perf_counter()
-    x, truth = producer.simulate(x_like.to(getattr(producer, "device", None) or x_like.device))
+    x_like = x_like.to(getattr(producer, "device", None) or x_like.device)
+    producer.require_continuous(x_like[:1], "BDMC's annealed importance sampling (HMC)")
+    x, truth = producer.simulate(x_like)
     forward = ais_log_likelihood(
         producer, x, steps, chains, leapfrog, "prior", "sigmoid", step_size, chain_pairs, progress
     )

@@ -8,13 +8,15 @@ elements of each element's variance across draws), the mean signal-to-noise rati
 gradients are those of the objective averaged over the minibatch's data points.
 
 Each estimate is what a training step computes (``pyrovae.producers.estimate_and_backward``:
-the same producer, the same estimator), so the time per estimate is the training route's. A
+the same producer, the same estimator, the model in training mode), so the time per estimate is
+the training route's. A
 baseline first adapts on random minibatches, as in training, and is then held fixed, so the
 estimates are independent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -102,10 +104,26 @@ def estimator_specs() -> List[str]:
 
 
 def default_estimator_specs(vae: VAE, x: torch.Tensor, producer: str = "auto") -> List[str]:
-    """Every registered estimator (and variant) that applies to ``vae``, judged on ``x``."""
+    """Every registered estimator (and variant) that applies to ``vae``, judged on ``x`` as
+    training computes it (``training_mode``)."""
     route = make_producer(vae, producer)
     x = x.to(module_device(vae))
-    return [s for s in estimator_specs() if applies(route, _make(s), x)]
+    with training_mode(vae):
+        return [s for s in estimator_specs() if applies(route, _make(s), x)]
+
+
+@contextlib.contextmanager
+def training_mode(vae: VAE):
+    """``vae`` in training mode for the block, then back in the mode it was in: its gradients
+    are then the ones a training step computes. (In eval mode, as ``load_vae`` returns it, a
+    ``local`` guide refines its input with the steps cut from the graph, so the encoder would
+    get no gradient at all, though training gives it one.)"""
+    was_training = vae.training
+    vae.train()
+    try:
+        yield vae
+    finally:
+        vae.train(was_training)
 
 
 def _make(spec: str) -> Estimator:
@@ -143,6 +161,22 @@ class _Moments:
         live = std > 0
         snr = (self.mean.abs()[live] / std[live]).mean().item() if live.any() else math.inf
         return var.sum().item(), snr
+
+
+def _measured(spec: str, encoder: _Moments, decoder: _Moments):
+    """The encoder's and the decoder's ``_Moments.summary()`` for estimator ``spec``.
+
+    Raises:
+        ValueError: a part's gradient was exactly zero in every draw: it gets no gradient, and
+            a variance of 0 with an SNR of inf would read as a measurement.
+    """
+    for part, moments in (("encoder", encoder), ("decoder", decoder)):
+        if moments.n and moments.mean.numel() and not (moments.mean.any() or moments.m2.any()):
+            raise ValueError(
+                f"{spec!r} gives the {part} a gradient of exactly zero in every draw at these "
+                "parameters: there is no gradient noise to measure"
+            )
+    return encoder.summary(), decoder.summary()
 
 
 def _split_params(vae: VAE) -> Tuple[List[torch.nn.Parameter], List[torch.nn.Parameter]]:
@@ -239,52 +273,54 @@ def gradient_variance(
     saved = {k: v.detach().clone() for k, v in vae.state_dict().items()}
     out = []
     try:
-        for spec in estimators:
-            est = _make(spec)
-            check_step_memory(
-                list(vae.parameters()), x, est.num_particles, f"{spec!r}'s step", [vae]
-            )
-            check_applies(route, est, x)  # NotApplicable says why, and what to use
-            est.prepare(x)
-            _warm_up_baselines(route, est, x, warmup, vae, warmup_data)
-            enc, dec = _Moments(), _Moments()
-            # The state the baselines reached is held for the draws: updating it on the fixed
-            # batch would fit the average to that batch's points, which training never does,
-            # and make the draws depend on each other.
-            estimate_and_backward(route, est, x, None, False)  # untimed: first-call costs
-            seconds = 0.0
-            for _ in tqdm(range(draws), desc=spec, disable=None if progress else True):
-                vae.zero_grad(set_to_none=True)
-                start = time.perf_counter()
-                estimate_and_backward(route, est, x, None, False)
-                seconds += time.perf_counter() - start
-                enc.add(_flat_grad(inference) / x.shape[0])
-                dec.add(_flat_grad(generative) / x.shape[0])
-                share_cores()  # untimed
-            (enc_var, enc_snr), (dec_var, dec_snr) = enc.summary(), dec.summary()
-            moments = None
-            if per_element:
-                moments = {
-                    "encoder_mean": enc.mean.cpu(),
-                    "encoder_var": enc.variance().cpu(),
-                    "decoder_mean": dec.mean.cpu(),
-                    "decoder_var": dec.variance().cpu(),
-                }
-            out.append(
-                GradientStats(
-                    spec,
-                    repr(est),
-                    route.name,
-                    draws,
-                    enc_var,
-                    dec_var,
-                    enc_snr,
-                    dec_snr,
-                    seconds / draws,
-                    x.shape[0],
-                    moments,
+        # As training computes them (a local guide refines in eval mode only).
+        with training_mode(vae):
+            for spec in estimators:
+                est = _make(spec)
+                check_step_memory(
+                    list(vae.parameters()), x, est.num_particles, f"{spec!r}'s step", [vae]
                 )
-            )
+                check_applies(route, est, x)  # NotApplicable says why, and what to use
+                est.prepare(x)
+                _warm_up_baselines(route, est, x, warmup, vae, warmup_data)
+                enc, dec = _Moments(), _Moments()
+                # The state the baselines reached is held for the draws: updating it on the fixed
+                # batch would fit the average to that batch's points, which training never does,
+                # and make the draws depend on each other.
+                estimate_and_backward(route, est, x, None, False)  # untimed: first-call costs
+                seconds = 0.0
+                for _ in tqdm(range(draws), desc=spec, disable=None if progress else True):
+                    vae.zero_grad(set_to_none=True)
+                    start = time.perf_counter()
+                    estimate_and_backward(route, est, x, None, False)
+                    seconds += time.perf_counter() - start
+                    enc.add(_flat_grad(inference) / x.shape[0])
+                    dec.add(_flat_grad(generative) / x.shape[0])
+                    share_cores()  # untimed
+                (enc_var, enc_snr), (dec_var, dec_snr) = _measured(spec, enc, dec)
+                moments = None
+                if per_element:
+                    moments = {
+                        "encoder_mean": enc.mean.cpu(),
+                        "encoder_var": enc.variance().cpu(),
+                        "decoder_mean": dec.mean.cpu(),
+                        "decoder_var": dec.variance().cpu(),
+                    }
+                out.append(
+                    GradientStats(
+                        spec,
+                        repr(est),
+                        route.name,
+                        draws,
+                        enc_var,
+                        dec_var,
+                        enc_snr,
+                        dec_snr,
+                        seconds / draws,
+                        x.shape[0],
+                        moments,
+                    )
+                )
     finally:
         vae.zero_grad(set_to_none=True)
         vae.load_state_dict(saved)

@@ -156,7 +156,7 @@ class LogLikelihood:
         return d
 
 
-def _data_dtype(data: Any, *programs: Any) -> torch.dtype:
+def data_dtype(data: Any, *programs: Any) -> torch.dtype:
     """The dtype to give the data: that of the module whose method (or producer) the model or
     guide is, else the data's own floating dtype, else torch's default."""
     for program in programs:
@@ -229,7 +229,7 @@ def estimate_log_likelihood(
             "an evaluation split across processes needs a seed (seed=): each chunk of "
             "particles then draws from a stream of its own, whichever process computes it"
         )
-    data = as_data_tensor(data, "data", _data_dtype(data, producer, model, guide))
+    data = as_data_tensor(data, "data", data_dtype(data, producer, model, guide))
     if data.dim() < 2:
         raise ValueError(
             f"data must have shape (N, ...), one row per data point, got {tuple(data.shape)}"

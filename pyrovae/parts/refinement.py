@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 
 from ..config import SEED_RULE, Rule
+from ..particles import DISCRETE_INSTEAD, require_continuous_latent
 from ..runtime import fork_rng, module_device, progress_bar
 from .guides import GUIDES, GuideFamily
 
@@ -39,6 +40,11 @@ BETAS = (0.9, 0.999)
 # Inside the square root (not added after it) so that the update stays differentiable where
 # a gradient entry is exactly zero.
 EPS = 1e-8
+# What the refinement is called where it refuses a discrete latent, and what to do instead.
+REFINEMENT = "refining q per data point (--refine, the local guide, gap's q*)"
+REFINE_INSTEAD = (
+    "refine a continuous family (diagonal-gaussian, full-rank, flow), or " + DISCRETE_INSTEAD
+)
 
 
 def refine_inputs(
@@ -126,6 +132,7 @@ def fit_guide_inputs(
             x = data[lo : lo + batch_size].to(device)
             with torch.no_grad():
                 h = vae.encoder(x)
+                require_continuous_latent("z", vae.guide_family(h), REFINEMENT)
             out.append(refine_inputs(h, elbo_objective(vae, x, samples), steps, lr, seed))
             bar.update(x.shape[0])
     finally:
@@ -178,11 +185,12 @@ class LocalRefinement(GuideFamily):
             base = GUIDES.get(base)(z_dim)
         if not isinstance(base, GuideFamily):
             raise ValueError(f"base must be a guide family name, got {base!r}")
-        if not base.reparameterizable:
-            raise ValueError(
-                f"base {type(base).__name__} is discrete: local refinement follows pathwise "
-                "gradients; refine a continuous family (diagonal-gaussian, full-rank, flow)"
-            )
+        # The family's distribution at some input (where its parameters are): what it draws,
+        # for Pyro's marks.
+        like = next(base.parameters(), torch.zeros(()))
+        with torch.no_grad():
+            drawn = base(like.new_zeros(1, base.in_features))
+        require_continuous_latent("z", drawn, REFINEMENT, REFINE_INSTEAD)
         if base.z_dim != z_dim:
             raise ValueError(f"base models z_dim {base.z_dim}, not {z_dim}")
         self.base = base

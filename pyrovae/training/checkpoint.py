@@ -23,6 +23,7 @@ from typing import Any, Dict, Tuple, Union
 
 import torch
 
+from ..files import open_regular, write_atomic
 from ..model import VAE, VAEConfig, build_vae
 from ..runtime import Device, resolve_device
 from .config import RESUMABLE
@@ -42,12 +43,9 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
     ``map_location``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(on_cpu({"format": FORMAT, "version": VERSION, **state}), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave half a checkpoint behind
+    state = on_cpu({"format": FORMAT, "version": VERSION, **state})
+    # Atomic, never through a link; a full disk an OSError, not torch's RuntimeError.
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def on_cpu(value: Any) -> Any:
@@ -70,13 +68,18 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     will be used on: the random-number states must be CPU tensors, and the model's and the
     optimizer's tensors are copied to their device as they are loaded into them."""
     path = Path(path)
-    if not path.is_file():
+    fix = "restore it, or use the other checkpoint of the run (last.pt / best.pt)"
+    try:
+        # A FIFO, a device or a file larger than this machine's memory: refused unread.
+        f = open_regular(path, "a checkpoint", _max_checkpoint_bytes(), fix, CheckpointError)
+    except FileNotFoundError:
         raise CheckpointError(
             f"no checkpoint at {path}; train a model first with `pyrovae train --run-dir "
             f"{path.parent.parent if path.parent.name == 'checkpoints' else path.parent}`"
-        )
+        ) from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated/garbled files
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); it may be "
@@ -91,6 +94,15 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         )
     _check_fields(state, path)
     return state
+
+
+def _max_checkpoint_bytes() -> int:
+    """The largest checkpoint worth reading: this machine's memory (``torch.load`` holds it
+    all); unbounded where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62
 
 
 def _is_number(v: Any) -> bool:

@@ -22,6 +22,7 @@ from ..config import (
 from ..estimators import ESTIMATORS
 from ..model import VAEConfig
 from ..producers import PRODUCERS
+from .rundir import read_run_file
 from .schedule import LR_SCHEDULES
 
 # 0.1.0 named the route an "engine"; a config file, run directory or command line may still.
@@ -83,16 +84,19 @@ def read_config(run_dir: Path) -> Tuple[TrainConfig, Optional[VAEConfig]]:
     """The (training, model) configuration saved in a run directory; the model's is ``None``
     for a run that trained a model/guide pair of the user's own."""
     path = Path(run_dir) / "config.json"
-    if not path.is_file():
+    raw = read_run_file(path)
+    if raw is None:
         raise FileNotFoundError(f"{path} is missing: {run_dir} is not a pyrovae run directory")
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(raw)
         model = cfg["model"]
         return TrainConfig.from_dict(cfg["train"]), (
             None if model is None else VAEConfig.from_dict(model)
         )
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a valid pyrovae config ({e}); restore it") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not a valid pyrovae config (nested too deeply)") from None
 
 
 # What a resumed run may change: the state saved does not depend on these.

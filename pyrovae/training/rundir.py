@@ -7,7 +7,9 @@ holds a run that stopped before its first checkpoint; anything else (a run with 
 user's own files) is refused, and nothing in it is touched.
 
 Every file is replaced atomically (written to ``NAME.tmp``, then renamed), so a kill at any
-moment leaves either the old or the new version. The epoch commit is ordered so that a kill
+moment leaves either the old or the new version; every file is read and written through
+``pyrovae.files``, so none is read when it is a FIFO, a device or absurdly large, and none is
+written through a symbolic link. The epoch commit is ordered so that a kill
 between its steps loses nothing: ``best.pt``, then ``last.pt`` (the commit point: it holds the
 metrics of every epoch so far), then ``metrics.jsonl``, which resume rebuilds from ``last.pt``.
 """
@@ -20,12 +22,21 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..files import open_lock, own_folder, read_bytes
+from ..files import write_text as _write_text
+
 try:  # POSIX; elsewhere a run directory is not locked
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None
 
 LOCK_FILE = ".lock"
+# The sane sizes of a run's text files: a config is a few KiB, a metrics line a few hundred
+# bytes per epoch.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_METRICS_BYTES = 256 << 20
+# A run's own folders: never links (a linked checkpoints/ would overwrite another run's).
+RUN_FOLDERS = ("checkpoints", "figures")
 # What pyrovae itself writes into a run directory.
 RUN_ENTRIES = {"config.json", "metrics.jsonl", "checkpoints", LOCK_FILE, "figures"}
 
@@ -50,23 +61,33 @@ def write_text(path: Path, text: str) -> None:
     _write_text(Path(path), text)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def read_run_file(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> Optional[bytes]:
+    """The bytes of a run's text file (``config.json``, ``metrics.jsonl``), None if there is
+    none; a FIFO, device, directory or oversized file there is a ``RunDirError``."""
+    fix = "a pyrovae run keeps a plain file there: move it away or restore it"
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
+        return read_bytes(path, f"a run's {Path(path).name}", max_bytes, fix, RunDirError)
+    except FileNotFoundError:
+        return None
 
 
 def read_record(run_dir: Path) -> Dict[str, Any]:
     """A run's ``config.json`` as written, with the keys ``read_config`` does not read
-    (``resumed``, ``data``, ``data_fingerprint``); ``{}`` if it cannot be read."""
+    (``resumed``, ``data``, ``data_fingerprint``); ``{}`` if it is missing or not JSON."""
+    raw = read_run_file(Path(run_dir) / "config.json")
     try:
-        record = json.loads((Path(run_dir) / "config.json").read_text())
-    except (OSError, ValueError):
+        record = _json(raw or b"")
+    except ValueError:
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def _json(text) -> Any:
+    """``json.loads``, with nesting too deep for Python's parser a ``ValueError`` too."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _is_record(record: Any) -> bool:
@@ -89,15 +110,16 @@ def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
     ``ValueError`` naming the file and the line.
     """
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
+    raw = read_run_file(path, MAX_METRICS_BYTES)
+    if raw is None:
         return []
-    lines = path.read_text(errors="replace").splitlines()
+    lines = raw.decode(errors="replace").splitlines()
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = _json(line)
             if not _is_record(record):
                 raise ValueError("not an epoch record with epoch, train_elbo and valid_elbo")
         except ValueError as e:
@@ -136,7 +158,11 @@ def remove_leftovers(run_dir: Path) -> None:
 
 
 def _check_run_files(path: Path) -> None:
-    """Each file a run writes is a regular file where it exists, so no write fails midway."""
+    """Each folder a run writes into is its own (not a link), and each file a run writes is a
+    regular file where it exists, so no write fails midway or lands in another run."""
+    for name in RUN_FOLDERS:
+        if (path / name).is_symlink():
+            own_folder(path / name, RunDirError)  # the refusal, in one place
     for name in RUN_FILES:
         file = path / name
         if file.is_symlink() or (file.exists() and not file.is_file()):
@@ -148,9 +174,10 @@ def _check_run_files(path: Path) -> None:
 
 def _is_run_config(path: Path) -> bool:
     """Whether ``path`` is a pyrovae run's ``config.json`` (not a file of the same name)."""
+    raw = read_run_file(path)  # a FIFO, a device, an unreadable file: its own error
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        record = _json(raw or b"")
+    except ValueError:
         return False
     return isinstance(record, dict) and {"train", "model"} <= set(record)
 
@@ -169,8 +196,8 @@ def is_unstarted_run(path: Path) -> bool:
         return False
     if checkpoints and not _is_run_config(path / "config.json"):
         return False
-    metrics = path / "metrics.jsonl"
-    return not metrics.exists() or not metrics.read_text(errors="replace").strip()
+    metrics = read_run_file(path / "metrics.jsonl", MAX_METRICS_BYTES)
+    return metrics is None or not metrics.strip()
 
 
 def check_new_run_dir(path: Path) -> None:
@@ -249,7 +276,7 @@ class RunLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock(self.path, RunDirError)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -47,6 +47,7 @@ from ..config import OptionError
 from ..data import SPLITS, DataError, Dataset, load_dataset
 from ..estimators import Estimator, make_estimator
 from ..evaluation import estimate_log_likelihood
+from ..files import own_folder
 from ..model import VAE, VAEConfig, build_vae
 from ..particles import traced_particles
 from ..producers import Producer, check_applies, estimate_and_backward, make_producer
@@ -73,6 +74,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, given_fields, read_config, resumed_config
 from .rundir import (
+    RunDirError,
     RunLock,
     check_new_run_dir,
     check_resumable,
@@ -87,7 +89,28 @@ from .schedule import kl_weight, learning_rate
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite, or the validation ELBO blew up (``diverged_floor``);
+    the last good checkpoint is kept."""
+
+
+# A validation ELBO per point this many times (plus a nat) further below zero than the worst
+# the run had before (the objective of its first batch before any update, or the validation
+# ELBO of an earlier epoch) is a blow-up, not a bad epoch: no training makes its model a
+# thousand times worse than the untrained one, while a learning rate too high for the model
+# finds such values (-5e26) well before NaN or inf.
+DIVERGED_FACTOR = 1000.0
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def diverged_floor(worst: float) -> float:
+    """The validation ELBO per point below which a run whose worst ELBO so far was ``worst``
+    has diverged (see ``DIVERGED_FACTOR``); -inf where there is none (``worst`` inf)."""
+    if not math.isfinite(worst):
+        return -math.inf
+    return worst - DIVERGED_FACTOR * (abs(worst) + 1.0)
 
 
 @dataclass
@@ -635,7 +658,7 @@ def train(
                 )
         with world.together():
             if world.main:
-                (run_path / "checkpoints").mkdir(exist_ok=True)
+                own_folder(run_path / "checkpoints", RunDirError)  # never a link
                 config_record: Dict[str, Any] = {
                     "train": cfg.to_dict(),
                     "model": None if custom else model_config.to_dict(),
@@ -775,6 +798,9 @@ class _EpochLoop:
     model: Callable
     run_path: Path
     world: distributed.World = dataclasses.field(default_factory=distributed.World)
+    # The worst ELBO per point before this call's epochs (set by ``run``): the divergence
+    # criterion's reference (``diverged_floor``); inf while there is none.
+    worst_elbo: float = math.inf
 
     def _diverged(self, what: str, epoch: int) -> TrainingDiverged:
         kept = epoch - 1
@@ -792,6 +818,9 @@ class _EpochLoop:
 
     def run(self, start_epoch, step, best, metrics, steps_per_epoch, progress) -> float:
         cfg, data, n = self.cfg, self.data, self.data.train.shape[0]
+        # The worst validation ELBO so far; a new run adds its objective before any update.
+        seen = [m.get("valid_elbo") for m in metrics]
+        self.worst_elbo = min((v for v in seen if _finite_number(v)), default=math.inf)
         bar = tqdm(
             total=cfg.epochs * steps_per_epoch,
             initial=start_epoch * steps_per_epoch,
@@ -830,6 +859,8 @@ class _EpochLoop:
                         raise self._diverged(
                             f"the loss became {loss} at epoch {epoch}, step {i + 1}", epoch
                         )
+                    if step == 0:  # per point: what the untrained model gives
+                        self.worst_elbo = min(self.worst_elbo, -loss / n)
                     total_loss += loss
                     step += 1
                     share_cores()
@@ -874,6 +905,13 @@ class _EpochLoop:
             raise self._diverged(f"validation at epoch {epoch} failed: {e}", epoch) from e
         if not math.isfinite(valid.elbo):
             raise self._diverged(f"the validation ELBO became {valid.elbo} at epoch {epoch}", epoch)
+        if valid.elbo < diverged_floor(self.worst_elbo):
+            raise self._diverged(
+                f"the validation ELBO fell to {valid.elbo:.4g} at epoch {epoch}, over "
+                f"{DIVERGED_FACTOR:g} times further below zero than the worst before it "
+                f"({self.worst_elbo:.4g}, before the first update or at an earlier epoch)",
+                epoch,
+            )
         likelihood = getattr(self.trained.module, "likelihood", None)
         if getattr(likelihood, "discrete", False) and valid.elbo > 0:
             # log p(x) <= 0 for a probability mass, and the ELBO below it: an average above 0
