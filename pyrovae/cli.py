@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import __version__
+from . import __version__, launch
 from .config import check_arguments, check_values, flag_name
 from .files import read_bytes
 from .threads import apply_threads, prepare_runtime
@@ -51,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # The same argv gives every process torchrun started the same error: process 0 says it.
         line = f"{self.prog}: error: {message} (see {self.prog} --help)\n"
-        self.exit(2, line if _rank() == 0 else None)
+        self.exit(2, line if launch.rank() == 0 else None)
 
 
 def _hidden(text: str):
@@ -668,7 +668,7 @@ def _cmd_train(args) -> int:
         changes=changes,
         device=args.device,
     )
-    if _rank() > 0:
+    if launch.rank() > 0:
         return 0  # process 0 reports
     last = result.metrics[-1] if result.metrics else {}
     rows = [
@@ -718,7 +718,7 @@ def _cmd_evaluate(args) -> int:
         device=args.device,
         chunk_seeds=args.chunk_seeds,
     )
-    if _rank() > 0:
+    if launch.rank() > 0:
         return 0  # process 0 reports
     if args.json:
         out = {"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}
@@ -983,16 +983,6 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 DISTRIBUTED_COMMANDS = ("train", "evaluate")
 
 
-def _rank() -> int:
-    """This process's rank among the processes torchrun started (0 without torchrun)."""
-    try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        pass
-    return 0
-
-
 @contextlib.contextmanager
 def _said_by_process_0():
     """A block that checks the command's flags (and the config file it names): a bad value
@@ -1000,18 +990,11 @@ def _said_by_process_0():
     try:
         yield
     except ValueError as e:
-        if _processes() > 1:
+        if launch.processes() > 1:
             from .distributed import everywhere
 
             everywhere(e)
         raise
-
-
-def _processes() -> int:
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -1019,7 +1002,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     name = "pyrovae"
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     filters = warnings.filters[:]
-    if _rank() > 0:
+    if launch.rank() > 0:
         warnings.simplefilter("ignore")  # process 0 warns for all
     previous = None
     if threading.current_thread() is threading.main_thread():
@@ -1039,11 +1022,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         # Inside the try: importing torch takes a second or two.
         args = build_parser().parse_args(argv)
         name = f"pyrovae {args.command}"
-        if _processes() > 1 and args.command not in DISTRIBUTED_COMMANDS:
-            if _rank() == 0:
+        if launch.processes() > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            if launch.rank() == 0:
                 print(
                     f"{name}: error: runs in one process, not under torchrun with "
-                    f"{_processes()} (only {' and '.join(DISTRIBUTED_COMMANDS)} split their "
+                    f"{launch.processes()} (only {' and '.join(DISTRIBUTED_COMMANDS)} split their "
                     "work across processes): start it without torchrun",
                     file=sys.stderr,
                 )
@@ -1053,7 +1036,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return status
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
-        if _rank() == 0:  # torchrun stops every process: one line for all
+        if launch.rank() == 0:  # torchrun stops every process: one line for all
             print(f"{name}: {what}; checkpoints written so far are kept", file=sys.stderr)
         return 143 if isinstance(e, _Terminated) else 130
     except BrokenPipeError:
@@ -1083,8 +1066,8 @@ def _run(args, name: str) -> int:
         "gap": _cmd_gap,
         "bdmc": _cmd_bdmc,
     }
-    if _rank() > 0:
-        name = f"{name} (process {_rank()})"
+    if launch.rank() > 0:
+        name = f"{name} (process {launch.rank()})"
     try:
         args.threads_used = apply_threads(args.threads)
         return command[args.command](args)
@@ -1108,7 +1091,7 @@ def _run(args, name: str) -> int:
         return 2
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError among them
         distributed = sys.modules.get("pyrovae.distributed")
-        if _processes() > 1 and distributed is not None and distributed.lost_peer(e):
+        if launch.processes() > 1 and distributed is not None and distributed.lost_peer(e):
             print(
                 f"{name}: error: another process of this run stopped "
                 f"({distributed.peer_reason(e)}); "
@@ -1128,7 +1111,7 @@ def _run(args, name: str) -> int:
 
 def _report(line: str, error: BaseException) -> None:
     """Print an error's line on stderr, unless process 0 of several prints it for all."""
-    if _rank() > 0 and getattr(error, "pyrovae_reported_everywhere", False):
+    if launch.rank() > 0 and getattr(error, "pyrovae_reported_everywhere", False):
         return
     print(line, file=sys.stderr)
 

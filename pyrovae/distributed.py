@@ -73,10 +73,9 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 
 from .config import OptionError
+from .launch import launched
 from .runtime import Device, resolve_device
 
-# The environment variables torchrun (and torch.distributed's env:// rendezvous) sets.
-ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # The gradients of one all-reduce call at most, as DDP's default bucket.
 BUCKET_BYTES = 25 << 20
 _SHARED = "pyrovae_reported_everywhere"
@@ -295,23 +294,6 @@ def derived_seed(seed: int, *keys: Any) -> int:
 def _hash_seed(*parts: Any) -> int:
     text = "/".join(str(p) for p in parts).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
-
-
-def launched() -> bool:
-    """Whether this process was started by torchrun (or another launcher setting the same
-    variables) as one of more than one process."""
-    try:
-        return all(v in os.environ for v in ENV_VARS) and int(os.environ["WORLD_SIZE"]) > 1
-    except ValueError:
-        return False
-
-
-def env_rank() -> int:
-    """This process's rank as torchrun says (0 outside torchrun): known before ``setup``."""
-    try:
-        return int(os.environ.get("RANK", "0")) if launched() else 0
-    except ValueError:
-        return 0
 
 
 _world: Optional[World] = None

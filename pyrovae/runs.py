@@ -15,7 +15,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -309,14 +309,22 @@ def gap_run(
         "seed": seed,
         **result.to_dict(),
     }
-    paths = {"json": out / "gap.json"}
-    write_text(paths["json"], strict_json(info, indent=1))
     title = (
         f"{Path(run_dir).name}, epoch {state.get('epoch')}: {result.n} {split} points, "
         f"K={k}, q* by {steps} Adam steps per point"
     )
-    paths["plot"] = save_gap(result, out / "gap.png", title)
-    return result, paths
+    return result, _write_json_and_plot(out, "gap", info, lambda p: save_gap(result, p, title))
+
+
+def _write_json_and_plot(
+    out: Path, name: str, info: Dict[str, Any], plot: Callable[[Path], Path]
+) -> Dict[str, Path]:
+    """A command's results in ``out``: ``name.json`` (``info``, strict JSON) and
+    ``name.png`` (drawn by ``plot(path)``); returns {"json": path, "plot": path}."""
+    paths = {"json": out / f"{name}.json"}
+    write_text(paths["json"], strict_json(info, indent=1))
+    paths["plot"] = plot(out / f"{name}.png")
+    return paths
 
 
 def sample_run(
@@ -420,14 +428,13 @@ def gradvar_run(
         "producer": stats[0].producer if stats else None,
         "estimators": [s.to_dict() for s in stats],
     }
-    paths = {"json": out / "gradvar.json"}
-    write_text(paths["json"], strict_json(info, indent=1))
     title = (
         f"{Path(run_dir).name}, epoch {state.get('epoch')}: {draws} gradient estimates per "
         f"estimator on one minibatch of {x.shape[0]}"
     )
-    paths["plot"] = save_gradient_variance(stats, out / "gradvar.png", title)
-    return stats, paths
+    return stats, _write_json_and_plot(
+        out, "gradvar", info, lambda p: save_gradient_variance(stats, p, title)
+    )
 
 
 def bdmc_run(
