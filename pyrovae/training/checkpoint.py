@@ -18,14 +18,16 @@ resume.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
 from ..files import open_regular, write_atomic
 from ..model import VAE, VAEConfig, build_vae
 from ..runtime import Device, resolve_device
+from . import legacy
 from .config import RESUMABLE
 
 FORMAT = "pyrovae-checkpoint"
@@ -46,6 +48,78 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
     state = on_cpu({"format": FORMAT, "version": VERSION, **state})
     # Atomic, never through a link; a full disk an OSError, not torch's RuntimeError.
     write_atomic(path, lambda f: torch.save(state, f))
+
+
+@dataclass
+class Resumable:
+    """What a training carries across its checkpoints beside its settings: the trained state
+    (``TrainedState``), the ``Trainer`` (Adam's state and the estimator's), the shuffle's
+    generator, and the device whose random stream is saved. The keys of a checkpoint are
+    written (``to_checkpoint``) and read back (``restore``; ``load_checkpoint`` checks them)
+    in this module alone."""
+
+    trained: Any
+    trainer: Any
+    shuffle: torch.Generator
+    device: torch.device
+
+    def own_streams(self) -> Dict[str, Any]:
+        """This process's random streams and estimator state: what a run of several
+        processes keeps for each, in ``ranks``."""
+        own = {
+            "torch_rng": torch.get_rng_state(),
+            "estimator": on_cpu(self.trainer.estimator.state_dict()),
+        }
+        if self.device.type == "cuda":
+            own["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return own
+
+    def to_checkpoint(
+        self,
+        progress: Dict[str, Any],
+        identity: Dict[str, Any],
+        metrics: List[Dict[str, Any]],
+        ranks: Optional[List[Dict[str, Any]]] = None,
+    ) -> Dict[str, Any]:
+        """The checkpoint of this state: ``progress`` (``epoch``, ``step``,
+        ``best_valid_elbo``, ``valid_elbo``), the run's ``identity`` (``model_config``,
+        ``custom_model``, ``train_config``), every epoch's record so far, and, for a run of
+        several processes, each one's ``own_streams`` (``ranks``)."""
+        ckpt = {
+            **progress,
+            **identity,
+            "model_state": self.trained.state_dict(),
+            "producer": self.trainer.producer.name,
+            "trainer_state": self.trainer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "shuffle_rng": self.shuffle.get_state(),
+            "metrics": list(metrics),
+        }
+        if self.device.type == "cuda":
+            ckpt["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if ranks is not None:
+            ckpt["world_size"], ckpt["ranks"] = len(ranks), ranks
+        return ckpt
+
+    def restore(self, state: Dict[str, Any], vae: Any, rank: Optional[int] = None) -> None:
+        """Load a checkpoint into this state. The GPU's random stream is restored where the
+        checkpoint has one and the run is on a GPU; a run resumed on another device than its
+        checkpoint's restores what applies (the CPU's stream and the shuffle always). Process
+        ``rank`` of several restores its own streams and estimator state
+        (``state["ranks"][rank]``); 0.1.0's checkpoints are read through ``legacy``."""
+        own = state if rank is None else state["ranks"][rank]
+        self.trained.load_state_dict(state["model_state"])
+        if state.get("version", 1) < 2:
+            trainer_state = legacy.trainer_state(state, vae, self.trainer)
+        else:
+            trainer_state = state["trainer_state"]
+        if own is not state:
+            trainer_state = {**trainer_state, "estimator": own["estimator"]}
+        self.trainer.load_state_dict(trainer_state)
+        torch.set_rng_state(own["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in own:
+            torch.cuda.set_rng_state(own["cuda_rng"], self.device)
+        self.shuffle.set_state(state["shuffle_rng"])
 
 
 def on_cpu(value: Any) -> Any:

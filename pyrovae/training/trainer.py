@@ -62,14 +62,13 @@ from ..runtime import (
     tune_allocator,
 )
 from ..threads import share_cores
-from . import legacy
 from .checkpoint import (
     CheckpointError,
+    Resumable,
     check_belongs,
     checkpoint_path,
     find_checkpoint,
     load_checkpoint,
-    on_cpu,
     save_checkpoint,
 )
 from .config import TrainConfig, given_fields, read_config, resumed_config
@@ -611,8 +610,9 @@ def train(
         if state is None and not world.main:
             torch.manual_seed(distributed.rank_seed(cfg.seed, world.rank))  # its own stream
     tune_allocator(device)  # batches of tensors above glibc's mmap threshold, every step
-    # On the CPU whatever the device: the same batches everywhere, and a portable state.
-    shuffle = torch.Generator().manual_seed(cfg.seed)
+    # The shuffle on the CPU whatever the device: the same batches everywhere, and a portable
+    # state.
+    resumable = Resumable(trained, trainer, torch.Generator().manual_seed(cfg.seed), device)
 
     # Claim the directory: from here on this process alone writes there (process 0 of many).
     lock = None
@@ -633,7 +633,7 @@ def train(
         if state is not None:
             with world.together():
                 try:
-                    _restore(state, trained, trainer, shuffle, vae, device, world)
+                    resumable.restore(state, vae, world.rank if world.distributed else None)
                 except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
                     raise CheckpointError(
                         f"checkpoint {checkpoint_path(run_path, 'last')} cannot be restored "
@@ -685,21 +685,12 @@ def train(
                 + "".join(f"; {k} {old} -> {new}" for k, (old, new) in changed.items()),
                 file=sys.stderr,
             )
-        loop = _EpochLoop(
-            cfg,
-            data,
-            train_split,
-            valid_split,
-            device,
-            producer,
-            trainer,
-            trained,
-            shuffle,
-            model_config,
-            model,
-            run_path,
-            world,
-        )
+        identity = {
+            "model_config": None if custom else model_config.to_dict(),
+            "custom_model": _describe(model) if custom else None,
+            "train_config": cfg.to_dict(),
+        }
+        loop = _EpochLoop(cfg, data, train_split, valid_split, resumable, identity, run_path, world)
         best = loop.run(start_epoch, step, best, metrics, steps_per_epoch, progress)
     finally:
         if lock is not None:
@@ -786,15 +777,24 @@ class _EpochLoop:
     data: Dataset
     train_split: torch.Tensor
     valid_split: torch.Tensor
-    device: torch.device
-    producer: Producer
-    trainer: Trainer
-    trained: TrainedState
-    shuffle: torch.Generator
-    model_config: Optional[VAEConfig]
-    model: Callable
+    resumable: Resumable
+    # What the checkpoints say was trained: model_config, custom_model, train_config.
+    identity: Dict[str, Any]
     run_path: Path
     world: distributed.World = dataclasses.field(default_factory=distributed.World)
+
+    @property
+    def trainer(self) -> Trainer:
+        return self.resumable.trainer
+
+    @property
+    def producer(self) -> Producer:
+        return self.resumable.trainer.producer
+
+    @property
+    def device(self) -> torch.device:
+        return self.resumable.device
+
     # The worst ELBO per point before this call's epochs (set by ``run``): the divergence
     # criterion's reference (``diverged_floor``); inf while there is none.
     worst_elbo: float = math.inf
@@ -833,7 +833,8 @@ class _EpochLoop:
                 t0 = time.perf_counter()
                 total_loss = 0.0
                 # Drawn on the CPU (``shuffle``), then indexing where the split is.
-                perm = torch.randperm(n, generator=self.shuffle).to(self.train_split.device)
+                perm = torch.randperm(n, generator=self.resumable.shuffle)
+                perm = perm.to(self.train_split.device)
                 for i in range(steps_per_epoch):
                     rows = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
                     split = {}
@@ -909,7 +910,7 @@ class _EpochLoop:
                 f"({self.worst_elbo:.4g}, before the first update or at an earlier epoch)",
                 epoch,
             )
-        likelihood = getattr(self.trained.module, "likelihood", None)
+        likelihood = getattr(self.resumable.trained.module, "likelihood", None)
         if getattr(likelihood, "discrete", False) and valid.elbo > 0:
             # log p(x) <= 0 for a probability mass, and the ELBO below it: an average above 0
             # over the validation set is arithmetic breaking down (a variance shrunk below
@@ -937,40 +938,13 @@ class _EpochLoop:
         from ``last.pt`` with nothing lost: an epoch newer than ``last.pt`` is redone, exactly,
         and rewrites ``best.pt``; a metrics file behind ``last.pt`` is rebuilt from it."""
         world = self.world
-        ranks = None
-        if world.distributed:  # every process's streams and estimator state, to process 0
-            own = {
-                "torch_rng": torch.get_rng_state(),
-                "estimator": on_cpu(self.trainer.estimator.state_dict()),
-            }
-            if self.device.type == "cuda":
-                own["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-            ranks = world.gather(own)
+        # Every process's streams and estimator state, to process 0.
+        ranks = world.gather(self.resumable.own_streams()) if world.distributed else None
         with world.together():
             if world.main:
-                ckpt = {
-                    "epoch": epoch,
-                    "step": step,
-                    "best_valid_elbo": best,
-                    "valid_elbo": record["valid_elbo"],
-                    "model_config": (
-                        None if self.model_config is None else self.model_config.to_dict()
-                    ),
-                    "custom_model": (
-                        None if self.model_config is not None else _describe(self.model)
-                    ),
-                    "train_config": self.cfg.to_dict(),
-                    "model_state": self.trained.state_dict(),
-                    "producer": self.trainer.producer.name,
-                    "trainer_state": self.trainer.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "shuffle_rng": self.shuffle.get_state(),
-                    "metrics": list(metrics),
-                }
-                if self.device.type == "cuda":
-                    ckpt["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-                if ranks is not None:
-                    ckpt["world_size"], ckpt["ranks"] = world.size, ranks
+                progress = {"epoch": epoch, "step": step, "best_valid_elbo": best}
+                progress["valid_elbo"] = record["valid_elbo"]
+                ckpt = self.resumable.to_checkpoint(progress, self.identity, metrics, ranks)
                 if improved:
                     save_checkpoint(ckpt, checkpoint_path(self.run_path, "best"))
                 save_checkpoint(ckpt, checkpoint_path(self.run_path, "last"))
@@ -999,31 +973,6 @@ def _steps_per_epoch(n: int, batch_size: int, estimator: Estimator) -> int:
     if n < batch_size:
         raise ValueError(f"the training set has {n} points, fewer than one batch ({batch_size})")
     return n // batch_size if estimator.fixed_batch_shape else math.ceil(n / batch_size)
-
-
-def _restore(
-    state, trained: TrainedState, trainer: Trainer, shuffle, vae, device, world=None
-) -> None:
-    """Load a checkpoint's state into what is trained. The GPU's random stream is restored
-    where the checkpoint has one and the run is on a GPU; a run resumed on another device than
-    its checkpoint's restores what applies (the CPU's stream and the shuffle always). In a run
-    of more than one process (``world``), each restores its own streams and estimator state
-    (``state["ranks"][rank]``)."""
-    own = state
-    if world is not None and world.distributed:
-        own = state["ranks"][world.rank]
-    trained.load_state_dict(state["model_state"])
-    if state.get("version", 1) < 2:
-        trainer_state = legacy.trainer_state(state, vae, trainer)
-    else:
-        trainer_state = state["trainer_state"]
-    if own is not state:
-        trainer_state = {**trainer_state, "estimator": own["estimator"]}
-    trainer.load_state_dict(trainer_state)
-    torch.set_rng_state(own["torch_rng"])
-    if device.type == "cuda" and "cuda_rng" in own:
-        torch.cuda.set_rng_state(own["cuda_rng"], device)
-    shuffle.set_state(state["shuffle_rng"])
 
 
 def load_pair_state(
