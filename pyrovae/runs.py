@@ -44,7 +44,7 @@ from .producers import make_producer
 from .runtime import Device, resolve_device
 from .training import load_vae, prepare_data, read_config, read_metrics
 from .training.checkpoint import check_belongs, find_checkpoint
-from .training.rundir import RunDirError, read_record, write_text
+from .training.rundir import RunDirError, read_record, trained_on_python_data, write_text
 
 # A figure of samples shows at most this many; drawing more would only cost memory.
 MAX_FIGURE_SAMPLES = 1000
@@ -126,7 +126,7 @@ def load_run(
     # The model first: a run of a model/guide pair of the user's own is refused before its
     # data is loaded.
     vae, state = load_vae(run_dir, which, device)
-    if read_record(Path(run_dir)).get("data") == "python":
+    if trained_on_python_data(read_record(Path(run_dir))):
         raise ValueError(
             f"{run_dir} was trained on a Dataset passed in Python (train(data=...)), which the "
             "run cannot load: evaluate it in Python, evaluate_vae(load_vae(run_dir)[0], data)"

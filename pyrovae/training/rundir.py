@@ -71,6 +71,35 @@ def read_run_file(path: Path, max_bytes: int = MAX_CONFIG_BYTES) -> Optional[byt
         return None
 
 
+# ``config.json``'s mark of a run trained on a Dataset passed in Python (not loadable by name).
+PYTHON_DATA = "python"
+
+
+def run_record(
+    identity: Dict[str, Any], python_data: bool, fingerprint: str, processes: int = 1
+) -> Dict[str, Any]:
+    """A run's ``config.json``, but its resume history: the training config (``train``), the
+    model's (``model``; None for a pair of the user's own, described by ``custom_model``), the
+    mark of data passed in Python (``data``), the data's fingerprint, and the number of
+    processes where more than one. ``identity`` is what its checkpoints say was trained
+    (``train_config``, ``model_config``, ``custom_model``)."""
+    record: Dict[str, Any] = {"train": identity["train_config"], "model": identity["model_config"]}
+    if identity.get("custom_model") is not None:
+        record["custom_model"] = identity["custom_model"]
+    if python_data:
+        record["data"] = PYTHON_DATA
+    record["data_fingerprint"] = fingerprint
+    if processes > 1:
+        record["processes"] = processes
+    return record
+
+
+def trained_on_python_data(record: Dict[str, Any]) -> bool:
+    """Whether the run of ``record`` (``read_record``) trained on a Dataset passed in Python,
+    which it cannot load by name."""
+    return record.get("data") == PYTHON_DATA
+
+
 def read_record(run_dir: Path) -> Dict[str, Any]:
     """A run's ``config.json`` as written, with the keys ``read_config`` does not read
     (``resumed``, ``data``, ``data_fingerprint``); ``{}`` if it is missing or not JSON."""

@@ -34,7 +34,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pyro
 import torch
@@ -47,7 +47,6 @@ from ..config import OptionError
 from ..data import SPLITS, DataError, Dataset, load_dataset
 from ..estimators import BOUND_OBJECTIVE, ESTIMATORS, Estimator, make_estimator
 from ..evaluation import estimate_log_likelihood
-from ..files import own_folder
 from ..model import VAE, VAEConfig, build_vae
 from ..particles import traced_particles
 from ..producers import Producer, check_applies, estimate_and_backward, make_producer
@@ -73,7 +72,6 @@ from .checkpoint import (
 )
 from .config import TrainConfig, given_fields, read_config, resumed_config
 from .rundir import (
-    RunDirError,
     RunLock,
     check_new_run_dir,
     check_resumable,
@@ -81,6 +79,8 @@ from .rundir import (
     read_metrics,
     read_record,
     remove_leftovers,
+    run_record,
+    trained_on_python_data,
     write_json,
     write_metrics,
 )
@@ -473,148 +473,249 @@ def train(
     """
     if (model is None) != (guide is None):
         raise ValueError("give both a model and a guide of your own, or neither")
-    # Under torchrun: join the other processes, each on its own device.
-    world, process_device = distributed.setup(device)
-    if world.distributed:
-        device = process_device
-    elif model is None or device is not None:
-        device = resolve_device(device)  # a bad device fails here, before anything is read
-    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
-        raise OptionError(f"run_dir must be a path, got {run_dir!r}")
-    train_config = _as_config(TrainConfig, train_config, "train_config")
-    if model_config is not None:
-        model_config = _as_config(VAEConfig, model_config, "model_config")
-    custom = model is not None
-    state, changed, run_path, record = None, {}, None, {}
+    world, device = _join(device, model)
+    plan = _new_plan(run_dir, train_config, model_config)
     # The run directory is process 0's: it alone reads it (the others get what it read).
     with world.together():
         if world.main and resume:
-            if run_dir is None:
-                raise ValueError("resume needs run_dir (--run-dir), the run directory to continue")
-            run_path = Path(run_dir)
-            check_resumable(run_path)
-            saved_train, saved_model = read_config(run_path)
-            if (saved_model is None) != custom:
-                raise ValueError(
-                    f"{run_path} trained "
-                    + (
-                        "a model/guide pair of your own: pass it again as model= and guide="
-                        if saved_model is None
-                        else "a pyrovae VAE: resume it without model/guide"
-                    )
-                )
-            state = load_checkpoint(checkpoint_path(run_path, "last"))
-            check_belongs(state, checkpoint_path(run_path, "last"), saved_train, saved_model)
-            _check_world_size(state, world, run_path)
-            if changes is None:
-                changes = given_fields(train_config)
-                if model_config is not None:
-                    changes.update(given_fields(model_config))
-            if custom and state.get("custom_model") not in (None, _describe(model)):
-                raise ValueError(
-                    f"{run_path} trained {state['custom_model']}, but the model passed is "
-                    f"{_describe(model)}: resume with the pair the run was trained with"
-                )
-            record = read_record(run_path)
-            if data is None and record.get("data") == "python":
-                raise ValueError(
-                    f"{run_path} was trained on a Dataset passed in Python (data=): pass it again"
-                )
-            train_config, changed = resumed_config(
-                saved_train, saved_model, changes, state["epoch"]
-            )
-            model_config = saved_model
+            plan = _plan_resume(plan, world, changes, model, data)
         elif world.main and run_dir is not None:
-            run_path = Path(run_dir)
-            check_new_run_dir(run_path)
-    if world.distributed:
-        opened = (state, changed, run_path, record, train_config, model_config)
-        state, changed, run_path, record, train_config, model_config = world.share(opened)
+            check_new_run_dir(plan.run_path)
+    plan = world.share(plan) if world.distributed else plan
+    python_data = data is not None
     with world.together():
-        cfg = _resolved_data_dir(train_config)
-        if data is not None and not isinstance(data, Dataset):
-            raise OptionError(f"data must be a pyrovae.data.Dataset, got {type(data).__name__}")
-        given_data = data is not None
-        data = data if data is not None else prepare_data(cfg)
-        if len(data.valid) == 0:
-            raise DataError(
-                f"the validation split of {data.name!r} is empty: training keeps the best epoch "
-                "by validation ELBO, so it needs validation data"
-            )
-        if data.binarize == "dynamic" and (data.train.min() < 0 or data.train.max() > 1):
-            raise DataError(f"dynamic binarization needs {data.name} in [0, 1]")
-        if state is not None and model_config is not None and data.x_dim != model_config.x_dim:
-            raise DataError(
-                f"the data has {data.x_dim} values per point, but the run's model takes "
-                f"{model_config.x_dim}: resume with the run's data"
-            )
-        fingerprint = _fingerprint(data)
-        if state is not None:
-            saved_print = record.get("data_fingerprint")
-            if saved_print is not None and saved_print != fingerprint:
-                raise DataError(
-                    f"the data found now is not the data {run_path} was trained on (its "
-                    "fingerprint differs): resume with the run's own data"
-                )
-        estimator = _estimator(cfg)
-        if cfg.warmup and not estimator.supports_warmup:
-            raise OptionError(
-                f"the {estimator.name!r} estimator does not support KL warm-up (its class does "
-                "not set supports_warmup = True: it ignores Particles.kl_weight): drop --warmup"
-            )
-        steps_per_epoch = _steps_per_epoch(data.train.shape[0], cfg.batch_size, estimator)
-        if cfg.batch_size < world.size:
-            raise OptionError(
-                f"batch_size (--batch-size) is the global batch, split between the "
-                f"{world.size} processes: it must be at least {world.size}, got {cfg.batch_size}"
-            )
-
-        # Pyro's param store is global: stale parameters with our names would shadow the new
-        # ones.
-        pyro.clear_param_store()
-        pyro.set_rng_seed(cfg.seed)
-        if custom:
-            device = _pair_device(device, model)
-        train_split, valid_split = place(data.train, device), place(data.valid, device)
-        with fork_rng(device):
-            x0 = _batch(data, train_split, slice(0, cfg.batch_size), device)
-        if custom:
-            vae = None
-            trained = TrainedState.of_pair(model, guide, x0)
-        else:
-            model_config = _fitted_config(
-                model_config or VAEConfig(), data, resumed=state is not None
-            )
-            # Built on the CPU, from the CPU's random stream: the same initial parameters on
-            # every device.
-            vae = build_vae(model_config).to(device)
-            _check_data(vae, data)
-            if state is None and world.main:
-                _warn_collapse_prone(model_config, cfg.estimator)
-            model, guide = vae.model, vae.guide
-            trained = TrainedState(module=vae)
-        subject = vae if vae is not None else (model, guide)
-        producer = make_producer(subject, cfg.producer, params=trained.params)
-        # This process's part of the first batch: what it computes each step, and what shapes
-        # the estimator's state.
-        x0 = x0[slice(*world.shard(x0.shape[0]))]
-        # An estimator that does not apply, or a step that would not fit in memory, fails
-        # here, before anything is written.
-        modules = [vae] if vae is not None else []
-        check_step_memory(trained.params, x0, estimator.num_particles, "a training step", modules)
-        check_applies(producer, estimator, x0)
-        trainer = Trainer(producer, estimator, trained.params, cfg.lr, world)
+        cfg = _resolved_data_dir(plan.train_config)
+        data, fingerprint = _checked_data(cfg, data, plan)
+        session = _build_session(cfg, data, device, world, plan, (model, guide))
     if world.distributed:
         _check_same_data(world, fingerprint)
-        world.broadcast_(trainer.params)  # every process starts from process 0's parameters
-        if state is None and not world.main:
+        world.broadcast_(session.trainer.params)  # every process starts from process 0's
+        if plan.state is None and not world.main:
             torch.manual_seed(distributed.rank_seed(cfg.seed, world.rank))  # its own stream
-    tune_allocator(device)  # batches of tensors above glibc's mmap threshold, every step
-    # The shuffle on the CPU whatever the device: the same batches everywhere, and a portable
-    # state.
-    resumable = Resumable(trained, trainer, torch.Generator().manual_seed(cfg.seed), device)
+    tune_allocator(session.device)  # batches of tensors above glibc's mmap threshold
+    # The shuffle on the CPU whatever the device: the same batches everywhere, and a
+    # portable state.
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    resumable = Resumable(session.trained, session.trainer, shuffle, session.device)
+    lock = None
+    try:
+        plan.run_path, lock = _claim(world, plan.run_path, cfg, resume)
+        start, metrics, history = _resume_state(world, plan, resumable, session.vae)
+        record = run_record(_identity(cfg, session), python_data, fingerprint, world.size)
+        with world.together():
+            if world.main:
+                _write_run_files(plan.run_path, metrics, {**record, **_resumed(history)})
+        progress = progress and world.main
+        if progress:
+            _announce(session, plan.changed, world)
+        loop = _EpochLoop(
+            cfg, data, session.train_split, session.valid_split, resumable,
+            _identity(cfg, session), plan.run_path, world,
+        )  # fmt: skip
+        best = loop.run(*start, metrics, session.steps_per_epoch, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+    if session.vae is not None:
+        session.vae.eval()
+    return TrainResult(
+        plan.run_path, session.vae, metrics, best, session.trainer.producer.name,
+        session.model, session.guide, session.device, world.size,
+    )  # fmt: skip
 
-    # Claim the directory: from here on this process alone writes there (process 0 of many).
+
+def _join(device: Device, model: Optional[Callable]) -> Tuple[distributed.World, Any]:
+    """(the processes' world, the device to train on): under torchrun this process joins
+    the others, each on its own device; a bad device fails here, before anything is read (a
+    pair of the user's own keeps its module's device unless one is asked for)."""
+    world, process_device = distributed.setup(device)
+    if world.distributed:
+        return world, process_device
+    if model is None or device is not None:
+        return world, resolve_device(device)
+    return world, device
+
+
+def _new_plan(run_dir, train_config, model_config) -> "_RunPlan":
+    """A new run's plan from the arguments of ``train``, checked."""
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise OptionError(f"run_dir must be a path, got {run_dir!r}")
+    plan = _RunPlan(None, {}, Path(run_dir) if run_dir is not None else None, {})
+    plan.train_config = _as_config(TrainConfig, train_config, "train_config")
+    if model_config is not None:
+        plan.model_config = _as_config(VAEConfig, model_config, "model_config")
+    return plan
+
+
+def _write_run_files(run_path: Path, metrics: List[Dict[str, Any]], record: Dict[str, Any]):
+    """``metrics.jsonl``, then ``config.json``. After a resume this repairs the metrics:
+    records the checkpoint has and the file lost are written back, records of epochs newer
+    than the checkpoint dropped. Before the config, so that a failure here leaves the run's
+    config as it was."""
+    write_metrics(run_path, metrics)
+    write_json(run_path / "config.json", record)
+
+
+@dataclass
+class _RunPlan:
+    """What process 0 found in the run directory, shared with the others: the checkpoint to
+    resume from (None for a new run), the settings a resume changes, the directory, its
+    ``config.json`` as written, and the settings to train with."""
+
+    state: Optional[Dict[str, Any]]
+    changed: Dict[str, Any]
+    run_path: Optional[Path]
+    record: Dict[str, Any]
+    train_config: Optional[TrainConfig] = None
+    model_config: Optional[VAEConfig] = None
+
+
+def _plan_resume(
+    plan: _RunPlan, world: distributed.World, changes, model: Optional[Callable], data
+) -> _RunPlan:
+    """The plan to resume the run at ``plan.run_path``: its checkpoint, checked to belong to
+    it and to this number of processes, and its settings with ``changes`` (default: the
+    fields of the configs given that differ from their defaults) applied."""
+    if plan.run_path is None:
+        raise ValueError("resume needs run_dir (--run-dir), the run directory to continue")
+    run_path, custom = plan.run_path, model is not None
+    check_resumable(run_path)
+    saved_train, saved_model = read_config(run_path)
+    if (saved_model is None) != custom:
+        raise ValueError(
+            f"{run_path} trained "
+            + (
+                "a model/guide pair of your own: pass it again as model= and guide="
+                if saved_model is None
+                else "a pyrovae VAE: resume it without model/guide"
+            )
+        )
+    state = load_checkpoint(checkpoint_path(run_path, "last"))
+    check_belongs(state, checkpoint_path(run_path, "last"), saved_train, saved_model)
+    _check_world_size(state, world, run_path)
+    if changes is None:
+        changes = given_fields(plan.train_config)
+        if plan.model_config is not None:
+            changes.update(given_fields(plan.model_config))
+    if custom and state.get("custom_model") not in (None, _describe(model)):
+        raise ValueError(
+            f"{run_path} trained {state['custom_model']}, but the model passed is "
+            f"{_describe(model)}: resume with the pair the run was trained with"
+        )
+    record = read_record(run_path)
+    if data is None and trained_on_python_data(record):
+        raise ValueError(
+            f"{run_path} was trained on a Dataset passed in Python (data=): pass it again"
+        )
+    train_config, changed = resumed_config(saved_train, saved_model, changes, state["epoch"])
+    return _RunPlan(state, changed, run_path, record, train_config, saved_model)
+
+
+def _checked_data(cfg: TrainConfig, data: Optional[Dataset], plan: _RunPlan):
+    """(the data to train on: ``data`` if given, else loaded by ``cfg``; its fingerprint),
+    refused if it cannot serve (no validation split, values a dynamic binarization cannot
+    take) or, on resume, is not the run's."""
+    if data is not None and not isinstance(data, Dataset):
+        raise OptionError(f"data must be a pyrovae.data.Dataset, got {type(data).__name__}")
+    data = data if data is not None else prepare_data(cfg)
+    if len(data.valid) == 0:
+        raise DataError(
+            f"the validation split of {data.name!r} is empty: training keeps the best epoch "
+            "by validation ELBO, so it needs validation data"
+        )
+    if data.binarize == "dynamic" and (data.train.min() < 0 or data.train.max() > 1):
+        raise DataError(f"dynamic binarization needs {data.name} in [0, 1]")
+    resumed = plan.state is not None
+    if resumed and plan.model_config is not None and data.x_dim != plan.model_config.x_dim:
+        raise DataError(
+            f"the data has {data.x_dim} values per point, but the run's model takes "
+            f"{plan.model_config.x_dim}: resume with the run's data"
+        )
+    fingerprint = _fingerprint(data)
+    saved = plan.record.get("data_fingerprint") if resumed else None
+    if saved is not None and saved != fingerprint:
+        raise DataError(
+            f"the data found now is not the data {plan.run_path} was trained on (its "
+            "fingerprint differs): resume with the run's own data"
+        )
+    return data, fingerprint
+
+
+@dataclass
+class _Session:
+    """What trains: the VAE (None for a pair of the user's own) or the pair, the model's
+    config, the trained state, the ``Trainer`` (producer, estimator, Adam), the data's splits
+    where they are placed, and the device."""
+
+    vae: Optional[VAE]
+    model: Callable
+    guide: Callable
+    model_config: Optional[VAEConfig]
+    trained: TrainedState
+    trainer: Trainer
+    train_split: torch.Tensor
+    valid_split: torch.Tensor
+    device: torch.device
+    steps_per_epoch: int
+
+
+def _build_session(cfg, data, device, world, plan: _RunPlan, pair) -> _Session:
+    """Build what trains from ``cfg``, the data and the plan: the estimator, the VAE (its
+    config fitted to the data) or the user's ``pair``, the producer and the ``Trainer``, with
+    everything that cannot apply or fit refused before anything is written."""
+    estimator = _estimator(cfg)
+    if cfg.warmup and not estimator.supports_warmup:
+        raise OptionError(
+            f"the {estimator.name!r} estimator does not support KL warm-up (its class does "
+            "not set supports_warmup = True: it ignores Particles.kl_weight): drop --warmup"
+        )
+    steps_per_epoch = _steps_per_epoch(data.train.shape[0], cfg.batch_size, estimator)
+    if cfg.batch_size < world.size:
+        raise OptionError(
+            f"batch_size (--batch-size) is the global batch, split between the "
+            f"{world.size} processes: it must be at least {world.size}, got {cfg.batch_size}"
+        )
+    # Pyro's param store is global: stale parameters with our names would shadow the new ones.
+    pyro.clear_param_store()
+    pyro.set_rng_seed(cfg.seed)
+    (model, guide), vae, model_config = pair, None, plan.model_config
+    if model is not None:
+        device = _pair_device(device, model)
+    train_split, valid_split = place(data.train, device), place(data.valid, device)
+    with fork_rng(device):
+        x0 = _batch(data, train_split, slice(0, cfg.batch_size), device)
+    if model is not None:
+        trained = TrainedState.of_pair(model, guide, x0)
+    else:
+        resumed = plan.state is not None
+        model_config = _fitted_config(model_config or VAEConfig(), data, resumed=resumed)
+        # Built on the CPU, from the CPU's random stream: the same initial parameters on
+        # every device.
+        vae = build_vae(model_config).to(device)
+        _check_data(vae, data)
+        if not resumed and world.main:
+            _warn_collapse_prone(model_config, cfg.estimator)
+        model, guide, trained = vae.model, vae.guide, TrainedState(module=vae)
+    subject = vae if vae is not None else (model, guide)
+    producer = make_producer(subject, cfg.producer, params=trained.params)
+    # This process's part of the first batch: what it computes each step, and what shapes
+    # the estimator's state. An estimator that does not apply, or a step that would not fit
+    # in memory, fails here, before anything is written.
+    x0 = x0[slice(*world.shard(x0.shape[0]))]
+    modules = [vae] if vae is not None else []
+    check_step_memory(trained.params, x0, estimator.num_particles, "a training step", modules)
+    check_applies(producer, estimator, x0)
+    trainer = Trainer(producer, estimator, trained.params, cfg.lr, world)
+    return _Session(
+        vae, model, guide, model_config, trained, trainer, train_split, valid_split, device,
+        steps_per_epoch,
+    )  # fmt: skip
+
+
+def _claim(world: distributed.World, run_path: Optional[Path], cfg: TrainConfig, resume: bool):
+    """(the run directory, its lock held by process 0): from here on that process alone
+    writes there. A new run's directory is checked again under the lock (another process may
+    have started there meanwhile); leftovers of interrupted writes are removed."""
     lock = None
     try:
         with world.together():
@@ -624,81 +725,70 @@ def train(
                 run_path.mkdir(parents=True, exist_ok=True)
                 lock = RunLock(run_path).acquire()
                 if not resume:
-                    check_new_run_dir(run_path)  # again: another process may have started
+                    check_new_run_dir(run_path)
                 remove_leftovers(run_path)
-        run_path = world.share(run_path)
-        metrics: List[Dict[str, Any]] = []
-        start_epoch, step, best = 0, 0, -math.inf
-        history: List[Dict[str, Any]] = []
-        if state is not None:
-            with world.together():
-                try:
-                    resumable.restore(state, vae, world.rank if world.distributed else None)
-                except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-                    raise CheckpointError(
-                        f"checkpoint {checkpoint_path(run_path, 'last')} cannot be restored "
-                        f"({' '.join(str(e).split())[:300]}); restore it from a copy"
-                    ) from None
-            start_epoch, step, best = state["epoch"], state["step"], state["best_valid_elbo"]
-            with world.together():
-                if world.main:
-                    # The checkpoint holds every record up to it (0.1.0's did not: read the
-                    # file).
-                    metrics = state.get("metrics") or [
-                        m for m in read_metrics(run_path) if m["epoch"] <= start_epoch
-                    ]
-                    history = _saved_history(run_path)
-            metrics, history = world.share((metrics, history))
-            if changed:
-                history.append(
-                    {"epoch": start_epoch, "changed": {k: list(v) for k, v in changed.items()}}
-                )
-        with world.together():
-            if world.main:
-                own_folder(run_path / "checkpoints", RunDirError)  # never a link
-                config_record: Dict[str, Any] = {
-                    "train": cfg.to_dict(),
-                    "model": None if custom else model_config.to_dict(),
-                }
-                if custom:
-                    config_record["custom_model"] = _describe(model)
-                if given_data:
-                    config_record["data"] = "python"
-                config_record["data_fingerprint"] = fingerprint
-                if world.distributed:
-                    config_record["processes"] = world.size
-                if history:
-                    config_record["resumed"] = history
-                # After a resume this repairs the file: records the checkpoint has and the
-                # file lost are written back, records of epochs newer than the checkpoint
-                # dropped. Before the config, so that a failure here leaves the run's config as
-                # it was.
-                write_metrics(run_path, metrics)
-                write_json(run_path / "config.json", config_record)
-        progress = progress and world.main
-        if progress:
-            what = "VAE" if vae is not None else _describe(model)
-            where = f"{world.size} processes on {device.type}" if world.distributed else device
-            print(
-                f"pyrovae: training the {what} with {estimator!r}, particles from the "
-                f"{producer.name} producer, on {where}"
-                + "".join(f"; {k} {old} -> {new}" for k, (old, new) in changed.items()),
-                file=sys.stderr,
-            )
-        identity = {
-            "model_config": None if custom else model_config.to_dict(),
-            "custom_model": _describe(model) if custom else None,
-            "train_config": cfg.to_dict(),
-        }
-        loop = _EpochLoop(cfg, data, train_split, valid_split, resumable, identity, run_path, world)
-        best = loop.run(start_epoch, step, best, metrics, steps_per_epoch, progress)
-    finally:
+        return world.share(run_path), lock
+    except BaseException:
         if lock is not None:
             lock.release()
-    if vae is not None:
-        vae.eval()
-    return TrainResult(
-        run_path, vae, metrics, best, producer.name, model, guide, device, world.size
+        raise
+
+
+def _resume_state(world: distributed.World, plan: _RunPlan, resumable: Resumable, vae):
+    """((first epoch, step, best validation ELBO), the epochs' records, the resume history):
+    a new run's, or the checkpoint's, restored into ``resumable``."""
+    state, run_path = plan.state, plan.run_path
+    if state is None:
+        return (0, 0, -math.inf), [], []
+    with world.together():
+        try:
+            resumable.restore(state, vae, world.rank if world.distributed else None)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(
+                f"checkpoint {checkpoint_path(run_path, 'last')} cannot be restored "
+                f"({' '.join(str(e).split())[:300]}); restore it from a copy"
+            ) from None
+    metrics: List[Dict[str, Any]] = []
+    history: List[Dict[str, Any]] = []
+    with world.together():
+        if world.main:
+            # The checkpoint holds every record up to it (0.1.0's did not: read the file).
+            metrics = state.get("metrics") or [
+                m for m in read_metrics(run_path) if m["epoch"] <= state["epoch"]
+            ]
+            history = _saved_history(run_path)
+    metrics, history = world.share((metrics, history))
+    if plan.changed:
+        changed = {k: list(v) for k, v in plan.changed.items()}
+        history.append({"epoch": state["epoch"], "changed": changed})
+    return (state["epoch"], state["step"], state["best_valid_elbo"]), metrics, history
+
+
+def _identity(cfg: TrainConfig, session: _Session) -> Dict[str, Any]:
+    """What was trained, as the run's record and checkpoints say it: the model's config (None
+    for a pair of the user's own), the pair's description, the training config."""
+    custom = session.vae is None
+    return {
+        "model_config": None if custom else session.model_config.to_dict(),
+        "custom_model": _describe(session.model) if custom else None,
+        "train_config": cfg.to_dict(),
+    }
+
+
+def _resumed(history: List[Dict[str, Any]]) -> Dict[str, Any]:
+    return {"resumed": history} if history else {}
+
+
+def _announce(session: _Session, changed: Dict[str, Any], world: distributed.World) -> None:
+    """The line that says what trains, how, and on what, with the settings a resume changed."""
+    what = "VAE" if session.vae is not None else _describe(session.model)
+    device = session.device
+    where = f"{world.size} processes on {device.type}" if world.distributed else device
+    print(
+        f"pyrovae: training the {what} with {session.trainer.estimator!r}, particles from the "
+        f"{session.trainer.producer.name} producer, on {where}"
+        + "".join(f"; {k} {old} -> {new}" for k, (old, new) in changed.items()),
+        file=sys.stderr,
     )
 
 
