@@ -255,13 +255,14 @@ def _train_parser(sub) -> None:
 def _compute_options(p) -> None:
     """``--device``: where a command computes (``pyrovae.runtime.resolve_device``);
     ``--threads``: on how many CPU threads (``pyrovae.threads``)."""
-    p.add_argument(
-        "--device",
-        metavar="DEVICE",
-        help="where to compute: auto (a CUDA GPU where there is one, else the CPU), cpu, cuda "
-        "(the current GPU) or cuda:N (default: $PYROVAE_DEVICE, else auto). Not part of the "
-        "run: a run trained on one device evaluates, samples and resumes on any other",
-    )
+    from .runs import DEVICE
+
+    DEVICE.add_to(p)
+    _threads_option(p)
+
+
+def _threads_option(p) -> None:
+    """``--threads``: on how many CPU threads a command computes (``pyrovae.threads``)."""
     p.add_argument(
         "--threads",
         type=int,
@@ -295,56 +296,12 @@ def _eval_parser(sub) -> None:
         "images (cifar10, grayscale mnist) also in bits per dimension.",
         formatter_class=_Defaults,
     )
+    from .runs import EVALUATE
+
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--k", type=int, default=5000, help="importance samples per data point")
-    p.add_argument(
-        "--split", choices=["train", "valid", "test"], default="test", help="the data to evaluate"
-    )
-    p.add_argument("--n", type=int, help="evaluate a seeded random subset of this size")
-    _run_options(p, seed="seeds the subset and the samples")
+    EVALUATE.add_to(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument(
-        "--producer",
-        choices=["auto", "direct", "traced"],
-        help="how the log weights are computed: direct (the VAE's parts), traced (Pyro traces "
-        "of its model and guide); the same numbers up to float rounding (default: as the run "
-        "was trained)",
-    )
-    p.add_argument(
-        "--method",
-        choices=["iw", "ais"],
-        default="iw",
-        help="iw: the importance-weighted estimate with K samples from the guide; ais: "
-        "annealed importance sampling with HMC (--steps, --chains, --leapfrog, --init), "
-        "slower and tighter",
-    )
-    p.add_argument("--steps", type=int, default=1000, help="ais: intermediate distributions T")
-    p.add_argument("--chains", type=int, default=16, help="ais: chains per data point")
-    p.add_argument("--leapfrog", type=int, default=10, help="ais: leapfrog steps per transition")
-    p.add_argument(
-        "--init",
-        choices=["prior", "guide"],
-        default="prior",
-        help="ais: anneal from p(z) or q(z|x)",
-    )
-    p.add_argument(
-        "--refine",
-        type=int,
-        default=0,
-        metavar="STEPS",
-        help="refine each point's q by STEPS Adam steps on its own ELBO first (the local "
-        "guide's refinement, e.g. 100): a better proposal, so a tighter estimate of log p(x), "
-        "and the ELBO of the refined q; 0: the run's guide as it is",
-    )
-    p.add_argument(
-        "--chunk-seeds",
-        action="store_true",
-        help="draw each chunk of particles from a stream of its own, seeded by --seed and the "
-        "chunk's first point and particle, so that each point's estimate is the same however "
-        "many processes share the points (always so under torchrun with more than one "
-        "process; without it, one stream drawn in order, as pyrovae 0.1.0 did)",
-    )
-    _compute_options(p)
+    _threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -695,29 +652,12 @@ def _where(result) -> str:
 
 def _cmd_evaluate(args) -> int:
     from .plots import summary_table
-    from .runs import EVALUATE_ARGUMENTS, evaluate_run
+    from .runs import EVALUATE, evaluate_run
 
+    options = EVALUATE.from_args(args)
     with _said_by_process_0():
-        check_arguments(EVALUATE_ARGUMENTS, vars(args), flag_name)
-    res = evaluate_run(
-        args.run_dir,
-        k=args.k,
-        split=args.split,
-        n=args.n,
-        seed=args.seed,
-        which=args.checkpoint,
-        data_dir=args.data_dir,
-        progress=not args.quiet,
-        producer=args.producer,
-        refine=args.refine,
-        method=args.method,
-        steps=args.steps,
-        chains=args.chains,
-        leapfrog=args.leapfrog,
-        init=args.init,
-        device=args.device,
-        chunk_seeds=args.chunk_seeds,
-    )
+        EVALUATE.checked(options)  # named by their flags
+    res = evaluate_run(args.run_dir, progress=not args.quiet, **options)
     if launch.rank() > 0:
         return 0  # process 0 reports
     if args.json:

@@ -41,10 +41,10 @@ class Rule:
     """What one option accepts.
 
     ``kind``: ``int`` (not a bool, not a float), ``number`` (an int or a float, finite), ``str``,
-    ``dict`` (a JSON object) or ``ints`` (a list of ints). ``minimum`` bounds ints and each of
-    ``ints`` from below, ``maximum`` ints from above (inclusive); ``positive`` asks a number to
-    be > 0; ``optional`` lets the value be ``None`` (the library's default applies);
-    ``choices`` lists the names a string may take.
+    ``dict`` (a JSON object), ``ints`` (a list of ints) or ``bool``. ``minimum`` bounds ints
+    and each of ``ints`` from below, ``maximum`` ints from above (inclusive); ``positive`` asks
+    a number to be > 0; ``optional`` lets the value be ``None`` (the library's default
+    applies); ``choices`` lists the names a string may take.
     """
 
     kind: str
@@ -62,6 +62,7 @@ class Rule:
             "str": "a string",
             "dict": "an object of options",
             "ints": "a list of integers like [200, 200]",
+            "bool": "True or False",
         }[self.kind]
         if self.minimum is not None and self.maximum is not None:
             text += f" from {self.minimum:g} to {self.maximum:g}"
@@ -106,6 +107,8 @@ class Rule:
             return ok, float(value)
         if self.kind == "str":
             return isinstance(value, str), value
+        if self.kind == "bool":
+            return isinstance(value, bool), value
         if self.kind == "dict":
             return isinstance(value, dict), dict(value) if isinstance(value, dict) else value
         if self.kind == "ints":

@@ -32,6 +32,7 @@ from .evaluation.importance import refine_guide
 from .evaluation.truth import with_exact_log_px
 from .files import own_folder
 from .model import VAE
+from .options import Option, Options
 from .plots import (
     save_gap,
     save_gradient_variance,
@@ -48,20 +49,59 @@ from .training.rundir import RunDirError, read_record, trained_on_python_data, w
 
 # A figure of samples shows at most this many; drawing more would only cost memory.
 MAX_FIGURE_SAMPLES = 1000
-EVALUATE_ARGUMENTS = {
-    "k": Rule("int", minimum=1),
-    "n": Rule("int", minimum=1, optional=True),
-    "refine": Rule("int", minimum=0),
-    "steps": Rule("int", minimum=1),
-    "chains": Rule("int", minimum=1),
-    "leapfrog": Rule("int", minimum=1),
-    "seed": SEED_RULE,
-}
+# Options that every command on a run directory takes (its help said per command).
+SEED = Option("seed", 0, "seeds what the command draws", SEED_RULE)
+WHICH = Option(
+    "which", "best", "best (by validation ELBO) or last", choices=("best", "last"),
+    flag="--checkpoint",
+)  # fmt: skip
+DATA_DIR = Option("data_dir", None, "override the data directory saved in the run")
+PRODUCER = Option(
+    "producer", None, "the producer (default: as the run was trained)",
+    choices=("auto", "direct", "traced"),
+)  # fmt: skip
+DEVICE = Option(
+    "device", None,
+    "where to compute: auto (a CUDA GPU where there is one, else the CPU), cpu, cuda (the "
+    "current GPU) or cuda:N (default: $PYROVAE_DEVICE, else auto). Not part of the run: a run "
+    "trained on one device evaluates, samples and resumes on any other",
+    metavar="DEVICE",
+)  # fmt: skip
+POSITIVE = Rule("int", minimum=1)
+METHODS = ("iw", "ais")
+EVALUATE = Options(
+    Option("k", 5000, "importance samples per data point", POSITIVE),
+    Option("split", "test", "the data to evaluate", choices=SPLITS),
+    Option("n", None, "evaluate a seeded random subset of this size",
+           Rule("int", minimum=1, optional=True)),
+    SEED.but(help="seeds the subset and the samples"),
+    WHICH,
+    DATA_DIR,
+    PRODUCER.but(help="how the log weights are computed: direct (the VAE's parts), traced "
+                 "(Pyro traces of its model and guide); the same numbers up to float rounding "
+                 "(default: as the run was trained)"),
+    Option("method", "iw", "iw: the importance-weighted estimate with K samples from the "
+           "guide; ais: annealed importance sampling with HMC (--steps, --chains, --leapfrog, "
+           "--init), slower and tighter", choices=METHODS),
+    Option("steps", 1000, "ais: intermediate distributions T", POSITIVE),
+    Option("chains", 16, "ais: chains per data point", POSITIVE),
+    Option("leapfrog", 10, "ais: leapfrog steps per transition", POSITIVE),
+    Option("init", "prior", "ais: anneal from p(z) or q(z|x)", choices=INITS),
+    Option("refine", 0, "refine each point's q by STEPS Adam steps on its own ELBO first (the "
+           "local guide's refinement, e.g. 100): a better proposal, so a tighter estimate of "
+           "log p(x), and the ELBO of the refined q; 0: the run's guide as it is",
+           Rule("int", minimum=0), metavar="STEPS"),
+    Option("chunk_seeds", False, "draw each chunk of particles from a stream of its own, "
+           "seeded by --seed and the chunk's first point and particle, so that each point's "
+           "estimate is the same however many processes share the points (always so under "
+           "torchrun with more than one process; without it, one stream drawn in order, as "
+           "pyrovae 0.1.0 did)", Rule("bool")),
+    DEVICE,
+)  # fmt: skip
 SAMPLE_ARGUMENTS = {
     "n": Rule("int", minimum=1, maximum=MAX_FIGURE_SAMPLES),
     "seed": SEED_RULE,
 }
-METHODS = ("iw", "ais")
 BDMC_ARGUMENTS = {
     "n": Rule("int", minimum=1),
     "steps": Rule("int", minimum=1),
@@ -156,31 +196,16 @@ def output_dir(
 
 
 def evaluate_run(
-    run_dir: str,
-    k: int = 5000,
-    split: str = "test",
-    n: Optional[int] = None,
-    seed: int = 0,
-    which: str = "best",
-    data_dir: Optional[str] = None,
-    progress: bool = True,
-    producer: Optional[str] = None,
-    refine: int = 0,
-    method: str = "iw",
-    steps: int = 1000,
-    chains: int = 16,
-    leapfrog: int = 10,
-    init: str = "prior",
-    device: Device = None,
-    chunk_seeds: bool = False,
+    run_dir: str, progress: bool = True, **options: Any
 ) -> Union[LogLikelihood, AISResult]:
     """log p(x) of a run's model on one split: importance-weighted (``method="iw"``) or by
     annealed importance sampling (``"ais"``, ``pyrovae.evaluation.ais``); for 8-bit data
     (``Dataset.levels``, or a discretized-logistic likelihood) also in bits per dimension
     (``bits_per_dim``, ``pyrovae.evaluation.bits``).
 
-    Args:
+    Args (``options``: ``EVALUATE``, which declares each one's default and rule):
         run_dir: a directory made by ``train``.
+        progress: show progress bars.
         k: importance samples per data point.
         split: ``train``, ``valid`` or ``test``; only that split's data is read.
         n: evaluate a seeded random subset of this many points (the MNIST test file is sorted
@@ -204,25 +229,15 @@ def evaluate_run(
             then split between the processes, and every process returns the whole result.
             Without it, one stream drawn in order (pyrovae 0.1.0's numbers).
     """
-    world, process_device = distributed.setup(device)
-    device = process_device if world.distributed else resolve_device(device)
-    if not isinstance(chunk_seeds, bool):
-        raise ValueError(f"chunk_seeds must be True or False, got {chunk_seeds!r}")
-    values = {"k": k, "n": n, "seed": seed, "refine": refine}
-    values.update(steps=steps, chains=chains, leapfrog=leapfrog)
-    check_arguments(EVALUATE_ARGUMENTS, values)
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
-    if method == "ais" and refine and init == "prior":
+    o = EVALUATE.bind(options, "evaluate_run")
+    world, process_device = distributed.setup(o.device)
+    device = process_device if world.distributed else resolve_device(o.device)
+    if o.method == "ais" and o.refine and o.init == "prior":
         raise ValueError(
             "--refine improves the guide, which --method ais --init prior does not use (its "
             "chains start at the prior): add --init guide, or drop --refine"
         )
-    if method == "ais" and world.distributed:
+    if o.method == "ais" and world.distributed:
         raise distributed.everywhere(
             ValueError(
                 "--method ais runs in one process: start it without torchrun (the "
@@ -231,29 +246,30 @@ def evaluate_run(
         )
     # Every process reads the run and the data (an error anywhere stops all of them).
     with world.together():
-        vae, data, state = load_run(run_dir, which, data_dir, splits=(split,), device=device)
-        producer = producer or read_config(Path(run_dir))[0].producer
-        x = _points(data, split, n, seed)
-        if refine:
-            refine_guide(vae, refine)
-    pyro.set_rng_seed(seed)
-    if method == "ais":
+        vae, data, state = load_run(run_dir, o.which, o.data_dir, (o.split,), device=device)
+        producer = o.producer or read_config(Path(run_dir))[0].producer
+        x = _points(data, o.split, o.n, o.seed)
+        if o.refine:
+            refine_guide(vae, o.refine)
+    pyro.set_rng_seed(o.seed)
+    said = {"checkpoint": state["checkpoint"], "refine_steps": o.refine or None}
+    if o.method == "ais":
         made = make_producer(vae, producer)
         vae.likelihood.check_data(x)
         levels = data_levels(vae.likelihood, x, data.levels)
-        result = ais_log_likelihood(made, x, steps, chains, leapfrog, init, progress=progress)
+        result = ais_log_likelihood(
+            made, x, o.steps, o.chains, o.leapfrog, o.init, progress=progress
+        )
         result = with_exact_log_px(result, vae, x)
         if levels is not None:
             result = with_bits_per_dim(result, vae.x_dim, vae.likelihood.discrete, levels)
-        return dataclasses.replace(
-            result, checkpoint=state["checkpoint"], refine_steps=refine or None
-        )
-    seeded = {"seed": seed, "world": world} if chunk_seeds or world.distributed else {}
+        return dataclasses.replace(result, **said)
+    seeded = {"seed": o.seed, "world": world} if o.chunk_seeds or world.distributed else {}
     progress = progress and world.main
     result = evaluate_vae(
-        vae, x, k=k, progress=progress, producer=producer, levels=data.levels, **seeded
+        vae, x, k=o.k, progress=progress, producer=producer, levels=data.levels, **seeded
     )
-    return dataclasses.replace(result, checkpoint=state["checkpoint"], refine_steps=refine or None)
+    return dataclasses.replace(result, **said)
 
 
 def _points(data: Dataset, split: str, n: Optional[int], seed: int) -> torch.Tensor:
