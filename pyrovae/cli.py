@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__, launch
-from .config import check_arguments, check_values, flag_name
+from .config import Rule, check_values, flag_name
 from .files import read_bytes
+from .options import Option
 from .threads import apply_threads, prepare_runtime
 
 
@@ -249,7 +250,7 @@ def _train_parser(sub) -> None:
         help="continue the run in --run-dir from its last checkpoint",
     )
     _compute_options(r)
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    QUIET.add_to(r)
 
 
 def _compute_options(p) -> None:
@@ -261,29 +262,22 @@ def _compute_options(p) -> None:
     _threads_option(p)
 
 
+# The command line's own options, beside each command's (``pyrovae.runs``).
+JSON = Option("json", False, "print one JSON object on stdout")
+QUIET = Option("quiet", False, "no progress bar")
+THREADS = Option(
+    "threads", None,
+    "CPU threads to compute on (default: $OMP_NUM_THREADS, else the cores this process may run "
+    "on, one fewer for each core that other work keeps busy). Waiting threads spin briefly, "
+    "then sleep (GOMP_SPINCOUNT=3000) unless you set OMP_WAIT_POLICY or GOMP_SPINCOUNT",
+    Rule("int", minimum=1, optional=True), metavar="N",
+)  # fmt: skip
+
+
 def _threads_option(p) -> None:
-    """``--threads``: on how many CPU threads a command computes (``pyrovae.threads``)."""
-    p.add_argument(
-        "--threads",
-        type=int,
-        metavar="N",
-        help="CPU threads to compute on (default: $OMP_NUM_THREADS, else the cores this "
-        "process may run on, one fewer for each core that other work keeps busy). Waiting "
-        "threads spin briefly, then sleep (GOMP_SPINCOUNT=3000) unless you set "
-        "OMP_WAIT_POLICY or GOMP_SPINCOUNT",
-    )
-
-
-def _run_options(p, seed: str) -> None:
-    """The options every command on a run directory takes; ``seed`` says what it seeds."""
-    p.add_argument("--seed", type=int, default=0, help=seed)
-    p.add_argument(
-        "--checkpoint",
-        choices=["best", "last"],
-        default="best",
-        help="best (by validation ELBO) or last",
-    )
-    p.add_argument("--data-dir", help="override the data directory saved in the run")
+    """``--threads``: on how many CPU threads a command computes (``pyrovae.threads``, which
+    checks the count)."""
+    THREADS.add_to(p)
 
 
 def _eval_parser(sub) -> None:
@@ -300,9 +294,9 @@ def _eval_parser(sub) -> None:
 
     p.add_argument("run_dir", metavar="RUN_DIR")
     EVALUATE.add_to(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    JSON.add_to(p)
     _threads_option(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    QUIET.add_to(p)
 
 
 def _sample_parser(sub) -> None:
@@ -311,11 +305,11 @@ def _sample_parser(sub) -> None:
         help="figures of a trained run: samples, reconstructions, training curves",
         formatter_class=_Defaults,
     )
+    from .runs import SAMPLE
+
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--n", type=int, default=100, help="number of samples")
-    p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
-    _run_options(p, seed="seeds the images shown and the samples")
-    _compute_options(p)
+    SAMPLE.add_to(p)
+    _threads_option(p)
 
 
 def _gradvar_parser(sub) -> None:
@@ -331,26 +325,13 @@ def _gradvar_parser(sub) -> None:
         "minibatches first and are then held fixed, so the estimates are independent.",
         formatter_class=_Defaults,
     )
+    from .runs import GRADVAR
+
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument(
-        "--estimators",
-        help="comma-separated estimator specs NAME or NAME:KEY=VALUE;KEY=VALUE, e.g. "
-        "pathwise,stl,iwae:num_particles=10,score-function:baseline=neural "
-        "(default: every estimator that applies to the run's guide)",
-    )
-    p.add_argument("--draws", type=int, default=100, help="gradient estimates per estimator")
-    p.add_argument("--batch-size", type=int, default=100, help="the minibatch's size")
-    p.add_argument("--warmup", type=int, default=200, help="baseline adaptation steps")
-    _run_options(p, seed="seeds the minibatch and the estimates")
-    p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument(
-        "--producer",
-        choices=["auto", "direct", "traced"],
-        help="the route gradients are computed by (default: the one the run was trained with)",
-    )
-    _compute_options(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    GRADVAR.add_to(p)
+    JSON.add_to(p)
+    _threads_option(p)
+    QUIET.add_to(p)
 
 
 def _bdmc_parser(sub) -> None:
@@ -363,22 +344,13 @@ def _bdmc_parser(sub) -> None:
         "estimate with K samples (Grosse, Ghahramani & Adams, 2015). Reads no data.",
         formatter_class=_Defaults,
     )
+    from .runs import BDMC
+
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--n", type=int, default=100, help="points simulated from the model")
-    p.add_argument("--steps", type=int, default=1000, help="AIS intermediate distributions T")
-    p.add_argument("--chains", type=int, default=16, help="chains per point, each direction")
-    p.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps per transition")
-    p.add_argument("--k", type=int, default=5000, help="importance samples for the IW estimate")
-    p.add_argument("--seed", type=int, default=0, help="seeds the simulation and the chains")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="best or last")
-    p.add_argument(
-        "--producer",
-        choices=["auto", "direct", "traced"],
-        help="how log densities are computed (default: as the run was trained)",
-    )
-    _compute_options(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    BDMC.add_to(p)
+    _threads_option(p)
+    JSON.add_to(p)
+    QUIET.add_to(p)
 
 
 def _gap_parser(sub) -> None:
@@ -393,30 +365,13 @@ def _gap_parser(sub) -> None:
         "for a linear-Gaussian model). Writes gap.json and gap.png.",
         formatter_class=_Defaults,
     )
+    from .runs import GAP
+
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--n", type=int, default=1000, help="points (a seeded random subset)")
-    p.add_argument("--k", type=int, default=5000, help="importance samples per point")
-    p.add_argument("--steps", type=int, default=1000, help="Adam steps fitting q* per point")
-    p.add_argument(
-        "--lr", type=float, default=0.05, help="their initial step size (cosine decay to 0)"
-    )
-    p.add_argument("--samples", type=int, default=8, help="particles per step's ELBO")
-    p.add_argument(
-        "--ais-steps",
-        type=int,
-        default=0,
-        help="take log p(x) from AIS with this many steps (the stronger estimate; 0: the "
-        "importance-weighted estimate with q* as proposal)",
-    )
-    p.add_argument("--ais-chains", type=int, default=16, help="AIS chains per point")
-    p.add_argument(
-        "--split", choices=["train", "valid", "test"], default="test", help="the data used"
-    )
-    _run_options(p, seed="seeds the subset, the fit and the samples")
-    _compute_options(p)
-    p.add_argument("--out", help="output directory (default RUN_DIR/figures)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    GAP.add_to(p)
+    _threads_option(p)
+    JSON.add_to(p)
+    QUIET.add_to(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -728,43 +683,25 @@ def _bits_rows(res) -> List[Tuple[str, str]]:
 
 def _cmd_sample(args) -> int:
     from .plots import summary_table
-    from .runs import SAMPLE_ARGUMENTS, sample_run
+    from .runs import SAMPLE, sample_run
 
-    check_arguments(SAMPLE_ARGUMENTS, vars(args), flag_name)
-    paths = sample_run(
-        args.run_dir,
-        out_dir=args.out,
-        n=args.n,
-        seed=args.seed,
-        which=args.checkpoint,
-        data_dir=args.data_dir,
-        device=args.device,
-    )
+    options = SAMPLE.from_args(args)
+    SAMPLE.checked(options)
+    paths = sample_run(args.run_dir, **options)
     print("figures written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
     return 0
 
 
 def _cmd_gradvar(args) -> int:
     from .plots import markdown_table, summary_table
-    from .runs import GRADVAR_ARGUMENTS, gradvar_run
+    from .runs import GRADVAR, gradvar_run
 
-    check_arguments(GRADVAR_ARGUMENTS, vars(args), flag_name)
+    options = GRADVAR.from_args(args)
+    GRADVAR.checked(options)
     # Specs are comma-separated, and so are an estimator's options: "iwae:a=1;b=2".
-    specs = [s.replace(";", ",") for s in args.estimators.split(",")] if args.estimators else None
-    stats, paths = gradvar_run(
-        args.run_dir,
-        estimators=specs,
-        draws=args.draws,
-        batch_size=args.batch_size,
-        warmup=args.warmup,
-        seed=args.seed,
-        which=args.checkpoint,
-        data_dir=args.data_dir,
-        out_dir=args.out,
-        progress=not args.quiet,
-        producer=args.producer,
-        device=args.device,
-    )
+    if args.estimators:
+        options["estimators"] = [s.replace(";", ",") for s in args.estimators.split(",")]
+    stats, paths = gradvar_run(args.run_dir, progress=not args.quiet, **options)
     if args.json:
         out = {"run_dir": str(args.run_dir), "estimators": [s.to_dict() for s in stats]}
         print(_json(out, args))
@@ -792,7 +729,7 @@ def _cmd_gradvar(args) -> int:
     )
     route = stats[0].producer if stats else args.producer or "the run's"
     batch = stats[0].batch_size if stats else args.batch_size
-    used = json.loads(paths["json"].read_text()).get("checkpoint", args.checkpoint)
+    used = json.loads(paths["json"].read_text()).get("checkpoint", args.which)
     print(
         f"gradient noise at {args.run_dir} ({used}), {args.draws} draws on one "
         f"minibatch of {batch}, particles from the {route} producer; threads: "
@@ -804,26 +741,11 @@ def _cmd_gradvar(args) -> int:
 
 def _cmd_gap(args) -> int:
     from .plots import summary_table
-    from .runs import GAP_ARGUMENTS, gap_run
+    from .runs import GAP, gap_run
 
-    check_arguments(GAP_ARGUMENTS, vars(args), flag_name)
-    res, paths = gap_run(
-        args.run_dir,
-        n=args.n,
-        k=args.k,
-        steps=args.steps,
-        lr=args.lr,
-        samples=args.samples,
-        split=args.split,
-        seed=args.seed,
-        which=args.checkpoint,
-        data_dir=args.data_dir,
-        out_dir=args.out,
-        progress=not args.quiet,
-        ais_steps=args.ais_steps,
-        ais_chains=args.ais_chains,
-        device=args.device,
-    )
+    options = GAP.from_args(args)
+    GAP.checked(options)
+    res, paths = gap_run(args.run_dir, progress=not args.quiet, **options)
     if args.json:
         print(_json({"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}, args))
         return 0
@@ -855,22 +777,11 @@ def _cmd_gap(args) -> int:
 
 def _cmd_bdmc(args) -> int:
     from .plots import summary_table
-    from .runs import BDMC_ARGUMENTS, bdmc_run
+    from .runs import BDMC, bdmc_run
 
-    check_arguments(BDMC_ARGUMENTS, vars(args), flag_name)
-    res = bdmc_run(
-        args.run_dir,
-        n=args.n,
-        steps=args.steps,
-        chains=args.chains,
-        leapfrog=args.leapfrog,
-        k=args.k,
-        seed=args.seed,
-        which=args.checkpoint,
-        producer=args.producer,
-        progress=not args.quiet,
-        device=args.device,
-    )
+    options = BDMC.from_args(args)
+    BDMC.checked(options)
+    res = bdmc_run(args.run_dir, progress=not args.quiet, **options)
     if args.json:
         print(_json({"run_dir": str(args.run_dir), "method": "bdmc", **res.to_dict()}, args))
         return 0

@@ -21,7 +21,7 @@ import pyro
 import torch
 
 from . import distributed
-from .config import SEED_RULE, Rule, check_arguments
+from .config import SEED_RULE, Rule
 from .data import SPLITS, Dataset
 from .evaluation import LogLikelihood, evaluate_vae
 from .evaluation.ais import INITS, AISResult, BDMCResult, ais_log_likelihood, bdmc
@@ -98,34 +98,60 @@ EVALUATE = Options(
            "pyrovae 0.1.0 did)", Rule("bool")),
     DEVICE,
 )  # fmt: skip
-SAMPLE_ARGUMENTS = {
-    "n": Rule("int", minimum=1, maximum=MAX_FIGURE_SAMPLES),
-    "seed": SEED_RULE,
-}
-BDMC_ARGUMENTS = {
-    "n": Rule("int", minimum=1),
-    "steps": Rule("int", minimum=1),
-    "chains": Rule("int", minimum=1),
-    "leapfrog": Rule("int", minimum=1),
-    "k": Rule("int", minimum=1),
-    "seed": SEED_RULE,
-}
-GAP_ARGUMENTS = {
-    "ais_steps": Rule("int", minimum=0),
-    "ais_chains": Rule("int", minimum=1),
-    "k": Rule("int", minimum=1),
-    "n": Rule("int", minimum=1, optional=True),
-    "steps": Rule("int", minimum=0),
-    "lr": Rule("number", positive=True),
-    "samples": Rule("int", minimum=1),
-    "seed": SEED_RULE,
-}
-GRADVAR_ARGUMENTS = {
-    "draws": Rule("int", minimum=2),
-    "batch_size": Rule("int", minimum=1),
-    "warmup": Rule("int", minimum=0),
-    "seed": SEED_RULE,
-}
+OUT_DIR = Option("out_dir", None, "output directory (default RUN_DIR/figures)", flag="--out")
+SAMPLE = Options(
+    Option("n", 100, "number of samples", Rule("int", minimum=1, maximum=MAX_FIGURE_SAMPLES)),
+    OUT_DIR,
+    SEED.but(help="seeds the images shown and the samples"),
+    WHICH,
+    DATA_DIR,
+    DEVICE,
+)
+BDMC = Options(
+    Option("n", 100, "points simulated from the model", POSITIVE),
+    Option("steps", 1000, "AIS intermediate distributions T", POSITIVE),
+    Option("chains", 16, "chains per point, each direction", POSITIVE),
+    Option("leapfrog", 10, "leapfrog steps per transition", POSITIVE),
+    Option("k", 5000, "importance samples for the IW estimate", POSITIVE),
+    SEED.but(help="seeds the simulation and the chains"),
+    WHICH.but(help="best or last"),
+    PRODUCER.but(help="how log densities are computed (default: as the run was trained)"),
+    DEVICE,
+)
+GAP = Options(
+    Option("n", 1000, "points (a seeded random subset)", Rule("int", minimum=1, optional=True)),
+    Option("k", 5000, "importance samples per point", POSITIVE),
+    Option("steps", 1000, "Adam steps fitting q* per point", Rule("int", minimum=0)),
+    Option("lr", 0.05, "their initial step size (cosine decay to 0)",
+           Rule("number", positive=True)),
+    Option("samples", 8, "particles per step's ELBO", POSITIVE),
+    Option("ais_steps", 0, "take log p(x) from AIS with this many steps (the stronger "
+           "estimate; 0: the importance-weighted estimate with q* as proposal)",
+           Rule("int", minimum=0)),
+    Option("ais_chains", 16, "AIS chains per point", POSITIVE),
+    Option("split", "test", "the data used", choices=SPLITS),
+    SEED.but(help="seeds the subset, the fit and the samples"),
+    WHICH,
+    DATA_DIR,
+    DEVICE,
+    OUT_DIR,
+)  # fmt: skip
+GRADVAR = Options(
+    Option("estimators", None, "comma-separated estimator specs NAME or "
+           "NAME:KEY=VALUE;KEY=VALUE, e.g. pathwise,stl,iwae:num_particles=10,"
+           "score-function:baseline=neural (default: every estimator that applies to the run's "
+           "guide)"),
+    Option("draws", 100, "gradient estimates per estimator", Rule("int", minimum=2)),
+    Option("batch_size", 100, "the minibatch's size", POSITIVE),
+    Option("warmup", 200, "baseline adaptation steps", Rule("int", minimum=0)),
+    SEED.but(help="seeds the minibatch and the estimates"),
+    WHICH,
+    DATA_DIR,
+    OUT_DIR,
+    PRODUCER.but(help="the route gradients are computed by (default: the one the run was "
+                 "trained with)"),
+    DEVICE,
+)  # fmt: skip
 
 
 def strict_json(obj: Any, indent: Optional[int] = None) -> str:
@@ -286,48 +312,33 @@ def _points(data: Dataset, split: str, n: Optional[int], seed: int) -> torch.Ten
 
 
 def gap_run(
-    run_dir: str,
-    n: Optional[int] = 1000,
-    k: int = 5000,
-    steps: int = 1000,
-    lr: float = 0.05,
-    samples: int = 8,
-    split: str = "test",
-    seed: int = 0,
-    which: str = "best",
-    data_dir: Optional[str] = None,
-    out_dir: Optional[str] = None,
-    progress: bool = True,
-    ais_steps: int = 0,
-    ais_chains: int = 16,
-    device: Device = None,
+    run_dir: str, *, progress: bool = True, **options: Any
 ) -> Tuple[InferenceGap, Dict[str, Path]]:
     """The inference gap of a run's model on ``n`` seeded random points of ``split`` (all of
     them when ``n`` is None), split into the approximation and amortization gaps
     (``pyrovae.evaluation.gap``; ``ais_steps`` > 0: log p(x) by AIS). Writes ``gap.json`` and
     ``gap.png`` to ``out_dir`` (default ``run_dir/figures``); returns the result and the
-    paths. ``device``: where to compute (see the module docstring)."""
-    device = resolve_device(device)
-    values = {"k": k, "n": n, "steps": steps, "lr": lr, "samples": samples, "seed": seed}
-    check_arguments(GAP_ARGUMENTS, {**values, "ais_steps": ais_steps, "ais_chains": ais_chains})
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    vae, data, state = load_run(run_dir, which, data_dir, splits=(split,), device=device)
-    out = output_dir(run_dir, out_dir)
-    x = _points(data, split, n, seed)
-    pyro.set_rng_seed(seed)
-    result = inference_gap(vae, x, k, steps, lr, samples, seed, progress, ais_steps, ais_chains)
+    paths. ``options``: ``GAP`` declares them; ``device``: where to compute (see the module
+    docstring)."""
+    o = GAP.bind(options, "gap_run")
+    device = resolve_device(o.device)
+    vae, data, state = load_run(run_dir, o.which, o.data_dir, (o.split,), device=device)
+    out = output_dir(run_dir, o.out_dir)
+    x = _points(data, o.split, o.n, o.seed)
+    pyro.set_rng_seed(o.seed)
+    fit = (o.k, o.steps, o.lr, o.samples, o.seed, progress, o.ais_steps, o.ais_chains)
+    result = inference_gap(vae, x, *fit)
     result = dataclasses.replace(result, checkpoint=state["checkpoint"])
     info = {
         "run_dir": str(run_dir),
-        "split": split,
+        "split": o.split,
         "epoch": state.get("epoch"),
-        "seed": seed,
+        "seed": o.seed,
         **result.to_dict(),
     }
     title = (
-        f"{Path(run_dir).name}, epoch {state.get('epoch')}: {result.n} {split} points, "
-        f"K={k}, q* by {steps} Adam steps per point"
+        f"{Path(run_dir).name}, epoch {state.get('epoch')}: {result.n} {o.split} points, "
+        f"K={o.k}, q* by {o.steps} Adam steps per point"
     )
     return result, _write_json_and_plot(out, "gap", info, lambda p: save_gap(result, p, title))
 
@@ -343,24 +354,17 @@ def _write_json_and_plot(
     return paths
 
 
-def sample_run(
-    run_dir: str,
-    out_dir: Optional[str] = None,
-    n: int = 100,
-    seed: int = 0,
-    which: str = "best",
-    data_dir: Optional[str] = None,
-    device: Device = None,
-) -> Dict[str, Path]:
+def sample_run(run_dir: str, **options: Any) -> Dict[str, Path]:
     """Draw a run's figures as PNG files: ``n`` (at most ``MAX_FIGURE_SAMPLES``) model
     samples, reconstructions of test points next to the inputs (image data) or a scatter of
     data, samples and reconstructions (2-D data), and the training curves. Returns {figure
     name: path}; files go to ``out_dir`` (default ``run_dir/figures``). ``device``: where
-    the samples are drawn (see the module docstring)."""
-    device = resolve_device(device)
-    check_arguments(SAMPLE_ARGUMENTS, {"n": n, "seed": seed})
-    vae, data, _ = load_run(run_dir, which, data_dir, splits=("test",), device=device)
-    out = output_dir(run_dir, out_dir)
+    the samples are drawn (see the module docstring); ``options``: ``SAMPLE`` declares them."""
+    o = SAMPLE.bind(options, "sample_run")
+    n, seed = o.n, o.seed
+    device = resolve_device(o.device)
+    vae, data, _ = load_run(run_dir, o.which, o.data_dir, splits=("test",), device=device)
+    out = output_dir(run_dir, o.out_dir)
     pyro.set_rng_seed(seed)
     idx = torch.randperm(data.test.shape[0], generator=torch.Generator().manual_seed(seed))
     x = data.test[idx[:n]]
@@ -384,37 +388,25 @@ def sample_run(
 
 
 def gradvar_run(
-    run_dir: str,
-    estimators: Optional[Sequence[str]] = None,
-    draws: int = 100,
-    batch_size: int = 100,
-    warmup: int = 200,
-    seed: int = 0,
-    which: str = "best",
-    data_dir: Optional[str] = None,
-    out_dir: Optional[str] = None,
-    progress: bool = True,
-    producer: Optional[str] = None,
-    device: Device = None,
+    run_dir: str, *, progress: bool = True, **options: Any
 ) -> Tuple[List[GradientStats], Dict[str, Path]]:
     """Gradient variance of each estimator at a run's checkpoint, on one seeded minibatch of
     its training data (see ``pyrovae.evaluation.gradients``). Writes ``gradvar.json`` and
     ``gradvar.png`` to ``out_dir`` (default ``run_dir/figures``); returns the stats and the
-    paths. ``device``: where the gradients are computed (see the module docstring)."""
-    device = resolve_device(device)
-    check_arguments(
-        GRADVAR_ARGUMENTS,
-        {"draws": draws, "batch_size": batch_size, "warmup": warmup, "seed": seed},
-    )
+    paths. ``device``: where the gradients are computed (see the module docstring);
+    ``options``: ``GRADVAR`` declares them (``estimators`` a list of specs here)."""
+    o = GRADVAR.bind(options, "gradvar_run")
+    estimators, draws, warmup, seed = o.estimators, o.draws, o.warmup, o.seed
+    device = resolve_device(o.device)
     if isinstance(estimators, str):
         raise ValueError(f"estimators must be a list of specs, got the string {estimators!r}")
     if estimators is not None and not all(isinstance(e, str) for e in estimators):
         raise ValueError("estimators must be a list of strings like 'iwae:num_particles=5'")
-    vae, data, state = load_run(run_dir, which, data_dir, splits=("train",), device=device)
-    out = output_dir(run_dir, out_dir)
-    producer = producer or read_config(Path(run_dir))[0].producer
+    vae, data, state = load_run(run_dir, o.which, o.data_dir, splits=("train",), device=device)
+    out = output_dir(run_dir, o.out_dir)
+    producer = o.producer or read_config(Path(run_dir))[0].producer
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(data.train.shape[0], generator=g)[:batch_size]
+    idx = torch.randperm(data.train.shape[0], generator=g)[: o.batch_size]
     x = data.train[idx]
     if data.binarize == "dynamic":
         x = torch.bernoulli(x, generator=g)
@@ -453,34 +445,19 @@ def gradvar_run(
     )
 
 
-def bdmc_run(
-    run_dir: str,
-    n: int = 100,
-    steps: int = 1000,
-    chains: int = 16,
-    leapfrog: int = 10,
-    k: int = 5000,
-    seed: int = 0,
-    which: str = "best",
-    producer: Optional[str] = None,
-    progress: bool = True,
-    device: Device = None,
-) -> BDMCResult:
+def bdmc_run(run_dir: str, *, progress: bool = True, **options: Any) -> BDMCResult:
     """The BDMC sandwich of a run's model on ``n`` points simulated from it
     (``pyrovae.evaluation.ais.bdmc``), seeded, on ``device`` (see the module docstring); no
-    data is read."""
-    device = resolve_device(device)
-    check_arguments(
-        BDMC_ARGUMENTS,
-        {"n": n, "steps": steps, "chains": chains, "leapfrog": leapfrog, "k": k, "seed": seed},
-    )
+    data is read; ``options``: ``BDMC`` declares them."""
+    o = BDMC.bind(options, "bdmc_run")
+    device = resolve_device(o.device)
     if not isinstance(run_dir, (str, os.PathLike)):
         raise ValueError(f"run_dir must be a path, got {run_dir!r}")
-    vae, _ = load_vae(run_dir, which, device)
-    producer = producer or read_config(Path(run_dir))[0].producer
+    vae, _ = load_vae(run_dir, o.which, device)
+    producer = o.producer or read_config(Path(run_dir))[0].producer
     dtype = next(vae.parameters()).dtype
-    pyro.set_rng_seed(seed)
-    x_like = torch.zeros(n, vae.x_dim, dtype=dtype, device=device)
+    pyro.set_rng_seed(o.seed)
+    x_like = torch.zeros(o.n, vae.x_dim, dtype=dtype, device=device)
     made = make_producer(vae, producer)
-    result = bdmc(made, x_like, steps, chains, leapfrog, k, progress=progress)
+    result = bdmc(made, x_like, o.steps, o.chains, o.leapfrog, o.k, progress=progress)
     return with_exact_log_px(result, vae, result.points)
