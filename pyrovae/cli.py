@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import errno
 import json
-import math
 import os
 import signal
 import sys
@@ -31,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import __version__, launch
 from .config import Rule, check_values, flag_name
 from .files import read_bytes
-from .options import Option
+from .options import Option, Options, config_options
 from .threads import apply_threads, prepare_runtime
 
 
@@ -55,65 +54,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, line if launch.rank() == 0 else None)
 
 
-def _hidden(text: str):
-    text = text.strip()
-    if text == "":
-        raise argparse.ArgumentTypeError(
-            "the hidden sizes are empty (an unset shell variable?); give sizes like 200,200, or "
-            "none"
-        )
-    if text == "none":
-        return ()
-    try:
-        return tuple(int(h) for h in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"hidden sizes are comma-separated whole numbers like 200,200, got {text!r}"
-        ) from None
+def train_options() -> Options:
+    """``pyrovae train``'s flags: each field of ``TrainConfig`` and ``VAEConfig`` declared
+    with a help text, the shorthands for a part's option, and the run's own."""
+    from .model import VAEConfig
+    from .runs import DEVICE
+    from .training import TrainConfig
 
-
-def _key_value(text: str):
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip().replace("-", "_"), _option_value(value)
-
-
-def _key_value_option(group, flag: str, help: str) -> None:
-    """A repeatable ``flag KEY=VALUE`` option (a part's options: dataset, prior, guide,
-    estimator)."""
-    group.add_argument(
-        flag, type=_key_value, action="append", default=[], metavar="KEY=VALUE", help=help
+    data, model, optim = _groups(config_options(TrainConfig) + config_options(VAEConfig))
+    run = [o.but(group="run") for o in (DEVICE, THREADS, QUIET)]
+    shorthands = [BINARIZE], [SIGMA_SHORTHAND], [BASELINE, ENGINE]
+    return Options.of(
+        data, shorthands[0], model, shorthands[1], optim, shorthands[2], RUN_OPTIONS, run
     )
 
 
-def _option_value(text: str) -> Any:
-    """A KEY=VALUE option's value: JSON (``0.5``, ``true``, ``[1, 2]``), Python's spellings of
-    the same (``.5``, ``True``, ``None``), else the text itself."""
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        pass
-    word = text.strip()
-    if word in ("True", "False", "None"):
-        return {"True": True, "False": False, "None": None}[word]
-    try:
-        number = float(word)
-    except ValueError:
-        return text  # a bare string
-    return number if math.isfinite(number) else text
+def _groups(options: List[Option]) -> Tuple[List[Option], ...]:
+    """The train options of the data, the model and the optimisation, in that order."""
+    return tuple([o for o in options if o.group == g] for g in ("data", "model", "optimisation"))
 
 
 def _train_parser(sub) -> None:
-    from .data import DATASETS
-    from .estimators import ESTIMATORS
-    from .parts.guides import GUIDES
-    from .parts.likelihoods import LIKELIHOODS
-    from .parts.nets import ACTIVATIONS, NETS
-    from .parts.priors import PRIORS
-    from .producers import PRODUCERS
-    from .training.schedule import LR_SCHEDULES
-
     p = sub.add_parser(
         "train",
         help="train a VAE and write a run directory",
@@ -128,129 +89,7 @@ def _train_parser(sub) -> None:
         "gradients are summed before each step.",
         formatter_class=_Defaults,
     )
-    d = p.add_argument_group("data")
-    d.add_argument(
-        "--dataset", choices=DATASETS.names(), help="dataset name (default binarized-mnist)"
-    )
-    d.add_argument(
-        "--data-dir",
-        help="directory with the data files (default: $PYROVAE_DATA, "
-        "else a cache directory, downloading when possible)",
-    )
-    d.add_argument(
-        "--binarize",
-        choices=["dynamic", "static"],
-        help="binarize grayscale data (mnist, fashion-mnist)",
-    )
-    _key_value_option(d, "--dataset-option", "extra dataset option, e.g. x_dim=5 (repeatable)")
-    d.add_argument("--n-train", type=int, help="train on a seeded random subset of this size")
-    d.add_argument("--n-eval", type=int, help="validation/test subsets of this size")
-    m = p.add_argument_group("model")
-    m.add_argument("--z-dim", type=int, help="latent dimension (default 50)")
-    m.add_argument("--hidden", type=_hidden, help="hidden sizes, comma-separated (default 200,200)")
-    m.add_argument(
-        "--latent-layers",
-        type=int,
-        help="stochastic layers: 1, or 2 for the IWAE paper's x -> z1 -> z2 net, where "
-        "--z-dim is z2's width and --prior its prior (default 1)",
-    )
-    m.add_argument("--z1-dim", type=int, help="the lower latent z1's width, 2 layers (default 100)")
-    m.add_argument(
-        "--hidden-top",
-        type=_hidden,
-        help="hidden sizes of the nets between z1 and z2, comma-separated, 2 layers "
-        "(default 100,100)",
-    )
-    m.add_argument("--activation", choices=sorted(ACTIVATIONS), help="default tanh")
-    m.add_argument(
-        "--encoder",
-        choices=NETS.names(),
-        help="encoder network (default mlp; conv: convolutional, for image data)",
-    )
-    m.add_argument(
-        "--decoder",
-        choices=NETS.names(),
-        help="decoder network (default mlp; conv: convolutional, for image data; "
-        "linear + a Gaussian likelihood gives an exact log p(x))",
-    )
-    m.add_argument("--prior", choices=PRIORS.names(), help="default standard-normal")
-    m.add_argument(
-        "--likelihood",
-        choices=LIKELIHOODS.names(),
-        help="default bernoulli (binary data); discretized-logistic for 8-bit images",
-    )
-    m.add_argument("--sigma", type=float, help="(initial) std of a Gaussian likelihood")
-    _key_value_option(
-        m,
-        "--likelihood-option",
-        "an option of the likelihood, e.g. sigma=0.5 for the Gaussians (repeatable; --sigma "
-        "is its shorthand)",
-    )
-    _key_value_option(
-        m,
-        "--prior-option",
-        "an option of the prior, e.g. components=500 for vampprior or mixture, layers=4 "
-        "for flow (repeatable)",
-    )
-    m.add_argument("--guide", choices=GUIDES.names(), help="default diagonal-gaussian")
-    _key_value_option(
-        m,
-        "--guide-option",
-        "an option of the guide, e.g. layers=4 or transform=coupling for flow (repeatable)",
-    )
-    o = p.add_argument_group("optimisation")
-    o.add_argument(
-        "--epochs", type=int, help="number of epochs (default 100; with --resume: the new total)"
-    )
-    o.add_argument(
-        "--batch-size",
-        type=int,
-        help="default 100; under torchrun, the global batch, split across the processes",
-    )
-    o.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    o.add_argument(
-        "--lr-schedule",
-        choices=LR_SCHEDULES,
-        help="learning rate per epoch: constant (default); iwae, the IWAE paper's (3^i epochs "
-        "at lr * 10^(-i/7), 3280 epochs for i = 0..7); cosine (down to 0 over --epochs)",
-    )
-    o.add_argument(
-        "--warmup",
-        type=int,
-        help="KL warm-up: epochs over which the KL weight rises from 0 to 1 (default 0: none); "
-        "the ELBO reported is always the true one",
-    )
-    o.add_argument("--estimator", choices=ESTIMATORS.names(), help="default pathwise")
-    o.add_argument(
-        "--baseline",
-        choices=["none", "decaying-average", "neural"],
-        help="score-function baseline (default decaying-average)",
-    )
-    _key_value_option(
-        o, "--estimator-option", "an option of the estimator, e.g. baseline_beta=0.8 (repeatable)"
-    )
-    o.add_argument("--num-particles", type=int, help="samples of z per data point per step")
-    o.add_argument("--seed", type=int, help="random seed (default 0)")
-    o.add_argument(
-        "--producer",
-        choices=PRODUCERS,
-        help="how a batch's particles are computed: direct (from the VAE's parts, tested equal "
-        "to tracing its model and guide), traced (Pyro traces of the model and guide), auto "
-        "(direct where it applies; default). Every estimator runs on either.",
-    )
-    o.add_argument(  # pyrovae 0.1.0's name for the producer
-        "--engine", choices=["auto", "fast", "pyro"], help=argparse.SUPPRESS
-    )
-    r = p.add_argument_group("run")
-    r.add_argument("--config", help='JSON file with {"train": {...}, "model": {...}}')
-    r.add_argument("--run-dir", help="output directory (default runs/<dataset>-<estimator>-<time>)")
-    r.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --run-dir from its last checkpoint",
-    )
-    _compute_options(r)
-    QUIET.add_to(r)
+    train_options().add_to(p)
 
 
 def _compute_options(p) -> None:
@@ -265,6 +104,30 @@ def _compute_options(p) -> None:
 # The command line's own options, beside each command's (``pyrovae.runs``).
 JSON = Option("json", False, "print one JSON object on stdout")
 QUIET = Option("quiet", False, "no progress bar")
+# Shorthands of ``pyrovae train`` for one option of a part (given both ways, they must agree).
+BINARIZE = Option(
+    "binarize", None, "binarize grayscale data (mnist, fashion-mnist)",
+    choices=("dynamic", "static"), group="data",
+)  # fmt: skip
+SIGMA_SHORTHAND = Option(
+    "sigma", None, "(initial) std of a Gaussian likelihood", Rule("number", optional=True),
+    group="model",
+)  # fmt: skip
+BASELINE = Option(
+    "baseline", None, "score-function baseline (default decaying-average)",
+    choices=("none", "decaying-average", "neural"), group="optimisation",
+)  # fmt: skip
+# pyrovae 0.1.0's name for the producer, still read.
+ENGINE = Option(
+    "engine", None, argparse.SUPPRESS, choices=("auto", "fast", "pyro"), group="optimisation"
+)
+RUN_OPTIONS = [
+    Option("config", None, 'JSON file with {"train": {...}, "model": {...}}', group="run"),
+    Option("run_dir", None, "output directory (default runs/<dataset>-<estimator>-<time>)",
+           group="run"),
+    Option("resume", False, "continue the run in --run-dir from its last checkpoint",
+           group="run"),
+]  # fmt: skip
 THREADS = Option(
     "threads", None,
     "CPU threads to compute on (default: $OMP_NUM_THREADS, else the cores this process may run "
@@ -438,10 +301,10 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         if value is not None and not value.strip():
             raise ValueError(f"{flag} is empty (an unset shell variable?): give a path")
     for flag, pairs in (
-        ("--dataset-option", args.dataset_option),
-        ("--estimator-option", args.estimator_option),
-        ("--prior-option", args.prior_option),
-        ("--guide-option", args.guide_option),
+        ("--dataset-option", args.dataset_options),
+        ("--estimator-option", args.estimator_options),
+        ("--prior-option", args.prior_options),
+        ("--guide-option", args.guide_options),
     ):
         seen: Dict[str, Any] = {}
         for key, value in pairs:
@@ -466,23 +329,7 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
             if sigma is not None:
                 SIGMA.check(f"{where}.likelihood_options.sigma", sigma)
             out.update(given)
-    flags: Dict[str, Any] = {}
-    for key in (
-        "dataset",
-        "n_train",
-        "n_eval",
-        "epochs",
-        "batch_size",
-        "lr",
-        "lr_schedule",
-        "warmup",
-        "estimator",
-        "num_particles",
-        "seed",
-        "producer",
-    ):
-        if getattr(args, key) is not None:
-            flags[key] = getattr(args, key)
+    flags = _plain_flags(args, TrainConfig, skip=("data_dir",))
     if args.engine is not None:
         producer = ENGINE_TO_PRODUCER[args.engine]
         if args.producer is not None and args.producer != producer:
@@ -501,50 +348,43 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     if args.data_dir is not None:
         train_d["data_dir"] = str(Path(args.data_dir).resolve())
     options = dict(train_d.get("dataset_options", {}))
-    options.update(dict(args.dataset_option))
+    options.update(dict(args.dataset_options))
     if args.binarize:
         options["binarize"] = args.binarize
     if options:
         train_d["dataset_options"] = options
     estimator_options = dict(train_d.get("estimator_options", {}))
-    given = dict(args.estimator_option)
+    given = dict(args.estimator_options)
     _check_shorthand("--baseline", args.baseline, "--estimator-option", given, "baseline")
     estimator_options.update(given)
     if args.baseline:
         estimator_options["baseline"] = args.baseline
     if estimator_options:
         train_d["estimator_options"] = estimator_options
-    flags = {
-        key: getattr(args, key)
-        for key in (
-            "z_dim",
-            "hidden",
-            "latent_layers",
-            "z1_dim",
-            "hidden_top",
-            "activation",
-            "encoder",
-            "decoder",
-            "prior",
-            "likelihood",
-            "guide",
-        )
-        if getattr(args, key) is not None
-    }
+    flags = _plain_flags(args, VAEConfig)
     model_d.update(check_values(VAEConfig, flags, flag_name))
     for key, pairs in (
-        ("prior_options", args.prior_option),
-        ("guide_options", args.guide_option),
-        ("likelihood_options", args.likelihood_option),
+        ("prior_options", args.prior_options),
+        ("guide_options", args.guide_options),
+        ("likelihood_options", args.likelihood_options),
     ):
         if pairs:
             model_d[key] = {**model_d.get(key, {}), **dict(pairs)}
     if args.sigma is not None:
-        given = dict(args.likelihood_option)
+        given = dict(args.likelihood_options)
         _check_shorthand("--sigma", args.sigma, "--likelihood-option", given, "sigma")
         sigma = SIGMA.check("--sigma", args.sigma)
         model_d["likelihood_options"] = {**model_d.get("likelihood_options", {}), "sigma": sigma}
     return train_d, model_d
+
+
+def _plain_flags(args, cls, skip: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """The flags of ``cls``'s fields (not the KEY=VALUE ones, nor ``skip``) that were given."""
+    return {
+        o.name: getattr(args, o.name)
+        for o in config_options(cls)
+        if o.rule.kind != "dict" and o.name not in skip and getattr(args, o.name) is not None
+    }
 
 
 def _check_shorthand(flag: str, value: Any, option_flag: str, given: Dict, key: str) -> None:

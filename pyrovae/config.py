@@ -123,11 +123,22 @@ class Rule:
 SEED_RULE = Rule("int", minimum=0, maximum=2**32 - 1)
 
 
-def option(default: Any = None, rule: Optional[Rule] = None, **kwargs: Any) -> Any:
-    """A dataclass field with a validation ``rule`` (``default_factory`` etc. pass through)."""
+def option(
+    default: Any = None,
+    rule: Optional[Rule] = None,
+    help: Optional[str] = None,
+    group: Optional[str] = None,
+    choices: Optional[Callable[[], Sequence[str]]] = None,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field with a validation ``rule``; with a ``help`` text it is also a flag
+    of the command line (``flag_name``), listed under ``group`` and offering ``choices`` (where
+    they are not the rule's: a dataset is a registered name on the command line, any label
+    in Python) (``pyrovae.options.config_options``). ``default_factory`` etc. pass through."""
     if "default_factory" not in kwargs:
         kwargs["default"] = default
-    return dataclasses.field(metadata={"rule": rule}, **kwargs)
+    metadata = {"rule": rule, "help": help, "group": group, "choices": choices}
+    return dataclasses.field(metadata=metadata, **kwargs)
 
 
 def check_values(cls: Type, d: Dict[str, Any], name: Namer = str) -> Dict[str, Any]:

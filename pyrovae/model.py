@@ -43,6 +43,9 @@ from .parts.priors import PRIORS, Prior
 from .parts.refinement import LocalRefinement  # noqa: F401  (registers the local guide)
 from .runtime import available_memory, check_memory, module_device
 
+# The group of ``pyrovae train --help`` that the model's options are listed under.
+M = "model"
+
 
 @dataclass(frozen=True)
 class VAEConfig:
@@ -66,21 +69,49 @@ class VAEConfig:
     saved before it existed load with ``None``.
     """
 
-    x_dim: int = option(784, Rule("int", minimum=1))
-    z_dim: int = option(50, Rule("int", minimum=1))
-    hidden: Tuple[int, ...] = option((200, 200), Rule("ints", minimum=1))
-    activation: str = option("tanh", Rule("str", choices=sorted(ACTIVATIONS)))
-    encoder: str = option("mlp", Rule("str", choices=NETS.names))
-    decoder: str = option("mlp", Rule("str", choices=NETS.names))
-    prior: str = option("standard-normal", Rule("str", choices=PRIORS.names))
-    prior_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
-    likelihood: str = option("bernoulli", Rule("str", choices=LIKELIHOODS.names))
-    likelihood_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
-    guide: str = option("diagonal-gaussian", Rule("str", choices=GUIDES.names))
-    guide_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
-    latent_layers: int = option(1, Rule("int", minimum=1, maximum=2))
-    z1_dim: int = option(100, Rule("int", minimum=1))
-    hidden_top: Tuple[int, ...] = option((100, 100), Rule("ints", minimum=1))
+    x_dim: int = option(784, Rule("int", minimum=1))  # the data's: no flag
+    z_dim: int = option(50, Rule("int", minimum=1), "latent dimension", M)
+    hidden: Tuple[int, ...] = option(
+        (200, 200), Rule("ints", minimum=1), "hidden sizes, comma-separated", M
+    )
+    activation: str = option("tanh", Rule("str", choices=sorted(ACTIVATIONS)), "activation", M)
+    encoder: str = option(
+        "mlp", Rule("str", choices=NETS.names),
+        "encoder network (conv: convolutional, for image data)", M,
+    )  # fmt: skip
+    decoder: str = option(
+        "mlp", Rule("str", choices=NETS.names),
+        "decoder network (conv: convolutional, for image data; linear + a Gaussian likelihood "
+        "gives an exact log p(x))", M,
+    )  # fmt: skip
+    prior: str = option("standard-normal", Rule("str", choices=PRIORS.names), "prior", M)
+    prior_options: Dict[str, Any] = option(
+        rule=Rule("dict"), help="an option of the prior, e.g. components=500 for vampprior or "
+        "mixture, layers=4 for flow (repeatable)", group=M, default_factory=dict,
+    )  # fmt: skip
+    likelihood: str = option(
+        "bernoulli", Rule("str", choices=LIKELIHOODS.names),
+        "bernoulli for binary data; discretized-logistic for 8-bit images", M,
+    )  # fmt: skip
+    likelihood_options: Dict[str, Any] = option(
+        rule=Rule("dict"), help="an option of the likelihood, e.g. sigma=0.5 for the Gaussians "
+        "(repeatable; --sigma is its shorthand)", group=M, default_factory=dict,
+    )  # fmt: skip
+    guide: str = option("diagonal-gaussian", Rule("str", choices=GUIDES.names), "guide", M)
+    guide_options: Dict[str, Any] = option(
+        rule=Rule("dict"), help="an option of the guide, e.g. layers=4 or transform=coupling "
+        "for flow (repeatable)", group=M, default_factory=dict,
+    )  # fmt: skip
+    latent_layers: int = option(
+        1, Rule("int", minimum=1, maximum=2),
+        "stochastic layers: 1, or 2 for the IWAE paper's x -> z1 -> z2 net, where --z-dim is "
+        "z2's width and --prior its prior", M,
+    )  # fmt: skip
+    z1_dim: int = option(100, Rule("int", minimum=1), "the lower latent z1's width, 2 layers", M)
+    hidden_top: Tuple[int, ...] = option(
+        (100, 100), Rule("ints", minimum=1),
+        "hidden sizes of the nets between z1 and z2, comma-separated, 2 layers", M,
+    )  # fmt: skip
     image_shape: Optional[Tuple[int, ...]] = option(None, Rule("ints", minimum=1, optional=True))
 
     def __post_init__(self) -> None:

@@ -27,12 +27,7 @@ def _commands():
         "gradvar",
         "gap",
         "bdmc",
-        pytest.param(
-            "train",
-            marks=pytest.mark.xfail(
-                strict=True, reason="train's flags are still declared by hand (issue 25)"
-            ),
-        ),
+        "train",
     ],
 )
 def test_every_flag_of_a_command_comes_from_one_declaration(command):

@@ -19,6 +19,7 @@ from ..config import (
     option,
     validate_fields,
 )
+from ..data import DATASETS
 from ..estimators import ESTIMATORS
 from ..model import VAEConfig
 from ..producers import PRODUCERS
@@ -27,6 +28,10 @@ from .schedule import LR_SCHEDULES
 
 # 0.1.0 named the route an "engine"; a config file, run directory or command line may still.
 ENGINE_TO_PRODUCER = {"auto": "auto", "fast": "direct", "pyro": "traced"}
+
+
+# The groups of ``pyrovae train --help`` that these options are listed under.
+DATA, OPTIM = "data", "optimisation"
 
 
 @dataclass(frozen=True)
@@ -41,24 +46,60 @@ class TrainConfig:
     ``pyrovae.training.schedule``.
     """
 
-    dataset: str = option("binarized-mnist", Rule("str"))  # a name, or a label with data=
-    data_dir: Optional[str] = option(None, Rule("str", optional=True))
-    dataset_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
-    n_train: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
-    n_eval: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
-    epochs: int = option(100, Rule("int", minimum=1))
-    batch_size: int = option(100, Rule("int", minimum=1))
-    lr: float = option(1e-3, Rule("number", positive=True))
+    dataset: str = option(  # a name, or a label with data=
+        "binarized-mnist", Rule("str"), "dataset name", DATA, choices=DATASETS.names
+    )
+    data_dir: Optional[str] = option(
+        None, Rule("str", optional=True), "directory with the data files (default: "
+        "$PYROVAE_DATA, else a cache directory, downloading when possible)", DATA,
+    )  # fmt: skip
+    dataset_options: Dict[str, Any] = option(
+        rule=Rule("dict"), help="extra dataset option, e.g. x_dim=5 (repeatable)", group=DATA,
+        default_factory=dict,
+    )  # fmt: skip
+    n_train: Optional[int] = option(
+        None, Rule("int", minimum=1, optional=True),
+        "train on a seeded random subset of this size", DATA,
+    )  # fmt: skip
+    n_eval: Optional[int] = option(
+        None, Rule("int", minimum=1, optional=True), "validation/test subsets of this size", DATA
+    )
+    epochs: int = option(
+        100, Rule("int", minimum=1), "number of epochs (with --resume: the new total)", OPTIM
+    )
+    batch_size: int = option(
+        100, Rule("int", minimum=1),
+        "the minibatch; under torchrun, the global batch, split across the processes", OPTIM,
+    )  # fmt: skip
+    lr: float = option(1e-3, Rule("number", positive=True), "Adam learning rate", OPTIM)
     # The learning rate per epoch (``pyrovae.training.schedule``): constant, iwae or cosine.
-    lr_schedule: str = option("constant", Rule("str", choices=LR_SCHEDULES))
+    lr_schedule: str = option(
+        "constant", Rule("str", choices=LR_SCHEDULES),
+        "learning rate per epoch: constant; iwae, the IWAE paper's (3^i epochs at "
+        "lr * 10^(-i/7), 3280 epochs for i = 0..7); cosine (down to 0 over --epochs)", OPTIM,
+    )  # fmt: skip
     # KL warm-up: epochs over which β rises from 0 to 1 (0: none).
-    warmup: int = option(0, Rule("int", minimum=0))
-    estimator: str = option("pathwise", Rule("str", choices=ESTIMATORS.names))
-    estimator_options: Dict[str, Any] = option(rule=Rule("dict"), default_factory=dict)
+    warmup: int = option(
+        0, Rule("int", minimum=0),
+        "KL warm-up: epochs over which the KL weight rises from 0 to 1 (0: none); the ELBO "
+        "reported is always the true one", OPTIM,
+    )  # fmt: skip
+    estimator: str = option("pathwise", Rule("str", choices=ESTIMATORS.names), "estimator", OPTIM)
+    estimator_options: Dict[str, Any] = option(
+        rule=Rule("dict"), help="an option of the estimator, e.g. baseline_beta=0.8 "
+        "(repeatable)", group=OPTIM, default_factory=dict,
+    )  # fmt: skip
     # None: the estimator's default (1, or 5 for K-sample bounds)
-    num_particles: Optional[int] = option(None, Rule("int", minimum=1, optional=True))
-    seed: int = option(0, SEED_RULE)
-    producer: str = option("auto", Rule("str", choices=PRODUCERS))
+    num_particles: Optional[int] = option(
+        None, Rule("int", minimum=1, optional=True), "samples of z per data point per step", OPTIM
+    )
+    seed: int = option(0, SEED_RULE, "random seed", OPTIM)
+    producer: str = option(
+        "auto", Rule("str", choices=PRODUCERS),
+        "how a batch's particles are computed: direct (from the VAE's parts, tested equal to "
+        "tracing its model and guide), traced (Pyro traces of the model and guide), auto "
+        "(direct where it applies). Every estimator runs on either.", OPTIM,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         validate_fields(self)
