@@ -290,16 +290,18 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """The (training, model) options the user gave, from ``--config`` and the flags (which
     win), each value checked where it was given, so an error names the flag or the file's
     key. Options left out are absent: the defaults, or a resumed run's saved values, apply."""
-    from .model import VAEConfig
-    from .parts.likelihoods import SIGMA
-    from .training import TrainConfig
-    from .training.config import ENGINE_TO_PRODUCER
-
-    train_d: Dict[str, Any] = {}
-    model_d: Dict[str, Any] = {}
     for flag, value in (("--config", args.config), ("--data-dir", args.data_dir)):
         if value is not None and not value.strip():
             raise ValueError(f"{flag} is empty (an unset shell variable?): give a path")
+    _check_repeated_keys(args)
+    train_d, model_d = _config_file_options(args.config) if args.config else ({}, {})
+    _train_flags(args, train_d)
+    _model_flags(args, model_d)
+    return train_d, model_d
+
+
+def _check_repeated_keys(args) -> None:
+    """A KEY=VALUE flag may repeat a key only with the same value."""
     for flag, pairs in (
         ("--dataset-option", args.dataset_options),
         ("--estimator-option", args.estimator_options),
@@ -313,22 +315,42 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
                     f"{flag} {key} is given twice, as {seen[key]!r} and as {value!r}: give it once"
                 )
             seen[key] = value
-    if args.config:
-        cfg = _read_config_file(args.config)
-        for section, cls, out in (("train", TrainConfig, train_d), ("model", VAEConfig, model_d)):
-            given = dict(cfg.get(section, {}))
-            if section == "train" and "engine" in given:  # 0.1.0's name
-                engine = given.pop("engine")
-                if engine not in ENGINE_TO_PRODUCER:
-                    raise ValueError(f"--config {args.config}: unknown train.engine {engine!r}")
-                given.setdefault("producer", ENGINE_TO_PRODUCER[engine])
-            # Checked whole (unknown keys too), with the file's key names.
-            where = f"--config {args.config}: {section}"
-            cls.from_dict(given, name=lambda k, where=where: f"{where}.{k}")
-            sigma = given.get("likelihood_options", {}).get("sigma") if section == "model" else None
-            if sigma is not None:
-                SIGMA.check(f"{where}.likelihood_options.sigma", sigma)
-            out.update(given)
+
+
+def _config_file_options(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The (training, model) options of a ``--config`` file, each section checked whole
+    (unknown keys too) with the file's key names; 0.1.0's ``train.engine`` read as the
+    producer."""
+    from .model import VAEConfig
+    from .parts.likelihoods import SIGMA
+    from .training import TrainConfig
+    from .training.config import ENGINE_TO_PRODUCER
+
+    cfg = _read_config_file(path)
+    out: Tuple[Dict[str, Any], Dict[str, Any]] = ({}, {})
+    for section, cls, into in (("train", TrainConfig, out[0]), ("model", VAEConfig, out[1])):
+        given = dict(cfg.get(section, {}))
+        if section == "train" and "engine" in given:  # 0.1.0's name
+            engine = given.pop("engine")
+            if engine not in ENGINE_TO_PRODUCER:
+                raise ValueError(f"--config {path}: unknown train.engine {engine!r}")
+            given.setdefault("producer", ENGINE_TO_PRODUCER[engine])
+        where = f"--config {path}: {section}"
+        cls.from_dict(given, name=lambda k, where=where: f"{where}.{k}")
+        sigma = given.get("likelihood_options", {}).get("sigma") if section == "model" else None
+        if sigma is not None:
+            SIGMA.check(f"{where}.likelihood_options.sigma", sigma)
+        into.update(given)
+    return out
+
+
+def _train_flags(args, train_d: Dict[str, Any]) -> None:
+    """The training flags given, checked and merged over ``train_d`` (a config file's):
+    the plain ones, the old ``--engine``, the data directory and the part options with their
+    shorthands (``--binarize``, ``--baseline``)."""
+    from .training import TrainConfig
+    from .training.config import ENGINE_TO_PRODUCER
+
     flags = _plain_flags(args, TrainConfig, skip=("data_dir",))
     if args.engine is not None:
         producer = ENGINE_TO_PRODUCER[args.engine]
@@ -347,22 +369,27 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     train_d.update(check_values(TrainConfig, flags, flag_name))
     if args.data_dir is not None:
         train_d["data_dir"] = str(Path(args.data_dir).resolve())
-    options = dict(train_d.get("dataset_options", {}))
-    options.update(dict(args.dataset_options))
+    options = {**train_d.get("dataset_options", {}), **dict(args.dataset_options)}
     if args.binarize:
         options["binarize"] = args.binarize
     if options:
         train_d["dataset_options"] = options
-    estimator_options = dict(train_d.get("estimator_options", {}))
     given = dict(args.estimator_options)
     _check_shorthand("--baseline", args.baseline, "--estimator-option", given, "baseline")
-    estimator_options.update(given)
+    estimator_options = {**train_d.get("estimator_options", {}), **given}
     if args.baseline:
         estimator_options["baseline"] = args.baseline
     if estimator_options:
         train_d["estimator_options"] = estimator_options
-    flags = _plain_flags(args, VAEConfig)
-    model_d.update(check_values(VAEConfig, flags, flag_name))
+
+
+def _model_flags(args, model_d: Dict[str, Any]) -> None:
+    """The model flags given, checked and merged over ``model_d`` (a config file's): the
+    plain ones and the part options, with ``--sigma`` for the likelihood's."""
+    from .model import VAEConfig
+    from .parts.likelihoods import SIGMA
+
+    model_d.update(check_values(VAEConfig, _plain_flags(args, VAEConfig), flag_name))
     for key, pairs in (
         ("prior_options", args.prior_options),
         ("guide_options", args.guide_options),
@@ -375,7 +402,6 @@ def _given_options(args) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         _check_shorthand("--sigma", args.sigma, "--likelihood-option", given, "sigma")
         sigma = SIGMA.check("--sigma", args.sigma)
         model_d["likelihood_options"] = {**model_d.get("likelihood_options", {}), "sigma": sigma}
-    return train_d, model_d
 
 
 def _plain_flags(args, cls, skip: Tuple[str, ...] = ()) -> Dict[str, Any]:

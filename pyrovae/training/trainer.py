@@ -904,7 +904,7 @@ class _EpochLoop:
         return TrainingDiverged(f"{what}; training stopped. {advice}")
 
     def run(self, start_epoch, step, best, metrics, steps_per_epoch, progress) -> float:
-        cfg, data, n = self.cfg, self.data, self.data.train.shape[0]
+        cfg, n = self.cfg, self.data.train.shape[0]
         # The worst validation ELBO so far; a new run adds its objective before any update.
         seen = [m.get("valid_elbo") for m in metrics]
         self.worst_elbo = min((v for v in seen if _finite_number(v)), default=math.inf)
@@ -927,28 +927,8 @@ class _EpochLoop:
                 perm = perm.to(self.train_split.device)
                 for i in range(steps_per_epoch):
                     rows = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                    split = {}
-                    if self.world.distributed:  # this process's part of the global batch
-                        split["batch_size"] = rows.shape[0]
-                        rows = rows[slice(*self.world.shard(rows.shape[0]))]
-                    x = _batch(data, self.train_split, rows, self.device)
-                    try:
-                        beta = kl_weight(step, cfg.warmup, steps_per_epoch)
-                        loss = self.trainer.step(x, n, beta, **split)
-                    except FloatingPointError as e:  # a NaN inside a distribution
-                        raise self._diverged(f"{e} at epoch {epoch}, step {i + 1}", epoch) from e
-                    if not math.isfinite(loss) and step == 0:
-                        raise DataError(
-                            f"the loss is {loss} at the very first step, before any update: the "
-                            "model gives the data zero or NaN density (check the data's scale "
-                            "and values, and --sigma); a lower --lr would not help"
-                        )
-                    if not math.isfinite(loss):
-                        raise self._diverged(
-                            f"the loss became {loss} at epoch {epoch}, step {i + 1}", epoch
-                        )
-                    if step == 0:  # per point: what the untrained model gives
-                        self.worst_elbo = min(self.worst_elbo, -loss / n)
+                    beta = kl_weight(step, cfg.warmup, steps_per_epoch)
+                    loss = self._step(rows, beta, step, f"epoch {epoch}, step {i + 1}", epoch)
                     total_loss += loss
                     step += 1
                     share_cores()
@@ -975,6 +955,31 @@ class _EpochLoop:
         finally:
             bar.close()
         return best
+
+    def _step(self, rows: torch.Tensor, beta: float, step: int, where: str, epoch: int) -> float:
+        """One training step on ``rows`` of the training split (this process's part of them,
+        under torchrun) at KL weight ``beta``: its loss, refused where it is not finite (at
+        the very first step the data's fault, later a divergence)."""
+        n, split = self.data.train.shape[0], {}
+        if self.world.distributed:  # this process's part of the global batch
+            split["batch_size"] = rows.shape[0]
+            rows = rows[slice(*self.world.shard(rows.shape[0]))]
+        x = _batch(self.data, self.train_split, rows, self.device)
+        try:
+            loss = self.trainer.step(x, n, beta, **split)
+        except FloatingPointError as e:  # a NaN inside a distribution
+            raise self._diverged(f"{e} at {where}", epoch) from e
+        if not math.isfinite(loss) and step == 0:
+            raise DataError(
+                f"the loss is {loss} at the very first step, before any update: the model gives "
+                "the data zero or NaN density (check the data's scale and values, and --sigma); "
+                "a lower --lr would not help"
+            )
+        if not math.isfinite(loss):
+            raise self._diverged(f"the loss became {loss} at {where}", epoch)
+        if step == 0:  # per point: what the untrained model gives
+            self.worst_elbo = min(self.worst_elbo, -loss / n)
+        return loss
 
     def _validate(self, epoch: int, step: int, train_loss: float) -> Dict[str, Any]:
         if not math.isfinite(train_loss):
