@@ -42,7 +42,29 @@ if TYPE_CHECKING:
 PRODUCERS = ("auto", "direct", "traced")
 
 
-class DirectProducer:
+class _ModelDraws:
+    """What both producers draw from the model alone, by tracing it: the model is the same
+    Pyro program whichever route computes the particles (``model`` and
+    ``max_plate_nesting`` are the producer's)."""
+
+    model: Callable
+    max_plate_nesting: int = 1
+
+    def sample_prior(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
+        """Latents drawn from the model's prior, (num_samples, B, ...) per site."""
+        return traced_prior_latents(self.model, (x,), num_samples, self.max_plate_nesting)
+
+    def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only)."""
+        return traced_simulation(self.model, x_like)
+
+    def require_continuous(self, x: torch.Tensor, what: str) -> None:
+        """Refuse ``what`` (a method that follows gradients in z) for a model with a discrete
+        latent (``pyrovae.particles.require_continuous_latents``), traced on the batch ``x``."""
+        require_continuous_latents(self.model, (x,), what)
+
+
+class DirectProducer(_ModelDraws):
     """``vae.particles``: a ``VAE``'s particles from its parts, tested equal to tracing it."""
 
     name = "direct"
@@ -75,18 +97,10 @@ class DirectProducer:
         """The log densities at given latents (C, B, ...): ``vae.scores``."""
         return self.vae.scores(x, latents)
 
-    def sample_prior(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
-        """Latents drawn from the model's prior, (num_samples, B, ...) per site."""
-        return traced_prior_latents(self.vae.model, (x,), num_samples)
-
-    def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only)."""
-        return traced_simulation(self.vae.model, x_like)
-
-    def require_continuous(self, x: torch.Tensor, what: str) -> None:
-        """Refuse ``what`` (a method that follows gradients in z) for a model with a discrete
-        latent (``pyrovae.particles.require_continuous_latents``), traced on the batch ``x``."""
-        require_continuous_latents(self.vae.model, (x,), what)
+    @property
+    def model(self) -> Callable:
+        """The VAE's model (``VAE.model``)."""
+        return self.vae.model
 
 
 class GivenInputProducer(DirectProducer):
@@ -109,7 +123,7 @@ class GivenInputProducer(DirectProducer):
         )
 
 
-class TracedProducer:
+class TracedProducer(_ModelDraws):
     """Any Pyro model/guide pair, called as ``model(x)``/``guide(x)`` and traced."""
 
     name = "traced"
@@ -169,19 +183,6 @@ class TracedProducer:
     def score(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> Particles:
         """The log densities at given latents (C, B, ...): ``traced_scores``."""
         return traced_scores(self.model, self.guide, (x,), latents, self.max_plate_nesting)
-
-    def sample_prior(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
-        """Latents drawn from the model's prior, (num_samples, B, ...) per site."""
-        return traced_prior_latents(self.model, (x,), num_samples, self.max_plate_nesting)
-
-    def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only)."""
-        return traced_simulation(self.model, x_like)
-
-    def require_continuous(self, x: torch.Tensor, what: str) -> None:
-        """Refuse ``what`` (a method that follows gradients in z) for a model with a discrete
-        latent (``pyrovae.particles.require_continuous_latents``), traced on the batch ``x``."""
-        require_continuous_latents(self.model, (x,), what)
 
 
 Producer = Union[DirectProducer, GivenInputProducer, TracedProducer]
