@@ -143,41 +143,42 @@ def _threads_option(p) -> None:
     THREADS.add_to(p)
 
 
-def _eval_parser(sub) -> None:
-    p = sub.add_parser(
+def _run_parser(sub, name: str, options, output: bool = True, **texts: str) -> None:
+    """The parser of a command on a run directory: RUN_DIR, its options (``pyrovae.runs``),
+    ``--threads``, and with ``output`` ``--json`` and ``--quiet``; ``texts``: its help and
+    description."""
+    p = sub.add_parser(name, formatter_class=_Defaults, **texts)
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    options.add_to(p)
+    for option in (JSON, THREADS, QUIET) if output else (THREADS,):
+        option.add_to(p)
+
+
+def _run_parsers(sub) -> None:
+    """The commands on a run directory."""
+    from .runs import BDMC, EVALUATE, GAP, GRADVAR, SAMPLE
+
+    _run_parser(
+        sub,
         "evaluate",
+        EVALUATE,
         help="importance-weighted log p(x) of a trained run",
         description="Estimate log p(x) per data point with K importance samples from the "
         "guide, log (1/K) sum_k p(x,z_k)/q(z_k|x), averaged over a split, with its standard "
         "error, next to the ELBO (and the exact log p(x) for linear-Gaussian models); for 8-bit "
         "images (cifar10, grayscale mnist) also in bits per dimension.",
-        formatter_class=_Defaults,
     )
-    from .runs import EVALUATE
-
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    EVALUATE.add_to(p)
-    JSON.add_to(p)
-    _threads_option(p)
-    QUIET.add_to(p)
-
-
-def _sample_parser(sub) -> None:
-    p = sub.add_parser(
+    _run_parser(
+        sub,
         "sample",
+        SAMPLE,
+        output=False,
         help="figures of a trained run: samples, reconstructions, training curves",
-        formatter_class=_Defaults,
     )
-    from .runs import SAMPLE
-
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    SAMPLE.add_to(p)
-    _threads_option(p)
-
-
-def _gradvar_parser(sub) -> None:
-    p = sub.add_parser(
+    _run_parser(
+        sub,
         "gradvar",
+        GRADVAR,
         help="gradient variance and signal-to-noise of each estimator at a checkpoint",
         description="At the checkpoint's parameters, draw N independent gradient estimates "
         "per estimator on one fixed minibatch and report, for the encoder (inference network) "
@@ -186,39 +187,11 @@ def _gradvar_parser(sub) -> None:
         "gradvar.json and gradvar.png. Each estimate is what a training step computes, through "
         "the producer the run was trained with. Baselines adapt for --warmup steps on random "
         "minibatches first and are then held fixed, so the estimates are independent.",
-        formatter_class=_Defaults,
     )
-    from .runs import GRADVAR
-
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    GRADVAR.add_to(p)
-    JSON.add_to(p)
-    _threads_option(p)
-    QUIET.add_to(p)
-
-
-def _bdmc_parser(sub) -> None:
-    p = sub.add_parser(
-        "bdmc",
-        help="bidirectional Monte Carlo: a sandwich around log p(x) on simulated data",
-        description="Simulate N points (x, z) from the run's model; bracket each log p(x) "
-        "between forward AIS from the prior (a stochastic lower bound) and reverse AIS from z, "
-        "an exact posterior sample (a stochastic upper bound), beside the importance-weighted "
-        "estimate with K samples (Grosse, Ghahramani & Adams, 2015). Reads no data.",
-        formatter_class=_Defaults,
-    )
-    from .runs import BDMC
-
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    BDMC.add_to(p)
-    _threads_option(p)
-    JSON.add_to(p)
-    QUIET.add_to(p)
-
-
-def _gap_parser(sub) -> None:
-    p = sub.add_parser(
+    _run_parser(
+        sub,
         "gap",
+        GAP,
         help="the inference gap of a trained run, split into approximation and amortization",
         description="For n test points: log p(x) - ELBO of the amortized guide q, split into "
         "the approximation gap log p(x) - ELBO(q*) and the amortization gap ELBO(q*) - ELBO(q), "
@@ -226,15 +199,17 @@ def _gap_parser(sub) -> None:
         "from the encoder's output; Cremer, Li & Duvenaud, 2018). The ELBOs average K log "
         "weights; log p(x) is the importance-weighted estimate with K samples from q* (exact "
         "for a linear-Gaussian model). Writes gap.json and gap.png.",
-        formatter_class=_Defaults,
     )
-    from .runs import GAP
-
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    GAP.add_to(p)
-    _threads_option(p)
-    JSON.add_to(p)
-    QUIET.add_to(p)
+    _run_parser(
+        sub,
+        "bdmc",
+        BDMC,
+        help="bidirectional Monte Carlo: a sandwich around log p(x) on simulated data",
+        description="Simulate N points (x, z) from the run's model; bracket each log p(x) "
+        "between forward AIS from the prior (a stochastic lower bound) and reverse AIS from z, "
+        "an exact posterior sample (a stochastic upper bound), beside the importance-weighted "
+        "estimate with K samples (Grosse, Ghahramani & Adams, 2015). Reads no data.",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,11 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
     _train_parser(sub)
-    _eval_parser(sub)
-    _sample_parser(sub)
-    _gradvar_parser(sub)
-    _gap_parser(sub)
-    _bdmc_parser(sub)
+    _run_parsers(sub)
     return parser
 
 
