@@ -92,15 +92,6 @@ def _train_parser(sub) -> None:
     train_options().add_to(p)
 
 
-def _compute_options(p) -> None:
-    """``--device``: where a command computes (``pyrovae.runtime.resolve_device``);
-    ``--threads``: on how many CPU threads (``pyrovae.threads``)."""
-    from .runs import DEVICE
-
-    DEVICE.add_to(p)
-    _threads_option(p)
-
-
 # The command line's own options, beside each command's (``pyrovae.runs``).
 JSON = Option("json", False, "print one JSON object on stdout")
 QUIET = Option("quiet", False, "no progress bar")
@@ -135,12 +126,6 @@ THREADS = Option(
     "then sleep (GOMP_SPINCOUNT=3000) unless you set OMP_WAIT_POLICY or GOMP_SPINCOUNT",
     Rule("int", minimum=1, optional=True), metavar="N",
 )  # fmt: skip
-
-
-def _threads_option(p) -> None:
-    """``--threads``: on how many CPU threads a command computes (``pyrovae.threads``, which
-    checks the count)."""
-    THREADS.add_to(p)
 
 
 def _run_parser(sub, name: str, options, output: bool = True, **texts: str) -> None:
