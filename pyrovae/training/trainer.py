@@ -508,10 +508,9 @@ def train(
         progress = progress and world.main
         if progress:
             _announce(session, plan.changed, world)
-        loop = _EpochLoop(
-            cfg, data, session.train_split, session.valid_split, resumable,
-            _identity(cfg, session), plan.run_path, world,
-        )  # fmt: skip
+        commit = _RunCommit(plan.run_path, _identity(cfg, session), resumable, world)
+        splits = (session.train_split, session.valid_split)
+        loop = _EpochLoop(cfg, data, *splits, resumable, commit, world)
         best = loop.run(*start, metrics, session.steps_per_epoch, progress)
     finally:
         if lock is not None:
@@ -868,9 +867,9 @@ class _EpochLoop:
     train_split: torch.Tensor
     valid_split: torch.Tensor
     resumable: Resumable
-    # What the checkpoints say was trained: model_config, custom_model, train_config.
-    identity: Dict[str, Any]
-    run_path: Path
+    # Where each epoch goes, and what a divergence leaves behind (``_RunCommit``): the epoch
+    # loop itself knows nothing of files.
+    on_epoch: "_RunCommit"
     world: distributed.World = dataclasses.field(default_factory=distributed.World)
 
     @property
@@ -890,18 +889,7 @@ class _EpochLoop:
     worst_elbo: float = math.inf
 
     def _diverged(self, what: str, epoch: int) -> TrainingDiverged:
-        kept = epoch - 1
-        if kept < 1:
-            advice = (
-                "no checkpoint was written (it diverged in its first epoch): lower the learning "
-                "rate (--lr) and start the run again"
-            )
-        else:
-            advice = (
-                f"the checkpoints of epoch {kept} in {self.run_path / 'checkpoints'} are kept: "
-                "lower the learning rate and resume (--resume --lr ...), or check the data"
-            )
-        return TrainingDiverged(f"{what}; training stopped. {advice}")
+        return TrainingDiverged(f"{what}; training stopped. {self.on_epoch.kept(epoch - 1)}")
 
     def run(self, start_epoch, step, best, metrics, steps_per_epoch, progress) -> float:
         cfg, n = self.cfg, self.data.train.shape[0]
@@ -945,7 +933,7 @@ class _EpochLoop:
                 improved = record["valid_elbo"] > best
                 best = max(best, record["valid_elbo"])
                 metrics.append(record)
-                self._commit(epoch, step, best, record, metrics, improved)
+                self.on_epoch(epoch, step, best, record, metrics, improved)
         except (TrainingDiverged, DataError) as e:
             # Raised from the global batch's loss or the gathered validation: on every process
             # together, unless it is this process's own failure.
@@ -1027,7 +1015,19 @@ class _EpochLoop:
             "producer": self.producer.name,
         }
 
-    def _commit(self, epoch, step, best, record, metrics, improved) -> None:
+
+@dataclass
+class _RunCommit:
+    """Each epoch's commit to the run directory (process 0 writes; every process sends its
+    streams), and what a divergence leaves there."""
+
+    run_path: Path
+    # What the checkpoints say was trained: model_config, custom_model, train_config.
+    identity: Dict[str, Any]
+    resumable: Resumable
+    world: distributed.World
+
+    def __call__(self, epoch, step, best, record, metrics, improved) -> None:
         """Write the epoch: ``best.pt`` first, then ``last.pt`` (the commit point, holding the
         metrics), then ``metrics.jsonl``. A kill between any two leaves a run that resumes
         from ``last.pt`` with nothing lost: an epoch newer than ``last.pt`` is redone, exactly,
@@ -1044,6 +1044,18 @@ class _EpochLoop:
                     save_checkpoint(ckpt, checkpoint_path(self.run_path, "best"))
                 save_checkpoint(ckpt, checkpoint_path(self.run_path, "last"))
                 write_metrics(self.run_path, metrics)
+
+    def kept(self, epoch: int) -> str:
+        """What a run that diverged after committing ``epoch`` keeps, and what to do."""
+        if epoch < 1:
+            return (
+                "no checkpoint was written (it diverged in its first epoch): lower the learning "
+                "rate (--lr) and start the run again"
+            )
+        return (
+            f"the checkpoints of epoch {epoch} in {self.run_path / 'checkpoints'} are kept: "
+            "lower the learning rate and resume (--resume --lr ...), or check the data"
+        )
 
 
 def _estimator(cfg: TrainConfig) -> Estimator:
