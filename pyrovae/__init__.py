@@ -32,6 +32,7 @@ _EXPORTS = {
         "evaluate_vae",
         "log_importance_weights",
     ),
+    ".evaluation.ais": ("AISResult", "BDMCResult", "ais_log_likelihood", "bdmc"),
     ".linear_gaussian": ("LinearGaussian",),
     ".model": ("VAE", "TwoLayerVAE", "VAEConfig", "build_vae", "linear_gaussian_vae"),
     ".particles": ("Particles", "traced_particles"),
@@ -63,6 +64,8 @@ def __dir__():
 
 
 __all__ = [
+    "AISResult",
+    "BDMCResult",
     "DATASETS",
     "ESTIMATORS",
     "GUIDES",
@@ -79,6 +82,8 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "VAEConfig",
+    "ais_log_likelihood",
+    "bdmc",
     "build_vae",
     "estimate_log_likelihood",
     "evaluate_run",

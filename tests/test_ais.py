@@ -214,3 +214,46 @@ def test_every_method_reports_the_exact_log_px_under_the_same_keys(tmp_path, cap
     assert abs(iw["log_px"] - iw["exact_log_px"]) < 0.1
     assert ais["exact_log_px"] - 2.0 < ais["log_px"] < ais["exact_log_px"] + 0.1
     assert math.isfinite(bdmc["exact_log_px"]) and bdmc["exact_log_px_stderr"] > 0
+
+
+def _pair_of_your_own(truth):
+    """The linear-Gaussian ``truth`` as a Pyro model and guide written as a user would, with
+    nothing of pyrovae's in them (the guide: the prior, amortizing nothing)."""
+    import pyro
+    import pyro.distributions as dist
+
+    weight, bias, scale = truth.weight, truth.bias, truth.noise_var.sqrt()
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(truth.z_dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ weight.T + bias, scale).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], truth.z_dim), 1.0).to_event(1))
+
+    return model, guide
+
+
+def test_ais_and_bdmc_take_a_model_and_guide_of_your_own():
+    import pyrovae
+
+    truth = random_truth(4, 2, seed=6)
+    model, guide = _pair_of_your_own(truth)
+    x = truth.sample(20, torch.Generator().manual_seed(6))
+    torch.manual_seed(0)
+    # Exported from pyrovae, and given the pair itself: no producer to build.
+    res = pyrovae.ais_log_likelihood((model, guide), x, 300, 16, 5, progress=False)
+    err = res.per_point_log_px - truth.log_marginal(x)
+    stderr = res.per_point_mc_stderr.pow(2).sum().sqrt().item() / x.shape[0]
+    assert abs(err.mean().item()) < 4 * stderr + 1e-3, (err.mean(), stderr)
+    assert res.producer == "traced"
+    torch.manual_seed(1)
+    x_like = torch.zeros(20, truth.x_dim, dtype=torch.float64)
+    sandwich = pyrovae.bdmc((model, guide), x_like, 300, 8, 5, k=200, progress=False)
+    exact = truth.log_marginal(sandwich.points)
+    for name, sign in (("lower", 1), ("upper", -1)):
+        err = sandwich.per_point[name] - exact
+        stderr = err.std().item() / math.sqrt(err.numel())
+        assert sign * err.mean().item() < 4 * stderr + 0.01, (name, err.mean(), stderr)

@@ -33,7 +33,7 @@ import torch
 
 from ..config import Rule
 from ..data import as_data_tensor
-from ..producers import Producer
+from ..producers import Producer, make_producer
 from ..runtime import progress_bar
 from ..threads import share_cores
 from .importance import data_dtype, estimate_log_likelihood
@@ -226,8 +226,18 @@ def _log_mean_exp(log_w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return top + mean.log(), stderr
 
 
+def as_producer(subject: Any) -> Producer:
+    """``subject`` as a producer: one already (``pyrovae.producers``), else a ``VAE`` or a
+    ``(model, guide)`` pair of the user's own (``make_producer``: traced for a pair)."""
+    if hasattr(subject, "score") and hasattr(subject, "sample_prior"):
+        return subject
+    if isinstance(subject, list):
+        subject = tuple(subject)
+    return make_producer(subject)
+
+
 def ais_log_likelihood(
-    producer: Producer,
+    producer: Any,
     data: torch.Tensor,
     steps: int = 1000,
     chains: int = 16,
@@ -241,8 +251,10 @@ def ais_log_likelihood(
     """Annealed importance sampling of log p(x) for every row of ``data`` (module docstring).
 
     Args:
-        producer: a producer with ``score`` and ``sample_prior`` (``pyrovae.producers``): the
-            model's log densities at given latents.
+        producer: what computes the model's log densities at given latents: a ``VAE``, a
+            ``(model, guide)`` pair of Pyro programs of your own (called as ``model(x)``,
+            ``guide(x)``, every sample site in one data plate), or a producer
+            (``pyrovae.producers``).
         data: (N, ...) data points, annealed in batches on the producer's device
             (``producer.device``; where it has none, the data's).
         steps: T, the intermediate distributions.
@@ -257,6 +269,7 @@ def ais_log_likelihood(
     Returns:
         An ``AISResult``.
     """
+    producer = as_producer(producer)
     for name, value, minimum in (
         ("steps", steps, 1),
         ("chains", chains, 1),
@@ -371,7 +384,7 @@ class BDMCResult:
 
 
 def bdmc(
-    producer: Producer,
+    producer: Any,
     x_like: torch.Tensor,
     steps: int = 1000,
     chains: int = 16,
@@ -386,9 +399,11 @@ def bdmc(
     simulated x's log p(x) between forward AIS from the prior and reverse AIS from z (the
     annealing run backwards, from p(z | x), of which z is an exact sample, to the prior: its
     weights are unbiased for 1 / p(x)). Also the importance-weighted estimate with ``k``
-    samples on the same points. Returns a ``BDMCResult``. Runs on the producer's device
-    (``producer.device``; where it has none, ``x_like``'s)."""
+    samples on the same points. Returns a ``BDMCResult``. ``producer``: as for
+    ``ais_log_likelihood`` (a ``VAE``, a ``(model, guide)`` pair, or a producer). Runs on the
+    producer's device (``producer.device``; where it has none, ``x_like``'s)."""
     start = time.perf_counter()
+    producer = as_producer(producer)
     x_like = x_like.to(getattr(producer, "device", None) or x_like.device)
     producer.require_continuous(x_like[:1], "BDMC's annealed importance sampling (HMC)")
     x, truth = producer.simulate(x_like)
