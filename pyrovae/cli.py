@@ -31,7 +31,7 @@ from . import __version__, launch
 from .config import Rule, check_values, flag_name
 from .files import read_bytes
 from .options import Option, Options, config_options
-from .threads import apply_threads, prepare_runtime
+from .threads import apply_threads, prepare_runtime, stop_sharing
 
 
 class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -723,6 +723,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         warnings.filters[:] = filters
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        stop_sharing()  # the threads lent during the command, given back
         if "pyrovae.distributed" in sys.modules:  # leave the processes' group, if joined
             sys.modules["pyrovae.distributed"].shutdown()
 

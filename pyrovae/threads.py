@@ -131,10 +131,8 @@ def apply_threads(threads: Optional[int] = None) -> ThreadPolicy:
     import torch
 
     global _sharing
+    stop_sharing()
     cores = usable_cores()
-    if _sharing is not None and torch.get_num_threads() == _sharing.threads:
-        # A thread an earlier command in this process lent, not a count the user set.
-        torch.set_num_threads(_sharing.most)
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"--threads must be an integer >= 1, got {threads!r}")
@@ -150,6 +148,18 @@ def apply_threads(threads: Optional[int] = None) -> ThreadPolicy:
         source = f"torch.set_num_threads; {cores} cores usable"
     _sharing = CoreSharing.start(cores) if source == "the cores this process may use" else None
     return ThreadPolicy(torch.get_num_threads(), source, *_wait(), sharing=_sharing)
+
+
+def stop_sharing() -> None:
+    """End the lending that ``apply_threads`` started (the command line calls it when a
+    command ends): threads lent are given back, so that the next command in this process
+    finds torch's count as the user left it; a count someone else set since is kept."""
+    global _sharing
+    torch = sys.modules.get("torch")
+    if _sharing is not None and not _sharing.stopped and torch is not None:
+        if torch.get_num_threads() == _sharing.threads:
+            torch.set_num_threads(_sharing.most)
+    _sharing = None
 
 
 def share_cores() -> None:

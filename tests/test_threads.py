@@ -191,3 +191,21 @@ def test_a_training_beside_a_busy_core_lends_it_a_thread(tmp_path):
         spinner.wait()
     assert re.search(r"threads\s+\d+ \(the cores this process may use\), [\d-]+ for "
                      r"[\d.]+ of [\d.]+ s while other work was busy", out), out  # fmt: skip
+
+
+def test_a_command_gives_back_the_threads_it_lent(sharing, monkeypatch):
+    import pyrovae.threads as threads
+
+    share, machine = sharing
+    monkeypatch.setattr(threads, "_sharing", share)
+    machine.advance(0.6, 1, 1)
+    share.look()
+    assert torch.get_num_threads() == 1  # lent while the other work ran
+    threads.stop_sharing()  # the command ends (``pyrovae.cli.main``)
+    assert torch.get_num_threads() == 2 and threads._sharing is None
+    # A count someone set since is theirs: kept.
+    monkeypatch.setattr(threads, "_sharing", share)
+    share.threads = 1
+    torch.set_num_threads(3)
+    threads.stop_sharing()
+    assert torch.get_num_threads() == 3
