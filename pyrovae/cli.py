@@ -263,6 +263,7 @@ def _check_repeated_keys(args) -> None:
         ("--estimator-option", args.estimator_options),
         ("--prior-option", args.prior_options),
         ("--guide-option", args.guide_options),
+        ("--likelihood-option", args.likelihood_options),
     ):
         seen: Dict[str, Any] = {}
         for key, value in pairs:

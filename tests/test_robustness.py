@@ -1394,6 +1394,19 @@ CLI_CASES = [
     Cli("hostile2-flag-empty-data-dir", T("--data-dir", ""), 2, "--data-dir"),
     Cli("hostile2-flag-blank-hidden", T("--hidden", " "), 2, "--hidden"),
     Cli(
+        "defect-likelihood-option-given-twice",
+        T(
+            "--likelihood",
+            "gaussian",
+            "--likelihood-option",
+            "sigma=0.5",
+            "--likelihood-option",
+            "sigma=2",
+        ),
+        2,
+        ("--likelihood-option sigma is given twice", "give it once"),
+    ),  # fmt: skip
+    Cli(
         "hostile2-estimator-option-given-twice",
         T(
             "--estimator",
