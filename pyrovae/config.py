@@ -141,6 +141,12 @@ def option(
     return dataclasses.field(metadata=metadata, **kwargs)
 
 
+def part_options(help: str, group: str) -> Any:
+    """A field holding a part's options (an object, ``{}`` by default): on the command line a
+    repeatable ``--NAME-option KEY=VALUE`` flag, listed under ``group``."""
+    return option(rule=Rule("dict"), help=help, group=group, default_factory=dict)
+
+
 def check_values(cls: Type, d: Dict[str, Any], name: Namer = str) -> Dict[str, Any]:
     """``d`` (some of ``cls``'s fields) with each value checked against its field's rule and
     normalized; ``name(key)`` is how the user wrote the key (a flag, a config-file path)."""

@@ -26,7 +26,7 @@ import pyro
 import torch
 from torch import nn
 
-from .config import OptionError, Rule, config_from_dict, option, validate_fields
+from .config import OptionError, Rule, config_from_dict, option, part_options, validate_fields
 from .data import as_data_tensor
 from .linear_gaussian import LinearGaussian
 from .particles import NotApplicable, Particles, no_reparameterized_sampler
@@ -85,23 +85,25 @@ class VAEConfig:
         "gives an exact log p(x))", M,
     )  # fmt: skip
     prior: str = option("standard-normal", Rule("str", choices=PRIORS.names), "prior", M)
-    prior_options: Dict[str, Any] = option(
-        rule=Rule("dict"), help="an option of the prior, e.g. components=500 for vampprior or "
-        "mixture, layers=4 for flow (repeatable)", group=M, default_factory=dict,
-    )  # fmt: skip
+    prior_options: Dict[str, Any] = part_options(
+        "an option of the prior, e.g. components=500 for vampprior or "
+        "mixture, layers=4 for flow (repeatable)",
+        M,
+    )
     likelihood: str = option(
         "bernoulli", Rule("str", choices=LIKELIHOODS.names),
         "bernoulli for binary data; discretized-logistic for 8-bit images", M,
     )  # fmt: skip
-    likelihood_options: Dict[str, Any] = option(
-        rule=Rule("dict"), help="an option of the likelihood, e.g. sigma=0.5 for the Gaussians "
-        "(repeatable; --sigma is its shorthand)", group=M, default_factory=dict,
-    )  # fmt: skip
+    likelihood_options: Dict[str, Any] = part_options(
+        "an option of the likelihood, e.g. sigma=0.5 for the Gaussians "
+        "(repeatable; --sigma is its shorthand)",
+        M,
+    )
     guide: str = option("diagonal-gaussian", Rule("str", choices=GUIDES.names), "guide", M)
-    guide_options: Dict[str, Any] = option(
-        rule=Rule("dict"), help="an option of the guide, e.g. layers=4 or transform=coupling "
-        "for flow (repeatable)", group=M, default_factory=dict,
-    )  # fmt: skip
+    guide_options: Dict[str, Any] = part_options(
+        "an option of the guide, e.g. layers=4 or transform=coupling for flow (repeatable)",
+        M,
+    )
     latent_layers: int = option(
         1, Rule("int", minimum=1, maximum=2),
         "stochastic layers: 1, or 2 for the IWAE paper's x -> z1 -> z2 net, where --z-dim is "

@@ -236,6 +236,20 @@ def as_producer(subject: Any) -> Producer:
     return make_producer(subject)
 
 
+def _check_settings(steps, chains, leapfrog, chain_pairs, step_size, init) -> None:
+    """Refuse AIS settings out of range, each by its name."""
+    for name, value in (
+        ("steps", steps),
+        ("chains", chains),
+        ("leapfrog", leapfrog),
+        ("chain_pairs", chain_pairs),
+    ):
+        Rule("int", minimum=1).check(name, value)
+    Rule("number", positive=True).check("step_size", step_size)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+
+
 def ais_log_likelihood(
     producer: Any,
     data: torch.Tensor,
@@ -270,16 +284,7 @@ def ais_log_likelihood(
         An ``AISResult``.
     """
     producer = as_producer(producer)
-    for name, value, minimum in (
-        ("steps", steps, 1),
-        ("chains", chains, 1),
-        ("leapfrog", leapfrog, 1),
-        ("chain_pairs", chain_pairs, 1),
-    ):
-        Rule("int", minimum=minimum).check(name, value)
-    Rule("number", positive=True).check("step_size", step_size)
-    if init not in INITS:
-        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    _check_settings(steps, chains, leapfrog, chain_pairs, step_size, init)
     betas = schedule(steps, schedule_kind)
     # NaN or infinite values refused by name here, not blamed on the chains at the end.
     data = as_data_tensor(data, "data", data_dtype(data, producer))
@@ -320,9 +325,10 @@ def ais_log_likelihood(
             "density or the chains diverged; check the data and the checkpoint"
         )
     per_mc, per_acc = torch.cat(mc).cpu(), torch.cat(acceptance).cpu()
+    mean, stderr = mean_stderr(per_point)
     return AISResult(
-        log_px=mean_stderr(per_point)[0],
-        log_px_stderr=mean_stderr(per_point)[1],
+        log_px=mean,
+        log_px_stderr=stderr,
         mc_stderr=per_mc.mean().item(),
         acceptance=per_acc.mean().item(),
         steps=steps,

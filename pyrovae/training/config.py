@@ -17,6 +17,7 @@ from ..config import (
     config_from_dict,
     flag_name,
     option,
+    part_options,
     validate_fields,
 )
 from ..data import DATASETS
@@ -53,10 +54,9 @@ class TrainConfig:
         None, Rule("str", optional=True), "directory with the data files (default: "
         "$PYROVAE_DATA, else a cache directory, downloading when possible)", DATA,
     )  # fmt: skip
-    dataset_options: Dict[str, Any] = option(
-        rule=Rule("dict"), help="extra dataset option, e.g. x_dim=5 (repeatable)", group=DATA,
-        default_factory=dict,
-    )  # fmt: skip
+    dataset_options: Dict[str, Any] = part_options(
+        "extra dataset option, e.g. x_dim=5 (repeatable)", DATA
+    )
     n_train: Optional[int] = option(
         None, Rule("int", minimum=1, optional=True),
         "train on a seeded random subset of this size", DATA,
@@ -72,23 +72,20 @@ class TrainConfig:
         "the minibatch; under torchrun, the global batch, split across the processes", OPTIM,
     )  # fmt: skip
     lr: float = option(1e-3, Rule("number", positive=True), "Adam learning rate", OPTIM)
-    # The learning rate per epoch (``pyrovae.training.schedule``): constant, iwae or cosine.
     lr_schedule: str = option(
         "constant", Rule("str", choices=LR_SCHEDULES),
         "learning rate per epoch: constant; iwae, the IWAE paper's (3^i epochs at "
         "lr * 10^(-i/7), 3280 epochs for i = 0..7); cosine (down to 0 over --epochs)", OPTIM,
     )  # fmt: skip
-    # KL warm-up: epochs over which β rises from 0 to 1 (0: none).
     warmup: int = option(
         0, Rule("int", minimum=0),
         "KL warm-up: epochs over which the KL weight rises from 0 to 1 (0: none); the ELBO "
         "reported is always the true one", OPTIM,
     )  # fmt: skip
     estimator: str = option("pathwise", Rule("str", choices=ESTIMATORS.names), "estimator", OPTIM)
-    estimator_options: Dict[str, Any] = option(
-        rule=Rule("dict"), help="an option of the estimator, e.g. baseline_beta=0.8 "
-        "(repeatable)", group=OPTIM, default_factory=dict,
-    )  # fmt: skip
+    estimator_options: Dict[str, Any] = part_options(
+        "an option of the estimator, e.g. baseline_beta=0.8 (repeatable)", OPTIM
+    )
     # None: the estimator's default (1, or 5 for K-sample bounds)
     num_particles: Optional[int] = option(
         None, Rule("int", minimum=1, optional=True), "samples of z per data point per step", OPTIM
