@@ -88,8 +88,7 @@ def run(out: Path) -> None:
     pair = train(
         TrainConfig(dataset="toy-gaussian", epochs=1, batch_size=20, lr=1e-2),
         data=pair_data(),
-        model=model,
-        guide=guide,
+        model=(model, guide),
         run_dir=out / "pair",
         progress=False,
     )

@@ -74,8 +74,7 @@ def test_the_two_layer_vae_trains_with_every_estimator_that_applies(tmp_path):
         result = train(
             config(estimator=name, estimator_options=options),
             data=data,
-            model=net.model,
-            guide=net.guide,
+            model=(net.model, net.guide),
             run_dir=tmp_path / est.spec.replace(":", "-"),
             progress=False,
         )
@@ -89,7 +88,7 @@ def test_the_two_layer_vae_trains_with_every_estimator_that_applies(tmp_path):
     }
     net = small_net()
     with pytest.raises(ValueError, match="'dreg' estimator does not apply.*one latent layer"):
-        train(config(estimator="dreg"), data=data, model=net.model, guide=net.guide,
+        train(config(estimator="dreg"), data=data, model=(net.model, net.guide),
               run_dir=tmp_path / "refused", progress=False)  # fmt: skip
     assert not (tmp_path / "refused").exists()
 
@@ -101,28 +100,28 @@ def test_the_two_layer_vae_resumes_exactly(tmp_path, estimator, options):
     data = toy_data()
     net = small_net()
     cfg = config(estimator=estimator, estimator_options=options, epochs=3)
-    straight = train(cfg, data=data, model=net.model, guide=net.guide, run_dir=tmp_path / "a",
+    straight = train(cfg, data=data, model=(net.model, net.guide), run_dir=tmp_path / "a",
                      progress=False)  # fmt: skip
     first = small_net()
     train(config(estimator=estimator, estimator_options=options, epochs=1), data=data,
-          model=first.model, guide=first.guide, run_dir=tmp_path / "b", progress=False)  # fmt: skip
+          model=(first.model, first.guide), run_dir=tmp_path / "b", progress=False)  # fmt: skip
     again = small_net()  # rebuilt, as a user resuming in a new process would
     with torch.no_grad():
         for p in again.parameters():
             p.mul_(0.5)  # the checkpoint, not the construction, sets the parameters
-    resumed = train(config(epochs=3), data=data, model=again.model, guide=again.guide,
+    resumed = train(config(epochs=3), data=data, model=(again.model, again.guide),
                     run_dir=tmp_path / "b", resume=True, progress=False)  # fmt: skip
     for (name, a), b in zip(net.named_parameters(), again.parameters()):
         assert torch.equal(a, b), name
     assert [m["valid_elbo"] for m in straight.metrics] == [m["valid_elbo"] for m in resumed.metrics]
-    with pytest.raises(ValueError, match="pass it again as model= and guide="):
+    with pytest.raises(ValueError, match=r"pass it again as model=\(model, guide\)"):
         train(config(epochs=4), data=data, run_dir=tmp_path / "b", resume=True, progress=False)
 
 
 def test_the_two_layer_vae_evaluates_and_loads_from_its_run(tmp_path, capsys):
     data = toy_data()
     net = small_net()
-    train(config(estimator="iwae"), data=data, model=net.model, guide=net.guide,
+    train(config(estimator="iwae"), data=data, model=(net.model, net.guide),
           run_dir=tmp_path / "run", progress=False)  # fmt: skip
     pyro.set_rng_seed(0)
     res = estimate_log_likelihood(net.model, net.guide, data.test, k=200, progress=False)

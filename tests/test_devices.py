@@ -461,7 +461,7 @@ def pair_data() -> Dataset:
 def test_a_pair_of_your_own_is_moved_to_the_device_named(tmp_path, device):
     net = Pair()
     cfg = TrainConfig(dataset="pair", epochs=1, batch_size=50)
-    pair = dict(model=net.model, guide=net.guide, data=pair_data(), progress=False)
+    pair = dict(model=(net.model, net.guide), data=pair_data(), progress=False)
     result = train(cfg, run_dir=tmp_path / "r", device=device, **pair)
     assert result.device.type == device
     assert all(p.device.type == device for p in net.parameters())
@@ -472,7 +472,7 @@ def test_a_pair_without_a_device_trains_where_its_module_is(tmp_path, monkeypatc
     monkeypatch.setenv("PYROVAE_DEVICE", "cuda:99")  # refused, were it asked
     net = Pair()
     cfg = TrainConfig(dataset="pair", epochs=1, batch_size=50)
-    pair = dict(model=net.model, guide=net.guide, data=pair_data(), progress=False)
+    pair = dict(model=(net.model, net.guide), data=pair_data(), progress=False)
     result = train(cfg, run_dir=tmp_path / "r", **pair)
     assert result.device == torch.device("cpu")
 

@@ -115,8 +115,7 @@ def test_two_layer_full_rank_guide_ends_no_further_than_the_diagonal_one(tmp_pat
             run_dir=tmp_path / guide,
             progress=False,
             data=data,
-            model=vae.model,
-            guide=vae.guide,
+            model=(vae.model, vae.guide),
         )
         assert vae.linear_gaussian() is not None  # still linear-Gaussian
         x = data.test.double()

@@ -1578,8 +1578,8 @@ def train_a_subsampling_pair(c: Ctx) -> None:
 
     x = torch.randn(300, 6)
     data = Dataset("pair", x[:200], x[200:250], x[250:], binary=False)
-    train(TrainConfig(dataset="pair", epochs=1, batch_size=50), data=data, model=model,
-          guide=guide, run_dir=str(c.new), progress=False)  # fmt: skip
+    train(TrainConfig(dataset="pair", epochs=1, batch_size=50), data=data, model=(model, guide),
+          run_dir=str(c.new), progress=False)  # fmt: skip
 
 
 def train_without_validation_data(c: Ctx) -> None:

@@ -34,7 +34,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -409,14 +409,12 @@ def _pair_device(device: Device, model: Callable) -> torch.device:
 
 def train(
     train_config: Optional[TrainConfig] = None,
-    model_config: Optional[VAEConfig] = None,
+    model: Union[VAEConfig, Dict[str, Any], Tuple[Callable, Callable], None] = None,
     run_dir: Optional[str] = None,
     resume: bool = False,
     progress: bool = True,
     data: Optional[Dataset] = None,
     *,
-    model: Optional[Callable] = None,
-    guide: Optional[Callable] = None,
     changes: Optional[Dict[str, Any]] = None,
     device: Device = None,
 ) -> TrainResult:
@@ -425,14 +423,19 @@ def train(
     Args:
         train_config: data, optimisation, estimator and producer settings (default
             ``TrainConfig()``).
-        model_config: the VAE's parts; ``x_dim`` is taken from the data, and so is
-            ``image_shape`` (as (C, H, W)) for a new run on image data. Default:
-            ``VAEConfig()``. Not used with ``model`` and ``guide``.
+        model: what to train. A ``VAEConfig`` (or a dict of its fields): the library's VAE,
+            its ``x_dim`` taken from the data, and so is ``image_shape`` (as (C, H, W)) for a
+            new run on image data; default ``VAEConfig()``. Or a Pyro program of your own, a
+            ``(model, guide)`` pair: called as ``model(x)`` and ``guide(x)`` with a minibatch
+            x (B, ...), every sample site inside one data plate, the leftmost of the
+            program's plates (the trainer scales by N / B). Trained through the traced
+            producer, with any estimator that applies to it. Pyro's param store is cleared
+            first, as for the VAE.
         run_dir: where to write config, metrics and checkpoints (default
             ``runs/<dataset>-<estimator>-<time>``, a new name). A new run needs a directory
             that does not exist or is empty; one process at a time trains in a directory.
         resume: continue the run in ``run_dir`` from its last checkpoint, under its saved
-            config with the fields of ``train_config`` and ``model_config`` that differ from
+            config with the fields of ``train_config`` and of a ``VAEConfig`` that differ from
             their defaults applied (or exactly ``changes``, when given): ``epochs`` (the new
             total), ``lr``, ``producer`` (not ``auto``: the run continues on that route) and
             ``data_dir`` may change, and the change is recorded in ``config.json``; asking to
@@ -440,11 +443,6 @@ def train(
             again, built as before.
         progress: show a progress bar and say which producer runs.
         data: an already loaded dataset (otherwise loaded from ``train_config``).
-        model, guide: a Pyro model/guide pair of your own instead of a VAE: called as
-            ``model(x)`` and ``guide(x)`` with a minibatch x (B, ...), every sample site inside
-            one data plate at dim -1 (the trainer scales by N / B). Trained through the traced
-            producer, with any estimator that applies to it. Pyro's param store is cleared
-            first, as for the VAE.
         device: where to compute, ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
             (``pyrovae.runtime.resolve_device``; default ``$PYROVAE_DEVICE``, else ``auto``).
             A runtime choice, not part of the run: it is not saved in ``config.json``, the
@@ -471,8 +469,7 @@ def train(
         OptionError, DataError, RunDirError, FileExistsError: a bad value, bad data, or a run
             directory that is taken; nothing is written.
     """
-    if (model is None) != (guide is None):
-        raise ValueError("give both a model and a guide of your own, or neither")
+    model_config, (model, guide) = _what_to_train(model)
     world, device = _join(device, model)
     plan = _new_plan(run_dir, train_config, model_config)
     # The run directory is process 0's: it alone reads it (the others get what it read).
@@ -523,6 +520,22 @@ def train(
     )  # fmt: skip
 
 
+def _what_to_train(model) -> Tuple[Any, Tuple[Optional[Callable], Optional[Callable]]]:
+    """(the VAE's config or None, the user's (model, guide) pair or (None, None)) from
+    ``train``'s ``model`` argument, checked."""
+    if model is None or isinstance(model, (VAEConfig, dict)):
+        return model, (None, None)
+    if isinstance(model, tuple) and len(model) == 2:
+        for name, fn in zip(("model", "guide"), model):
+            if not callable(fn):
+                raise OptionError(f"the {name} must be a Pyro program (a callable), got {fn!r}")
+        return None, model
+    raise OptionError(
+        "model must be a VAEConfig (the library's VAE) or a (model, guide) pair of Pyro "
+        f"programs of your own, got {type(model).__name__}"
+    )
+
+
 def _join(device: Device, model: Optional[Callable]) -> Tuple[distributed.World, Any]:
     """(the processes' world, the device to train on): under torchrun this process joins
     the others, each on its own device; a bad device fails here, before anything is read (a
@@ -542,7 +555,7 @@ def _new_plan(run_dir, train_config, model_config) -> "_RunPlan":
     plan = _RunPlan(None, {}, Path(run_dir) if run_dir is not None else None, {})
     plan.train_config = _as_config(TrainConfig, train_config, "train_config")
     if model_config is not None:
-        plan.model_config = _as_config(VAEConfig, model_config, "model_config")
+        plan.model_config = _as_config(VAEConfig, model_config, "model")
     return plan
 
 
@@ -584,9 +597,9 @@ def _plan_resume(
         raise ValueError(
             f"{run_path} trained "
             + (
-                "a model/guide pair of your own: pass it again as model= and guide="
+                "a model/guide pair of your own: pass it again as model=(model, guide)"
                 if saved_model is None
-                else "a pyrovae VAE: resume it without model/guide"
+                else "a pyrovae VAE: resume it without a model/guide pair"
             )
         )
     state = load_checkpoint(checkpoint_path(run_path, "last"))
