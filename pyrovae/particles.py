@@ -22,8 +22,9 @@ thread and score them (deterministic) on another.
 
 from __future__ import annotations
 
+import logging
 import warnings
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pyro
@@ -116,7 +117,9 @@ class Particles:
     Attributes:
         x: the batch as the model sees it, (B, ...), or ``None`` when unknown.
         latents: latent site name -> value z, (K, B, ...); differentiable when sampled with
-            reparameterization.
+            reparameterization. (At K = 1 the traced producer draws without a particle plate,
+            as ``Trace_ELBO`` does, and each z here is a view with a leading dim of 1 of the
+            value the program computed with, its ``_base``, which derivatives in z reach.)
         scale: N / B, the factor by which the batch stands for the data set (1 without
             subsampling).
         kl_weight: β, the weight of the prior-to-guide ratio in the objective an estimator
@@ -248,19 +251,70 @@ class _ScoreFunctionSampling(Messenger):
         msg["value"] = msg["fn"].sample(*msg["args"], **msg["kwargs"])
 
 
-def _per_point(site: Dict[str, Any], log_prob: torch.Tensor, k: int, nesting: int) -> torch.Tensor:
-    """A site's log density reduced to (K, B): masked, broadcast over particles, and with the
-    dims of plates nested inside the data plate summed out."""
+class ProgramError(ValueError):
+    """A Pyro program pyrovae cannot compute as written, or that failed inside pyrovae's
+    handlers; the message names the site, plate or option and says what to do."""
+
+
+def guess_max_plate_nesting(model: Callable, guide: Callable, args, kwargs=None) -> int:
+    """How many plates the pair nests, found as Pyro's ELBOs find it: traced once without
+    particles (Pyro's ``ELBO._guess_max_plate_nesting``, which ``TraceEnum_ELBO`` also relies
+    on), with no gradient kept and the random streams left as they were. At least 1."""
+    elbo = pyro.infer.Trace_ELBO()
+    x = _batch_of(args)
+    logger = logging.getLogger("pyro.infer.elbo")  # it says what it guessed, at INFO
+    level, logger.level = logger.level, logging.WARNING
+    try:
+        with torch.no_grad(), fork_rng(x.device if x is not None else "cpu"):
+            try:  # (probed inside: the guess blocks every handler outside)
+                probed = (_SubsampleProbe()(model), _SubsampleProbe()(guide))
+                elbo._guess_max_plate_nesting(*probed, tuple(args), dict(kwargs or {}))
+            except _SmallBatch as small:  # the structure is that of a batch it takes
+                padded = _padded(args, small.subsample_size)
+                elbo._guess_max_plate_nesting(model, guide, padded, dict(kwargs or {}))
+    finally:
+        logger.setLevel(level)
+    return max(int(elbo.max_plate_nesting), 1)
+
+
+def _batch_of(args: Sequence[Any]) -> Optional[torch.Tensor]:
+    """The batch x: the first argument, when it is a tensor."""
+    return args[0] if args and isinstance(args[0], torch.Tensor) else None
+
+
+def _particle_plate(k: int, nesting: int):
+    """K particles in a plate left of the program's ``nesting`` plates, as Pyro's vectorized
+    ELBOs draw them; at K = 1 no plate at all, as ``Trace_ELBO`` draws one particle, so that a
+    program written for it (one that indexes a (B, D) tensor with a (B, D) mask, say) runs
+    unchanged."""
+    return pyro.plate(PARTICLE_PLATE, k, dim=-(nesting + 1)) if k > 1 else nullcontext()
+
+
+def _with_particle_dim(value: torch.Tensor, event_dim: int, nesting: int) -> torch.Tensor:
+    """A latent drawn without the particle plate (K = 1) as a view with the leading dims it
+    would have had under it: (1, ...) left of the program's ``nesting`` plate dims. The
+    program computed with ``value`` itself (which a distribution that remembers its draws
+    recognizes), so derivatives in z reach the view's ``_base``."""
+    missing = nesting + 1 - (value.dim() - event_dim)
+    return value.reshape((1,) * missing + value.shape) if missing > 0 else value
+
+
+def _per_point(site: Dict[str, Any], log_prob: torch.Tensor, k: int, nesting: int, depth: int):
+    """A site's log density reduced to (K, B): masked, broadcast over particles, with the dims
+    of plates nested inside the data plate (at dim ``-depth``) summed out."""
     lp = scale_and_mask(log_prob, 1.0, site["mask"])
     lp = lp.expand(torch.broadcast_shapes(lp.shape, (k,) + (1,) * nesting))
     if lp.dim() != nesting + 1:
-        raise ValueError(
+        raise ProgramError(
             f"site {site['name']!r} has log-density shape {tuple(lp.shape)}: the particle "
             f"dimension sits left of max_plate_nesting = {nesting} plate dims, so that must "
-            "count every plate of the model"
+            "count every plate of the model (leave it out to have it inferred)"
         )
-    while lp.dim() > 2:  # plates right of the data plate
-        lp = lp.sum(-1)
+    data = nesting + 1 - depth  # the data plate's position in lp
+    if data + 1 <= nesting:  # plates right of the data plate
+        lp = lp.sum(tuple(range(data + 1, nesting + 1)))
+    if data > 1:  # unused dims left of the data plate, of size 1
+        lp = lp.sum(tuple(range(1, data)))
     return lp
 
 
@@ -268,25 +322,239 @@ def _check_shapes(per_site: Dict[str, torch.Tensor]) -> None:
     shapes = {tuple(t.shape) for t in per_site.values()}
     if len(shapes) > 1:
         detail = ", ".join(f"{n}: {tuple(t.shape)}" for n, t in per_site.items())
-        raise ValueError(
+        raise ProgramError(
             "pyrovae's estimators need every sample site inside one data plate, so that each "
             f"reduces to one (particles, data points) log density, but the sites give {detail}; "
             "a latent shared by all data points (a global latent) is not supported"
         )
 
 
-def _check_data_plate(sites: Sequence[Dict[str, Any]], nesting: int) -> None:
-    """Every sample site must sit in the data plate (the plate at dim ``-nesting``): without
+def _data_plate_depth(sites: Sequence[Dict[str, Any]]) -> int:
+    """How deep the data plate sits: the leftmost plate dim any sample site uses (the
+    particles' plate aside), counted from the right."""
+    dims = [
+        f.dim
+        for s in sites
+        for f in s["cond_indep_stack"]
+        if f.name != PARTICLE_PLATE and f.vectorized and f.dim is not None
+    ]
+    return -min(dims) if dims else 1
+
+
+def _check_data_plate(sites: Sequence[Dict[str, Any]], depth: int) -> None:
+    """Every sample site must sit in the data plate (the plate at dim ``-depth``): without
     it, a site's log density is one number for the whole batch, which would be taken for
     each data point's."""
     for site in sites:
         dims = {f.dim for f in site["cond_indep_stack"] if f.name != PARTICLE_PLATE}
-        if -nesting not in dims:
-            raise ValueError(
+        if -depth not in dims:
+            raise ProgramError(
                 f"sample site {site['name']!r} is not inside a data plate, so its log density "
                 "cannot be split per data point: in the model and the guide, draw every sample "
-                f'inside `with pyro.plate("data", x.shape[0], dim={-nesting}):`'
+                f'inside `with pyro.plate("data", x.shape[0], dim={-depth}):`'
             )
+
+
+def _data_frame(sites: Sequence[Dict[str, Any]], depth: int):
+    """The data plate's frame (name, size, full size) as the sites record it."""
+    for site in sites:
+        for f in site["cond_indep_stack"]:
+            if f.dim == -depth and f.name != PARTICLE_PLATE:
+                return f
+    return None
+
+
+def _sample_sites(trace) -> List[Dict[str, Any]]:
+    return [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+
+
+class _SmallBatch(Exception):
+    """A plate asked for a subsample larger than the batch it was given (raised by
+    ``_SubsampleProbe`` before Pyro refuses it with a bare size mismatch)."""
+
+    def __init__(self, name: str, size: int, subsample_size: int) -> None:
+        super().__init__(name, size, subsample_size)
+        self.name, self.size, self.subsample_size = name, size, subsample_size
+
+
+class _SubsampleProbe(Messenger):
+    """Stops a program at a plate whose ``subsample_size`` exceeds its size, which Pyro
+    refuses: a batch smaller than the program's subsample (``_SmallBatch``)."""
+
+    def _pyro_sample(self, msg) -> None:
+        if not site_is_subsample(msg) or msg["value"] is not None:
+            return
+        fn = msg["fn"]
+        wanted = getattr(fn, "subsample_size", None)
+        if wanted is not None and 0 <= fn.size < wanted:
+            raise _SmallBatch(msg["name"], fn.size, wanted)
+
+
+def _small_batch_error(small: _SmallBatch) -> ProgramError:
+    return ProgramError(
+        f"the plate {small.name!r} draws subsample_size={small.subsample_size} points, but the "
+        f"batch holds {small.size} (Pyro refuses a subsample larger than the plate): train "
+        f"with batches of at least {small.subsample_size} points (batch_size), or give the "
+        "plate a smaller subsample_size"
+    )
+
+
+def _padded(args: Sequence[Any], rows: int) -> Tuple[Any, ...]:
+    """The arguments with their batch repeated cyclically up to ``rows`` points (every
+    tensor argument with the batch's leading size)."""
+    n = args[0].shape[0]
+    index = torch.arange(rows, device=args[0].device) % n
+    return tuple(
+        a[index] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == n else a for a in args
+    )
+
+
+def _traced_pair(model, guide, args, kwargs, k: int, nesting: int, reparameterized):
+    """(guide trace, model trace): the guide traced under the particles' plate and the model
+    replayed against it, as Pyro's ELBOs do."""
+    with ExitStack() as stack:
+        stack.enter_context(_SubsampleProbe())
+        if reparameterized is False:
+            stack.enter_context(_ScoreFunctionSampling())
+        stack.enter_context(_particle_plate(k, nesting))
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    with _particle_plate(k, nesting):
+        replayed = poutine.replay(model, trace=guide_trace)
+        model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
+    return guide_trace, model_trace
+
+
+def _explained(error: Exception, model, guide, args, kwargs, k: int, nesting: int) -> Exception:
+    """The error a program raised under pyrovae's K > 1 particles, explained where the particle
+    dimension is the cause: when the same program runs with one particle (no particle plate),
+    it is. Otherwise the program's own error, unchanged."""
+    x = _batch_of(args)
+    try:
+        with torch.no_grad(), fork_rng(x.device if x is not None else "cpu"):
+            _traced_pair(model, guide, args, kwargs, 1, nesting, None)
+    except Exception:
+        return error
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ProgramError(
+        f"the program fails with {k} particles ({type(error).__name__}: {first}) and runs "
+        f"with one: pyrovae draws K particles in a plate at dim {-(nesting + 1)}, left of the "
+        f"program's {nesting} plate dim(s), as Pyro's ELBOs with vectorize_particles=True do, so "
+        "every sample gets a dimension of size K on the left: write the program to broadcast "
+        "over it (index with x[..., mask], not x[mask]), set max_plate_nesting if the program "
+        "nests more plates than that, or train with one particle"
+    )
+
+
+def _split_rows(args: Sequence[Any], rows: int) -> List[Tuple[int, int, Tuple[Any, ...]]]:
+    """The arguments cut into batches of exactly ``rows`` data points (a plate with
+    ``subsample_size`` refuses a smaller one), the last one moved back to overlap the one
+    before: (first new point, first point of the batch, the batch's arguments) each. Every
+    tensor argument with the batch's leading size is cut, the others are passed whole."""
+    n = args[0].shape[0]
+    cut = [isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == n for a in args]
+    out = []
+    for lo in range(0, n, rows):
+        start = min(lo, n - rows)
+        out.append(
+            (lo, start, tuple(a[start : start + rows] if c else a for a, c in zip(args, cut)))
+        )
+    return out
+
+
+def _points(particles: Particles, start: int, stop: Optional[int] = None) -> Particles:
+    """The particles of points ``start:stop`` of the batch (the others were scored already,
+    or were padding)."""
+    if start == 0 and stop is None:
+        return particles
+    cut = slice(start, stop)
+
+    def field(name: str) -> Field:
+        if particles._fields[name] is None:
+            return None
+        return lambda: getattr(particles, name)[:, cut]
+
+    return Particles(
+        x=particles.x[cut] if particles.x is not None else None,
+        latents={n: v[:, cut] for n, v in particles.latents.items()},
+        scale=particles.scale,
+        **{name: field(name) for name in particles._fields},
+    )
+
+
+def joined_particles(parts: Sequence[Particles]) -> Particles:
+    """The particles of consecutive batches as one: every field joined along the data
+    points (dim 1); fields not yet computed are joined when read."""
+
+    def field(name: str) -> Field:
+        if any(p._fields[name] is None for p in parts):
+            return None
+        return lambda: torch.cat([getattr(p, name) for p in parts], 1)
+
+    xs = [p.x for p in parts]
+    return Particles(
+        x=torch.cat(xs) if all(x is not None for x in xs) else None,
+        latents={n: torch.cat([p.latents[n] for p in parts], 1) for n in parts[0].latents},
+        scale=parts[0].scale,
+        **{name: field(name) for name in parts[0]._fields},
+    )
+
+
+def _checked_sites(guide_trace, model_trace):
+    """(the guide's latent sites by name, the model's latent sites by name, the model's
+    observed sites), refused where the pair's latents do not match or a side is missing."""
+    guide_sites = {s["name"]: s for s in _sample_sites(guide_trace) if not s["is_observed"]}
+    model_latent = {s["name"]: s for s in _sample_sites(model_trace) if not s["is_observed"]}
+    observed = [s for s in _sample_sites(model_trace) if s["is_observed"]]
+    if not guide_sites or not observed:
+        what = "no latent site" if not guide_sites else "no observed site (obs=...)"
+        raise ProgramError(
+            f"the guide and model have {what}: pyrovae's estimators need a latent z drawn by the "
+            "guide and an observed x in the model"
+        )
+    missing = sorted(set(model_latent) - set(guide_sites))
+    if missing:
+        raise ProgramError(
+            f"the model samples {missing} but the guide does not: every latent of the model "
+            "needs a site of the same name in the guide"
+        )
+    extra = sorted(set(guide_sites) - set(model_latent))
+    if extra:
+        raise ProgramError(
+            f"the guide samples {extra} but the model does not: every latent of the guide "
+            "needs a site of the same name in the model"
+        )
+    return guide_sites, model_latent, observed
+
+
+def _subsampled(frame, x: Optional[torch.Tensor]) -> bool:
+    """Whether the data plate draws a subsample of the batch ``x`` (``subsample_size`` smaller
+    than the batch). A plate whose subsample is the batch itself (``pyro.plate("data", N,
+    subsample=...)`` called with a minibatch, as SVI users write it) scores every row. Refused
+    where the plate draws from something other than the batch."""
+    if frame is None or frame.full_size is None or x is None or frame.size == x.shape[0]:
+        return False
+    if frame.size > x.shape[0] or x.shape[0] != frame.full_size:
+        raise ProgramError(
+            f"the data plate {frame.name!r} takes {frame.size} of {frame.full_size} points, "
+            f"but the batch holds {x.shape[0]}: pyrovae passes minibatches and scales them "
+            f'itself, so size the plate by the batch, pyro.plate("{frame.name}", x.shape[0]) '
+            "(with subsample_size= if it should subsample the batch)"
+        )
+    return True
+
+
+def _check_not_scaled_up(frame, x: Optional[torch.Tensor]) -> None:
+    """Refuse a data plate that says the batch stands for more points than it holds, where
+    the caller scales the batch itself (the trainer: N / B)."""
+    if frame is None or x is None or frame.full_size is None:
+        return
+    if frame.size == x.shape[0] < frame.full_size:
+        raise ProgramError(
+            f"the data plate {frame.name!r} subsamples {frame.full_size} points to the batch "
+            f"of {x.shape[0]}, and pyrovae passes minibatches and scales them itself (N / B), "
+            "so the batch would be scaled twice: size the plate by the batch, "
+            f'pyro.plate("{frame.name}", x.shape[0]) (subsample_size= may subsample it)'
+        )
 
 
 def traced_particles(
@@ -296,26 +564,34 @@ def traced_particles(
     kwargs: Optional[Dict[str, Any]] = None,
     num_particles: int = 1,
     reparameterized: Optional[bool] = None,
-    scale: float = 1.0,
-    max_plate_nesting: int = 1,
+    scale: Optional[float] = None,
+    max_plate_nesting: Optional[int] = None,
     record_params: bool = True,
     params: Sequence[torch.Tensor] = (),
+    scaled: bool = True,
 ) -> Particles:
     """The particles of any Pyro model/guide pair, from one guide trace and one model replay.
 
     Args:
         model, guide: Pyro programs called as ``model(*args, **kwargs)``, every sample site
-            inside one data plate, the leftmost of the model's ``max_plate_nesting`` plates.
+            inside one data plate, the leftmost of the program's plates (pixels may sit in a
+            plate nested inside it; their log densities are summed per data point).
         args, kwargs: their arguments; ``args[0]``, when a tensor, is taken as the batch x
             (a neural baseline's input).
         num_particles: K, drawn in one vectorized pass under a plate at dim
-            ``-(max_plate_nesting + 1)``.
+            ``-(max_plate_nesting + 1)``; K = 1 draws without a particle plate, as
+            ``Trace_ELBO`` does (the fields still have a leading dim of 1).
         reparameterized: draw latents with ``rsample`` (pathwise gradients; an error for a
             latent without one), with ``sample`` (False: score-function estimators), or as
             Pyro does by default (None: ``rsample`` where the distribution has it).
         scale: a further factor on the data scale, for callers that subsample outside the
             model (the trainer calls ``model(x)`` with a minibatch x and passes N / B here).
-            The sites' own subsampling scale (a plate with ``subsample``) multiplies it.
+            Given, a data plate that says the batch stands for more points than it holds
+            (``pyro.plate("data", 60000, subsample_size=len(x))``) is refused: the batch
+            would be scaled up twice. None: the program's own plates say what the batch
+            stands for (``model(x, num_data)`` as SVI users call it).
+        max_plate_nesting: the plates the program nests; None infers it as Pyro's ELBOs do
+            (``guess_max_plate_nesting``, one more trace).
         record_params: let the pair's ``pyro.param`` statements (``pyro.module`` makes one per
             parameter) reach the handlers outside, as Pyro does, so that ``pyro.infer.SVI`` and
             ``poutine.trace(param_only=True)`` see them. False hides them from every handler
@@ -324,92 +600,78 @@ def traced_particles(
         params: the pair's trainable tensors where the caller knows them (the trainer does).
             ``log_q_stopped`` holds them fixed, with those Pyro knows of and those of the module
             whose method the guide is.
+        scaled: the objective as Pyro's ELBOs compute it (training): each site's
+            ``poutine.scale`` and the data plate's subsampling apply, the data plate's scale in
+            ``Particles.scale`` and each site's own factor relative to it folded into its log
+            density. False: the model's own densities, every data point of the batch scored
+            (in batches the data plate takes whole where it subsamples) and no scale applied,
+            for log p(x) per point.
 
     Returns:
         ``Particles`` with (K, B) fields.
 
     Raises:
         NotApplicable: a reparameterized sample was asked of a latent without ``rsample``.
-        ValueError: a site outside the data plate, or a model latent missing from the guide.
+        ProgramError: a site outside the data plate, a model latent missing from the guide,
+            or a program that fails under the particle plate only (the message says why).
     """
-    kwargs = kwargs or {}
-    k, nesting = num_particles, max_plate_nesting
-    user_guide = guide  # before any wrapping: log_q_stopped looks for its module
+    kwargs, k = kwargs or {}, num_particles
+    caller_scales, scale = scale is not None, 1.0 if scale is None else scale
+    nesting = max_plate_nesting or guess_max_plate_nesting(model, guide, args, kwargs)
+    user_model, user_guide = model, guide  # before any wrapping
+    # The same call on other points of the data (``scaled=False``: every point scored).
+    again = dict(kwargs=kwargs, num_particles=k, reparameterized=reparameterized, scale=scale,
+                 max_plate_nesting=nesting, record_params=record_params, params=params,
+                 scaled=False)  # fmt: skip
     if not record_params:
         # Innermost, so that a param statement stops here instead of visiting every handler.
         model = poutine.block(model, hide_types=["param"])
         guide = poutine.block(guide, hide_types=["param"])
-    with ExitStack() as stack:
-        if reparameterized is False:
-            stack.enter_context(_ScoreFunctionSampling())
-        stack.enter_context(pyro.plate(PARTICLE_PLATE, k, dim=-(nesting + 1)))
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    with pyro.plate(PARTICLE_PLATE, k, dim=-(nesting + 1)):
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
+    try:
+        guide_trace, model_trace = _traced_pair(
+            model, guide, args, kwargs, k, nesting, reparameterized
         )
-
-    def sample_sites(trace):
-        return [
-            s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)
+    except _SmallBatch as small:
+        if scaled:
+            raise _small_batch_error(small) from None
+        padded = _padded(args, small.subsample_size)  # the first points are the batch's
+        return _points(traced_particles(user_model, user_guide, padded, **again), 0, small.size)
+    except (IndexError, RuntimeError, ValueError) as e:
+        explained = e if k == 1 else _explained(e, model, guide, args, kwargs, k, nesting)
+        if explained is e:
+            raise
+        raise explained from e
+    guide_sites, model_latent, observed = _checked_sites(guide_trace, model_trace)
+    every = list(guide_sites.values()) + list(model_latent.values()) + observed
+    depth = _data_plate_depth(every)
+    _check_data_plate(every, depth)
+    x = _batch_of(args)
+    frame = _data_frame(observed, depth)
+    if _subsampled(frame, x) and not scaled:  # score every point: batches taken whole
+        parts = [
+            _points(traced_particles(user_model, user_guide, a, **again), lo - start)
+            for lo, start, a in _split_rows(args, frame.size)
         ]
-
-    guide_sites = {s["name"]: s for s in sample_sites(guide_trace) if not s["is_observed"]}
-    model_latent = {s["name"]: s for s in sample_sites(model_trace) if not s["is_observed"]}
-    observed = [s for s in sample_sites(model_trace) if s["is_observed"]]
-    if not guide_sites or not observed:
-        what = "no latent site" if not guide_sites else "no observed site (obs=...)"
-        raise ValueError(
-            f"the guide and model have {what}: pyrovae's estimators need a latent z drawn by the "
-            "guide and an observed x in the model"
-        )
-    missing = sorted(set(model_latent) - set(guide_sites))
-    if missing:
-        raise ValueError(
-            f"the model samples {missing} but the guide does not: every latent of the model "
-            "needs a site of the same name in the guide"
-        )
-    extra = sorted(set(guide_sites) - set(model_latent))
-    if extra:
-        raise ValueError(
-            f"the guide samples {extra} but the model does not: every latent of the guide "
-            "needs a site of the same name in the model"
-        )
-    _check_data_plate(list(guide_sites.values()) + list(model_latent.values()) + observed, nesting)
+        return joined_particles(parts)
+    if caller_scales and scaled:
+        _check_not_scaled_up(frame, x)
+    if _subsampled(frame, x):  # the points the plate drew, for a neural baseline
+        x = x[guide_trace.nodes[frame.name]["value"]]
     if reparameterized:
         for name, site in guide_sites.items():
             if not site["fn"].has_rsample:
                 raise no_reparameterized_sampler(name, site["fn"])
-    scales = {float(s["scale"]) for s in list(guide_sites.values()) + observed}
-    scales |= {float(s["scale"]) for s in model_latent.values()}
-    if len(scales) > 1:
-        raise ValueError(
-            "every sample site must sit in the same data plate with one subsampling scale, "
-            f"but the sites have scales {sorted(scales)}"
-        )
+    data_scale = float(observed[0]["scale"]) if scaled else 1.0
 
     def reduce(site, lp):
-        return _per_point(site, lp, k, nesting)
+        lp = _per_point(site, lp, k, nesting, depth)
+        factor = float(site["scale"]) / data_scale if scaled else 1.0
+        return lp if factor == 1.0 else lp * factor
 
     log_q_sites = {n: reduce(s, s["fn"].log_prob(s["value"])) for n, s in guide_sites.items()}
     log_p_sites = {n: reduce(s, s["fn"].log_prob(s["value"])) for n, s in model_latent.items()}
     log_lik_sites = {s["name"]: reduce(s, s["fn"].log_prob(s["value"])) for s in observed}
     _check_shapes({**log_q_sites, **log_p_sites, **log_lik_sites})
-
-    def total(per_site: Dict[str, torch.Tensor]) -> torch.Tensor:
-        values = list(per_site.values())
-        out = values[0]
-        for v in values[1:]:
-            out = out + v
-        return out
-
-    def one_layer(what: str) -> Tuple[str, Dict[str, Any]]:
-        if len(guide_sites) != 1:
-            raise NotApplicable(
-                f"{what} is written for one latent layer, but this guide has latent sites "
-                f"{sorted(guide_sites)}"
-            )
-        return next(iter(guide_sites.items()))
 
     def log_q_stopped() -> torch.Tensor:
         # The guide replayed on the same z with its parameters frozen: each site's density
@@ -424,11 +686,11 @@ def traced_particles(
         store = pyro.get_param_store()
         frozen += [_leaf(store[name]) for name in store.keys()]
         frozen += [_leaf(s["value"]) for s in guide_trace.nodes.values() if s["type"] == "param"]
-        with _frozen(frozen), pyro.plate(PARTICLE_PLATE, k, dim=-(nesting + 1)):
+        with _frozen(frozen), _particle_plate(k, nesting):
             replayed = poutine.trace(poutine.replay(guide, trace=guide_trace)).get_trace(
                 *args, **kwargs
             )
-        return total(
+        return _total(
             {
                 n: reduce(s, replayed.nodes[n]["fn"].log_prob(s["value"]))
                 for n, s in guide_sites.items()
@@ -436,10 +698,15 @@ def traced_particles(
         )
 
     def kl() -> torch.Tensor:
-        # Closed form per site, as TraceMeanField_ELBO; valid for one latent layer.
-        # Per site, as TraceMeanField_ELBO: unbiased only when no latent's prior depends on a
-        # latent the guide draws after it, which a trace cannot check; hence one layer.
-        name, site = one_layer("the closed-form KL (analytic-kl)")
+        # Closed form per site, as TraceMeanField_ELBO: unbiased only when no latent's prior
+        # depends on a latent the guide draws after it, which a trace cannot check; hence one
+        # layer.
+        if len(guide_sites) != 1:
+            raise NotApplicable(
+                "the closed-form KL (analytic-kl) is written for one latent layer, but this "
+                f"guide has latent sites {sorted(guide_sites)}"
+            )
+        name, site = next(iter(guide_sites.items()))
         q, p = site["fn"], model_latent[name]["fn"]
         if p.batch_shape != q.batch_shape:  # some of torch's KLs (Bernoulli's) do not broadcast
             p = p.expand(torch.broadcast_shapes(p.batch_shape, q.batch_shape))
@@ -450,18 +717,28 @@ def traced_particles(
             return log_q_sites[name] - log_p_sites[name]
         return reduce(site, value)
 
-    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-    site_scale = scales.pop() if scales else 1.0
     return Particles(
         x=x,
-        latents={n: s["value"] for n, s in guide_sites.items()},
-        scale=site_scale * scale,
-        log_prior=total(log_p_sites),
-        log_lik=total(log_lik_sites),
-        log_q=total(log_q_sites),
+        latents={
+            n: _with_particle_dim(s["value"], s["fn"].event_dim, nesting) if k == 1 else s["value"]
+            for n, s in guide_sites.items()
+        },
+        scale=data_scale * scale,
+        log_prior=_total(log_p_sites),
+        log_lik=_total(log_lik_sites),
+        log_q=_total(log_q_sites),
         log_q_stopped=log_q_stopped,
         kl=kl,
     )
+
+
+def _total(per_site: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """The sum of the sites' (K, B) log densities."""
+    values = list(per_site.values())
+    out = values[0]
+    for v in values[1:]:
+        out = out + v
+    return out
 
 
 def traced_scores(
@@ -469,7 +746,7 @@ def traced_scores(
     guide: Callable,
     args: Sequence[Any],
     latents: Mapping[str, torch.Tensor],
-    max_plate_nesting: int = 1,
+    max_plate_nesting: Optional[int] = None,
 ) -> Particles:
     """Any Pyro model/guide pair's log densities at given latents: the model traced
     conditioned on them (``poutine.condition``) under a particle plate of their leading size C,
@@ -480,7 +757,7 @@ def traced_scores(
         model, guide: as for ``traced_particles``, called with ``*args``.
         args: their arguments; ``args[0]`` the batch x (B, ...).
         latents: every latent site of the model, name -> (C, B, ...) values.
-        max_plate_nesting: plates nested inside the model.
+        max_plate_nesting: plates nested inside the model (None: inferred).
 
     Returns:
         ``Particles`` with those latents, scale 1 and (C, B) fields ``log_prior``, ``log_lik``
@@ -488,17 +765,14 @@ def traced_scores(
     """
     latents = dict(latents)
     c = next(iter(latents.values())).shape[0]
-    nesting = max_plate_nesting
+    nesting = max_plate_nesting or guess_max_plate_nesting(model, guide, args)
 
     def trace(program: Callable):
         with pyro.plate(PARTICLE_PLATE, c, dim=-(nesting + 1)):
             conditioned = poutine.condition(program, data=latents)
             return poutine.trace(conditioned).get_trace(*args)
 
-    def sites(t):
-        return [s for s in t.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
-
-    model_sites = sites(trace(model))
+    model_sites = _sample_sites(trace(model))
     drawn = sorted(s["name"] for s in model_sites if not s["is_observed"])
     if drawn:
         raise ValueError(
@@ -508,16 +782,24 @@ def traced_scores(
     unknown = sorted(set(latents) - {s["name"] for s in model_sites})
     if unknown:
         raise ValueError(f"the model has no sample site {unknown}")
+    depth = _data_plate_depth(model_sites)
+    x = _batch_of(args)
+    frame = _data_frame(model_sites, depth)
+    if _subsampled(frame, x):  # score every point: batches the data plate takes whole
+        parts = []
+        for lo, start, part in _split_rows(args, frame.size):
+            some = {n: v[:, start : start + frame.size] for n, v in latents.items()}
+            parts.append(_points(traced_scores(model, guide, part, some, nesting), lo - start))
+        return joined_particles(parts)
 
     def total(chosen) -> torch.Tensor:
-        out = [_per_point(s, s["fn"].log_prob(s["value"]), c, nesting) for s in chosen]
+        out = [_per_point(s, s["fn"].log_prob(s["value"]), c, nesting, depth) for s in chosen]
         _check_shapes({s["name"]: lp for s, lp in zip(chosen, out)})
         return sum(out[1:], out[0])
 
     def log_q() -> torch.Tensor:
-        return total([s for s in sites(trace(guide)) if s["name"] in latents])
+        return total([s for s in _sample_sites(trace(guide)) if s["name"] in latents])
 
-    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
     return Particles(
         x=x,
         latents=latents,

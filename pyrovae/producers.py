@@ -9,8 +9,10 @@ evaluation). Two exist:
   applies: a ``VAE`` whose ``model`` and ``guide`` are the library's own).
 - ``traced``: any Pyro model/guide pair, traced (``traced_particles``). The model and guide are
   called as ``model(x)`` and ``guide(x)`` with a minibatch x; the data scale N / B is applied
-  by the producer, so the pair needs no ``num_data`` argument (a plate that subsamples by
-  itself multiplies in).
+  by the producer, so the pair needs no ``num_data`` argument. Called with ``num_data`` (a
+  training step) it computes the objective as Pyro's ELBOs do (``poutine.scale`` and a plate
+  that subsamples by itself multiply in); without (evaluation), the model's own densities of
+  every point of the batch.
 
 The trainer, the evaluator and ``pyrovae gradvar`` take the same producer, so what is measured
 is what trains; the run records which one it was. ``estimate_and_backward`` is the part of a
@@ -28,6 +30,7 @@ from .model import VAE, TwoLayerVAE
 from .particles import (
     NotApplicable,
     Particles,
+    guess_max_plate_nesting,
     require_continuous_latents,
     traced_particles,
     traced_prior_latents,
@@ -48,11 +51,14 @@ class _ModelDraws:
     ``max_plate_nesting`` are the producer's)."""
 
     model: Callable
-    max_plate_nesting: int = 1
+
+    def nesting(self, x: torch.Tensor) -> int:
+        """The plates the model nests (the library's VAE: one, the data plate)."""
+        return 1
 
     def sample_prior(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
         """Latents drawn from the model's prior, (num_samples, B, ...) per site."""
-        return traced_prior_latents(self.model, (x,), num_samples, self.max_plate_nesting)
+        return traced_prior_latents(self.model, (x,), num_samples, self.nesting(x))
 
     def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only)."""
@@ -134,7 +140,7 @@ class TracedProducer(_ModelDraws):
         self,
         model: Callable,
         guide: Callable,
-        max_plate_nesting: int = 1,
+        max_plate_nesting: Optional[int] = None,
         record_params: bool = False,
         params: Sequence[torch.Tensor] = (),
     ) -> None:
@@ -145,6 +151,13 @@ class TracedProducer(_ModelDraws):
         # The trainer holds the parameters already: the pair's param statements need not
         # reach any handler (see ``traced_particles``).
         self.record_params = record_params
+
+    def nesting(self, x: torch.Tensor) -> int:
+        """The plates the pair nests: as given, else inferred on the first batch ``x`` as
+        Pyro's ELBOs infer it (``guess_max_plate_nesting``) and kept."""
+        if self.max_plate_nesting is None:
+            self.max_plate_nesting = guess_max_plate_nesting(self.model, self.guide, (x,))
+        return self.max_plate_nesting
 
     @property
     def device(self) -> Optional[torch.device]:
@@ -163,7 +176,7 @@ class TracedProducer(_ModelDraws):
         num_particles: int,
         reparameterized: Optional[bool],
     ) -> Particles:
-        scale = 1.0
+        scale = None  # evaluation: the program's own plates
         if num_data is not None:
             if num_data < x.shape[0]:
                 raise ValueError(f"num_data={num_data} is smaller than the batch ({x.shape[0]})")
@@ -175,14 +188,15 @@ class TracedProducer(_ModelDraws):
             num_particles=num_particles,
             reparameterized=reparameterized,
             scale=scale,
-            max_plate_nesting=self.max_plate_nesting,
+            max_plate_nesting=self.nesting(x),
             record_params=self.record_params,
             params=self.params,
+            scaled=num_data is not None,
         )
 
     def score(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> Particles:
         """The log densities at given latents (C, B, ...): ``traced_scores``."""
-        return traced_scores(self.model, self.guide, (x,), latents, self.max_plate_nesting)
+        return traced_scores(self.model, self.guide, (x,), latents, self.nesting(x))
 
 
 Producer = Union[DirectProducer, GivenInputProducer, TracedProducer]
@@ -201,7 +215,7 @@ def supports_direct(vae: object) -> bool:
 def make_producer(
     subject: Subject,
     kind: str = "auto",
-    max_plate_nesting: int = 1,
+    max_plate_nesting: Optional[int] = None,
     params: Sequence[torch.Tensor] = (),
 ) -> Producer:
     """The producer called ``kind`` for ``subject``: a ``VAE``, or a ``(model, guide)`` pair.
@@ -222,7 +236,9 @@ def make_producer(
         return TracedProducer(model, guide, max_plate_nesting, params=params)
     if kind == "direct" or (kind == "auto" and supports_direct(subject)):
         return DirectProducer(subject)
-    return TracedProducer(subject.model, subject.guide, max_plate_nesting, params=params)
+    # The library's VAE nests one plate, the data plate: nothing to infer.
+    nesting = max_plate_nesting or 1
+    return TracedProducer(subject.model, subject.guide, nesting, params=params)
 
 
 def check_applies(producer: Producer, estimator: "Estimator", x: torch.Tensor) -> None:

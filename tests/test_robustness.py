@@ -1539,7 +1539,7 @@ def train_with_dict_configs(c: Ctx) -> None:
     fields = dict(dataset="binarized-mnist", data_dir=str(c.data), epochs=1, batch_size=50)
     result = train(fields, {"z_dim": 2, "hidden": [16]}, run_dir=str(c.new), progress=False)
     assert result.vae.z_dim == 2
-    with pytest.raises(ValueError, match=r"model_config\['z_dim'\] must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"model\['z_dim'\] must be an integer >= 1"):
         train(fields, {"z_dim": 0}, run_dir=str(c.tmp / "other"), progress=False)
 
 

@@ -25,7 +25,7 @@ from pyro.infer.util import torch_item
 from torch import nn
 
 from ..config import Rule
-from ..particles import Particles, traced_particles
+from ..particles import Particles, guess_max_plate_nesting, traced_particles
 
 ELBO_OBJECTIVE = "ELBO = E_q[log p(x,z) - log q(z|x)]"
 BOUND_OBJECTIVE = "K-sample bound E[log (1/K) sum_k p(x,z_k)/q(z_k|x)]"
@@ -153,10 +153,12 @@ class EstimatorELBO(ELBO):
     the estimator's module. A neural baseline takes the model's first argument as its input.
     """
 
-    def __init__(self, estimator: Estimator, max_plate_nesting: int = 1) -> None:
+    def __init__(self, estimator: Estimator, max_plate_nesting: Optional[int] = None) -> None:
         # (Not Pyro's vectorize_particles, which would count the particle plate in
-        # max_plate_nesting: ``traced_particles`` vectorizes the particles itself.)
-        super().__init__(num_particles=estimator.num_particles, max_plate_nesting=max_plate_nesting)
+        # max_plate_nesting: ``traced_particles`` vectorizes the particles itself.) None:
+        # inferred on each call, as Pyro's ELBOs do (Pyro's own "unknown" is inf).
+        nesting = float("inf") if max_plate_nesting is None else max_plate_nesting
+        super().__init__(num_particles=estimator.num_particles, max_plate_nesting=nesting)
         self.estimator = estimator
         self._store_name = f"pyrovae-estimator-{estimator.name}-{next(_store_names)}"
         self._prepared = False
@@ -165,6 +167,8 @@ class EstimatorELBO(ELBO):
         raise NotImplementedError("the particles are drawn in one vectorized trace")
 
     def _particles(self, model, guide, args, kwargs) -> Particles:
+        if self.max_plate_nesting == float("inf"):  # inferred once, as Pyro's ELBOs do
+            self.max_plate_nesting = guess_max_plate_nesting(model, guide, args, kwargs)
         particles = traced_particles(
             model,
             guide,

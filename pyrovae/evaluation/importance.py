@@ -69,7 +69,7 @@ def log_importance_weights(
     guide: Callable,
     x: torch.Tensor,
     k: int,
-    max_plate_nesting: int = 1,
+    max_plate_nesting: Optional[int] = None,
 ) -> torch.Tensor:
     """log p(x, z_k) - log q(z_k | x) for k particles and every row of ``x``, traced.
 
@@ -77,13 +77,14 @@ def log_importance_weights(
         model, guide: Pyro programs taking ``x`` (B, ...) with a data plate at dim -1.
         x: a batch, (B, ...).
         k: number of particles, drawn in one vectorized pass.
-        max_plate_nesting: plates nested inside the model; particles go left of them.
+        max_plate_nesting: plates nested inside the model; particles go left of them (None:
+            inferred as Pyro's ELBOs infer it).
 
     Returns:
         (k, B) log weights.
     """
     return traced_particles(
-        model, guide, (x,), num_particles=k, max_plate_nesting=max_plate_nesting
+        model, guide, (x,), num_particles=k, max_plate_nesting=max_plate_nesting, scaled=False
     ).log_w
 
 
@@ -180,7 +181,7 @@ def estimate_log_likelihood(
     chunk_pairs: int = DEFAULT_CHUNK_PAIRS,
     exact_log_px: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     progress: bool = True,
-    max_plate_nesting: int = 1,
+    max_plate_nesting: Optional[int] = None,
     producer: Optional[Producer] = None,
     workers: Optional[int] = None,
     seed: Optional[int] = None,

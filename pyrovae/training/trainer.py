@@ -250,13 +250,7 @@ class TrainedState:
         if x.shape[0] == 0:
             raise OptionError("x must hold at least one data point to trace the pair on")
         with fork_rng(x.device), poutine.trace(param_only=True) as capture:
-            p = traced_particles(model, guide, (x,), reparameterized=False, record_params=True)
-        if p.scale != 1.0:
-            raise OptionError(
-                f"the pair's data plate subsamples (scale {p.scale:g}) a batch of {x.shape[0]}: "
-                "the trainer passes minibatches and scales them itself, so write "
-                '`pyro.plate("data", x.shape[0], dim=-1)` without subsample_size'
-            )
+            traced_particles(model, guide, (x,), reparameterized=False, record_params=True)
         params = {}
         # By name: the optimizer's state is saved by position, which must not depend on the
         # order in which a rebuilt pair happens to register its parameters.

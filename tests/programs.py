@@ -1,0 +1,118 @@
+"""Pyro programs written the ways Pyro users write them, for the tests of issue 26: each a
+model and a guide of a linear-Gaussian VAE (so that log p(x) is exact and the exact posterior
+is the guide), in one of the common styles:
+
+- ``nested``: the pixels as a plate nested inside the data plate (``max_plate_nesting = 2``);
+- ``beta``: ``poutine.scale`` on z alone in the model and the guide (KL annealing);
+- ``scale``: the whole program under ``poutine.scale`` (a loss in nats per data point, say);
+- ``subsample``: the data plate draws ``subsample_size`` points of the batch it is given;
+- ``masked``: the likelihood indexed by a (B, D) mask, ``x[mask]``, as code written for
+  ``Trace_ELBO`` may do (it does not broadcast over a particle dimension).
+
+With ``exact=True`` the guide is the exact posterior, so every log weight is log p(x).
+"""
+
+import math
+from typing import Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+
+class LinearGaussianProgram(nn.Module):
+    """z ~ N(0, I_d), x | z ~ N(W z + b, σ² I_D); the guide N(A x + c, L Lᵀ), or with
+    ``exact`` the exact posterior N(S Wᵀ (x - b) / σ², S), S = (I + WᵀW / σ²)⁻¹."""
+
+    def __init__(self, x_dim=5, z_dim=2, exact=False, nested=False, beta=1.0, scale=1.0,
+                 subsample: Optional[int] = None, masked=False, seed=0):  # fmt: skip
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.x_dim, self.z_dim, self.exact = x_dim, z_dim, exact
+        self.nested, self.beta, self.scale = nested, beta, scale
+        self.subsample, self.masked = subsample, masked
+        self.W = nn.Parameter(torch.randn(x_dim, z_dim, generator=g, dtype=torch.float64))
+        self.b = nn.Parameter(torch.randn(x_dim, generator=g, dtype=torch.float64) * 0.5)
+        self.log_sigma = nn.Parameter(torch.tensor(-0.3, dtype=torch.float64))
+        self.A = nn.Parameter(torch.randn(z_dim, x_dim, generator=g, dtype=torch.float64) * 0.1)
+        self.c = nn.Parameter(torch.zeros(z_dim, dtype=torch.float64))
+        self.log_diag = nn.Parameter(torch.full((z_dim,), -0.5, dtype=torch.float64))
+
+    # -- the program ---------------------------------------------------------------------
+    def _plate(self, x):
+        dim = -2 if self.nested else -1
+        return pyro.plate("data", x.shape[0], subsample_size=self.subsample, dim=dim)
+
+    def model(self, x):
+        pyro.module("program", self)
+        with poutine.scale(scale=self.scale), self._plate(x) as idx:
+            x = x[idx]
+            prior = dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1)
+            with poutine.scale(scale=self.beta):
+                z = pyro.sample("z", prior)
+            loc = z @ self.W.T + self.b
+            sigma = self.log_sigma.exp()
+            if self.nested:  # z (..., B, 1, d): the pixels at dim -1, the points at dim -2
+                with pyro.plate("pixels", self.x_dim, dim=-1):
+                    pyro.sample("x", dist.Normal(loc.squeeze(-2), sigma), obs=x)
+            elif self.masked:  # x[mask] flattens: written for one particle
+                mask = torch.ones_like(x, dtype=torch.bool)
+                lp = dist.Normal(loc[mask], sigma).log_prob(x[mask]).reshape(x.shape).sum(-1)
+                pyro.factor("x", lp)
+            else:
+                pyro.sample("x", dist.Normal(loc, sigma).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("program", self)
+        with poutine.scale(scale=self.scale), self._plate(x) as idx:
+            x = x[idx]
+            if self.exact:
+                loc, tril = self.posterior(x)
+            else:
+                loc = x @ self.A.T + self.c
+                tril = torch.diag(self.log_diag.exp())
+            if self.nested:
+                loc = loc.unsqueeze(-2)
+            with poutine.scale(scale=self.beta):
+                pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=tril))
+
+    # -- the truth -----------------------------------------------------------------------
+    def posterior(self, x):
+        """The exact posterior's mean (B, d) and Cholesky factor (d, d)."""
+        var = (2 * self.log_sigma).exp()
+        precision = torch.eye(self.z_dim, dtype=x.dtype) + self.W.T @ self.W / var
+        cov = torch.linalg.inv(precision)
+        loc = (x - self.b) @ self.W @ cov / var
+        return loc, torch.linalg.cholesky(cov)
+
+    def exact_log_px(self, x):
+        """log N(x; b, W Wᵀ + σ² I), (B,)."""
+        cov = self.W @ self.W.T + (2 * self.log_sigma).exp() * torch.eye(self.x_dim)
+        return dist.MultivariateNormal(self.b, covariance_matrix=cov).log_prob(x)
+
+
+def loop_log_px(model, guide, x, k: int) -> torch.Tensor:
+    """log (1/K) Σ_k p(x, z_k) / q(z_k | x) per point, as a plain loop over Pyro traces: one
+    point and one particle at a time, each a guide trace and a model replay, every site's log
+    density unscaled (``scale`` undone, as log p(x) is the model's own density)."""
+    out = []
+    for i in range(x.shape[0]):
+        log_w = []
+        for _ in range(k):
+            guide_trace = poutine.trace(guide).get_trace(x[i : i + 1])
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                x[i : i + 1]
+            )
+            total = 0.0
+            for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+                for site in trace.nodes.values():
+                    if site["type"] == "sample" and site["name"] != "data":
+                        lp = site["fn"].log_prob(site["value"])
+                        if site["mask"] is not None:
+                            lp = lp * site["mask"]
+                        total = total + sign * lp.sum()
+            log_w.append(total)
+        out.append(torch.logsumexp(torch.stack(log_w), 0) - math.log(k))
+    return torch.stack(out).detach()
