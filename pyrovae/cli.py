@@ -25,7 +25,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import __version__, launch
 from .config import Rule, check_values, flag_name
@@ -392,7 +392,10 @@ def _cmd_train(args) -> int:
                 raise ValueError("--resume needs --run-dir, the run to continue")
             train_cfg, model_cfg, changes = TrainConfig(), None, {**train_d, **model_d}
         else:
-            train_cfg, model_cfg, changes = TrainConfig(**train_d), VAEConfig(**model_d), None
+            # A program of the user's own (--model) takes no VAE options unless some are given
+            # (which train refuses, naming them).
+            vae = VAEConfig(**model_d) if model_d or "model" not in train_d else None
+            train_cfg, model_cfg, changes = TrainConfig(**train_d), vae, None
     t0 = time.perf_counter()
     result = train(
         train_cfg,
@@ -745,7 +748,7 @@ def _run(args, name: str) -> int:
         name = f"{name} (process {launch.rank()})"
     try:
         args.threads_used = apply_threads(args.threads)
-        return command[args.command](args)
+        return _command(command[args.command], args, name)
     except TrainingDiverged as e:
         _report(f"{name}: training diverged: {_one_line(e)}", e)
         return 3
@@ -782,6 +785,29 @@ def _run(args, name: str) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _command(run: Callable[[Any], int], args, name: str) -> int:
+    """``run(args)``, with an error raised by the user's own program (``--model``) reported as
+    one line naming where; pyrovae's own errors go on to ``_run``'s handlers."""
+    from .program import ProgramError, forget_programs, program_error_line, program_frame
+
+    forget_programs()  # the programs of an earlier command in this process are not this one's
+    try:
+        return run(args)
+    except Exception as e:
+        frame = None if isinstance(e, ProgramError) else program_frame(e)
+        if frame is None:
+            raise
+        _report(f"{name}: error: {program_error_line(_root(e), frame)}", e)
+        return 2
+
+
+def _root(error: BaseException) -> BaseException:
+    """The error ``error`` was raised from, through every cause."""
+    while error.__cause__ is not None and error.__cause__ is not error:
+        error = error.__cause__
+    return error
 
 
 def _report(line: str, error: BaseException) -> None:

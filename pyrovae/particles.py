@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
+from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import pyro
@@ -88,8 +89,12 @@ def require_continuous_latents(model: Callable, args: Sequence[Any], what: str) 
     ``args`` (its parameters blocked, no gradient kept, the random streams left as they
     were: a check must not change the numbers of what it lets run)."""
     x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    program = _SubsampleProbe()(poutine.block(model, hide_types=["param"]))
     with torch.no_grad(), fork_rng(x.device if x is not None else "cpu"):
-        t = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(*args)
+        try:
+            t = poutine.trace(program).get_trace(*args)
+        except _SmallBatch as small:  # the sites are those of a batch the plate takes
+            t = poutine.trace(program).get_trace(*_padded(args, small.subsample_size))
     for site in t.nodes.values():
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
             require_continuous_latent(site["name"], site["fn"], what)
@@ -379,14 +384,22 @@ class _SmallBatch(Exception):
 
 class _SubsampleProbe(Messenger):
     """Stops a program at a plate whose ``subsample_size`` exceeds its size, which Pyro
-    refuses: a batch smaller than the program's subsample (``_SmallBatch``)."""
+    refuses (``_SmallBatch``: a batch smaller than the program's subsample), and, given the
+    ``batch`` size, at a plate that would draw a subsample of the batch (where every point is
+    to be scored: the caller then passes batches the plate takes whole)."""
+
+    def __init__(self, batch: Optional[int] = None) -> None:
+        super().__init__()
+        self.batch = batch
 
     def _pyro_sample(self, msg) -> None:
         if not site_is_subsample(msg) or msg["value"] is not None:
             return
         fn = msg["fn"]
         wanted = getattr(fn, "subsample_size", None)
-        if wanted is not None and 0 <= fn.size < wanted:
+        if wanted is None:
+            return
+        if 0 <= fn.size < wanted or (self.batch is not None and wanted < fn.size == self.batch):
             raise _SmallBatch(msg["name"], fn.size, wanted)
 
 
@@ -409,11 +422,13 @@ def _padded(args: Sequence[Any], rows: int) -> Tuple[Any, ...]:
     )
 
 
-def _traced_pair(model, guide, args, kwargs, k: int, nesting: int, reparameterized):
+def _traced_pair(model, guide, args, kwargs, k: int, nesting: int, reparameterized, whole=False):
     """(guide trace, model trace): the guide traced under the particles' plate and the model
-    replayed against it, as Pyro's ELBOs do."""
+    replayed against it, as Pyro's ELBOs do. ``whole``: stop at a plate that would subsample
+    the batch (``_SubsampleProbe``)."""
+    x = _batch_of(args)
     with ExitStack() as stack:
-        stack.enter_context(_SubsampleProbe())
+        stack.enter_context(_SubsampleProbe(x.shape[0] if whole and x is not None else None))
         if reparameterized is False:
             stack.enter_context(_ScoreFunctionSampling())
         stack.enter_context(_particle_plate(k, nesting))
@@ -629,13 +644,14 @@ def traced_particles(
         guide = poutine.block(guide, hide_types=["param"])
     try:
         guide_trace, model_trace = _traced_pair(
-            model, guide, args, kwargs, k, nesting, reparameterized
+            model, guide, args, kwargs, k, nesting, reparameterized, whole=not scaled
         )
     except _SmallBatch as small:
         if scaled:
             raise _small_batch_error(small) from None
-        padded = _padded(args, small.subsample_size)  # the first points are the batch's
-        return _points(traced_particles(user_model, user_guide, padded, **again), 0, small.size)
+        # Every point scored, in batches the plate takes whole.
+        again = partial(traced_particles, user_model, user_guide, **again)
+        return _every_point(again, args, small.subsample_size, dim=1)
     except (IndexError, RuntimeError, ValueError) as e:
         explained = e if k == 1 else _explained(e, model, guide, args, kwargs, k, nesting)
         if explained is e:
@@ -647,12 +663,6 @@ def traced_particles(
     _check_data_plate(every, depth)
     x = _batch_of(args)
     frame = _data_frame(observed, depth)
-    if _subsampled(frame, x) and not scaled:  # score every point: batches taken whole
-        parts = [
-            _points(traced_particles(user_model, user_guide, a, **again), lo - start)
-            for lo, start, a in _split_rows(args, frame.size)
-        ]
-        return joined_particles(parts)
     if caller_scales and scaled:
         _check_not_scaled_up(frame, x)
     if _subsampled(frame, x):  # the points the plate drew, for a neural baseline
@@ -768,11 +778,24 @@ def traced_scores(
     nesting = max_plate_nesting or guess_max_plate_nesting(model, guide, args)
 
     def trace(program: Callable):
-        with pyro.plate(PARTICLE_PLATE, c, dim=-(nesting + 1)):
+        x = _batch_of(args)
+        probe = _SubsampleProbe(x.shape[0] if x is not None else None)
+        with probe, pyro.plate(PARTICLE_PLATE, c, dim=-(nesting + 1)):
             conditioned = poutine.condition(program, data=latents)
             return poutine.trace(conditioned).get_trace(*args)
 
-    model_sites = _sample_sites(trace(model))
+    try:
+        model_sites = _sample_sites(trace(model))
+    except _SmallBatch as small:  # every point, in batches the plate takes whole
+        names = list(latents)  # passed (B, C, ...), cut with the batch
+        moved = tuple(latents[name].transpose(0, 1) for name in names)
+
+        def scores(part: Tuple[Any, ...]) -> Particles:
+            given = len(part) - len(names)
+            some = {n: v.transpose(0, 1) for n, v in zip(names, part[given:])}
+            return traced_scores(model, guide, part[:given], some, nesting)
+
+        return _every_point(scores, tuple(args) + moved, small.subsample_size, dim=1)
     drawn = sorted(s["name"] for s in model_sites if not s["is_observed"])
     if drawn:
         raise ValueError(
@@ -784,13 +807,6 @@ def traced_scores(
         raise ValueError(f"the model has no sample site {unknown}")
     depth = _data_plate_depth(model_sites)
     x = _batch_of(args)
-    frame = _data_frame(model_sites, depth)
-    if _subsampled(frame, x):  # score every point: batches the data plate takes whole
-        parts = []
-        for lo, start, part in _split_rows(args, frame.size):
-            some = {n: v[:, start : start + frame.size] for n, v in latents.items()}
-            parts.append(_points(traced_scores(model, guide, part, some, nesting), lo - start))
-        return joined_particles(parts)
 
     def total(chosen) -> torch.Tensor:
         out = [_per_point(s, s["fn"].log_prob(s["value"]), c, nesting, depth) for s in chosen]
@@ -816,9 +832,18 @@ def traced_prior_latents(
     """``num_samples`` draws of every latent site from the model's prior, for each data point:
     the model traced under a particle plate (its observed sites stay observed). Returns
     name -> (num_samples, B, ...) values, detached."""
-    with pyro.plate(PARTICLE_PLATE, num_samples, dim=-(max_plate_nesting + 1)):
-        with torch.no_grad():
-            t = poutine.trace(poutine.block(model, hide_types=["param"])).get_trace(*args)
+    program = _SubsampleProbe()(poutine.block(model, hide_types=["param"]))
+    try:
+        with pyro.plate(PARTICLE_PLATE, num_samples, dim=-(max_plate_nesting + 1)):
+            with torch.no_grad():
+                t = poutine.trace(program).get_trace(*args)
+        rows = _subsample_of(t, args[0].shape[0])
+    except _SmallBatch as small:
+        rows = small.subsample_size
+    if rows is not None:  # a plate that subsamples: every point, in batches it takes whole
+        again = partial(traced_prior_latents, model, num_samples=num_samples,
+                        max_plate_nesting=max_plate_nesting)  # fmt: skip
+        return _every_point(again, args, rows, dim=1)
     return {
         s["name"]: s["value"].detach()
         for s in t.nodes.values()
@@ -833,9 +858,15 @@ def traced_simulation(
     batch): the model traced with its observed site unconditioned (``poutine.uncondition``).
     Returns (x (B, ...), latents name -> (B, ...)), detached. The model must observe one site,
     shaped like ``x_like``."""
-    with torch.no_grad():
-        t = poutine.trace(poutine.uncondition(poutine.block(model, hide_types=["param"])))
-        trace = t.get_trace(x_like)
+    program = _SubsampleProbe()(poutine.uncondition(poutine.block(model, hide_types=["param"])))
+    try:
+        with torch.no_grad():
+            trace = poutine.trace(program).get_trace(x_like)
+        rows = _subsample_of(trace, x_like.shape[0])
+    except _SmallBatch as small:
+        rows = small.subsample_size
+    if rows is not None:  # a plate that subsamples: every point, in batches it takes whole
+        return _every_point(lambda a: traced_simulation(model, a[0]), (x_like,), rows, dim=0)
     sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
     observed = [s for s in sites if s["infer"].get("was_observed")]
     if len(observed) != 1 or observed[0]["value"].shape != x_like.shape:
@@ -845,3 +876,46 @@ def traced_simulation(
         )
     latents = {s["name"]: s["value"].detach() for s in sites if s is not observed[0]}
     return observed[0]["value"].detach(), latents
+
+
+def _subsample_of(trace, n: int) -> Optional[int]:
+    """The subsample size of a plate in ``trace`` that draws a subsample of the ``n`` points
+    of the batch; None where none does."""
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and site_is_subsample(site):
+            fn = site["fn"]
+            if fn.subsample_size is not None and fn.subsample_size < fn.size == n:
+                return fn.subsample_size
+    return None
+
+
+def _every_point(run: Callable, args: Sequence[Any], rows: int, dim: int):
+    """``run(args)`` for every point of the batch, for a program whose plate subsamples
+    ``rows`` points: on batches of exactly ``rows`` points (``_split_rows``; a smaller batch
+    padded, ``_padded``), the results (tensors, in dicts and tuples) cut to the batch's points
+    along ``dim`` and joined."""
+
+    def cut(out, start: int, stop: Optional[int]):
+        if isinstance(out, Particles):  # (its points along dim 1)
+            return _points(out, start, stop)
+        if isinstance(out, torch.Tensor):
+            return out[(slice(None),) * dim + (slice(start, stop),)]
+        if isinstance(out, dict):
+            return {k: cut(v, start, stop) for k, v in out.items()}
+        return tuple(cut(v, start, stop) for v in out)
+
+    n = args[0].shape[0]
+    if n < rows:
+        return cut(run(_padded(args, rows)), 0, n)
+    parts = [cut(run(a), lo - start, None) for lo, start, a in _split_rows(args, rows)]
+
+    def joined(first, *rest):
+        if isinstance(first, Particles):
+            return joined_particles([first, *rest])
+        if isinstance(first, torch.Tensor):
+            return torch.cat([first, *rest], dim)
+        if isinstance(first, dict):
+            return {k: joined(first[k], *(r[k] for r in rest)) for k in first}
+        return tuple(joined(*items) for items in zip(first, *rest))
+
+    return joined(*parts)

@@ -17,7 +17,10 @@ import importlib
 import os
 import re
 import sys
-from typing import Callable, Tuple
+import sysconfig
+import traceback
+from pathlib import Path
+from typing import Callable, Optional, Tuple
 
 from .particles import ProgramError
 
@@ -55,6 +58,9 @@ def load_program(spec: str) -> Tuple[Callable, Callable]:
         ) from None
     except Exception as e:  # the user's module failed while importing
         raise ProgramError(f"--model {spec}: importing {module_name} failed: {_said(e)}") from e
+    top = sys.modules.get(module_name.split(".")[0])
+    if getattr(top, "__file__", None):  # the program's package: its frames are the user's
+        _PROGRAM_DIRS.add(str(Path(top.__file__).resolve().parent))
     make = getattr(module, function_name, None)
     if not callable(make):
         raise ProgramError(f"--model {spec}: {module_name} has no function {function_name!r}")
@@ -74,3 +80,43 @@ def _said(error: Exception) -> str:
     """An exception as one line: its type and the first line of its message."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+# Where installed code lives (Python's own, torch, Pyro...), and pyrovae's: frames there are
+# not the user's program.
+_INSTALLED = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+_PYROVAE = str(Path(__file__).resolve().parent)
+# The folders of the programs loaded by ``load_program``, installed or not.
+_PROGRAM_DIRS: set = set()
+
+
+def forget_programs() -> None:
+    """Forget the folders of the programs loaded so far (``program_frame`` looks there)."""
+    _PROGRAM_DIRS.clear()
+
+
+def program_frame(error: BaseException) -> Optional[traceback.FrameSummary]:
+    """Where a program loaded by ``load_program`` raised ``error`` (or the error it was raised
+    from, as Pyro re-raises a program's error with the trace's shapes): the innermost frame of
+    the root cause outside installed libraries, when it is in the program's folder. None
+    otherwise: an error of pyrovae's own code is a bug, whose traceback a report needs."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for e in reversed(chain):  # the root cause first
+        for frame in reversed(traceback.extract_tb(e.__traceback__)):
+            path = str(Path(frame.filename).resolve())
+            if path.startswith(_PYROVAE + os.sep):
+                return None
+            if any(path.startswith(p + os.sep) for p in _PROGRAM_DIRS):
+                return frame
+            if not any(path.startswith(p + os.sep) for p in _INSTALLED):
+                return None  # code of someone else's (a script calling pyrovae): not a program's
+    return None
+
+
+def program_error_line(error: BaseException, frame: traceback.FrameSummary) -> str:
+    """One line for an error the user's program raised at ``frame``."""
+    return f"your program raised {_said(error)} ({frame.filename}:{frame.lineno}, in {frame.name})"

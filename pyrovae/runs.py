@@ -15,12 +15,13 @@ import json
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch
 
-from . import distributed
+from . import distributed, program_runs
 from .config import SEED_RULE, Rule
 from .data import SPLITS, Dataset
 from .evaluation import LogLikelihood, evaluate_vae
@@ -191,6 +192,7 @@ def load_run(
         train_cfg = dataclasses.replace(train_cfg, data_dir=str(Path(data_dir).resolve()))
     # The model first: a run of a model/guide pair of the user's own is refused before its
     # data is loaded.
+    program_runs.refuse_program_run(run_dir, "this command")
     vae, state = load_vae(run_dir, which, device)
     if trained_on_python_data(read_record(Path(run_dir))):
         raise ValueError(
@@ -270,6 +272,13 @@ def evaluate_run(
                 "importance-weighted estimate splits its points across processes)"
             )
         )
+    seeded = {"seed": o.seed, "world": world} if o.chunk_seeds or world.distributed else {}
+    if program_runs.is_program_run(run_dir):
+        with world.together():
+            o = SimpleNamespace(**{**vars(o), "device": device})
+            return program_runs.evaluate_program(
+                run_dir, o, _points, progress and world.main, seeded if o.method == "iw" else {}
+            )
     # Every process reads the run and the data (an error anywhere stops all of them).
     with world.together():
         vae, data, state = load_run(run_dir, o.which, o.data_dir, (o.split,), device=device)
@@ -290,7 +299,6 @@ def evaluate_run(
         if levels is not None:
             result = with_bits_per_dim(result, vae.x_dim, vae.likelihood.discrete, levels)
         return dataclasses.replace(result, **said)
-    seeded = {"seed": o.seed, "world": world} if o.chunk_seeds or world.distributed else {}
     progress = progress and world.main
     result = evaluate_vae(
         vae, x, k=o.k, progress=progress, producer=producer, levels=data.levels, **seeded
@@ -321,6 +329,9 @@ def gap_run(
     paths. ``options``: ``GAP`` declares them; ``device``: where to compute (see the module
     docstring)."""
     o = GAP.bind(options, "gap_run")
+    program_runs.refuse_program_run(
+        run_dir, "pyrovae gap (each point's q* fitted in the guide's family)"
+    )
     device = resolve_device(o.device)
     vae, data, state = load_run(run_dir, o.which, o.data_dir, (o.split,), device=device)
     out = output_dir(run_dir, o.out_dir)
@@ -362,6 +373,8 @@ def sample_run(run_dir: str, **options: Any) -> Dict[str, Path]:
     the samples are drawn (see the module docstring); ``options``: ``SAMPLE`` declares them."""
     o = SAMPLE.bind(options, "sample_run")
     n, seed = o.n, o.seed
+    if program_runs.is_program_run(run_dir):
+        return _sample_program(run_dir, o)
     device = resolve_device(o.device)
     vae, data, _ = load_run(run_dir, o.which, o.data_dir, splits=("test",), device=device)
     out = output_dir(run_dir, o.out_dir)
@@ -387,6 +400,23 @@ def sample_run(run_dir: str, **options: Any) -> Dict[str, Path]:
     return paths
 
 
+def _sample_program(run_dir: str, o: Any) -> Dict[str, Path]:
+    """``sample_run`` for a run of a program of the user's own: points simulated from its
+    model (x ~ p(x | z), z ~ p(z): a program has no decoder mean to show) and the curves."""
+    x, data = program_runs.simulated_program(run_dir, o)
+    out = output_dir(run_dir, o.out_dir)
+    paths: Dict[str, Path] = {}
+    if data.image_shape is not None:
+        title = f"{o.n} samples: x ~ p(x | z), z ~ p(z)"
+        paths["samples"] = save_image_grid(x, data.image_shape, out / "samples.png", title=title)
+    elif data.x_dim >= 2:
+        paths["samples"] = save_scatter(data.test, x, out / "samples.png")
+    metrics = read_metrics(Path(run_dir))
+    if metrics:
+        paths["training_curves"] = save_training_curves(metrics, out / "training_curves.png")
+    return paths
+
+
 def gradvar_run(
     run_dir: str, *, progress: bool = True, **options: Any
 ) -> Tuple[List[GradientStats], Dict[str, Path]]:
@@ -396,6 +426,7 @@ def gradvar_run(
     paths. ``device``: where the gradients are computed (see the module docstring);
     ``options``: ``GRADVAR`` declares them (``estimators`` a list of specs here)."""
     o = GRADVAR.bind(options, "gradvar_run")
+    program_runs.refuse_program_run(run_dir, "pyrovae gradvar")
     estimators, draws, warmup, seed = o.estimators, o.draws, o.warmup, o.seed
     device = resolve_device(o.device)
     if isinstance(estimators, str):
@@ -453,6 +484,10 @@ def bdmc_run(run_dir: str, *, progress: bool = True, **options: Any) -> BDMCResu
     device = resolve_device(o.device)
     if not isinstance(run_dir, (str, os.PathLike)):
         raise ValueError(f"run_dir must be a path, got {run_dir!r}")
+    if program_runs.is_program_run(run_dir):
+        return program_runs.bdmc_program(
+            run_dir, SimpleNamespace(**{**vars(o), "device": device}), progress
+        )
     vae, _ = load_vae(run_dir, o.which, device)
     producer = o.producer or read_config(Path(run_dir))[0].producer
     dtype = next(vae.parameters()).dtype

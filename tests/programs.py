@@ -116,3 +116,38 @@ def loop_log_px(model, guide, x, k: int) -> torch.Tensor:
             log_w.append(total)
         out.append(torch.logsumexp(torch.stack(log_w), 0) - math.log(k))
     return torch.stack(out).detach()
+
+
+# Factories for ``pyrovae train --model programs:NAME`` (this folder on the path): each builds
+# the same program, with the same parameters, every time it is called.
+def _made(**style):
+    torch.manual_seed(0)
+    program = LinearGaussianProgram(**style).float()
+    return program.model, program.guide
+
+
+def nested():
+    return _made(nested=True)
+
+
+def kl_annealed():
+    return _made(beta=0.3)
+
+
+def scaled():
+    return _made(scale=0.01)
+
+
+def subsampled():
+    return _made(subsample=4)
+
+
+def raising():
+    """A program with a bug of its own, in the model."""
+    model, guide = _made()
+
+    def buggy(x):
+        model(x)
+        raise RuntimeError("a bug in the user's model")
+
+    return buggy, guide

@@ -24,6 +24,7 @@ from ..data import DATASETS
 from ..estimators import ESTIMATORS
 from ..model import VAEConfig
 from ..producers import PRODUCERS
+from ..program import SPEC
 from .rundir import read_run_file
 from .schedule import LR_SCHEDULES
 
@@ -32,7 +33,9 @@ ENGINE_TO_PRODUCER = {"auto": "auto", "fast": "direct", "pyro": "traced"}
 
 
 # The groups of ``pyrovae train --help`` that these options are listed under.
-DATA, OPTIM = "data", "optimisation"
+DATA, MODEL, OPTIM = "data", "model", "optimisation"
+# Fields that describe a Pyro program of the user's own, written to config.json only when set.
+PROGRAM_FIELDS = ("model", "max_plate_nesting")
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,35 @@ class TrainConfig:
         "(direct where it applies). Every estimator runs on either.", OPTIM,
     )  # fmt: skip
 
+    model: Optional[str] = option(
+        None, Rule("str", optional=True),
+        "train a Pyro program of your own instead of the VAE: PACKAGE.MODULE:FUNCTION, a "
+        "function returning (model, guide), called as model(x) and guide(x) with a minibatch "
+        "x, every sample site inside one data plate (the VAE's options do not apply)", MODEL,
+    )  # fmt: skip
+    max_plate_nesting: Optional[int] = option(
+        None, Rule("int", minimum=1, optional=True),
+        "the plates a program of your own nests (pixels in a plate inside the data plate: 2); "
+        "default: inferred as Pyro's ELBOs infer it", MODEL,
+    )  # fmt: skip
+
     def __post_init__(self) -> None:
         validate_fields(self)
+        if self.model is not None and not SPEC.match(self.model):
+            raise OptionError(
+                "model (--model) takes PACKAGE.MODULE:FUNCTION, a function returning the model "
+                f"and guide of your Pyro program (e.g. mypkg.vaes:make), got {self.model!r}"
+            )
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, as ``config.json`` holds them. Those of a program of the user's own
+        (``PROGRAM_FIELDS``) only where set: a run of the library's VAE is written as before
+        they existed."""
+        d = dataclasses.asdict(self)
+        for key in PROGRAM_FIELDS:
+            if d[key] is None:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], name: Optional[Callable[[str], str]] = None):

@@ -50,6 +50,7 @@ from ..evaluation import estimate_log_likelihood
 from ..model import VAE, VAEConfig, build_vae
 from ..particles import traced_particles
 from ..producers import Producer, check_applies, estimate_and_backward, make_producer
+from ..program import load_program
 from ..runtime import (
     Device,
     check_step_memory,
@@ -473,6 +474,7 @@ def train(
         elif world.main and run_dir is not None:
             check_new_run_dir(plan.run_path)
     plan = world.share(plan) if world.distributed else plan
+    model, guide = _program(plan, (model, guide))
     python_data = data is not None
     with world.together():
         cfg = _resolved_data_dir(plan.train_config)
@@ -484,8 +486,7 @@ def train(
         if plan.state is None and not world.main:
             torch.manual_seed(distributed.rank_seed(cfg.seed, world.rank))  # its own stream
     tune_allocator(session.device)  # batches of tensors above glibc's mmap threshold
-    # The shuffle on the CPU whatever the device: the same batches everywhere, and a
-    # portable state.
+    # The shuffle on the CPU whatever the device: the same batches everywhere, portably.
     shuffle = torch.Generator().manual_seed(cfg.seed)
     resumable = Resumable(session.trained, session.trainer, shuffle, session.device)
     lock = None
@@ -528,6 +529,26 @@ def _what_to_train(model) -> Tuple[Any, Tuple[Optional[Callable], Optional[Calla
         "model must be a VAEConfig (the library's VAE) or a (model, guide) pair of Pyro "
         f"programs of your own, got {type(model).__name__}"
     )
+
+
+def _program(plan: "_RunPlan", pair):
+    """The user's (model, guide): ``pair`` as given, or built from the training config's
+    ``model`` (``PACKAGE.MODULE:FUNCTION``, ``pyrovae.program``) in every process; (None,
+    None) for the library's VAE."""
+    spec = plan.train_config.model
+    if spec is None:
+        return pair
+    if pair[0] is not None:
+        raise OptionError(
+            f"give the program once: as model=(model, guide), or as the training config's "
+            f"model={spec!r} (--model), not both"
+        )
+    if plan.model_config is not None and plan.state is None:
+        raise OptionError(
+            f"the VAE's options (a VAEConfig: --z-dim, --prior, ...) do not apply to a program "
+            f"of your own (--model {spec}): leave them out"
+        )
+    return load_program(spec)
 
 
 def _join(device: Device, model: Optional[Callable]) -> Tuple[distributed.World, Any]:
@@ -584,9 +605,10 @@ def _plan_resume(
     fields of the configs given that differ from their defaults) applied."""
     if plan.run_path is None:
         raise ValueError("resume needs run_dir (--run-dir), the run directory to continue")
-    run_path, custom = plan.run_path, model is not None
+    run_path = plan.run_path
     check_resumable(run_path)
     saved_train, saved_model = read_config(run_path)
+    custom = model is not None or saved_train.model is not None
     if (saved_model is None) != custom:
         raise ValueError(
             f"{run_path} trained "
@@ -603,7 +625,7 @@ def _plan_resume(
         changes = given_fields(plan.train_config)
         if plan.model_config is not None:
             changes.update(given_fields(plan.model_config))
-    if custom and state.get("custom_model") not in (None, _describe(model)):
+    if model is not None and state.get("custom_model") not in (None, _describe(model)):
         raise ValueError(
             f"{run_path} trained {state['custom_model']}, but the model passed is "
             f"{_describe(model)}: resume with the pair the run was trained with"
@@ -703,7 +725,7 @@ def _build_session(cfg, data, device, world, plan: _RunPlan, pair) -> _Session:
             _warn_collapse_prone(model_config, cfg.estimator)
         model, guide, trained = vae.model, vae.guide, TrainedState(module=vae)
     subject = vae if vae is not None else (model, guide)
-    producer = make_producer(subject, cfg.producer, params=trained.params)
+    producer = make_producer(subject, cfg.producer, cfg.max_plate_nesting, trained.params)
     # This process's part of the first batch: what it computes each step, and what shapes
     # the estimator's state. An estimator that does not apply, or a step that would not fit
     # in memory, fails here, before anything is written.

@@ -1,0 +1,127 @@
+"""A Pyro program of the user's own from the command line (issue 26): ``pyrovae train --model
+PACKAGE.MODULE:FUNCTION`` trains it, resumes it exactly, and ``evaluate`` (IW and AIS),
+``sample`` and ``bdmc`` work on its run; what needs the library's VAE, and every mistake in
+naming or writing the program, is one line and exit status 2."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyrovae.cli import main
+
+DATA = ["--dataset", "linear-gaussian", "--dataset-option", "x_dim=5", "--dataset-option",
+        "n_train=80", "--dataset-option", "n_valid=20", "--batch-size", "20", "--seed", "3",
+        "--quiet", "--threads", "1"]  # fmt: skip
+
+
+def train(run: Path, *flags: str) -> int:
+    return main(["train", *DATA, "--run-dir", str(run), *flags])
+
+
+def params(run: Path):
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model_state"]["params"]
+
+
+@pytest.mark.parametrize("program", ["nested", "kl_annealed", "scaled", "subsampled"])
+def test_a_program_trains_resumes_exactly_and_evaluates_from_the_command_line(
+    program, tmp_path, capsys
+):
+    spec = ["--model", f"programs:{program}", "--estimator", "iwae"]
+    assert train(tmp_path / "a", *spec, "--epochs", "2") == 0
+    assert train(tmp_path / "b", *spec, "--epochs", "1") == 0
+    assert train(tmp_path / "b", "--resume", "--epochs", "2") == 0
+    straight, resumed = params(tmp_path / "a"), params(tmp_path / "b")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())["train"]
+    assert saved["model"] == f"programs:{program}"
+    run = str(tmp_path / "a")
+    capsys.readouterr()
+    assert main(["evaluate", run, "--k", "20", "--n", "10", "--json", "--quiet"]) == 0
+    iw = json.loads(capsys.readouterr().out)
+    ais = ["--method", "ais", "--init", "guide", "--steps", "50", "--chains", "4"]
+    assert main(["evaluate", run, "--n", "10", *ais, "--json", "--quiet"]) == 0
+    annealed = json.loads(capsys.readouterr().out)
+    # Two estimates of one log p(x), both short (K = 20, T = 50) on a guide trained 2 epochs.
+    assert abs(iw["log_px"] - annealed["log_px"]) < 2.0
+    assert main(["sample", run, "--n", "30"]) == 0
+    assert (tmp_path / "a" / "figures" / "samples.png").stat().st_size > 0
+    bdmc = ["--n", "4", "--steps", "20", "--chains", "2", "--leapfrog", "2", "--k", "20"]
+    assert main(["bdmc", run, *bdmc, "--quiet"]) == 0
+
+
+@pytest.mark.parametrize(
+    "flags,said",
+    [
+        (["--model", "programs"], "takes PACKAGE.MODULE:FUNCTION"),
+        (["--model", "no_such_module:make"], "no module 'no_such_module'"),
+        (["--model", "programs:no_such_function"], "programs has no function"),
+        (["--model", "programs:loop_log_px"], r"loop_log_px\(\) failed: TypeError"),
+        (["--model", "programs:nested", "--z-dim", "3"], "do not apply to a program"),
+        (["--model", "programs:raising"], "your program raised RuntimeError: a bug in the "
+                                           "user's model (.*programs.py:[0-9]+, in buggy)"),
+        (["--model", "programs:subsampled", "--batch-size", "3"], "subsample_size=4 points, "
+                                                                   "but the batch holds 3"),
+    ],
+)  # fmt: skip
+def test_mistakes_in_a_program_are_one_line_and_status_2(flags, said, tmp_path, capsys):
+    assert train(tmp_path / "r", *flags, "--epochs", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.search(said, err), err
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
+def test_what_needs_the_librarys_vae_says_what_works_on_a_program_run(tmp_path, capsys):
+    assert train(tmp_path / "r", "--model", "programs:nested", "--epochs", "1") == 0
+    run = str(tmp_path / "r")
+    for command in (["gap", run], ["gradvar", run], ["evaluate", run, "--refine", "5"]):
+        capsys.readouterr()
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert "needs the library's VAE" in err and "evaluate (--method iw or ais)" in err, err
+        assert len(err.splitlines()) == 1
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist"
+
+
+@pytest.mark.skipif(not BMNIST.is_dir(), reason="../shared/data/binarized_mnist is not here")
+def test_the_readmes_program_trains_resumes_and_evaluates_as_the_readme_says(
+    tmp_path, monkeypatch, capsys
+):
+    import pyro
+    from pyro.infer import Trace_ELBO
+
+    from pyrovae import make_estimator
+    from pyrovae.producers import make_producer
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if "class PixelPlateVAE(" in b]
+    (tmp_path / "readme_vaes.py").write_text(block)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    flags = ["--model", "readme_vaes:make", "--dataset", "binarized-mnist", "--data-dir",
+             str(BMNIST), "--n-train", "200", "--n-eval", "40", "--batch-size", "50",
+             "--estimator", "iwae", "--quiet", "--threads", "1"]  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["train", *flags, "--epochs", "1", "--run-dir", str(run)]) == 0
+    assert main(["train", "--resume", "--run-dir", str(run), "--epochs", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--k", "10", "--n", "20", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["elbo"] <= result["log_px"] < 0 and result["n"] == 20
+    # Its loss is Pyro's Trace_ELBO's, the KL annealing and the pixel plate included.
+    import readme_vaes
+
+    model, guide = readme_vaes.make()
+    x = torch.bernoulli(torch.full((8, 784), 0.3))
+    pyro.set_rng_seed(0)
+    expected = Trace_ELBO(max_plate_nesting=2).loss(model, guide, x)
+    pyro.set_rng_seed(0)
+    particles = make_producer((model, guide))(x, 8, 1, True)
+    assert make_estimator("pathwise")(particles)[0].item() == pytest.approx(expected, rel=1e-5)
