@@ -125,3 +125,21 @@ def test_the_readmes_program_trains_resumes_and_evaluates_as_the_readme_says(
     pyro.set_rng_seed(0)
     particles = make_producer((model, guide))(x, 8, 1, True)
     assert make_estimator("pathwise")(particles)[0].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_program_trains_and_evaluates_under_torchrun_as_in_one_process(tmp_path, capsys):
+    """2 processes train the program named on the command line (each builds it) and split the
+    evaluation's points: the estimate is the one process's with chunk seeds, point for point."""
+    from test_distributed import torchrun
+
+    tests = Path(__file__).resolve().parent  # the working directory: programs.py is found
+    run = str(tmp_path / "run")
+    flags = [*DATA, "--model", "programs:nested", "--epochs", "1", "--run-dir", run]
+    torchrun("-m", "pyrovae", "train", *flags, cwd=tests)
+    evaluate = ["evaluate", run, "--k", "20", "--json", "--quiet"]
+    together = json.loads(torchrun("-m", "pyrovae", *evaluate, cwd=tests).stdout)
+    capsys.readouterr()
+    assert main([*evaluate, "--chunk-seeds"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert together["n"] == alone["n"]
+    assert together["log_px"] == pytest.approx(alone["log_px"], rel=1e-5)
