@@ -342,6 +342,7 @@ class _FakeMNIST:
         n = self.sizes[train]
         self.data = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=gen)
         self.data[:, 0, 0] = torch.arange(n, dtype=torch.uint8)  # marks each image's index
+        self.targets = (torch.arange(n) * 7 + int(train)) % 10  # a label per image, known
 
 
 @pytest.fixture
@@ -367,6 +368,28 @@ def test_torchvision_split_sizes_and_grayscale(fake_torchvision, tmp_path):
     assert not ds.binary and ds.binarize is None and ds.image_shape == (28, 28)
     assert ds.name == "fashion-mnist"
     assert fake_torchvision.calls == [(str(tmp_path), True, False), (str(tmp_path), False, False)]
+    # Each image keeps its own label, through the split and a subset.
+    index = {s: ds.split(s)[:, 0].mul(255).round().long() for s in ("train", "valid", "test")}
+    for split, train in (("train", 1), ("valid", 1), ("test", 0)):
+        assert torch.equal(ds.labels[split], (index[split] * 7 + train) % 10)
+    small = ds.subset(n_train=10, n_eval=5, seed=3)
+    rows = small.train[:, 0].mul(255).round().long()
+    assert torch.equal(small.labels["train"], (rows * 7 + 1) % 10)
+    only_test = load_dataset("fashion-mnist", data_dir=tmp_path, splits=("test",))
+    assert only_test.labels["train"].shape == (0,) and torch.equal(only_test.labels["test"],
+                                                                   ds.labels["test"])  # fmt: skip
+
+
+def test_labels_must_be_one_whole_number_per_example():
+    x = torch.zeros(4, 2)
+    good = {"train": torch.tensor([0, 1, -1, 2]), "valid": torch.tensor([3, 3, 3, 3]),
+            "test": torch.zeros(4, dtype=torch.int32)}  # fmt: skip
+    assert Dataset("d", x, x, x, binary=False, labels=good).labels["test"].dtype == torch.int64
+    for bad, said in (({**good, "test": torch.zeros(3)}, "4 whole numbers"),
+                      ({**good, "valid": torch.full((4,), -2)}, "hold -2"),
+                      ({"train": good["train"]}, "a tensor for each of")):  # fmt: skip
+        with pytest.raises(DataError, match=said):
+            Dataset("d", x, x, x, binary=False, labels=bad)
 
 
 def test_torchvision_full_size_split(monkeypatch):

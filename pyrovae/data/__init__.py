@@ -36,7 +36,7 @@ import os
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -239,6 +239,10 @@ class Dataset:
             loader's word, not checked here (a pass over every value); the evaluator checks
             the points it evaluates, and reports log p(x) also in bits per dimension for such
             data (``pyrovae.evaluation.bits``).
+        labels: {split: (N_split,) int64} class labels (``mnist`` and ``fashion-mnist``: the
+            digit or garment, 0-9), -1 for an example without one; None for unlabelled data.
+            A program of the user's own that takes them (``Program(labels=True)``) is called
+            as ``model(x, y)``.
     """
 
     name: str
@@ -250,6 +254,7 @@ class Dataset:
     binarize: str | None = None
     truth: LinearGaussian | None = None
     levels: int | None = None
+    labels: Dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         # Catch a malformed dataset here, once, rather than as a shape error deep in a model.
@@ -291,10 +296,42 @@ class Dataset:
             )
         if levels is not None:
             object.__setattr__(self, "levels", int(levels))
+        if self.labels is not None:
+            object.__setattr__(self, "labels", self._checked_labels(self.labels))
         if self.truth is not None and self.truth.x_dim != self.x_dim:
             raise DataError(
                 f"dataset {self.name!r}: truth has x_dim {self.truth.x_dim}, the data {self.x_dim}"
             )
+
+    def _checked_labels(self, labels: Any) -> Dict[str, torch.Tensor]:
+        """``labels`` as {split: (N_split,) int64}, one per example of each split, whole
+        numbers from -1 (unlabelled) up."""
+        if not isinstance(labels, dict) or set(labels) != set(SPLITS):
+            raise DataError(
+                f"dataset {self.name!r}: labels must be a dict with a tensor for each of "
+                f"{', '.join(SPLITS)}, got {_shown(labels)}"
+            )
+        out = {}
+        for split in SPLITS:
+            y = torch.as_tensor(labels[split])
+            n = len(self.split(split))
+            if y.shape != (n,) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+                raise DataError(
+                    f"dataset {self.name!r}: the {split} labels must be {n} whole numbers, one "
+                    f"per example, got {y.dtype} of shape {tuple(y.shape)}"
+                )
+            if n and int(y.min()) < -1:
+                raise DataError(
+                    f"dataset {self.name!r}: the {split} labels hold {int(y.min())}; labels are "
+                    "0, 1, ... (-1 for an example without one)"
+                )
+            out[split] = y.to(torch.int64)
+        return out
+
+    def split_labels(self, name: str) -> torch.Tensor | None:
+        """The labels of one split, (N_split,) int64 (-1: unlabelled), or None without labels."""
+        self.split(name)  # the name checked
+        return None if self.labels is None else self.labels[name]
 
     def split(self, name: str) -> torch.Tensor:
         """The examples of one split.
@@ -356,7 +393,7 @@ class Dataset:
                 f"got {_shown(seed)}"
             )
         generator = torch.Generator().manual_seed(int(seed))
-        picked = {}
+        picked, labels = {}, None if self.labels is None else dict(self.labels)
         for split, n in (("train", n_train), ("valid", n_eval), ("test", n_eval)):
             full = self.split(split)
             if n is None or len(full) == 0:
@@ -369,8 +406,11 @@ class Dataset:
                     f"pass --{option.replace('_', '-')} ({option}) <= {len(full)}, or leave it "
                     "out to keep them all"
                 )
-            picked[split] = full[torch.randperm(len(full), generator=generator)[:n]]
-        return replace(self, **picked)
+            rows = torch.randperm(len(full), generator=generator)[:n]
+            picked[split] = full[rows]
+            if labels is not None:
+                labels[split] = labels[split][rows]
+        return replace(self, **picked, labels=labels)
 
     def __repr__(self) -> str:
         # The dataclass default would print three large tensors.
@@ -378,7 +418,8 @@ class Dataset:
         return (
             f"Dataset({self.name!r}, {sizes}, x_dim={self.x_dim}, binary={self.binary}, "
             f"image_shape={self.image_shape}, binarize={self.binarize!r}, "
-            f"truth={'yes' if self.truth is not None else 'no'}, levels={self.levels})"
+            f"truth={'yes' if self.truth is not None else 'no'}, levels={self.levels}, "
+            f"labels={'yes' if self.labels is not None else 'no'})"
         )
 
 
@@ -467,7 +508,12 @@ def _check_splits(splits: object) -> Tuple[str, ...]:
 def _keep_splits(dataset: Dataset, wanted: Sequence[str]) -> Dataset:
     """``dataset`` with every split not in ``wanted`` emptied to (0, D)."""
     emptied = {s: dataset.split(s)[:0] for s in SPLITS if s not in wanted and len(dataset.split(s))}
-    return replace(dataset, **emptied) if emptied else dataset
+    if not emptied:
+        return dataset
+    labels = dataset.labels
+    if labels is not None:
+        labels = {s: y[:0] if s in emptied else y for s, y in labels.items()}
+    return replace(dataset, **emptied, labels=labels)
 
 
 def _expand(path: Path, source: str) -> Path:

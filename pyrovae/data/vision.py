@@ -120,8 +120,11 @@ def _check_idx_files(class_name: str, raw: Path) -> None:
             )
 
 
-def _torchvision_images(class_name: str, root: Path, train: bool) -> torch.Tensor:
-    """One official MNIST-like split as (N, 784) float32 in [0, 1]."""
+def _torchvision_images(
+    class_name: str, root: Path, train: bool
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One official MNIST-like split: its images (N, 784) float32 in [0, 1] and their labels
+    (N,) int64."""
     _check_torchvision_files(class_name, root / class_name, _TORCHVISION_FILES)
     _check_idx_files(class_name, root / class_name / "raw")
     where = (
@@ -136,7 +139,13 @@ def _torchvision_images(class_name: str, root: Path, train: bool) -> torch.Tenso
             f"{class_name} in {root} holds {tuple(images.shape)} {images.dtype} images, expected "
             f"(N, 28, 28) uint8; delete {root / class_name} so it is downloaded again"
         )
-    return images.reshape(len(images), _PIXELS).to(torch.float32) / 255.0
+    labels = torch.as_tensor(dataset.targets).to(torch.int64)
+    if labels.shape != (len(images),):
+        raise DataError(
+            f"{class_name} in {root} holds {len(labels)} labels for {len(images)} images; "
+            f"delete {root / class_name} so it is downloaded again"
+        )
+    return images.reshape(len(images), _PIXELS).to(torch.float32) / 255.0, labels
 
 
 def _binarize_once(x: torch.Tensor, split: str) -> torch.Tensor:
@@ -150,31 +159,34 @@ def _binarize_once(x: torch.Tensor, split: str) -> torch.Tensor:
 
 
 def _official_splits(
-    read: Callable[[bool], torch.Tensor],
+    read: Callable[[bool], Tuple[torch.Tensor, ...]],
     wanted: Sequence[str],
     pixels: int,
     valid_size: int,
     what: str,
     train_size: int,
     folder: Path,
-) -> Dict[str, torch.Tensor]:
+) -> Tuple[Dict[str, torch.Tensor], ...]:
     """The wanted splits from an official train/test pair: the last ``valid_size`` official
     training images become the validation split; unwanted splits are empty (0, ``pixels``).
-    ``read(train)`` gives an official split, (N, pixels); ``what``, ``train_size`` and
-    ``folder`` word the error when the training file holds too few images."""
-    images: Dict[str, torch.Tensor] = {s: torch.zeros(0, pixels) for s in SPLITS}
+    ``read(train)`` gives an official split's tensors, the images (N, pixels) first (their
+    labels (N,) after them, where there are); returns a {split: tensor} dict for each,
+    likewise. ``what``, ``train_size`` and ``folder`` word the error when the training file
+    holds too few images."""
+    out: Tuple[Dict[str, torch.Tensor], ...] = ()
     if "train" in wanted or "valid" in wanted:
         full_train = read(True)
-        if len(full_train) <= valid_size:
+        if len(full_train[0]) <= valid_size:
             raise DataError(
-                f"{what} has only {len(full_train)} training images, expected {train_size}; "
+                f"{what} has only {len(full_train[0])} training images, expected {train_size}; "
                 f"delete {folder} so it is downloaded again"
             )
-        images["train"] = full_train[:-valid_size]
-        images["valid"] = full_train[-valid_size:]
+        out = tuple({"train": t[:-valid_size], "valid": t[-valid_size:]} for t in full_train)
     if "test" in wanted:
-        images["test"] = read(False)
-    return images
+        test = read(False)
+        out = tuple({**(out[i] if out else {}), "test": t} for i, t in enumerate(test))
+    empty = (torch.zeros(0, pixels), torch.zeros(0, dtype=torch.int64))  # images, labels
+    return tuple({s: d.get(s, empty[min(i, 1)]) for s in SPLITS} for i, d in enumerate(out))
 
 
 def _load_torchvision(
@@ -197,7 +209,7 @@ def _load_torchvision(
         )
     wanted = _check_splits(splits)
     root = _data_root(data_dir, "torchvision")
-    images = _official_splits(
+    images, labels = _official_splits(
         lambda train: _torchvision_images(class_name, root, train),
         wanted,
         _PIXELS,
@@ -217,6 +229,7 @@ def _load_torchvision(
         image_shape=(28, 28),
         binarize="dynamic" if binarize == "dynamic" else None,
         levels=None if binarize is not None else _EIGHT_BIT_LEVELS,
+        labels=labels,
         **images,
     )
 
@@ -342,8 +355,8 @@ def load_cifar10(data_dir: PathLike | None = None, *, splits: Sequence[str] = SP
     wanted = _check_splits(splits)
     root = _data_root(data_dir, "torchvision")
     pixels = math.prod(CIFAR10_SHAPE)
-    images = _official_splits(
-        lambda train: _cifar10_images(root, train),
+    (images,) = _official_splits(
+        lambda train: (_cifar10_images(root, train),),
         wanted,
         pixels,
         CIFAR10_VALID_SIZE,
