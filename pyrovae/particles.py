@@ -283,8 +283,16 @@ def guess_max_plate_nesting(model: Callable, guide: Callable, args, kwargs=None)
 
 
 def _batch_of(args: Sequence[Any]) -> Optional[torch.Tensor]:
-    """The batch x: the first argument, when it is a tensor."""
-    return args[0] if args and isinstance(args[0], torch.Tensor) else None
+    """The batch x: the first argument, when it is a tensor, with the other arguments that
+    hold one row per data point (a conditional model's labels, say) as further columns, so
+    that a neural baseline sees all of a point's fields: (B, ...) or (B, D + ...)."""
+    if not args or not isinstance(args[0], torch.Tensor):
+        return None
+    x, n = args[0], args[0].shape[0]
+    rest = [a for a in args[1:] if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == n]
+    if not rest:
+        return x
+    return torch.cat([x.reshape(n, -1)] + [a.reshape(n, -1).to(x.dtype) for a in rest], 1)
 
 
 def _particle_plate(k: int, nesting: int):
@@ -852,21 +860,22 @@ def traced_prior_latents(
 
 
 def traced_simulation(
-    model: Callable, x_like: torch.Tensor
+    model: Callable, x_like: torch.Tensor, *rest: Any
 ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """One draw of (x, z) from the model for each row of ``x_like`` (B, ...; its shape sets the
-    batch): the model traced with its observed site unconditioned (``poutine.uncondition``).
+    batch): the model traced with its observed site unconditioned (``poutine.uncondition``),
+    called as ``model(x_like, *rest)`` (``rest``: a conditional model's labels, say).
     Returns (x (B, ...), latents name -> (B, ...)), detached. The model must observe one site,
     shaped like ``x_like``."""
     program = _SubsampleProbe()(poutine.uncondition(poutine.block(model, hide_types=["param"])))
     try:
         with torch.no_grad():
-            trace = poutine.trace(program).get_trace(x_like)
+            trace = poutine.trace(program).get_trace(x_like, *rest)
         rows = _subsample_of(trace, x_like.shape[0])
     except _SmallBatch as small:
         rows = small.subsample_size
     if rows is not None:  # a plate that subsamples: every point, in batches it takes whole
-        return _every_point(lambda a: traced_simulation(model, a[0]), (x_like,), rows, dim=0)
+        return _every_point(lambda a: traced_simulation(model, *a), (x_like, *rest), rows, dim=0)
     sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
     observed = [s for s in sites if s["infer"].get("was_observed")]
     if len(observed) != 1 or observed[0]["value"].shape != x_like.shape:

@@ -37,6 +37,7 @@ from .particles import (
     traced_scores,
     traced_simulation,
 )
+from .program import Program, as_program
 from .runtime import fork_rng, module_device
 
 if TYPE_CHECKING:
@@ -56,18 +57,24 @@ class _ModelDraws:
         """The plates the model nests (the library's VAE: one, the data plate)."""
         return 1
 
+    def args(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The model's and guide's arguments for the batch ``x``: ``(x,)``."""
+        return (x,)
+
     def sample_prior(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
         """Latents drawn from the model's prior, (num_samples, B, ...) per site."""
-        return traced_prior_latents(self.model, (x,), num_samples, self.nesting(x))
+        return traced_prior_latents(self.model, self.args(x), num_samples, self.nesting(x))
 
     def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only)."""
-        return traced_simulation(self.model, x_like)
+        """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only, and
+        the labels it carries for a program that takes them)."""
+        x_shape, *rest = self.args(x_like)
+        return traced_simulation(self.model, x_shape, *rest)
 
     def require_continuous(self, x: torch.Tensor, what: str) -> None:
         """Refuse ``what`` (a method that follows gradients in z) for a model with a discrete
         latent (``pyrovae.particles.require_continuous_latents``), traced on the batch ``x``."""
-        require_continuous_latents(self.model, (x,), what)
+        require_continuous_latents(self.model, self.args(x), what)
 
 
 class DirectProducer(_ModelDraws):
@@ -143,8 +150,11 @@ class TracedProducer(_ModelDraws):
         max_plate_nesting: Optional[int] = None,
         record_params: bool = False,
         params: Sequence[torch.Tensor] = (),
+        labels: bool = False,
     ) -> None:
         self.model, self.guide, self.max_plate_nesting = model, guide, max_plate_nesting
+        # Called as model(x, y), the labels carried in the batch's last column (``Program``).
+        self.labels = labels
         # The pair's trainable tensors where known (the trainer's): held fixed in
         # ``log_q_stopped``.
         self.params = list(params)
@@ -156,8 +166,16 @@ class TracedProducer(_ModelDraws):
         """The plates the pair nests: as given, else inferred on the first batch ``x`` as
         Pyro's ELBOs infer it (``guess_max_plate_nesting``) and kept."""
         if self.max_plate_nesting is None:
-            self.max_plate_nesting = guess_max_plate_nesting(self.model, self.guide, (x,))
+            args = self.args(x)
+            self.max_plate_nesting = guess_max_plate_nesting(self.model, self.guide, args)
         return self.max_plate_nesting
+
+    def args(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The model's and guide's arguments for the batch ``x``: ``(x,)``, or ``(x, y)`` for
+        a program with labels (``pyrovae.program.Program.args``)."""
+        if not self.labels:
+            return (x,)
+        return x[:, :-1], x[:, -1].round().long()
 
     @property
     def device(self) -> Optional[torch.device]:
@@ -184,7 +202,7 @@ class TracedProducer(_ModelDraws):
         return traced_particles(
             self.model,
             self.guide,
-            (x,),
+            self.args(x),
             num_particles=num_particles,
             reparameterized=reparameterized,
             scale=scale,
@@ -196,11 +214,11 @@ class TracedProducer(_ModelDraws):
 
     def score(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> Particles:
         """The log densities at given latents (C, B, ...): ``traced_scores``."""
-        return traced_scores(self.model, self.guide, (x,), latents, self.nesting(x))
+        return traced_scores(self.model, self.guide, self.args(x), latents, self.nesting(x))
 
 
 Producer = Union[DirectProducer, GivenInputProducer, TracedProducer]
-Subject = Union[VAE, Tuple[Callable, Callable]]
+Subject = Union[VAE, Tuple[Callable, Callable], Program]
 
 
 def supports_direct(vae: object) -> bool:
@@ -218,7 +236,8 @@ def make_producer(
     max_plate_nesting: Optional[int] = None,
     params: Sequence[torch.Tensor] = (),
 ) -> Producer:
-    """The producer called ``kind`` for ``subject``: a ``VAE``, or a ``(model, guide)`` pair.
+    """The producer called ``kind`` for ``subject``: a ``VAE``, a ``(model, guide)`` pair or a
+    ``pyrovae.program.Program``.
 
     ``auto`` is ``direct`` for a ``VAE`` that supports it and ``traced`` otherwise. ``params``,
     the pair's trainable tensors where the caller knows them, go to the traced producer (see
@@ -226,14 +245,15 @@ def make_producer(
     """
     if kind not in PRODUCERS:
         raise ValueError(f"unknown producer {kind!r}; choose one of: {', '.join(PRODUCERS)}")
-    if isinstance(subject, tuple):
+    if isinstance(subject, (tuple, Program)):
         if kind == "direct":
             raise ValueError(
                 "the direct producer is the library's VAE computed from its parts; a "
                 "model/guide pair of your own goes through the traced producer"
             )
-        model, guide = subject
-        return TracedProducer(model, guide, max_plate_nesting, params=params)
+        program = as_program(subject)
+        return TracedProducer(program.model, program.guide, max_plate_nesting, params=params,
+                              labels=program.labels)  # fmt: skip
     if kind == "direct" or (kind == "auto" and supports_direct(subject)):
         return DirectProducer(subject)
     # The library's VAE nests one plate, the data plate: nothing to infer.

@@ -19,10 +19,67 @@ import re
 import sys
 import sysconfig
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
+
+import torch
 
 from .particles import ProgramError
+
+
+@dataclass(frozen=True)
+class Program:
+    """A Pyro program of the user's own, and what of a batch it is called with.
+
+    Attributes:
+        model, guide: Pyro programs, called as ``model(x)`` and ``guide(x)`` with a minibatch
+            x (B, D), every sample site inside one data plate (the leftmost of their plates).
+        labels: call them as ``model(x, y)`` and ``guide(x, y)``, y (B,) int64 the points'
+            labels (``Dataset.labels``; -1 where a point has none): a conditional model, or
+            one with labels as observed sites.
+    """
+
+    model: Callable
+    guide: Callable
+    labels: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("model", "guide"):
+            if not callable(getattr(self, name)):
+                raise ProgramError(
+                    f"the {name} must be a Pyro program (a callable), got {getattr(self, name)!r}"
+                )
+        if not isinstance(self.labels, bool):
+            raise ProgramError(f"labels must be True or False, got {self.labels!r}")
+
+    def args(self, batch: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The arguments of a call on ``batch``, (B, D) or, with labels, (B, D + 1) whose
+        last column holds them (how pyrovae carries a point's fields in one tensor)."""
+        if not self.labels:
+            return (batch,)
+        return batch[:, :-1], batch[:, -1].round().long()
+
+
+def as_program(made: Any, what: str = "model") -> Program:
+    """A ``Program`` from itself or a ``(model, guide)`` pair."""
+    if isinstance(made, Program):
+        return made
+    if isinstance(made, tuple) and len(made) == 2:
+        return Program(*made)
+    raise ProgramError(
+        f"{what} must be a pyrovae.Program or a (model, guide) pair of Pyro programs, got "
+        f"{type(made).__name__}"
+    )
+
+
+def with_labels(x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """The batch a program with labels is given: ``x`` (N, D) with ``labels`` (N,) as a last
+    column, (N, D + 1); ``x`` itself without labels."""
+    if labels is None:
+        return x
+    return torch.cat([x, labels.to(x.dtype).unsqueeze(1)], 1)
+
 
 # PACKAGE.MODULE:FUNCTION, each part a Python identifier.
 SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -38,9 +95,9 @@ def check_spec(spec: str) -> str:
     return spec
 
 
-def load_program(spec: str) -> Tuple[Callable, Callable]:
+def load_program(spec: str) -> Program:
     """Import the module of ``spec`` (``PACKAGE.MODULE:FUNCTION``), call the function with no
-    arguments and return the ``(model, guide)`` it returns.
+    arguments and return the program it returns, a ``(model, guide)`` pair or a ``Program``.
 
     Raises:
         ProgramError: one line naming what went wrong (no such module or function, the
@@ -68,12 +125,14 @@ def load_program(spec: str) -> Tuple[Callable, Callable]:
         made = make()
     except Exception as e:
         raise ProgramError(f"--model {spec}: {function_name}() failed: {_said(e)}") from e
+    if isinstance(made, Program):
+        return made
     if not (isinstance(made, tuple) and len(made) == 2 and all(callable(f) for f in made)):
         raise ProgramError(
             f"--model {spec}: {function_name}() must return (model, guide), two Pyro programs, "
-            f"got {type(made).__name__}"
+            f"or a pyrovae.Program, got {type(made).__name__}"
         )
-    return made
+    return Program(*made)
 
 
 def _said(error: Exception) -> str:

@@ -21,7 +21,7 @@ from .data import SPLITS, Dataset
 from .evaluation import LogLikelihood, estimate_log_likelihood
 from .evaluation.ais import AISResult, BDMCResult, ais_log_likelihood, bdmc
 from .producers import TracedProducer, make_producer
-from .program import load_program
+from .program import load_program, with_labels
 from .runtime import Device, resolve_device
 from .training import load_pair_state, prepare_data, read_config
 from .training.checkpoint import find_checkpoint
@@ -67,34 +67,46 @@ def load_program_run(
             f"{run_dir} was trained on a Dataset passed in Python (train(data=...)), which the "
             "run cannot load: evaluate the program in Python (estimate_log_likelihood)"
         )
-    model, guide = load_program(train_cfg.model)
+    program = load_program(train_cfg.model)
     device = resolve_device(device)
-    owner = getattr(model, "__self__", None)
+    owner = getattr(program.model, "__self__", None)
     if isinstance(owner, torch.nn.Module):
         owner.to(device).eval()
     data = prepare_data(train_cfg, splits)
-    x = next((data.split(s) for s in splits if len(data.split(s))), None)
-    if x is None:
+    if program.labels and data.labels is None:
+        raise ValueError(f"{train_cfg.model} takes labels, and {data.name!r} has none")
+    split = next((s for s in splits if len(data.split(s))), None)
+    if split is None:
         raise ValueError(f"{run_dir}: the data has no points in {', '.join(splits)}")
-    # A batch to find the program's parameters by tracing it (a subsampling plate's size).
-    state = load_pair_state(run_dir, model, guide, x[:100].to(device), which)
+    # A batch to find the program's parameters by tracing it.
+    batch = points(data, split, labels=program.labels)[:100].to(device)
+    x, *rest = program.args(batch)
+    state = load_pair_state(run_dir, program.model, program.guide, x, which, *rest)
     state["checkpoint"] = find_checkpoint(run_dir, which).stem
-    producer = make_producer((model, guide), "traced", train_cfg.max_plate_nesting)
+    producer = make_producer(program, "traced", train_cfg.max_plate_nesting)
     return producer, data, state
 
 
+def points(data: Dataset, split: str, n=None, seed: int = 0, labels: bool = False):
+    """A split's points (``runs._points``: a seeded subset of ``n``), with their labels as a
+    last column for a program that takes them (``with_labels``)."""
+    from .runs import _points  # (runs dispatches here: imported when called)
+
+    return _points(data, split, n, seed, labels)
+
+
 def evaluate_program(
-    run_dir: Union[str, Path], o: Any, x_of: Any, progress: bool, seeded: Dict[str, Any]
+    run_dir: Union[str, Path], o: Any, progress: bool, seeded: Dict[str, Any]
 ) -> Union[LogLikelihood, AISResult]:
-    """``pyrovae evaluate`` on a program run: ``o`` the bound ``EVALUATE`` options, ``x_of``
-    the function picking the points of a split (``runs._points``), ``seeded`` the chunk
-    seeds and processes of the importance-weighted estimate."""
+    """``pyrovae evaluate`` on a program run: ``o`` the bound ``EVALUATE`` options, ``seeded``
+    the chunk seeds and processes of the importance-weighted estimate. For a program with
+    labels, log p(x | y)."""
     if o.refine:
         refuse_program_run(run_dir, "--refine")
     if o.producer == "direct":
         refuse_program_run(run_dir, "--producer direct")
     producer, data, state = load_program_run(run_dir, o.which, o.data_dir, (o.split,), o.device)
-    x = x_of(data, o.split, o.n, o.seed)
+    x = points(data, o.split, o.n, o.seed, producer.labels)
     pyro.set_rng_seed(o.seed)
     if o.method == "ais":
         result = ais_log_likelihood(
@@ -107,14 +119,28 @@ def evaluate_program(
     return dataclasses.replace(result, checkpoint=state["checkpoint"])
 
 
-def simulated_program(run_dir: Union[str, Path], o: Any) -> Tuple[torch.Tensor, Dataset]:
+def simulated_program(run_dir: Union[str, Path], o: Any) -> Tuple[torch.Tensor, Dataset, str]:
     """``o.n`` points x ~ p(x) simulated from a program run's model (its observed site
-    unconditioned), on the CPU, and the run's test data: ``pyrovae sample``'s figures."""
+    unconditioned), on the CPU, the run's test data and a title for them: ``pyrovae sample``'s
+    figures. A program with labels is given the classes in turn."""
     producer, data, _ = load_program_run(run_dir, o.which, o.data_dir, ("test",), o.device)
     pyro.set_rng_seed(o.seed)
-    x_like = torch.zeros(o.n, data.x_dim, device=producer.device)
-    x, _ = producer.simulate(x_like)
-    return x.cpu(), data
+    x, _ = producer.simulate(_shaped_like(data, o.n, producer))
+    title = f"{o.n} samples: x ~ p(x | z), z ~ p(z)"
+    if producer.labels:
+        title = f"{o.n} samples: x ~ p(x | z, y), z ~ p(z), y = 0, 1, ... in turn"
+    return x.cpu(), data, title
+
+
+def _shaped_like(data: Dataset, n: int, producer: TracedProducer) -> torch.Tensor:
+    """``n`` rows shaped like the data's points (zeros) for simulating from the model; for a
+    program with labels, each with a label, the classes in turn (0, 1, ..., 0, 1, ...)."""
+    x = torch.zeros(n, data.x_dim, device=producer.device)
+    if not producer.labels:
+        return x
+    classes = next(y.unique() for y in data.labels.values() if len(y))
+    classes = classes[classes >= 0].to(x.device)
+    return with_labels(x, classes[torch.arange(n, device=x.device) % len(classes)])
 
 
 def bdmc_program(run_dir: Union[str, Path], o: Any, progress: bool) -> BDMCResult:
@@ -123,5 +149,5 @@ def bdmc_program(run_dir: Union[str, Path], o: Any, progress: bool) -> BDMCResul
         refuse_program_run(run_dir, "--producer direct")
     producer, data, _ = load_program_run(run_dir, o.which, None, ("valid",), o.device)
     pyro.set_rng_seed(o.seed)
-    x_like = torch.zeros(o.n, data.x_dim, device=producer.device)
+    x_like = _shaped_like(data, o.n, producer)
     return bdmc(producer, x_like, o.steps, o.chains, o.leapfrog, o.k, progress=progress)

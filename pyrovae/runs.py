@@ -43,6 +43,7 @@ from .plots import (
     save_training_curves,
 )
 from .producers import make_producer
+from .program import with_labels
 from .runtime import Device, resolve_device
 from .training import load_vae, prepare_data, read_config, read_metrics
 from .training.checkpoint import check_belongs, find_checkpoint
@@ -277,7 +278,7 @@ def evaluate_run(
         with world.together():
             o = SimpleNamespace(**{**vars(o), "device": device})
             return program_runs.evaluate_program(
-                run_dir, o, _points, progress and world.main, seeded if o.method == "iw" else {}
+                run_dir, o, progress and world.main, seeded if o.method == "iw" else {}
             )
     # Every process reads the run and the data (an error anywhere stops all of them).
     with world.together():
@@ -306,17 +307,20 @@ def evaluate_run(
     return dataclasses.replace(result, **said)
 
 
-def _points(data: Dataset, split: str, n: Optional[int], seed: int) -> torch.Tensor:
+def _points(
+    data: Dataset, split: str, n: Optional[int], seed: int, labels: bool = False
+) -> torch.Tensor:
     """A split's points, or a seeded random subset of ``n`` of them (the MNIST test file is
     sorted by digit, so a prefix would be biased); training images binarized (seeded) when the
-    dataset binarizes dynamically."""
-    x = data.split(split)
+    dataset binarizes dynamically. ``labels``: each point's label as a last column, for a
+    program that takes them (``pyrovae.program.with_labels``)."""
+    x, y = data.split(split), data.split_labels(split) if labels else None
     if n is not None and n < x.shape[0]:
         idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
-        x = x[idx]
+        x, y = x[idx], y[idx] if y is not None else None
     if data.binarize == "dynamic" and split == "train":
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
-    return x
+    return with_labels(x, y)
 
 
 def gap_run(
@@ -403,11 +407,10 @@ def sample_run(run_dir: str, **options: Any) -> Dict[str, Path]:
 def _sample_program(run_dir: str, o: Any) -> Dict[str, Path]:
     """``sample_run`` for a run of a program of the user's own: points simulated from its
     model (x ~ p(x | z), z ~ p(z): a program has no decoder mean to show) and the curves."""
-    x, data = program_runs.simulated_program(run_dir, o)
+    x, data, title = program_runs.simulated_program(run_dir, o)
     out = output_dir(run_dir, o.out_dir)
     paths: Dict[str, Path] = {}
     if data.image_shape is not None:
-        title = f"{o.n} samples: x ~ p(x | z), z ~ p(z)"
         paths["samples"] = save_image_grid(x, data.image_shape, out / "samples.png", title=title)
     elif data.x_dim >= 2:
         paths["samples"] = save_scatter(data.test, x, out / "samples.png")

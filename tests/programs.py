@@ -151,3 +151,45 @@ def raising():
         raise RuntimeError("a bug in the user's model")
 
     return buggy, guide
+
+
+class ConditionalVAE(nn.Module):
+    """A class-conditional VAE: p(z) p(x | z, y) with guide q(z | x, y), y one of 10 classes,
+    binary pixels; called as ``model(x, y)``, as Pyro's conditional VAEs are written."""
+
+    def __init__(self, x_dim=784, z_dim=8, classes=10, hidden=64):
+        super().__init__()
+        self.z_dim, self.classes = z_dim, classes
+        self.encoder = nn.Sequential(
+            nn.Linear(x_dim + classes, hidden), nn.Tanh(), nn.Linear(hidden, 2 * z_dim)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(z_dim + classes, hidden), nn.Tanh(), nn.Linear(hidden, x_dim)
+        )
+
+    def _onehot(self, y, like):
+        onehot = torch.nn.functional.one_hot(y, self.classes).to(like.dtype)
+        return onehot.expand(*like.shape[:-1], self.classes)
+
+    def model(self, x, y):
+        pyro.module("conditional_vae", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
+            logits = self.decoder(torch.cat([z, self._onehot(y, z)], -1))
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(self, x, y):
+        pyro.module("conditional_vae", self)
+        with pyro.plate("data", x.shape[0]):
+            h = self.encoder(torch.cat([x, self._onehot(y, x)], -1))
+            loc, log_scale = h.chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+def conditional():
+    """``pyrovae train --model programs:conditional``: the program takes the points' labels."""
+    from pyrovae import Program
+
+    torch.manual_seed(0)
+    vae = ConditionalVAE()
+    return Program(vae.model, vae.guide, labels=True)

@@ -143,3 +143,59 @@ def test_a_program_trains_and_evaluates_under_torchrun_as_in_one_process(tmp_pat
     alone = json.loads(capsys.readouterr().out)
     assert together["n"] == alone["n"]
     assert together["log_px"] == pytest.approx(alone["log_px"], rel=1e-5)
+
+
+TORCHVISION = Path(__file__).resolve().parents[2] / "shared" / "data" / "torchvision"
+
+
+@pytest.mark.skipif(not TORCHVISION.is_dir(), reason="../shared/data/torchvision is not here")
+def test_a_conditional_program_takes_the_labels_and_evaluates_log_p_x_given_y(tmp_path, capsys):
+    """MNIST's labels reach model(x, y): the loss is Trace_ELBO's on (x, y), log p(x | y) by IW
+    is the plain loop's over Pyro traces, and the CLI trains, resumes exactly, evaluates and
+    draws class-conditional samples."""
+    import pyro
+    from pyro.infer import Trace_ELBO
+
+    from pyrovae import load_dataset, make_estimator
+    from pyrovae.evaluation import estimate_log_likelihood
+    from pyrovae.producers import make_producer
+    from pyrovae.program import with_labels
+
+    from programs import conditional, loop_log_px
+
+    data = load_dataset("mnist", TORCHVISION, binarize="dynamic", splits=("test",))
+    x, y = data.test[:6], data.labels["test"][:6]
+    program = conditional()
+    producer = make_producer(program)
+    pyro.set_rng_seed(0)
+    expected = Trace_ELBO().loss(program.model, program.guide, x, y)
+    pyro.set_rng_seed(0)
+    particles = producer(with_labels(x, y), 6, 1, True)
+    assert make_estimator("pathwise")(particles)[0].item() == pytest.approx(expected, rel=1e-5)
+    assert particles.x.shape == (6, 785)  # a neural baseline sees the label too
+    iw = estimate_log_likelihood(None, None, with_labels(x, y), k=400, producer=producer,
+                                 progress=False).per_point_log_px  # fmt: skip
+    loop = loop_log_px(lambda x: program.model(x, y[:1]), lambda x: program.guide(x, y[:1]),
+                       x[:1], k=400)  # fmt: skip
+    assert abs(iw[0].item() - loop[0].item()) < 1.0  # two K = 400 estimates of one log p(x | y)
+
+    flags = ["--model", "programs:conditional", "--dataset", "mnist", "--data-dir",
+             str(TORCHVISION), "--binarize", "dynamic", "--n-train", "200", "--n-eval", "40",
+             "--batch-size", "50", "--quiet", "--threads", "1"]  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", *flags, "--epochs", "2", "--run-dir", str(a)]) == 0
+    assert main(["train", *flags, "--epochs", "1", "--run-dir", str(b)]) == 0
+    assert main(["train", "--resume", "--run-dir", str(b), "--epochs", "2", "--quiet"]) == 0
+    for name, value in params(a).items():
+        assert torch.equal(value, params(b)[name]), name
+    capsys.readouterr()
+    assert main(["evaluate", str(a), "--k", "20", "--n", "10", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["log_px"] < 0
+    assert main(["sample", str(a), "--n", "20"]) == 0
+    assert (a / "figures" / "samples.png").stat().st_size > 0
+
+
+def test_a_program_with_labels_on_data_without_them_is_one_line(tmp_path, capsys):
+    assert train(tmp_path / "r", "--model", "programs:conditional", "--epochs", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert "the program takes labels" in err and "has none" in err and len(err.splitlines()) == 1

@@ -50,7 +50,7 @@ from ..evaluation import estimate_log_likelihood
 from ..model import VAE, VAEConfig, build_vae
 from ..particles import traced_particles
 from ..producers import Producer, check_applies, estimate_and_backward, make_producer
-from ..program import load_program
+from ..program import Program, as_program, load_program, with_labels
 from ..runtime import (
     Device,
     check_step_memory,
@@ -244,14 +244,16 @@ class TrainedState:
         self.buffers: Dict[str, torch.Tensor] = dict(buffers or {})
 
     @classmethod
-    def of_pair(cls, model: Callable, guide: Callable, x: torch.Tensor):
+    def of_pair(cls, model: Callable, guide: Callable, x: torch.Tensor, *rest: torch.Tensor):
+        """The pair's parameters, found by tracing ``model(x, *rest)`` and its guide once."""
         for name, fn in (("model", model), ("guide", guide)):
             if not callable(fn):
                 raise OptionError(f"{name} must be a Pyro program (a callable), got {fn!r}")
         if x.shape[0] == 0:
             raise OptionError("x must hold at least one data point to trace the pair on")
         with fork_rng(x.device), poutine.trace(param_only=True) as capture:
-            traced_particles(model, guide, (x,), reparameterized=False, record_params=True)
+            args = (x, *rest)
+            traced_particles(model, guide, args, reparameterized=False, record_params=True)
         params = {}
         # By name: the optimizer's state is saved by position, which must not depend on the
         # order in which a rebuilt pair happens to register its parameters.
@@ -353,7 +355,14 @@ def _batch(data: Dataset, train: torch.Tensor, rows, device: torch.device) -> to
     """The training batch of ``rows`` (a slice or an index tensor on ``train``'s device) on
     ``device``, binarized there when the data binarize dynamically."""
     x = train[rows].to(device)  # a no-op where the split was placed whole
-    return torch.bernoulli(x) if data.binarize == "dynamic" else x
+    if data.binarize != "dynamic":
+        return x
+    d = data.x_dim  # the columns after it are a point's labels (``with_labels``): kept
+    return (
+        torch.bernoulli(x)
+        if x.shape[1] == d
+        else torch.cat([torch.bernoulli(x[:, :d]), x[:, d:]], 1)
+    )
 
 
 def _warn_collapse_prone(config: VAEConfig, estimator: str) -> None:
@@ -464,22 +473,22 @@ def train(
         OptionError, DataError, RunDirError, FileExistsError: a bad value, bad data, or a run
             directory that is taken; nothing is written.
     """
-    model_config, (model, guide) = _what_to_train(model)
-    world, device = _join(device, model)
+    model_config, program = _what_to_train(model)
+    world, device = _join(device, program)
     plan = _new_plan(run_dir, train_config, model_config)
     # The run directory is process 0's: it alone reads it (the others get what it read).
     with world.together():
         if world.main and resume:
-            plan = _plan_resume(plan, world, changes, model, data)
+            plan = _plan_resume(plan, world, changes, program, data)
         elif world.main and run_dir is not None:
             check_new_run_dir(plan.run_path)
     plan = world.share(plan) if world.distributed else plan
-    model, guide = _program(plan, (model, guide))
+    program = _program(plan, program)
     python_data = data is not None
     with world.together():
         cfg = _resolved_data_dir(plan.train_config)
         data, fingerprint = _checked_data(cfg, data, plan)
-        session = _build_session(cfg, data, device, world, plan, (model, guide))
+        session = _build_session(cfg, data, device, world, plan, program)
     if world.distributed:
         _check_same_data(world, fingerprint)
         world.broadcast_(session.trainer.params)  # every process starts from process 0's
@@ -515,30 +524,27 @@ def train(
     )  # fmt: skip
 
 
-def _what_to_train(model) -> Tuple[Any, Tuple[Optional[Callable], Optional[Callable]]]:
-    """(the VAE's config or None, the user's (model, guide) pair or (None, None)) from
-    ``train``'s ``model`` argument, checked."""
+def _what_to_train(model) -> Tuple[Any, Optional[Program]]:
+    """(the VAE's config or None, the user's ``Program`` or None) from ``train``'s ``model``
+    argument, checked."""
     if model is None or isinstance(model, (VAEConfig, dict)):
-        return model, (None, None)
-    if isinstance(model, tuple) and len(model) == 2:
-        for name, fn in zip(("model", "guide"), model):
-            if not callable(fn):
-                raise OptionError(f"the {name} must be a Pyro program (a callable), got {fn!r}")
-        return None, model
+        return model, None
+    if isinstance(model, Program) or (isinstance(model, tuple) and len(model) == 2):
+        return None, as_program(model)
     raise OptionError(
-        "model must be a VAEConfig (the library's VAE) or a (model, guide) pair of Pyro "
-        f"programs of your own, got {type(model).__name__}"
+        "model must be a VAEConfig (the library's VAE), a (model, guide) pair of Pyro "
+        f"programs of your own or a pyrovae.Program, got {type(model).__name__}"
     )
 
 
-def _program(plan: "_RunPlan", pair):
-    """The user's (model, guide): ``pair`` as given, or built from the training config's
-    ``model`` (``PACKAGE.MODULE:FUNCTION``, ``pyrovae.program``) in every process; (None,
-    None) for the library's VAE."""
+def _program(plan: "_RunPlan", program: Optional[Program]) -> Optional[Program]:
+    """The user's program: as given, or built from the training config's ``model``
+    (``PACKAGE.MODULE:FUNCTION``, ``pyrovae.program``) in every process; None for the
+    library's VAE."""
     spec = plan.train_config.model
     if spec is None:
-        return pair
-    if pair[0] is not None:
+        return program
+    if program is not None:
         raise OptionError(
             f"give the program once: as model=(model, guide), or as the training config's "
             f"model={spec!r} (--model), not both"
@@ -551,14 +557,14 @@ def _program(plan: "_RunPlan", pair):
     return load_program(spec)
 
 
-def _join(device: Device, model: Optional[Callable]) -> Tuple[distributed.World, Any]:
+def _join(device: Device, program: Optional[Program]) -> Tuple[distributed.World, Any]:
     """(the processes' world, the device to train on): under torchrun this process joins
     the others, each on its own device; a bad device fails here, before anything is read (a
     pair of the user's own keeps its module's device unless one is asked for)."""
     world, process_device = distributed.setup(device)
     if world.distributed:
         return world, process_device
-    if model is None or device is not None:
+    if program is None or device is not None:
         return world, resolve_device(device)
     return world, device
 
@@ -598,7 +604,7 @@ class _RunPlan:
 
 
 def _plan_resume(
-    plan: _RunPlan, world: distributed.World, changes, model: Optional[Callable], data
+    plan: _RunPlan, world: distributed.World, changes, program: Optional[Program], data
 ) -> _RunPlan:
     """The plan to resume the run at ``plan.run_path``: its checkpoint, checked to belong to
     it and to this number of processes, and its settings with ``changes`` (default: the
@@ -608,6 +614,7 @@ def _plan_resume(
     run_path = plan.run_path
     check_resumable(run_path)
     saved_train, saved_model = read_config(run_path)
+    model = program.model if program is not None else None
     custom = model is not None or saved_train.model is not None
     if (saved_model is None) != custom:
         raise ValueError(
@@ -687,9 +694,9 @@ class _Session:
     steps_per_epoch: int
 
 
-def _build_session(cfg, data, device, world, plan: _RunPlan, pair) -> _Session:
+def _build_session(cfg, data, device, world, plan: _RunPlan, program) -> _Session:
     """Build what trains from ``cfg``, the data and the plan: the estimator, the VAE (its
-    config fitted to the data) or the user's ``pair``, the producer and the ``Trainer``, with
+    config fitted to the data) or the user's ``program``, the producer and the ``Trainer``, with
     everything that cannot apply or fit refused before anything is written."""
     estimator = _estimator(cfg)
     if cfg.warmup and not estimator.supports_warmup:
@@ -706,14 +713,15 @@ def _build_session(cfg, data, device, world, plan: _RunPlan, pair) -> _Session:
     # Pyro's param store is global: stale parameters with our names would shadow the new ones.
     pyro.clear_param_store()
     pyro.set_rng_seed(cfg.seed)
-    (model, guide), vae, model_config = pair, None, plan.model_config
-    if model is not None:
-        device = _pair_device(device, model)
-    train_split, valid_split = place(data.train, device), place(data.valid, device)
+    vae, model_config = None, plan.model_config
+    if program is not None:
+        device = _pair_device(device, program.model)
+    train_split, valid_split = (place(s, device) for s in _program_splits(data, program))
     with fork_rng(device):
         x0 = _batch(data, train_split, slice(0, cfg.batch_size), device)
-    if model is not None:
-        trained = TrainedState.of_pair(model, guide, x0)
+    if program is not None:
+        model, guide = program.model, program.guide
+        trained = TrainedState.of_pair(model, guide, *program.args(x0))
     else:
         resumed = plan.state is not None
         model_config = _fitted_config(model_config or VAEConfig(), data, resumed=resumed)
@@ -724,7 +732,7 @@ def _build_session(cfg, data, device, world, plan: _RunPlan, pair) -> _Session:
         if not resumed and world.main:
             _warn_collapse_prone(model_config, cfg.estimator)
         model, guide, trained = vae.model, vae.guide, TrainedState(module=vae)
-    subject = vae if vae is not None else (model, guide)
+    subject = vae if vae is not None else program
     producer = make_producer(subject, cfg.producer, cfg.max_plate_nesting, trained.params)
     # This process's part of the first batch: what it computes each step, and what shapes
     # the estimator's state. An estimator that does not apply, or a step that would not fit
@@ -738,6 +746,20 @@ def _build_session(cfg, data, device, world, plan: _RunPlan, pair) -> _Session:
         vae, model, guide, model_config, trained, trainer, train_split, valid_split, device,
         steps_per_epoch,
     )  # fmt: skip
+
+
+def _program_splits(data: Dataset, program: Optional[Program]):
+    """(the training split, the validation split) as the trainer passes them: for a program
+    that takes labels, each point's label as a last column (``with_labels``)."""
+    if program is None or not program.labels:
+        return data.train, data.valid
+    if data.labels is None:
+        raise DataError(
+            f"the program takes labels (Program(labels=True): model(x, y)), but {data.name!r} "
+            "has none: train it on data with labels (mnist, fashion-mnist, or a Dataset with "
+            "labels=)"
+        )
+    return (with_labels(data.split(s), data.labels[s]) for s in ("train", "valid"))
 
 
 def _claim(world: distributed.World, run_path: Optional[Path], cfg: TrainConfig, resume: bool):
@@ -1112,15 +1134,16 @@ def _steps_per_epoch(n: int, batch_size: int, estimator: Estimator) -> int:
 
 
 def load_pair_state(
-    source, model: Callable, guide: Callable, x: torch.Tensor, which: str = "best"
+    source, model: Callable, guide: Callable, x: torch.Tensor, which: str = "best", *rest
 ) -> Dict[str, Any]:
     """Load the parameters a run saved for a model/guide pair of the user's own into that pair
     (rebuilt as it was trained), from a run directory or a checkpoint file. ``x`` (B, ...) is
-    a batch to trace the pair on, to find its parameters. Returns the checkpoint dict."""
+    a batch to trace the pair on, to find its parameters (``rest``: the pair's further
+    arguments, a conditional program's labels (B,)). Returns the checkpoint dict."""
     path = find_checkpoint(source, which)
     state = load_checkpoint(path)
     if state.get("model_config") is not None:
         raise ValueError(f"{path} holds a pyrovae VAE: load it with pyrovae.load_vae")
     pyro.clear_param_store()
-    TrainedState.of_pair(model, guide, x).load_state_dict(state["model_state"])
+    TrainedState.of_pair(model, guide, x, *rest).load_state_dict(state["model_state"])
     return state
