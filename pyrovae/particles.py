@@ -540,6 +540,13 @@ def _checked_sites(guide_trace, model_trace):
             f"the model samples {missing} but the guide does not: every latent of the model "
             "needs a site of the same name in the guide"
         )
+    auxiliary = sorted(n for n, s in guide_sites.items() if s["infer"].get("is_auxiliary"))
+    if auxiliary:
+        raise ProgramError(
+            f"the guide draws auxiliary sites {auxiliary}, as Pyro's autoguides do: autoguides "
+            "are not supported yet; write a guide that draws each latent of the model by name "
+            "(an amortized one, computed from x)"
+        )
     extra = sorted(set(guide_sites) - set(model_latent))
     if extra:
         raise ProgramError(

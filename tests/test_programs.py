@@ -164,3 +164,28 @@ def test_each_program_trains_and_resumes_exactly(style, tmp_path):
     for a, b in zip(straight.parameters(), again.parameters()):
         assert torch.equal(a, b)
     assert all(torch.isfinite(torch.tensor(m["valid_elbo"])) for m in result.metrics)
+
+
+def test_autoguides_and_global_latents_are_refused_naming_the_site():
+    """Not supported yet (issue 26's next part): refused with the site and what to write."""
+    import pyro.distributions as dist
+    from pyro.infer.autoguide import AutoNormal
+
+    def model(x):
+        bias = pyro.sample("bias", dist.Normal(0.0, 1.0))  # a global latent
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            loc = (z.sum(-1, keepdim=True) + bias.unsqueeze(-1)).expand(x.shape)
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    x = data()
+    with pytest.raises(ProgramError, match="auxiliary sites .* autoguides are not supported"):
+        traced_particles(model, AutoNormal(model), (x,))
+
+    def guide(x):
+        pyro.sample("bias", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+
+    with pytest.raises(ProgramError, match="sample site 'bias' is not inside a data plate"):
+        traced_particles(model, guide, (x,))
