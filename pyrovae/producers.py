@@ -270,9 +270,12 @@ def check_applies(producer: Producer, estimator: "Estimator", x: torch.Tensor) -
             estimator on discrete latents, say), with its name in the message.
     """
     with fork_rng(x.device):
-        estimator.prepare(x)
         try:
-            particles = producer(x, None, estimator.num_particles, estimator.reparameterized)
+            # As a training step computes them (a program's plate may subsample the batch: the
+            # state is shaped by the points the particles are of).
+            k, reparameterized = estimator.num_particles, estimator.reparameterized
+            particles = producer(x, x.shape[0], k, reparameterized)
+            estimator.prepare(particles.x if particles.x is not None else x)
             estimator(particles, update_state=False)
         except NotApplicable as e:
             raise NotApplicable(f"the {estimator.name!r} estimator does not apply: {e}") from e

@@ -189,3 +189,41 @@ def test_autoguides_and_global_latents_are_refused_naming_the_site():
 
     with pytest.raises(ProgramError, match="sample site 'bias' is not inside a data plate"):
         traced_particles(model, guide, (x,))
+
+
+@pytest.mark.parametrize("style", ["nested", "kl-annealed", "scaled", "subsampled"])
+def test_every_estimator_that_applies_trains_each_program(style, tmp_path):
+    """Each registered estimator, with each of its variants, that applies to the program
+    trains it for an epoch from Python (finite losses and validation ELBOs); the score-function
+    estimator's loss is TraceGraph_ELBO's at the same random numbers."""
+    from pyro.infer import TraceGraph_ELBO
+
+    from pyrovae import ESTIMATORS
+    from pyrovae.producers import applies
+
+    x = data(60).float()
+    dataset = Dataset("programs", x[:40], x[40:50], x[50:], binary=False)
+    trained = []
+    for name in ESTIMATORS.names():
+        for options in ESTIMATORS.get(name).variants():
+            torch.manual_seed(0)
+            program = LinearGaussianProgram(**STYLES[style]).float()
+            pair = (program.model, program.guide)
+            if not applies(make_producer(pair), make_estimator(name, **options), x[:10]):
+                continue
+            cfg = TrainConfig(dataset="programs", epochs=1, batch_size=10, estimator=name,
+                              estimator_options=options)  # fmt: skip
+            result = train(cfg, pair, tmp_path / f"{name}-{len(trained)}", progress=False,
+                           data=dataset)  # fmt: skip
+            assert all(torch.isfinite(torch.tensor(m["valid_elbo"])) for m in result.metrics)
+            trained.append(name)
+    assert {"pathwise", "stl", "iwae", "score-function", "vimco"} <= set(trained), trained
+    program = LinearGaussianProgram(**STYLES[style])
+    pyro.set_rng_seed(5)
+    expected = TraceGraph_ELBO(max_plate_nesting=2 if style == "nested" else 1).loss(
+        program.model, program.guide, data()
+    )
+    pyro.set_rng_seed(5)
+    particles = make_producer((program.model, program.guide))(data(), 10, 1, False)
+    loss = make_estimator("score-function")(particles)[0].item()
+    assert loss == pytest.approx(expected, rel=1e-8)
