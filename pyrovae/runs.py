@@ -46,7 +46,7 @@ from .producers import make_producer
 from .program import with_labels
 from .runtime import Device, resolve_device
 from .training import load_vae, prepare_data, read_config, read_metrics
-from .training.checkpoint import check_belongs, find_checkpoint
+from .training.checkpoint import check_belongs, epoch_of, find_checkpoint
 from .training.rundir import RunDirError, read_record, trained_on_python_data, write_text
 
 # A figure of samples shows at most this many; drawing more would only cost memory.
@@ -347,12 +347,12 @@ def gap_run(
     info = {
         "run_dir": str(run_dir),
         "split": o.split,
-        "epoch": state.get("epoch"),
+        "epoch": epoch_of(state),
         "seed": o.seed,
         **result.to_dict(),
     }
     title = (
-        f"{Path(run_dir).name}, epoch {state.get('epoch')}: {result.n} {o.split} points, "
+        f"{Path(run_dir).name}, epoch {epoch_of(state)}: {result.n} {o.split} points, "
         f"K={o.k}, q* by {o.steps} Adam steps per point"
     )
     return result, _write_json_and_plot(out, "gap", info, lambda p: save_gap(result, p, title))
@@ -462,7 +462,7 @@ def gradvar_run(
     info = {
         "run_dir": str(run_dir),
         "checkpoint": state["checkpoint"],
-        "epoch": state.get("epoch"),
+        "epoch": epoch_of(state),
         "batch_size": int(x.shape[0]),
         "draws": draws,
         "warmup": warmup,
@@ -471,7 +471,7 @@ def gradvar_run(
         "estimators": [s.to_dict() for s in stats],
     }
     title = (
-        f"{Path(run_dir).name}, epoch {state.get('epoch')}: {draws} gradient estimates per "
+        f"{Path(run_dir).name}, epoch {epoch_of(state)}: {draws} gradient estimates per "
         f"estimator on one minibatch of {x.shape[0]}"
     )
     return stats, _write_json_and_plot(

@@ -35,3 +35,32 @@ def test_no_shell_function_takes_more_than_8_parameters_or_a_screen(module):
         if count > MAX_PARAMETERS or lines > MAX_LINES
     ]
     assert not too_big, f"{module}: {too_big}"
+
+
+def test_a_checkpoints_keys_are_read_in_its_own_module_alone():
+    """Outside ``training/checkpoint.py`` (and ``legacy.py``, its reader of 0.1.0's format),
+    no module indexes a loaded checkpoint by one of its keys: each asks ``checkpoint``."""
+    from pyrovae.training import checkpoint
+
+    keys = set(checkpoint._FIELDS) | set(checkpoint._FIELDS_2) | set(checkpoint._OPTIONAL)
+    keys |= {"custom_model", "producer", "version", "format"}
+    owners = {PACKAGE / "training" / "checkpoint.py", PACKAGE / "training" / "legacy.py"}
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path in owners:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            key = None
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+                name, key = node.value.id, node.slice
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr == "get" and isinstance(node.func.value, ast.Name) and node.args:
+                    name, key = node.func.value.id, node.args[0]
+            if (
+                key is not None
+                and name in ("state", "ckpt", "saved", "checkpoint")
+                and isinstance(key, ast.Constant)
+                and key.value in keys
+            ):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {name}[{key.value!r}]")
+    assert not found, found

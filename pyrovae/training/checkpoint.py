@@ -122,6 +122,46 @@ class Resumable:
         self.shuffle.set_state(state["shuffle_rng"])
 
 
+# Reading a loaded checkpoint (``load_checkpoint``'s dict): the rest of the package asks these
+# rather than indexing it, so that its keys are written and read here alone.
+def position(state: Dict[str, Any]) -> Tuple[int, int, float]:
+    """(epochs done, optimizer steps taken, best validation ELBO so far) of a checkpoint."""
+    return state["epoch"], state["step"], state["best_valid_elbo"]
+
+
+def epoch_of(state: Dict[str, Any]) -> Optional[int]:
+    """The epochs a checkpoint's model was trained for (None for a foreign dict)."""
+    return state.get("epoch")
+
+
+def saved_metrics(state: Dict[str, Any]) -> Optional[List[Dict[str, Any]]]:
+    """Every epoch's record up to the checkpoint, or None where it has none (0.1.0, 0.2.0)."""
+    return state.get("metrics") or None
+
+
+def trained_pair(state: Dict[str, Any]) -> Optional[str]:
+    """What a run of the user's own model/guide pair trained (``custom_model``), or None for a
+    pyrovae VAE's run."""
+    return state.get("custom_model")
+
+
+def saved_world_size(state: Dict[str, Any]) -> int:
+    """The number of processes that trained the checkpoint (1 without torchrun)."""
+    return state.get("world_size", 1)
+
+
+def load_pair_checkpoint(source: PathLike, which: str, trained: Any) -> Dict[str, Any]:
+    """Load the parameters that a run of a model/guide pair of the user's own saved into
+    ``trained`` (a ``TrainedState`` of that pair), from a run directory (its ``which``
+    checkpoint) or a checkpoint file. Returns the checkpoint dict."""
+    path = find_checkpoint(source, which)
+    state = load_checkpoint(path)
+    if state.get("model_config") is not None:
+        raise ValueError(f"{path} holds a pyrovae VAE: load it with pyrovae.load_vae")
+    trained.load_state_dict(state["model_state"])
+    return state
+
+
 def on_cpu(value: Any) -> Any:
     """``value`` with every tensor in its dicts, lists and tuples on the CPU (a CPU tensor is
     kept as it is, not copied)."""

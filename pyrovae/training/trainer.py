@@ -67,9 +67,14 @@ from .checkpoint import (
     Resumable,
     check_belongs,
     checkpoint_path,
-    find_checkpoint,
+    epoch_of,
     load_checkpoint,
+    load_pair_checkpoint,
+    position,
     save_checkpoint,
+    saved_metrics,
+    saved_world_size,
+    trained_pair,
 )
 from .config import TrainConfig, given_fields, read_config, resumed_config
 from .rundir import (
@@ -632,9 +637,9 @@ def _plan_resume(
         changes = given_fields(plan.train_config)
         if plan.model_config is not None:
             changes.update(given_fields(plan.model_config))
-    if model is not None and state.get("custom_model") not in (None, _describe(model)):
+    if model is not None and trained_pair(state) not in (None, _describe(model)):
         raise ValueError(
-            f"{run_path} trained {state['custom_model']}, but the model passed is "
+            f"{run_path} trained {trained_pair(state)}, but the model passed is "
             f"{_describe(model)}: resume with the pair the run was trained with"
         )
     record = read_record(run_path)
@@ -642,7 +647,7 @@ def _plan_resume(
         raise ValueError(
             f"{run_path} was trained on a Dataset passed in Python (data=): pass it again"
         )
-    train_config, changed = resumed_config(saved_train, saved_model, changes, state["epoch"])
+    train_config, changed = resumed_config(saved_train, saved_model, changes, epoch_of(state))
     return _RunPlan(state, changed, run_path, record, train_config, saved_model)
 
 
@@ -803,15 +808,15 @@ def _resume_state(world: distributed.World, plan: _RunPlan, resumable: Resumable
     with world.together():
         if world.main:
             # The checkpoint holds every record up to it (0.1.0's did not: read the file).
-            metrics = state.get("metrics") or [
-                m for m in read_metrics(run_path) if m["epoch"] <= state["epoch"]
+            metrics = saved_metrics(state) or [
+                m for m in read_metrics(run_path) if m["epoch"] <= epoch_of(state)
             ]
             history = _saved_history(run_path)
     metrics, history = world.share((metrics, history))
     if plan.changed:
         changed = {k: list(v) for k, v in plan.changed.items()}
-        history.append({"epoch": state["epoch"], "changed": changed})
-    return (state["epoch"], state["step"], state["best_valid_elbo"]), metrics, history
+        history.append({"epoch": epoch_of(state), "changed": changed})
+    return position(state), metrics, history
 
 
 def _identity(cfg: TrainConfig, session: _Session) -> Dict[str, Any]:
@@ -845,7 +850,7 @@ def _announce(session: _Session, changed: Dict[str, Any], world: distributed.Wor
 def _check_world_size(state: Dict[str, Any], world: distributed.World, run_path: Path) -> None:
     """Refuse to resume a run with another number of processes than it was trained with: its
     checkpoint holds each process's random streams and estimator state."""
-    saved = state.get("world_size", 1)
+    saved = saved_world_size(state)
     if saved == world.size:
         return
     how = (
@@ -1140,10 +1145,5 @@ def load_pair_state(
     (rebuilt as it was trained), from a run directory or a checkpoint file. ``x`` (B, ...) is
     a batch to trace the pair on, to find its parameters (``rest``: the pair's further
     arguments, a conditional program's labels (B,)). Returns the checkpoint dict."""
-    path = find_checkpoint(source, which)
-    state = load_checkpoint(path)
-    if state.get("model_config") is not None:
-        raise ValueError(f"{path} holds a pyrovae VAE: load it with pyrovae.load_vae")
     pyro.clear_param_store()
-    TrainedState.of_pair(model, guide, x, *rest).load_state_dict(state["model_state"])
-    return state
+    return load_pair_checkpoint(source, which, TrainedState.of_pair(model, guide, x, *rest))
