@@ -455,6 +455,7 @@ def _cmd_evaluate(args) -> int:
             ),
             *_bits_rows(res),
             *_exact_rows(res),
+            *_global_rows(res),
             ("Monte Carlo error per point", f"{res.mc_stderr:.3f} nats (mean over points)"),
             ("annealed from", _annealed_from(res)),
             ("HMC acceptance", f"{res.acceptance:.2f}"),
@@ -473,7 +474,7 @@ def _cmd_evaluate(args) -> int:
         *_bits_rows(res),
         ("ELBO", f"{res.elbo:.3f} ± {res.elbo_stderr:.3f} nats"),
     ]
-    rows += _exact_rows(res)
+    rows += _exact_rows(res) + _global_rows(res)
     if res.refine_steps:
         rows.append(("proposal", f"q refined by {res.refine_steps} Adam steps per point"))
     rows.append(("particles from", f"the {res.producer} producer"))
@@ -498,6 +499,14 @@ def _exact_rows(res) -> List[Tuple[str, str]]:
         return []
     value = f"{res.exact_log_px:.3f} ± {res.exact_log_px_stderr:.3f}"
     return [("exact log p(x)", value + " nats (closed form, linear-Gaussian model)")]
+
+
+def _global_rows(res) -> List[Tuple[str, str]]:
+    """What log p(x) means for a program with global latents (held at the guide's draws)."""
+    if not res.global_latents:
+        return []
+    what = "log p(x) = log E_q(θ)[p(x | θ)], the predictive density under the guide's q(θ)"
+    return [(f"global latents {', '.join(res.global_latents)}", what)]
 
 
 def _bits_rows(res) -> List[Tuple[str, str]]:

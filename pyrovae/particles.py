@@ -142,6 +142,18 @@ class Particles:
         kl: Σ over latent sites of KL(q || p) in closed form where torch registers one,
             log q - log p where it does not (Pyro's ``TraceMeanField_ELBO`` rule).
 
+    Global latents (``global_latents``: name -> value, (K, ...), or as drawn at K = 1, of
+    the sites outside the data plate, shared by every point: a Bayesian decoder's weights,
+    say, and an autoguide's auxiliary sites) are not in ``latents``. In a training objective
+    their log densities are shared out evenly over the data set's points: each point's fields
+    hold 1 / (``scale`` B) of each, so that the batch's total, scaled by ``scale``, counts
+    each once, as Pyro's ELBOs count it. In evaluation (log p(x) per point) they are left
+    out: each particle's global latents are a draw from the guide q(θ), and the weights
+    estimate the predictive density E_q(θ)[p(x | θ)]. Only the ELBO estimators that average
+    one weight per point at a time apply (``Estimator.takes_global_latents``); a K-sample
+    bound or a score-function surrogate of a shared-out share would not estimate the data
+    set's objective.
+
     Gradients: every field is differentiable in the parameters as the traced producer's is,
     through z where z is reparameterized (its total derivative). ``log_prior``, ``log_lik``
     and ``log_q_stopped`` also carry their derivative with respect to z as a tensor (STL and
@@ -160,9 +172,11 @@ class Particles:
         log_q: Field,
         log_q_stopped: Optional[Field] = None,
         kl: Optional[Field] = None,
+        global_latents: Optional[Mapping[str, torch.Tensor]] = None,
     ) -> None:
         self.x = x
         self.latents = dict(latents)
+        self.global_latents = dict(global_latents or {})
         self.scale = float(scale)
         self.kl_weight = 1.0
         # Tensors, or functions computing them on first read (``_LazyField``).
@@ -368,6 +382,79 @@ def _check_data_plate(sites: Sequence[Dict[str, Any]], depth: int) -> None:
             )
 
 
+def _in_data_plate(site: Dict[str, Any], depth: int) -> bool:
+    return -depth in {f.dim for f in site["cond_indep_stack"] if f.name != PARTICLE_PLATE}
+
+
+def _global_sites(guide_sites, model_latent, observed, depth: int) -> List[str]:
+    """The latent sites outside the data plate (global latents shared by every point, and an
+    autoguide's auxiliary sites), refused where a site is inside it in one program and outside
+    it in the other, or where no latent is inside it. Observed sites must be inside it."""
+    _check_data_plate(observed, depth)
+    guide_global = {n for n, s in guide_sites.items() if not _in_data_plate(s, depth)}
+    model_global = {n for n, s in model_latent.items() if not _in_data_plate(s, depth)}
+    mixed = sorted((guide_global ^ model_global) & set(model_latent))
+    if mixed:
+        outside = "model" if mixed[0] in model_global else "guide"
+        inside = "guide" if outside == "model" else "model"
+        raise ProgramError(
+            f"site {mixed[0]!r} is drawn outside the data plate in the {outside} but inside it "
+            f"in the {inside}: draw a latent shared by every data point (a global latent) "
+            "outside the data plate in both, and a latent of each point inside it in both"
+        )
+    if not set(guide_sites) - guide_global:
+        raise ProgramError(
+            f"every latent of the guide ({', '.join(sorted(guide_sites))}) is drawn outside the "
+            "data plate, shared by all points: pyrovae trains and evaluates VAEs, which need a "
+            "latent of each data point drawn inside the data plate (for global latents alone "
+            "use Pyro's SVI)"
+        )
+    return sorted(guide_global)
+
+
+def _autoguides(guide: Callable) -> List[Any]:
+    """The autoguides a guide is, or calls where one can see it: the guide itself, the
+    object whose method it is, an ``AutoGuideList``'s parts, a closure's cells."""
+    from pyro.infer.autoguide import AutoGuide, AutoGuideList
+
+    seen = [guide, getattr(guide, "__self__", None)]
+    for cell in getattr(guide, "__closure__", None) or ():
+        try:
+            seen.append(cell.cell_contents)
+        except ValueError:  # a cell not yet filled
+            pass
+    found = [g for g in seen if isinstance(g, AutoGuide)]
+    found += [part for g in found if isinstance(g, AutoGuideList) for part in g]
+    return [g for g in found if not isinstance(g, AutoGuideList)]
+
+
+def _refuse_local_autoguides(guide: Callable, data_plate: str) -> None:
+    """An autoguide that draws a latent inside the data plate keeps one set of parameters
+    per position of the batch it first saw, which shuffled minibatches would not follow."""
+    for autoguide in _autoguides(guide):
+        trace = getattr(autoguide, "prototype_trace", None)
+        for site in _sample_sites(trace) if trace is not None else ():
+            frames = {f.name for f in site["cond_indep_stack"]}
+            if not site["is_observed"] and data_plate in frames:
+                kind = type(autoguide).__name__
+                raise ProgramError(
+                    f"the autoguide {kind} draws {site['name']!r} inside the data plate "
+                    f"{data_plate!r}: its parameters are one set per point of the batch it "
+                    "first saw, which pyrovae's shuffled minibatches would not follow; write an "
+                    "amortized guide for the latents of each point (computed from x) and give "
+                    f"the autoguide the global latents alone, {kind}(poutine.block(model, "
+                    "expose=[...]))"
+                )
+
+
+def _shared_out(site, log_prob: torch.Tensor, k: int, nesting: int, points: int, factor: float):
+    """A global site's log density, one number per particle, times ``factor`` and given to
+    each of the batch's ``points``: (K, points)."""
+    lp = scale_and_mask(log_prob, 1.0, site["mask"])
+    lp = lp.expand(torch.broadcast_shapes(lp.shape, (k,) + (1,) * nesting))
+    return (lp.reshape(k, -1).sum(1) * factor).unsqueeze(1).expand(k, points)
+
+
 def _data_frame(sites: Sequence[Dict[str, Any]], depth: int):
     """The data plate's frame (name, size, full size) as the sites record it."""
     for site in sites:
@@ -377,8 +464,34 @@ def _data_frame(sites: Sequence[Dict[str, Any]], depth: int):
     return None
 
 
+HELD = "pyrovae_held"  # marks a global latent held at given values (``HeldGlobals``)
+
+
+def _counted(site: Dict[str, Any]) -> bool:
+    """Whether a trace node is a sample site whose density counts: not a plate's subsample
+    draw, not a global latent held at given values."""
+    return site["type"] == "sample" and not site_is_subsample(site) and not site["infer"].get(HELD)
+
+
 def _sample_sites(trace) -> List[Dict[str, Any]]:
-    return [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+    return [s for s in trace.nodes.values() if _counted(s)]
+
+
+class HeldGlobals(Messenger):
+    """Holds a program's global latents at given values (name -> value, drawn from the guide
+    beforehand): their sample statements return the values and drop out of every log density
+    (``_counted``), as if the program had been written for those values. Annealing holds each
+    chain's global latents so (``TracedProducer.holding_globals``), and so does simulation."""
+
+    def __init__(self, values: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.values = dict(values)
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] in self.values:
+            msg["value"] = self.values[msg["name"]]
+            msg["done"] = True
+            msg["infer"] = {**msg["infer"], HELD: True}
 
 
 class _SmallBatch(Exception):
@@ -500,6 +613,7 @@ def _points(particles: Particles, start: int, stop: Optional[int] = None) -> Par
         x=particles.x[cut] if particles.x is not None else None,
         latents={n: v[:, cut] for n, v in particles.latents.items()},
         scale=particles.scale,
+        global_latents=particles.global_latents,
         **{name: field(name) for name in particles._fields},
     )
 
@@ -518,6 +632,7 @@ def joined_particles(parts: Sequence[Particles]) -> Particles:
         x=torch.cat(xs) if all(x is not None for x in xs) else None,
         latents={n: torch.cat([p.latents[n] for p in parts], 1) for n in parts[0].latents},
         scale=parts[0].scale,
+        global_latents=parts[0].global_latents,
         **{name: field(name) for name in parts[0]._fields},
     )
 
@@ -540,14 +655,10 @@ def _checked_sites(guide_trace, model_trace):
             f"the model samples {missing} but the guide does not: every latent of the model "
             "needs a site of the same name in the guide"
         )
-    auxiliary = sorted(n for n, s in guide_sites.items() if s["infer"].get("is_auxiliary"))
-    if auxiliary:
-        raise ProgramError(
-            f"the guide draws auxiliary sites {auxiliary}, as Pyro's autoguides do: autoguides "
-            "are not supported yet; write a guide that draws each latent of the model by name "
-            "(an amortized one, computed from x)"
-        )
-    extra = sorted(set(guide_sites) - set(model_latent))
+    # An autoguide's auxiliary sites (AutoDiagonalNormal's joint draw, say) are the guide's
+    # alone: their density is part of q's, as in Pyro's ELBOs.
+    auxiliary = {n for n, s in guide_sites.items() if s["infer"].get("is_auxiliary")}
+    extra = sorted(set(guide_sites) - set(model_latent) - auxiliary)
     if extra:
         raise ProgramError(
             f"the guide samples {extra} but the model does not: every latent of the guide "
@@ -675,9 +786,11 @@ def traced_particles(
     guide_sites, model_latent, observed = _checked_sites(guide_trace, model_trace)
     every = list(guide_sites.values()) + list(model_latent.values()) + observed
     depth = _data_plate_depth(every)
-    _check_data_plate(every, depth)
+    global_names = _global_sites(guide_sites, model_latent, observed, depth)
     x = _batch_of(args)
     frame = _data_frame(observed, depth)
+    if frame is not None:
+        _refuse_local_autoguides(user_guide, frame.name)
     if caller_scales and scaled:
         _check_not_scaled_up(frame, x)
     if _subsampled(frame, x):  # the points the plate drew, for a neural baseline
@@ -693,9 +806,23 @@ def traced_particles(
         factor = float(site["scale"]) / data_scale if scaled else 1.0
         return lp if factor == 1.0 else lp * factor
 
-    log_q_sites = {n: reduce(s, s["fn"].log_prob(s["value"])) for n, s in guide_sites.items()}
-    log_p_sites = {n: reduce(s, s["fn"].log_prob(s["value"])) for n, s in model_latent.items()}
     log_lik_sites = {s["name"]: reduce(s, s["fn"].log_prob(s["value"])) for s in observed}
+    points = next(iter(log_lik_sites.values())).shape[1]
+
+    def densities(sites: Dict[str, Dict[str, Any]], fn=lambda site: site["fn"]):
+        # Per point; a global site's shared out over the data set where training (its own
+        # scale kept: Particles.scale then counts it once), left out where evaluating.
+        out = {}
+        for n, site in sites.items():
+            lp = fn(site).log_prob(site["value"])
+            if n not in global_names:
+                out[n] = reduce(site, lp)
+            elif scaled:
+                share = float(site["scale"]) / (data_scale * scale * points)
+                out[n] = _shared_out(site, lp, k, nesting, points, share)
+        return out
+
+    log_q_sites, log_p_sites = densities(guide_sites), densities(model_latent)
     _check_shapes({**log_q_sites, **log_p_sites, **log_lik_sites})
 
     def log_q_stopped() -> torch.Tensor:
@@ -715,12 +842,7 @@ def traced_particles(
             replayed = poutine.trace(poutine.replay(guide, trace=guide_trace)).get_trace(
                 *args, **kwargs
             )
-        return _total(
-            {
-                n: reduce(s, replayed.nodes[n]["fn"].log_prob(s["value"]))
-                for n, s in guide_sites.items()
-            }
-        )
+        return _total(densities(guide_sites, lambda site: replayed.nodes[site["name"]]["fn"]))
 
     def kl() -> torch.Tensor:
         # Closed form per site, as TraceMeanField_ELBO: unbiased only when no latent's prior
@@ -747,7 +869,9 @@ def traced_particles(
         latents={
             n: _with_particle_dim(s["value"], s["fn"].event_dim, nesting) if k == 1 else s["value"]
             for n, s in guide_sites.items()
+            if n not in global_names
         },
+        global_latents={n: guide_sites[n]["value"] for n in global_names},
         scale=data_scale * scale,
         log_prior=_total(log_p_sites),
         log_lik=_total(log_lik_sites),
@@ -862,7 +986,7 @@ def traced_prior_latents(
     return {
         s["name"]: s["value"].detach()
         for s in t.nodes.values()
-        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+        if _counted(s) and not s["is_observed"]
     }
 
 
@@ -883,7 +1007,7 @@ def traced_simulation(
         rows = small.subsample_size
     if rows is not None:  # a plate that subsamples: every point, in batches it takes whole
         return _every_point(lambda a: traced_simulation(model, *a), (x_like, *rest), rows, dim=0)
-    sites = [s for s in trace.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+    sites = _sample_sites(trace)
     observed = [s for s in sites if s["infer"].get("was_observed")]
     if len(observed) != 1 or observed[0]["value"].shape != x_like.shape:
         raise ValueError(

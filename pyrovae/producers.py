@@ -22,12 +22,14 @@ an estimator can be computed for a model at all.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
+import copy
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .model import VAE, TwoLayerVAE
 from .particles import (
+    HeldGlobals,
     NotApplicable,
     Particles,
     guess_max_plate_nesting,
@@ -70,6 +72,12 @@ class _ModelDraws:
         the labels it carries for a program that takes them)."""
         x_shape, *rest = self.args(x_like)
         return traced_simulation(self.model, x_shape, *rest)
+
+    def holding_globals(self, x: torch.Tensor, chains: int) -> "_ModelDraws":
+        """This producer with the program's global latents held, for ``chains`` particles of
+        the batch ``x``, at draws from the guide (``TracedProducer``'s); itself where the
+        program has none (the library's VAE)."""
+        return self
 
     def require_continuous(self, x: torch.Tensor, what: str) -> None:
         """Refuse ``what`` (a method that follows gradients in z) for a model with a discrete
@@ -215,6 +223,32 @@ class TracedProducer(_ModelDraws):
     def score(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> Particles:
         """The log densities at given latents (C, B, ...): ``traced_scores``."""
         return traced_scores(self.model, self.guide, self.args(x), latents, self.nesting(x))
+
+    def global_sites(self, x: torch.Tensor) -> List[str]:
+        """The program's global latents (sites outside the data plate, an autoguide's
+        auxiliary ones included), traced on the batch ``x``."""
+        with torch.no_grad(), fork_rng(x.device):
+            return sorted(self(x, None, 1, None).global_latents)
+
+    def holding_globals(self, x: torch.Tensor, chains: int) -> "TracedProducer":
+        """This producer with each of ``chains`` particles' global latents drawn once from the
+        guide and held there (``pyrovae.particles.HeldGlobals``), so that a sampler that moves
+        the local latents (annealing: its chains are the particles) does so given them, and
+        log p(x) is the predictive density E_q(θ)[p(x | θ)], as the importance-weighted
+        estimate's. Itself where the program has no global latent (the random streams then
+        untouched, as for the direct producer)."""
+        if not self.global_sites(x):
+            return self
+        with torch.no_grad():
+            drawn = self(x, None, chains, None).global_latents
+        held = copy.copy(self)
+        held.model, held.guide = HeldGlobals(drawn)(self.model), HeldGlobals(drawn)(self.guide)
+        return held
+
+    def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """(x, latents) drawn from the model, one per row of ``x_like``; a program's global
+        latents drawn once from the guide (what training learnt of them), not the prior."""
+        return _ModelDraws.simulate(self.holding_globals(x_like, 1), x_like)
 
 
 Producer = Union[DirectProducer, GivenInputProducer, TracedProducer]

@@ -116,7 +116,8 @@ def evaluate_program(
         result = estimate_log_likelihood(
             None, None, x, k=o.k, producer=producer, progress=progress, **seeded
         )
-    return dataclasses.replace(result, checkpoint=state["checkpoint"])
+    held = producer.global_sites(x[:1].to(producer.device or x.device)) or None
+    return dataclasses.replace(result, checkpoint=state["checkpoint"], global_latents=held)
 
 
 def simulated_program(run_dir: Union[str, Path], o: Any) -> Tuple[torch.Tensor, Dataset, str]:

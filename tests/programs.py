@@ -19,6 +19,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal
+from pyro.nn import PyroModule, PyroSample, pyro_method
 from torch import nn
 
 
@@ -93,10 +95,12 @@ class LinearGaussianProgram(nn.Module):
         return dist.MultivariateNormal(self.b, covariance_matrix=cov).log_prob(x)
 
 
-def loop_log_px(model, guide, x, k: int) -> torch.Tensor:
+def loop_log_px(model, guide, x, k: int, skip=()) -> torch.Tensor:
     """log (1/K) Σ_k p(x, z_k) / q(z_k | x) per point, as a plain loop over Pyro traces: one
     point and one particle at a time, each a guide trace and a model replay, every site's log
-    density unscaled (``scale`` undone, as log p(x) is the model's own density)."""
+    density unscaled (``scale`` undone, as log p(x) is the model's own density). The sites
+    named in ``skip`` (global latents) are drawn from the guide and left out of the weights:
+    log E_q(θ)[p(x | θ)]."""
     out = []
     for i in range(x.shape[0]):
         log_w = []
@@ -108,7 +112,7 @@ def loop_log_px(model, guide, x, k: int) -> torch.Tensor:
             total = 0.0
             for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
                 for site in trace.nodes.values():
-                    if site["type"] == "sample" and site["name"] != "data":
+                    if site["type"] == "sample" and site["name"] not in ("data", *skip):
                         lp = site["fn"].log_prob(site["value"])
                         if site["mask"] is not None:
                             lp = lp * site["mask"]
@@ -193,3 +197,62 @@ def conditional():
     torch.manual_seed(0)
     vae = ConditionalVAE()
     return Program(vae.model, vae.guide, labels=True)
+
+
+class GlobalBiasVAE(PyroModule):
+    """A linear-Gaussian VAE with a Bayesian decoder bias, as Pyro users declare one: θ ~ N(0,
+    I_D) a ``PyroSample`` shared by every point (drawn outside the data plate), z ~ N(0, I_d),
+    x | z, θ ~ N(W z + θ, σ² I_D). ``local_guide`` is an amortized guide for z alone; the
+    guide of θ is an autoguide (``global_bias``). Under a guide q(θ) = N(m, diag s²), the
+    predictive density of a point is exact: N(x; m, W Wᵀ + diag s² + σ² I)."""
+
+    def __init__(self, x_dim=5, z_dim=2, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.x_dim, self.z_dim = x_dim, z_dim
+        self.W = nn.Parameter(torch.randn(x_dim, z_dim, generator=g))
+        self.log_sigma = nn.Parameter(torch.tensor(-0.3))
+        self.A = nn.Parameter(torch.randn(z_dim, x_dim, generator=g) * 0.1)
+        self.c = nn.Parameter(torch.zeros(z_dim))
+        self.log_diag = nn.Parameter(torch.full((z_dim,), -0.5))
+        self.register_buffer("zero", torch.zeros(x_dim))
+        self.bias = PyroSample(lambda self: dist.Normal(self.zero, 1.0).to_event(1))
+
+    @pyro_method  # the module's samples drawn as in forward
+    def model(self, x):
+        bias = self.bias  # drawn here, outside the data plate: one for every point
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
+            loc = z @ self.W.T + bias
+            pyro.sample("x", dist.Normal(loc, self.log_sigma.exp()).to_event(1), obs=x)
+
+    def local_guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            loc = x @ self.A.T + self.c
+            pyro.sample("z", dist.Normal(loc, self.log_diag.exp()).to_event(1))
+
+    def predictive_log_px(self, x, loc, scale):
+        """log N(x; m, W Wᵀ + diag s² + σ² I) under q(θ) = N(loc, diag scale²), (B,)."""
+        eye = torch.eye(self.x_dim, dtype=x.dtype)
+        cov = self.W @ self.W.T + torch.diag(scale**2) + (2 * self.log_sigma).exp() * eye
+        return dist.MultivariateNormal(loc, covariance_matrix=cov).log_prob(x)
+
+
+def global_bias(autoguide=AutoNormal):
+    """``--model programs:global_bias``: the Bayesian-bias VAE, θ's guide an autoguide of the
+    model with θ alone exposed, beside the amortized guide of z."""
+    torch.manual_seed(0)
+    vae = GlobalBiasVAE()
+    bias_guide = autoguide(poutine.block(vae.model, expose=["bias"]))
+
+    def guide(x):
+        bias_guide(x)
+        vae.local_guide(x)
+
+    guide.bias_guide, guide.vae = bias_guide, vae  # for the tests
+    return vae.model, guide
+
+
+def global_bias_diagonal():
+    """The same with AutoDiagonalNormal, whose joint draw is an auxiliary site."""
+    return global_bias(AutoDiagonalNormal)

@@ -199,3 +199,37 @@ def test_a_program_with_labels_on_data_without_them_is_one_line(tmp_path, capsys
     assert train(tmp_path / "r", "--model", "programs:conditional", "--epochs", "1") == 2
     err = capsys.readouterr().err.strip()
     assert "the program takes labels" in err and "has none" in err and len(err.splitlines()) == 1
+
+
+def test_a_program_with_a_global_latent_from_the_command_line(tmp_path, capsys):
+    """A Bayesian bias guided by an autoguide: trains with an estimator that takes global
+    latents, resumes exactly, evaluates by IW and AIS saying what log p(x) then is, samples;
+    what does not apply is one line and status 2."""
+    spec = ["--model", "programs:global_bias", "--estimator", "stl"]
+    assert train(tmp_path / "a", *spec, "--epochs", "2") == 0
+    assert train(tmp_path / "b", *spec, "--epochs", "1") == 0
+    assert train(tmp_path / "b", "--resume", "--epochs", "2") == 0
+    straight, resumed = params(tmp_path / "a"), params(tmp_path / "b")
+    assert any("bias" in name for name in straight)  # the autoguide's q(θ) is saved
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    run = str(tmp_path / "a")
+    capsys.readouterr()
+    assert main(["evaluate", run, "--k", "200", "--n", "10", "--json", "--quiet"]) == 0
+    iw = json.loads(capsys.readouterr().out)
+    assert iw["global_latents"] == ["bias", "bias_unconstrained"]
+    ais = ["--method", "ais", "--init", "guide", "--steps", "50", "--chains", "20"]
+    assert main(["evaluate", run, "--n", "10", *ais, "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "log p(x) = log E_q(θ)[p(x | θ)]" in said
+    annealed = float(re.search(r"log p\(x\), AIS[^\n]*?(-?\d+\.\d+) ±", said).group(1))
+    assert abs(iw["log_px"] - annealed) < 1.0
+    assert main(["sample", run, "--n", "30"]) == 0
+    capsys.readouterr()
+    assert main(["bdmc", run, "--n", "4", "--steps", "5", "--chains", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "BDMC is not supported for a program with global latents (bias" in err
+    assert len(err.splitlines()) == 1
+    assert train(tmp_path / "c", "--model", "programs:global_bias", "--estimator", "iwae") == 2
+    err = capsys.readouterr().err.strip()
+    assert "global latents (bias, bias_unconstrained)" in err and "use pathwise or stl" in err

@@ -16,6 +16,7 @@ subsamples, code that indexes with a (B, D) mask) train and evaluate (issue 26):
 import pyro
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO
 
 from pyrovae import TrainConfig, estimate_log_likelihood, make_estimator, train
@@ -23,7 +24,7 @@ from pyrovae.data import Dataset
 from pyrovae.particles import ProgramError, guess_max_plate_nesting, traced_particles
 from pyrovae.producers import make_producer
 
-from programs import LinearGaussianProgram, loop_log_px
+from programs import LinearGaussianProgram, global_bias, global_bias_diagonal, loop_log_px
 
 STYLES = {
     "plain": {},
@@ -166,10 +167,140 @@ def test_each_program_trains_and_resumes_exactly(style, tmp_path):
     assert all(torch.isfinite(torch.tensor(m["valid_elbo"])) for m in result.metrics)
 
 
-def test_autoguides_and_global_latents_are_refused_naming_the_site():
-    """Not supported yet (issue 26's next part): refused with the site and what to write."""
+GLOBALS = {"autonormal": global_bias, "autodiagonalnormal": global_bias_diagonal}
+
+
+def _global_and_local(model, guide, x):
+    """(Σ log p - log q over the global sites, the same over the rest), from one guide trace
+    and one model replay, as Pyro's ELBOs trace them."""
+    guide_trace = poutine.trace(guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    parts = {True: 0.0, False: 0.0}
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        for site in trace.nodes.values():
+            if site["type"] == "sample" and site["name"] != "data":
+                shared = not any(f.name == "data" for f in site["cond_indep_stack"])
+                parts[shared] = parts[shared] + sign * site["fn"].log_prob(site["value"]).sum()
+    return parts[True], parts[False]
+
+
+@pytest.mark.parametrize("guide_kind", GLOBALS)
+def test_a_global_latent_counts_once_in_the_loss_as_pyros_elbo_counts_it(guide_kind):
+    """A Bayesian bias (``PyroSample``) guided by an autoguide beside an amortized guide of z:
+    the pathwise loss and its gradients are ``Trace_ELBO``'s at the same random numbers; under
+    the trainer's N / B the local terms are scaled and the global ones counted once."""
+    pyro.clear_param_store()
+    model, guide = GLOBALS[guide_kind]()
+    x = data().float()
+    guide(x)  # the autoguide's parameters, made (and drawn) on first use
+    pyro.set_rng_seed(4)
+    expected = Trace_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, x)
+    pyro.set_rng_seed(4)
+    particles = traced_particles(model, guide, (x,), max_plate_nesting=1)
+    assert "bias" in particles.global_latents and list(particles.latents) == ["z"]
+    loss = make_estimator("pathwise")(particles)[0]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    params = [p for p in guide.vae.parameters()] + list(guide.bias_guide.parameters())
+    for a, b in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params)):
+        torch.testing.assert_close(a, b)
+    pyro.set_rng_seed(4)
+    scaled = make_estimator("pathwise")(traced_particles(model, guide, (x,), scale=6.0))[0]
+    pyro.set_rng_seed(4)
+    shared, local = _global_and_local(model, guide, x)
+    assert scaled.item() == pytest.approx(-(6.0 * local + shared).item(), rel=1e-6)
+
+
+def test_only_estimators_of_one_weight_per_point_take_global_latents():
+    from pyrovae import ESTIMATORS
+    from pyrovae.particles import NotApplicable
+    from pyrovae.producers import applies
+
+    pyro.clear_param_store()
+    model, guide = global_bias()
+    producer, x = make_producer((model, guide)), data().float()
+    taken = {n for n in ESTIMATORS.names() if applies(producer, make_estimator(n), x)}
+    assert taken == {"pathwise", "stl"}
+    with pytest.raises(NotApplicable, match=r"global latents \(bias, bias_unconstrained\)"):
+        make_estimator("iwae")(producer(x, 10, 5, True))
+
+
+def _q_theta(bias_guide, loc, scale):
+    """Set the autoguide's q(θ) to N(loc, diag scale²)."""
+    from pyro.infer.autoguide import AutoNormal
+    from torch.distributions import biject_to
+
+    if isinstance(bias_guide, AutoNormal):
+        places = ((bias_guide.locs, "bias", loc), (bias_guide.scales, "bias", scale))
+    else:
+        places = ((bias_guide, "loc", loc), (bias_guide, "scale", scale))
+    with torch.no_grad():
+        for module, name, value in places:
+            if name in module._pyro_params:  # a PyroParam: held unconstrained
+                constraint = module._pyro_params[name][0]
+                getattr(module, name + "_unconstrained").copy_(biject_to(constraint).inv(value))
+            else:
+                getattr(module, name).copy_(value)
+
+
+@pytest.mark.parametrize("guide_kind", GLOBALS)
+def test_log_px_with_a_global_latent_is_the_exact_predictive_density(guide_kind):
+    """IW (and AIS, each chain holding its own draw of θ) estimate log E_q(θ)[p(x | θ)],
+    exact here: N(x; m, W Wᵀ + diag s² + σ² I). A separate loop over Pyro traces agrees."""
+    from pyrovae import ais_log_likelihood
+
+    pyro.clear_param_store()
+    model, guide = GLOBALS[guide_kind]()
+    x = data(6).float()
+    guide(x)  # the autoguide's parameters, made on first use
+    loc, scale = torch.linspace(-0.5, 0.5, 5), torch.full((5,), 0.3)
+    _q_theta(guide.bias_guide, loc, scale)
+    exact = guide.vae.predictive_log_px(x, loc, scale).detach().double()
+    pyro.set_rng_seed(0)
+    iw = estimate_log_likelihood(model, guide, x, k=20000, progress=False)
+    torch.testing.assert_close(iw.per_point_log_px, exact, rtol=0, atol=0.05)
+    assert iw.elbo < iw.log_px
+    pyro.set_rng_seed(0)
+    ais = ais_log_likelihood((model, guide), x, steps=100, chains=400, leapfrog=5,
+                             init="guide", progress=False)  # fmt: skip
+    # (θ varies per chain: a point far from the data's bulk has a heavy-tailed average.)
+    assert ((ais.per_point_log_px - exact).abs() <= 4 * ais.per_point_mc_stderr + 0.02).all()
+    pyro.set_rng_seed(0)
+    loop = loop_log_px(model, guide, x[:2], k=3000, skip=("bias", "bias_unconstrained",
+                       "_AutoDiagonalNormal_latent"))  # fmt: skip
+    torch.testing.assert_close(loop.double(), exact[:2], rtol=0, atol=0.1)
+
+
+@pytest.mark.parametrize("guide_kind", GLOBALS)
+def test_a_global_latent_program_trains_and_resumes_exactly(guide_kind, tmp_path):
+    x = data(60).float()
+    dataset = Dataset("programs", x[:40], x[40:50], x[50:], binary=False)
+    cfg = dict(dataset="programs", batch_size=10, lr=1e-2, seed=2, estimator="stl")
+
+    def parameters(guide):
+        return list(guide.vae.parameters()) + list(guide.bias_guide.parameters())
+
+    pyro.clear_param_store()
+    model, straight = GLOBALS[guide_kind]()
+    train(TrainConfig(epochs=2, **cfg), (model, straight), tmp_path / "a", progress=False,
+          data=dataset)  # fmt: skip
+    pyro.clear_param_store()
+    model, first = GLOBALS[guide_kind]()
+    train(TrainConfig(epochs=1, **cfg), (model, first), tmp_path / "b", progress=False,
+          data=dataset)  # fmt: skip
+    pyro.clear_param_store()
+    model, again = GLOBALS[guide_kind]()
+    result = train(TrainConfig(epochs=2, **cfg), (model, again), tmp_path / "b", resume=True,
+                   progress=False, data=dataset)  # fmt: skip
+    for a, b in zip(parameters(straight), parameters(again)):
+        assert torch.equal(a, b)
+    assert result.metrics[-1]["valid_elbo"] > result.metrics[0]["valid_elbo"] - 5
+
+
+def test_what_pyrovae_cannot_do_with_global_latents_is_refused_naming_the_site():
     import pyro.distributions as dist
     from pyro.infer.autoguide import AutoNormal
+
+    from pyrovae import bdmc
 
     def model(x):
         bias = pyro.sample("bias", dist.Normal(0.0, 1.0))  # a global latent
@@ -179,16 +310,31 @@ def test_autoguides_and_global_latents_are_refused_naming_the_site():
             pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
 
     x = data()
-    with pytest.raises(ProgramError, match="auxiliary sites .* autoguides are not supported"):
+    # An autoguide of the whole model: z's parameters would be one set per batch position.
+    with pytest.raises(ProgramError, match="AutoNormal draws 'z' inside the data plate 'data'"):
         traced_particles(model, AutoNormal(model), (x,))
 
-    def guide(x):
-        pyro.sample("bias", dist.Normal(0.0, 1.0))
+    def local_bias(x):
         with pyro.plate("data", x.shape[0]):
+            pyro.sample("bias", dist.Normal(0.0, 1.0))
             pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
 
-    with pytest.raises(ProgramError, match="sample site 'bias' is not inside a data plate"):
-        traced_particles(model, guide, (x,))
+    with pytest.raises(ProgramError, match="'bias' is drawn outside the data plate in the model"):
+        traced_particles(model, local_bias, (x,), max_plate_nesting=1)
+
+    def regression(x):  # no latent of each point: Bayesian regression, not a VAE
+        bias = pyro.sample("bias", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(bias, 1.0).expand(x.shape).to_event(1), obs=x)
+
+    def bias_guide(x):
+        pyro.sample("bias", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ProgramError, match="every latent of the guide .bias. is drawn outside"):
+        traced_particles(regression, bias_guide, (x,))
+    pyro.clear_param_store()
+    with pytest.raises(ProgramError, match=r"BDMC is not supported .* global latents \(bias"):
+        bdmc(global_bias(), data(4).float(), steps=2, chains=2, k=2, progress=False)
 
 
 @pytest.mark.parametrize("style", ["nested", "kl-annealed", "scaled", "subsampled"])

@@ -25,7 +25,7 @@ from pyro.infer.util import torch_item
 from torch import nn
 
 from ..config import Rule
-from ..particles import Particles, guess_max_plate_nesting, traced_particles
+from ..particles import NotApplicable, Particles, guess_max_plate_nesting, traced_particles
 
 ELBO_OBJECTIVE = "ELBO = E_q[log p(x,z) - log q(z|x)]"
 BOUND_OBJECTIVE = "K-sample bound E[log (1/K) sum_k p(x,z_k)/q(z_k|x)]"
@@ -61,6 +61,11 @@ class Estimator(nn.Module):
         supports_warmup: whether it differentiates the KL warm-up objective when
             ``Particles.kl_weight`` β < 1 (reporting the true one); the trainer refuses
             ``warmup`` with an estimator that does not.
+        takes_global_latents: whether it estimates the data set's objective when the
+            particles share global latents' densities out over the points (an average of one
+            weight per point at a time does; a K-sample bound or a score-function surrogate
+            of the shares would not). Refused otherwise (``NotApplicable``), so that a
+            user's own estimator is safe by default.
 
     Args:
         num_particles: K, samples of z per data point per step.
@@ -73,6 +78,7 @@ class Estimator(nn.Module):
     default_particles: ClassVar[int] = 1
     min_particles: ClassVar[int] = 1
     supports_warmup: ClassVar[bool] = False
+    takes_global_latents: ClassVar[bool] = False
 
     def __init__(self, num_particles: Optional[int] = None) -> None:
         super().__init__()
@@ -86,6 +92,15 @@ class Estimator(nn.Module):
             )
         self.num_particles = k
         self._elbo: Optional[EstimatorELBO] = None
+
+    def __call__(self, particles: Particles, *args, **kwargs) -> Output:
+        if particles.global_latents and not self.takes_global_latents:
+            raise NotApplicable(
+                f"the program has global latents ({', '.join(particles.global_latents)}), "
+                f"which the {self.name or type(self).__name__} estimator cannot take: its "
+                "objective is not a sum of one weight per data point; use pathwise or stl"
+            )
+        return super().__call__(particles, *args, **kwargs)
 
     def forward(self, particles: Particles, update_state: bool = True) -> Output:
         """(loss, surrogate) for a batch's particles: scalars, the loss minus the objective

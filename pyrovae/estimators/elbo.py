@@ -29,6 +29,7 @@ class Pathwise(Estimator):
     """Reparameterized Monte Carlo ELBO with a Monte Carlo KL."""
 
     supports_warmup = True
+    takes_global_latents = True
     gradient = "pathwise (reparameterized z)"
 
     def forward(self, particles, update_state: bool = True) -> Output:
@@ -60,6 +61,7 @@ class StickingTheLanding(Estimator):
     """ "Sticking the landing": pathwise with the score term of q dropped."""
 
     supports_warmup = True
+    takes_global_latents = True
     gradient = "pathwise with the score term of q dropped (sticking the landing)"
 
     def forward(self, particles, update_state: bool = True) -> Output:

@@ -33,6 +33,7 @@ import torch
 
 from ..config import Rule
 from ..data import as_data_tensor
+from ..particles import ProgramError
 from ..producers import Producer, make_producer
 from ..runtime import progress_bar
 from ..threads import share_cores
@@ -87,6 +88,9 @@ class AISResult:
     producer: Optional[str] = None
     checkpoint: Optional[str] = None  # the run's checkpoint evaluated (best, last), if any
     refine_steps: Optional[int] = None  # the guide annealed from, refined by so many steps
+    # A program's global latents, held at the guide's draws: log p(x) is then the predictive
+    # log E_q(θ)[p(x | θ)] (``pyrovae.particles.Particles``).
+    global_latents: Optional[List[str]] = None
     bits_per_dim: Optional[float] = None
     bits_per_dim_stderr: Optional[float] = None
     exact_log_px: Optional[float] = None
@@ -101,7 +105,7 @@ class AISResult:
         d = {"method": "ais", **asdict(self)}
         for key in ("per_point_log_px", "per_point_mc_stderr", "per_point_acceptance"):
             d.pop(key)
-        for key in ("checkpoint", "refine_steps"):
+        for key in ("checkpoint", "refine_steps", "global_latents"):
             if d[key] is None:
                 d.pop(key)
         for key in ("bits_per_dim", "exact_log_px"):
@@ -183,7 +187,9 @@ def _anneal(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """AIS for one batch x (B, ...) along ``betas``: (log weights (C, B), mean acceptance per
     point (B,)). The chains start at ``start`` (name -> (C, B, ...)) where given, else at
-    draws from p_0 (the prior or the guide, as ``init`` says)."""
+    draws from p_0 (the prior or the guide, as ``init`` says). A program's global latents
+    are held at one draw from the guide per chain (``holding_globals``)."""
+    producer = producer.holding_globals(x, chains)
     with torch.no_grad():
         if start is not None:
             start = {k: v.detach() for k, v in start.items()}
@@ -389,6 +395,20 @@ class BDMCResult:
         return d
 
 
+def _refuse_global_latents(producer: Producer, x: torch.Tensor) -> None:
+    """BDMC needs the simulating latents to be an exact posterior draw of the model it
+    anneals: refused for a program with global latents, whose annealing holds them at the
+    guide's draws."""
+    names = producer.global_sites(x) if hasattr(producer, "global_sites") else []
+    if names:
+        raise ProgramError(
+            f"BDMC is not supported for a program with global latents ({', '.join(names)}): "
+            "its sandwich needs data simulated from the very model each chain anneals, and "
+            "each chain holds the global latents at its own draw from the guide; use evaluate "
+            "(importance weighting, or --ais) instead"
+        )
+
+
 def bdmc(
     producer: Any,
     x_like: torch.Tensor,
@@ -412,6 +432,7 @@ def bdmc(
     producer = as_producer(producer)
     x_like = x_like.to(getattr(producer, "device", None) or x_like.device)
     producer.require_continuous(x_like[:1], "BDMC's annealed importance sampling (HMC)")
+    _refuse_global_latents(producer, x_like[:1])
     x, truth = producer.simulate(x_like)
     forward = ais_log_likelihood(
         producer, x, steps, chains, leapfrog, "prior", "sigmoid", step_size, chain_pairs, progress

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from pyro import poutine
@@ -134,6 +134,9 @@ class LogLikelihood:
     producer: Optional[str] = None
     checkpoint: Optional[str] = None  # the run's checkpoint evaluated (best, last), if any
     refine_steps: Optional[int] = None  # the proposal refined per point by this many steps
+    # A program's global latents, held at the guide's draws: log p(x) is then the predictive
+    # log E_q(θ)[p(x | θ)] (``pyrovae.particles.Particles``).
+    global_latents: Optional[List[str]] = None
     bits_per_dim: Optional[float] = None
     bits_per_dim_stderr: Optional[float] = None
     per_point_log_px: Optional[torch.Tensor] = None
@@ -151,7 +154,7 @@ class LogLikelihood:
         if d["bits_per_dim"] is None:
             d.pop("bits_per_dim")
             d.pop("bits_per_dim_stderr")
-        for key in ("checkpoint", "refine_steps"):
+        for key in ("checkpoint", "refine_steps", "global_latents"):
             if d[key] is None:
                 d.pop(key)
         return d
