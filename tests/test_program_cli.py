@@ -233,3 +233,38 @@ def test_a_program_with_a_global_latent_from_the_command_line(tmp_path, capsys):
     assert train(tmp_path / "c", "--model", "programs:global_bias", "--estimator", "iwae") == 2
     err = capsys.readouterr().err.strip()
     assert "global latents (bias, bias_unconstrained)" in err and "use pathwise or stl" in err
+
+
+def test_the_readmes_global_latent_program_trains_and_says_what_log_p_x_is(
+    tmp_path, monkeypatch, capsys
+):
+    import pyro
+    from pyro.infer import Trace_ELBO
+
+    from pyrovae import make_estimator
+    from pyrovae.producers import make_producer
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if "class BayesianBiasVAE(" in b]
+    (tmp_path / "readme_bias.py").write_text(block)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    flags = ["--model", "readme_bias:make", "--dataset", "binarized-mnist", "--data-dir",
+             str(BMNIST), "--n-train", "200", "--n-eval", "40", "--batch-size", "50",
+             "--estimator", "stl", "--quiet", "--threads", "1"]  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["train", *flags, "--epochs", "1", "--run-dir", str(run)]) == 0
+    assert main(["train", "--resume", "--run-dir", str(run), "--epochs", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--k", "10", "--n", "20", "--quiet"]) == 0
+    assert "log p(x) = log E_q(θ)[p(x | θ)]" in capsys.readouterr().out
+    import readme_bias
+
+    pyro.clear_param_store()
+    model, guide = readme_bias.make()
+    x = torch.bernoulli(torch.full((8, 784), 0.3))
+    guide(x)  # the autoguide's parameters, made on first use
+    pyro.set_rng_seed(0)
+    expected = Trace_ELBO(max_plate_nesting=1).loss(model, guide, x)
+    pyro.set_rng_seed(0)
+    particles = make_producer((model, guide), "traced", 1)(x, 8, 1, True)
+    assert make_estimator("pathwise")(particles)[0].item() == pytest.approx(expected, rel=1e-5)
