@@ -415,25 +415,35 @@ def _global_sites(guide_sites, model_latent, observed, depth: int) -> List[str]:
 def _autoguides(guide: Callable) -> List[Any]:
     """The autoguides a guide is, or calls where one can see it: the guide itself, the
     object whose method it is, an ``AutoGuideList``'s parts, a closure's cells."""
-    from pyro.infer.autoguide import AutoGuide, AutoGuideList
+    from pyro.infer.autoguide import AutoGuide, AutoGuideList, AutoMessenger
 
-    seen = [guide, getattr(guide, "__self__", None)]
-    for cell in getattr(guide, "__closure__", None) or ():
-        try:
-            seen.append(cell.cell_contents)
-        except ValueError:  # a cell not yet filled
-            pass
-    found = [g for g in seen if isinstance(g, AutoGuide)]
+    seen: List[Any] = []
+    for fn in (guide, getattr(guide, "__wrapped__", None)):  # (a wrapper: what it wraps)
+        seen += [fn, getattr(fn, "__self__", None)]
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                seen.append(cell.cell_contents)
+            except ValueError:  # a cell not yet filled
+                pass
+    found = [g for g in seen if isinstance(g, (AutoGuide, AutoMessenger))]
     found += [part for g in found if isinstance(g, AutoGuideList) for part in g]
     return [g for g in found if not isinstance(g, AutoGuideList)]
 
 
-def _refuse_local_autoguides(guide: Callable, data_plate: str) -> None:
+def _refuse_local_autoguides(guide: Callable, guide_sites, data_plate: str) -> None:
     """An autoguide that draws a latent inside the data plate keeps one set of parameters
-    per position of the batch it first saw, which shuffled minibatches would not follow."""
+    per position of the batch it first saw, which shuffled minibatches would not follow.
+    (An ``AutoGuide``'s sites are those of its prototype trace; an ``AutoMessenger``'s, the
+    guide's sites it drew, which carry their prior in ``infer``.)"""
+    from pyro.infer.autoguide import AutoMessenger
+
     for autoguide in _autoguides(guide):
-        trace = getattr(autoguide, "prototype_trace", None)
-        for site in _sample_sites(trace) if trace is not None else ():
+        if isinstance(autoguide, AutoMessenger):
+            sites = [s for s in guide_sites.values() if "prior" in s["infer"]]
+        else:
+            trace = getattr(autoguide, "prototype_trace", None)
+            sites = _sample_sites(trace) if trace is not None else []
+        for site in sites:
             frames = {f.name for f in site["cond_indep_stack"]}
             if not site["is_observed"] and data_plate in frames:
                 kind = type(autoguide).__name__
@@ -790,7 +800,7 @@ def traced_particles(
     x = _batch_of(args)
     frame = _data_frame(observed, depth)
     if frame is not None:
-        _refuse_local_autoguides(user_guide, frame.name)
+        _refuse_local_autoguides(user_guide, guide_sites, frame.name)
     if caller_scales and scaled:
         _check_not_scaled_up(frame, x)
     if _subsampled(frame, x):  # the points the plate drew, for a neural baseline

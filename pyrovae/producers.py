@@ -39,7 +39,7 @@ from .particles import (
     traced_scores,
     traced_simulation,
 )
-from .program import Program, as_program
+from .program import Program, as_program, call_args
 from .runtime import fork_rng, module_device
 
 if TYPE_CHECKING:
@@ -180,10 +180,8 @@ class TracedProducer(_ModelDraws):
 
     def args(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """The model's and guide's arguments for the batch ``x``: ``(x,)``, or ``(x, y)`` for
-        a program with labels (``pyrovae.program.Program.args``)."""
-        if not self.labels:
-            return (x,)
-        return x[:, :-1], x[:, -1].round().long()
+        a program with labels (``pyrovae.program.call_args``)."""
+        return call_args(x, bool(self.labels))
 
     @property
     def device(self) -> Optional[torch.device]:

@@ -13,6 +13,7 @@ searched first.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -21,7 +22,7 @@ import sysconfig
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 
@@ -37,12 +38,14 @@ class Program:
             x (B, D), every sample site inside one data plate (the leftmost of their plates).
         labels: call them as ``model(x, y)`` and ``guide(x, y)``, y (B,) int64 the points'
             labels (``Dataset.labels``; -1 where a point has none): a conditional model, or
-            one with labels as observed sites.
+            one with labels as observed sites. A name instead of True passes y by that
+            keyword, ``model(x, digit=y)`` for ``labels="digit"`` (``model`` and ``guide``
+            then hold them so wrapped, ``LabelsByKeyword``).
     """
 
     model: Callable
     guide: Callable
-    labels: bool = False
+    labels: Union[bool, str] = False
 
     def __post_init__(self) -> None:
         for name in ("model", "guide"):
@@ -50,15 +53,45 @@ class Program:
                 raise ProgramError(
                     f"the {name} must be a Pyro program (a callable), got {getattr(self, name)!r}"
                 )
-        if not isinstance(self.labels, bool):
-            raise ProgramError(f"labels must be True or False, got {self.labels!r}")
+        keyword = isinstance(self.labels, str) and self.labels.isidentifier()
+        if not isinstance(self.labels, bool) and not keyword:
+            raise ProgramError(
+                f"labels must be True, False or the name of the keyword argument that takes "
+                f"them, got {self.labels!r}"
+            )
+        if keyword:  # (frozen: set once, here)
+            for name in ("model", "guide"):
+                object.__setattr__(self, name, LabelsByKeyword(getattr(self, name), self.labels))
 
     def args(self, batch: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """The arguments of a call on ``batch``, (B, D) or, with labels, (B, D + 1) whose
-        last column holds them (how pyrovae carries a point's fields in one tensor)."""
-        if not self.labels:
-            return (batch,)
-        return batch[:, :-1], batch[:, -1].round().long()
+        """The arguments of a call on ``batch`` (``call_args``)."""
+        return call_args(batch, bool(self.labels))
+
+
+def call_args(batch: torch.Tensor, labels: bool) -> Tuple[torch.Tensor, ...]:
+    """The arguments pyrovae calls a program with on ``batch``: ``(x,)`` for a batch (B, D),
+    or, with ``labels``, ``(x, y)`` for a batch (B, D + 1) whose last column holds them (how
+    pyrovae carries a point's fields in one tensor, ``with_labels``)."""
+    if not labels:
+        return (batch,)
+    return batch[:, :-1], batch[:, -1].round().long()
+
+
+class LabelsByKeyword:
+    """A program that takes the labels by keyword, ``fn(x, **{name: y})``, called as
+    pyrovae calls one that takes them, ``fn(x, y)``. Its names, and the module whose method it
+    is (``__self__``: its parameters and device), are ``fn``'s."""
+
+    def __init__(self, fn: Callable, name: str) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn, self.name = fn, name
+
+    @property
+    def __self__(self) -> Any:
+        return getattr(self.fn, "__self__", None)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(x, *args, **{self.name: y}, **kwargs)
 
 
 def as_program(made: Any, what: str = "model") -> Program:

@@ -190,6 +190,13 @@ class ConditionalVAE(nn.Module):
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
 
+    def keyword_model(self, x, *, digit):  # the label by keyword only
+        self.model(x, digit)
+
+    def keyword_guide(self, x, *, digit):
+        self.guide(x, digit)
+
+
 def conditional():
     """``pyrovae train --model programs:conditional``: the program takes the points' labels."""
     from pyrovae import Program
@@ -197,6 +204,15 @@ def conditional():
     torch.manual_seed(0)
     vae = ConditionalVAE()
     return Program(vae.model, vae.guide, labels=True)
+
+
+def conditional_by_keyword():
+    """The same program, taking the labels by keyword: ``model(x, digit=y)``."""
+    from pyrovae import Program
+
+    torch.manual_seed(0)
+    vae = ConditionalVAE()
+    return Program(vae.keyword_model, vae.keyword_guide, labels="digit")
 
 
 class GlobalBiasVAE(PyroModule):

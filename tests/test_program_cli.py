@@ -193,6 +193,13 @@ def test_a_conditional_program_takes_the_labels_and_evaluates_log_p_x_given_y(tm
     assert json.loads(capsys.readouterr().out)["log_px"] < 0
     assert main(["sample", str(a), "--n", "20"]) == 0
     assert (a / "figures" / "samples.png").stat().st_size > 0
+    # The same program taking the labels by keyword, model(x, digit=y): the same run.
+    flags[1] = "programs:conditional_by_keyword"
+    c = tmp_path / "c"
+    assert main(["train", *flags, "--epochs", "2", "--run-dir", str(c)]) == 0
+    for name, value in params(a).items():
+        assert torch.equal(value, params(c)[name]), name
+    assert main(["evaluate", str(c), "--k", "20", "--n", "10", "--json", "--quiet"]) == 0
 
 
 def test_a_program_with_labels_on_data_without_them_is_one_line(tmp_path, capsys):
@@ -268,3 +275,34 @@ def test_the_readmes_global_latent_program_trains_and_says_what_log_p_x_is(
     pyro.set_rng_seed(0)
     particles = make_producer((model, guide), "traced", 1)(x, 8, 1, True)
     assert make_estimator("pathwise")(particles)[0].item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "program",
+    ["nested", "kl_annealed", "scaled", "subsampled", "global_bias", "global_bias_diagonal"],
+)
+def test_every_estimator_trains_a_program_from_the_command_line_or_says_why_not(
+    program, tmp_path, capsys
+):
+    """Each registered estimator, named with --estimator, trains the program for an epoch
+    where it applies (``pyrovae.producers.applies`` on the program's particles), and where it
+    does not, training stops before it starts with one line naming it, status 2."""
+    from pyrovae import ESTIMATORS, make_estimator
+    from pyrovae.producers import applies, make_producer
+
+    import programs
+
+    model, guide = getattr(programs, program)()
+    x = torch.randn(20, 5)
+    trained = []
+    for name in ESTIMATORS.names():
+        applicable = applies(make_producer((model, guide)), make_estimator(name), x)
+        run = tmp_path / name
+        status = train(run, "--model", f"programs:{program}", "--estimator", name, "--epochs", "1")
+        err = capsys.readouterr().err.strip()
+        if applicable:
+            assert status == 0, (name, err)
+            trained.append(name)
+        else:
+            assert status == 2 and len(err.splitlines()) == 1 and name in err, (name, err)
+    assert {"pathwise", "stl"} <= set(trained)

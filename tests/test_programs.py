@@ -13,11 +13,19 @@ subsamples, code that indexes with a (B, D) mask) train and evaluate (issue 26):
 - each trains through ``train`` and resumes exactly.
 """
 
+from functools import partial
+
 import pyro
 import pytest
 import torch
 from pyro import poutine
 from pyro.infer import RenyiELBO, Trace_ELBO
+from pyro.infer.autoguide import (
+    AutoDelta,
+    AutoLowRankMultivariateNormal,
+    AutoNormal,
+    AutoNormalMessenger,
+)
 
 from pyrovae import TrainConfig, estimate_log_likelihood, make_estimator, train
 from pyrovae.data import Dataset
@@ -167,7 +175,13 @@ def test_each_program_trains_and_resumes_exactly(style, tmp_path):
     assert all(torch.isfinite(torch.tensor(m["valid_elbo"])) for m in result.metrics)
 
 
-GLOBALS = {"autonormal": global_bias, "autodiagonalnormal": global_bias_diagonal}
+GLOBALS = {
+    "autonormal": global_bias,
+    "autodiagonalnormal": global_bias_diagonal,
+    "autodelta": partial(global_bias, AutoDelta),
+    "autolowrank": partial(global_bias, AutoLowRankMultivariateNormal),
+    "autonormalmessenger": partial(global_bias, AutoNormalMessenger),
+}
 
 
 def _global_and_local(model, guide, x):
@@ -226,7 +240,6 @@ def test_only_estimators_of_one_weight_per_point_take_global_latents():
 
 def _q_theta(bias_guide, loc, scale):
     """Set the autoguide's q(θ) to N(loc, diag scale²)."""
-    from pyro.infer.autoguide import AutoNormal
     from torch.distributions import biject_to
 
     if isinstance(bias_guide, AutoNormal):
@@ -242,7 +255,7 @@ def _q_theta(bias_guide, loc, scale):
                 getattr(module, name).copy_(value)
 
 
-@pytest.mark.parametrize("guide_kind", GLOBALS)
+@pytest.mark.parametrize("guide_kind", ["autonormal", "autodiagonalnormal"])
 def test_log_px_with_a_global_latent_is_the_exact_predictive_density(guide_kind):
     """IW (and AIS, each chain holding its own draw of θ) estimate log E_q(θ)[p(x | θ)],
     exact here: N(x; m, W Wᵀ + diag s² + σ² I). A separate loop over Pyro traces agrees."""
@@ -298,7 +311,6 @@ def test_a_global_latent_program_trains_and_resumes_exactly(guide_kind, tmp_path
 
 def test_what_pyrovae_cannot_do_with_global_latents_is_refused_naming_the_site():
     import pyro.distributions as dist
-    from pyro.infer.autoguide import AutoNormal
 
     from pyrovae import bdmc
 
@@ -313,6 +325,9 @@ def test_what_pyrovae_cannot_do_with_global_latents_is_refused_naming_the_site()
     # An autoguide of the whole model: z's parameters would be one set per batch position.
     with pytest.raises(ProgramError, match="AutoNormal draws 'z' inside the data plate 'data'"):
         traced_particles(model, AutoNormal(model), (x,))
+    pyro.clear_param_store()
+    with pytest.raises(ProgramError, match="AutoNormalMessenger draws 'z' inside the data"):
+        traced_particles(model, AutoNormalMessenger(model), (x,))
 
     def local_bias(x):
         with pyro.plate("data", x.shape[0]):
@@ -373,3 +388,22 @@ def test_every_estimator_that_applies_trains_each_program(style, tmp_path):
     particles = make_producer((program.model, program.guide))(data(), 10, 1, False)
     loss = make_estimator("score-function")(particles)[0].item()
     assert loss == pytest.approx(expected, rel=1e-8)
+
+
+def test_labels_by_keyword_reach_the_program_as_by_position():
+    """``Program(model, guide, labels="digit")`` calls ``model(x, digit=y)``: its particles are
+    those of the same program taking y by position; a bad name is one line."""
+    from pyrovae import Program
+    from pyrovae.program import with_labels
+
+    from programs import conditional, conditional_by_keyword
+
+    x = torch.bernoulli(torch.full((5, 784), 0.3))
+    batch = with_labels(x, torch.tensor([0, 3, 9, 3, 1]))
+    out = []
+    for factory in (conditional, conditional_by_keyword):
+        pyro.set_rng_seed(0)
+        out.append(make_producer(factory())(batch, 5, 3, True))
+    torch.testing.assert_close(out[0].log_w, out[1].log_w)
+    with pytest.raises(ProgramError, match="labels must be True, False or the name"):
+        Program(lambda x: None, lambda x: None, labels="not a name")
