@@ -465,6 +465,14 @@ def _shared_out(site, log_prob: torch.Tensor, k: int, nesting: int, points: int,
     return (lp.reshape(k, -1).sum(1) * factor).unsqueeze(1).expand(k, points)
 
 
+def local_guide_sites(guide_trace) -> Tuple[Any, List[Dict[str, Any]]]:
+    """(the data plate's frame, the guide's latent sites inside it, in order) of a guide
+    traced on a batch without a particle plate; the frame None where no site is in a plate."""
+    sites = [s for s in _sample_sites(guide_trace) if not s["is_observed"]]
+    depth = _data_plate_depth(sites)
+    return _data_frame(sites, depth), [s for s in sites if _in_data_plate(s, depth)]
+
+
 def _data_frame(sites: Sequence[Dict[str, Any]], depth: int):
     """The data plate's frame (name, size, full size) as the sites record it."""
     for site in sites:

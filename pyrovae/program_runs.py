@@ -45,7 +45,7 @@ def refuse_program_run(run_dir: Union[str, Path], what: str) -> None:
         spec = read_config(Path(run_dir))[0].model
         raise ValueError(
             f"{what} {VAE_ONLY}, and {run_dir} trained the program {spec}: evaluate (--method "
-            "iw or ais), sample and bdmc take it"
+            "iw or ais), sample, gap and bdmc take it"
         )
 
 
@@ -95,6 +95,14 @@ def points(data: Dataset, split: str, n=None, seed: int = 0, labels: bool = Fals
     return _points(data, split, n, seed, labels)
 
 
+def program_points(run_dir: Union[str, Path], o: Any) -> Tuple[TracedProducer, torch.Tensor, Dict]:
+    """(the run's program as a producer, ``o.n`` seeded points of ``o.split`` as it takes
+    them, the checkpoint dict): what ``evaluate`` and ``gap`` compute on (``o``: their bound
+    options ``which``, ``data_dir``, ``split``, ``n``, ``seed``, ``device``)."""
+    producer, data, state = load_program_run(run_dir, o.which, o.data_dir, (o.split,), o.device)
+    return producer, points(data, o.split, o.n, o.seed, producer.labels), state
+
+
 def evaluate_program(
     run_dir: Union[str, Path], o: Any, progress: bool, seeded: Dict[str, Any]
 ) -> Union[LogLikelihood, AISResult]:
@@ -105,8 +113,7 @@ def evaluate_program(
         refuse_program_run(run_dir, "--refine")
     if o.producer == "direct":
         refuse_program_run(run_dir, "--producer direct")
-    producer, data, state = load_program_run(run_dir, o.which, o.data_dir, (o.split,), o.device)
-    x = points(data, o.split, o.n, o.seed, producer.labels)
+    producer, x, state = program_points(run_dir, o)
     pyro.set_rng_seed(o.seed)
     if o.method == "ais":
         result = ais_log_likelihood(

@@ -333,16 +333,17 @@ def gap_run(
     paths. ``options``: ``GAP`` declares them; ``device``: where to compute (see the module
     docstring)."""
     o = GAP.bind(options, "gap_run")
-    program_runs.refuse_program_run(
-        run_dir, "pyrovae gap (each point's q* fitted in the guide's family)"
-    )
     device = resolve_device(o.device)
-    vae, data, state = load_run(run_dir, o.which, o.data_dir, (o.split,), device=device)
+    if program_runs.is_program_run(run_dir):  # q* in the family of its guide's sites
+        o = SimpleNamespace(**{**vars(o), "device": device})
+        subject, x, state = program_runs.program_points(run_dir, o)
+    else:
+        subject, data, state = load_run(run_dir, o.which, o.data_dir, (o.split,), device=device)
+        x = _points(data, o.split, o.n, o.seed)
     out = output_dir(run_dir, o.out_dir)
-    x = _points(data, o.split, o.n, o.seed)
     pyro.set_rng_seed(o.seed)
     fit = (o.k, o.steps, o.lr, o.samples, o.seed, progress, o.ais_steps, o.ais_chains)
-    result = inference_gap(vae, x, *fit)
+    result = inference_gap(subject, x, *fit)
     result = dataclasses.replace(result, checkpoint=state["checkpoint"])
     info = {
         "run_dir": str(run_dir),

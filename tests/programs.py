@@ -189,7 +189,6 @@ class ConditionalVAE(nn.Module):
             loc, log_scale = h.chunk(2, -1)
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
-
     def keyword_model(self, x, *, digit):  # the label by keyword only
         self.model(x, digit)
 

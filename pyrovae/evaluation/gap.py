@@ -9,7 +9,9 @@ and q*(z | x) the best member of the same family fitted to x alone:
 The approximation gap is what a richer family could gain; the amortization gap is what a better
 encoder (or local refinement, the ``local`` guide) could gain. q* is found by
 ``pyrovae.parts.refinement.fit_guide_inputs``: Adam on each point's family input, started at the
-encoder's output. Both ELBOs are averages of K log weights, and log p(x) is the
+encoder's output. For a Pyro program of the user's own, the family is each local site's
+distribution at parameters of the point's own, started at those the guide computed
+(``pyrovae.evaluation.site_fit``). Both ELBOs are averages of K log weights, and log p(x) is the
 importance-weighted estimate with K samples from q*, the better proposal (or the exact value for a
 linear-Gaussian model); asked for AIS as well, the larger per point of the two, so that log p(x)
 is never below ELBO(q*) (``larger_lower_bound``). The importance-weighted estimate under q_φ is
@@ -30,8 +32,9 @@ from ..model import TwoLayerVAE
 from ..parts.refinement import fit_guide_inputs
 from ..producers import GivenInputProducer, make_producer
 from ..runtime import module_device
-from .ais import ais_log_likelihood
-from .importance import LogLikelihood, estimate_log_likelihood
+from .ais import ais_log_likelihood, as_producer
+from .importance import LogLikelihood, data_dtype, estimate_log_likelihood
+from .site_fit import GivenSiteInputs, fit_site_inputs
 from .truth import exact_log_px, mean_stderr
 
 
@@ -125,8 +128,11 @@ def inference_gap(
 
     Args:
         vae: a ``VAE`` (one latent layer; a ``local`` guide is taken as its base family at the
-            encoder's output).
-        data: (N, x_dim) points.
+            encoder's output), or a Pyro program of the user's own (a ``(model, guide)`` pair,
+            a ``pyrovae.Program`` or its traced producer), whose family is each local site's
+            distribution at parameters of the point's own (``pyrovae.evaluation.site_fit``).
+        data: (N, x_dim) points (with a program that takes labels, their labels as a last
+            column, ``pyrovae.program.with_labels``).
         k: importance samples per point for each ELBO and log p(x).
         steps, lr, samples: the per-point fit of q*: Adam steps, initial step size (cosine
             decay), and particles per step's ELBO estimate. On the default binarized-MNIST VAE
@@ -143,37 +149,26 @@ def inference_gap(
     Rule("number", positive=True).check("lr", lr)
     Rule("int", minimum=1).check("samples", samples)
     SEED_RULE.check("seed", seed)
-    if isinstance(vae, TwoLayerVAE):
-        raise ValueError(
-            "the inference gap fits q(z | x) per data point for one latent layer; a two-layer "
-            "VAE's guide q(z1 | x) q(z2 | z1) is not a family of per-point inputs"
-        )
-    dtype = next(vae.parameters()).dtype
-    data = as_data_tensor(data, "data", dtype).to(module_device(vae))
-    vae.data_scale(data)  # the shape
-    vae.likelihood.check_data(data)
     start = time.perf_counter()
-    producer = GivenInputProducer(vae)
-    with torch.no_grad():
-        amortized_inputs = torch.cat(
-            [vae.encoder(data[lo : lo + 1000]) for lo in range(0, data.shape[0], 1000)]
-        )
-    fitted_inputs = fit_guide_inputs(vae, data, steps, lr, samples, seed, progress=progress)
-    exact = exact_log_px(vae, data)
+    fit = (steps, lr, samples, seed, progress)
+    if isinstance(vae, torch.nn.Module) and hasattr(vae, "encoder"):
+        fits = _vae_fits(vae, data, *fit)
+    else:
+        fits = _program_fits(vae, data, *fit)
 
-    def evaluate(inputs: torch.Tensor) -> LogLikelihood:
+    def evaluate(rows: torch.Tensor) -> LogLikelihood:
         torch.manual_seed(seed)
-        return estimate_log_likelihood(
-            None, None, torch.cat([data, inputs], -1), k, producer=producer, progress=progress
-        )
+        return estimate_log_likelihood(None, None, rows, k, producer=fits.scorer, progress=progress)
 
-    amortized, fitted = evaluate(amortized_inputs), evaluate(fitted_inputs)
+    amortized, fitted = evaluate(fits.amortized), evaluate(fits.fitted)
     bounds = {f"importance-weighted, K={k}, fitted q": fitted.per_point_log_px}
     ais = None
-    if exact is None and ais_steps:
+    if fits.exact is None and ais_steps:
         torch.manual_seed(seed)
-        ais = ais_log_likelihood(make_producer(vae), data, ais_steps, ais_chains, progress=progress)
+        ais = ais_log_likelihood(fits.producer, fits.data, ais_steps, ais_chains,
+                                 progress=progress)  # fmt: skip
         bounds[f"AIS, T={ais_steps}, {ais_chains} chains"] = ais.per_point_log_px
+    exact = fits.exact
     log_px, source = (exact, "exact") if exact is not None else larger_lower_bound(bounds)
     per_point = {
         "log_px": log_px,
@@ -192,7 +187,7 @@ def inference_gap(
     for name, (mean, stderr) in stats.items():
         fields[name], fields[f"{name}_stderr"] = mean, stderr
     return InferenceGap(
-        n=data.shape[0],
+        n=fits.data.shape[0],
         k=k,
         steps=steps,
         lr=lr,
@@ -202,3 +197,50 @@ def inference_gap(
         per_point=per_point,
         **fields,
     )
+
+
+@dataclass
+class _Fits:
+    """What the gap scores: rows (point, family input) under the amortized and the fitted
+    inputs, the producer that scores such rows (``scorer``) and the one of the points alone
+    (``producer``, for AIS), the points, and the exact log p(x) where known."""
+
+    scorer: Any
+    amortized: torch.Tensor
+    fitted: torch.Tensor
+    producer: Any
+    data: torch.Tensor
+    exact: Optional[torch.Tensor]
+
+
+def _vae_fits(vae, data, steps, lr, samples, seed, progress) -> _Fits:
+    """The library's VAE: its guide family's inputs, the encoder's output refined per point
+    (``fit_guide_inputs``)."""
+    if isinstance(vae, TwoLayerVAE):
+        raise ValueError(
+            "the inference gap fits q(z | x) per data point for one latent layer; a two-layer "
+            "VAE's guide q(z1 | x) q(z2 | z1) is not a family of per-point inputs"
+        )
+    dtype = next(vae.parameters()).dtype
+    data = as_data_tensor(data, "data", dtype).to(module_device(vae))
+    vae.data_scale(data)  # the shape
+    vae.likelihood.check_data(data)
+    with torch.no_grad():
+        amortized = torch.cat(
+            [vae.encoder(data[lo : lo + 1000]) for lo in range(0, data.shape[0], 1000)]
+        )
+    fitted = fit_guide_inputs(vae, data, steps, lr, samples, seed, progress=progress)
+    rows = [torch.cat([data, h], -1) for h in (amortized, fitted)]
+    return _Fits(GivenInputProducer(vae), *rows, make_producer(vae), data, exact_log_px(vae, data))
+
+
+def _program_fits(subject, data, steps, lr, samples, seed, progress) -> _Fits:
+    """A program of the user's own: its local sites' parameters fitted per point
+    (``pyrovae.evaluation.site_fit``); no exact log p(x)."""
+    producer = as_producer(subject)
+    device = getattr(producer, "device", None) or data.device
+    data = as_data_tensor(data, "data", data_dtype(data, producer.model)).to(device)
+    amortized, fitted, layout = fit_site_inputs(producer, data, steps, lr, samples, seed,
+                                                progress=progress)  # fmt: skip
+    rows = [torch.cat([data, h.to(data.dtype)], -1) for h in (amortized, fitted)]
+    return _Fits(GivenSiteInputs(producer, layout), *rows, producer, data, None)
