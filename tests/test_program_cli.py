@@ -209,6 +209,10 @@ def test_a_conditional_program_takes_the_labels_and_evaluates_log_p_x_given_y(tm
     assert json.loads(capsys.readouterr().out)["log_px"] < 0
     assert main(["sample", str(a), "--n", "20"]) == 0
     assert (a / "figures" / "samples.png").stat().st_size > 0
+    ais = ["--method", "ais", "--init", "guide", "--steps", "20", "--chains", "4", "--n", "5"]
+    capsys.readouterr()
+    assert main(["evaluate", str(a), *ais, "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["log_px"] < 0
     # The same program taking the labels by keyword, model(x, digit=y): the same run.
     flags[1] = "programs:conditional_by_keyword"
     c = tmp_path / "c"
@@ -216,6 +220,17 @@ def test_a_conditional_program_takes_the_labels_and_evaluates_log_p_x_given_y(tm
     for name, value in params(a).items():
         assert torch.equal(value, params(c)[name]), name
     assert main(["evaluate", str(c), "--k", "20", "--n", "10", "--json", "--quiet"]) == 0
+    # Every estimator that applies trains it from the command line; the others say why not.
+    from pyrovae import ESTIMATORS
+    from pyrovae.producers import applies
+
+    capsys.readouterr()
+    for name in ESTIMATORS.names():
+        applicable = applies(producer, make_estimator(name), with_labels(x, y))
+        run = ["--epochs", "1", "--estimator", name, "--run-dir", str(tmp_path / name)]
+        status = main(["train", *flags, *run])
+        err = capsys.readouterr().err.strip()
+        assert status == (0 if applicable else 2), (name, err)
 
 
 def test_a_program_with_labels_on_data_without_them_is_one_line(tmp_path, capsys):
