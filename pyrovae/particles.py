@@ -84,10 +84,13 @@ def require_continuous_latent(name: str, fn, what: str, instead: str = DISCRETE_
     )
 
 
-def require_continuous_latents(model: Callable, args: Sequence[Any], what: str) -> None:
-    """``require_continuous_latent`` for every latent site of ``model``, traced once on
-    ``args`` (its parameters blocked, no gradient kept, the random streams left as they
-    were: a check must not change the numbers of what it lets run)."""
+def require_continuous_latents(
+    model: Callable, args: Sequence[Any], what: str, summed: Sequence[str] = ()
+) -> None:
+    """``require_continuous_latent`` for every latent site of ``model`` but those ``summed``
+    out by enumeration, traced once on ``args`` (its parameters blocked, no gradient kept,
+    the random streams left as they were: a check must not change the numbers of what it
+    lets run)."""
     x = args[0] if args and isinstance(args[0], torch.Tensor) else None
     program = _SubsampleProbe()(poutine.block(model, hide_types=["param"]))
     with torch.no_grad(), fork_rng(x.device if x is not None else "cpu"):
@@ -97,7 +100,8 @@ def require_continuous_latents(model: Callable, args: Sequence[Any], what: str) 
             t = poutine.trace(program).get_trace(*_padded(args, small.subsample_size))
     for site in t.nodes.values():
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-            require_continuous_latent(site["name"], site["fn"], what)
+            if site["name"] not in summed:
+                require_continuous_latent(site["name"], site["fn"], what)
 
 
 class _LazyField:
@@ -154,6 +158,13 @@ class Particles:
     bound or a score-function surrogate of a shared-out share would not estimate the data
     set's objective.
 
+    Enumerated discrete latents (``pyrovae.enumeration``): a site the model alone enumerates
+    is summed out of ``log_prior`` and ``log_lik``; a site the guide enumerates (named in
+    ``enumerated``) is averaged under q exactly in every field above, so that ``log_w`` is
+    E_q(g)[log w], the ELBO's term, and ``log_w_summed`` is log Σ_g p(x, z_g, g) /
+    q(z_g | x, g), the importance weight whose mean is p(x). Latents drawn for each enumerated
+    value are in ``enumerated_latents`` (name -> (E..., K, B, ...)), not in ``latents``.
+
     Gradients: every field is differentiable in the parameters as the traced producer's is,
     through z where z is reparameterized (its total derivative). ``log_prior``, ``log_lik``
     and ``log_q_stopped`` also carry their derivative with respect to z as a tensor (STL and
@@ -173,10 +184,17 @@ class Particles:
         log_q_stopped: Optional[Field] = None,
         kl: Optional[Field] = None,
         global_latents: Optional[Mapping[str, torch.Tensor]] = None,
+        log_w_summed: Optional[Field] = None,
+        enumerated: Sequence[str] = (),
+        enumerated_latents: Optional[Mapping[str, torch.Tensor]] = None,
+        num_particles: Optional[int] = None,
     ) -> None:
         self.x = x
         self.latents = dict(latents)
         self.global_latents = dict(global_latents or {})
+        self.enumerated = tuple(enumerated)
+        self.enumerated_latents = dict(enumerated_latents or {})
+        self._num_particles = num_particles
         self.scale = float(scale)
         self.kl_weight = 1.0
         # Tensors, or functions computing them on first read (``_LazyField``).
@@ -186,6 +204,8 @@ class Particles:
             "log_q": log_q,
             "log_q_stopped": log_q_stopped,
             "kl": kl,
+            # Without enumerated guide sites, the importance weight is log_w itself.
+            "log_w_summed": (lambda: self.log_w) if log_w_summed is None else log_w_summed,
         }
 
     log_prior = _LazyField()
@@ -193,6 +213,7 @@ class Particles:
     log_q = _LazyField()
     log_q_stopped = _LazyField()
     kl = _LazyField()
+    log_w_summed = _LazyField()
 
     @property
     def log_p(self) -> torch.Tensor:
@@ -221,6 +242,8 @@ class Particles:
 
     @property
     def num_particles(self) -> int:
+        if self._num_particles is not None:
+            return self._num_particles
         return next(iter(self.latents.values())).shape[0]
 
     def __repr__(self) -> str:
@@ -326,29 +349,36 @@ def _with_particle_dim(value: torch.Tensor, event_dim: int, nesting: int) -> tor
     return value.reshape((1,) * missing + value.shape) if missing > 0 else value
 
 
-def _per_point(site: Dict[str, Any], log_prob: torch.Tensor, k: int, nesting: int, depth: int):
+def _per_point(
+    site: Dict[str, Any], log_prob: torch.Tensor, k: int, nesting: int, depth: int, enum: int = 0
+):
     """A site's log density reduced to (K, B): masked, broadcast over particles, with the dims
-    of plates nested inside the data plate (at dim ``-depth``) summed out."""
+    of plates nested inside the data plate (at dim ``-depth``) summed out. With ``enum``
+    enumeration dims left of the particles: (E_1, ..., E_enum, K, B), size 1 where the site
+    does not depend on that enumerated site."""
     lp = scale_and_mask(log_prob, 1.0, site["mask"])
+    full = enum + nesting + 1
+    if lp.dim() < full:
+        lp = lp.reshape((1,) * (full - lp.dim()) + lp.shape)
     lp = lp.expand(torch.broadcast_shapes(lp.shape, (k,) + (1,) * nesting))
-    if lp.dim() != nesting + 1:
+    if lp.dim() != full:
         raise ProgramError(
             f"site {site['name']!r} has log-density shape {tuple(lp.shape)}: the particle "
             f"dimension sits left of max_plate_nesting = {nesting} plate dims, so that must "
             "count every plate of the model (leave it out to have it inferred)"
         )
-    data = nesting + 1 - depth  # the data plate's position in lp
-    if data + 1 <= nesting:  # plates right of the data plate
-        lp = lp.sum(tuple(range(data + 1, nesting + 1)))
-    if data > 1:  # unused dims left of the data plate, of size 1
-        lp = lp.sum(tuple(range(1, data)))
+    data = full - depth  # the data plate's position in lp
+    if data + 1 < full:  # plates right of the data plate
+        lp = lp.sum(tuple(range(data + 1, full)))
+    if data > enum + 1:  # unused dims between the particles and the data plate, of size 1
+        lp = lp.sum(tuple(range(enum + 1, data)))
     return lp
 
 
 def _check_shapes(per_site: Dict[str, torch.Tensor]) -> None:
-    shapes = {tuple(t.shape) for t in per_site.values()}
+    shapes = {tuple(t.shape[-2:]) for t in per_site.values()}
     if len(shapes) > 1:
-        detail = ", ".join(f"{n}: {tuple(t.shape)}" for n, t in per_site.items())
+        detail = ", ".join(f"{n}: {tuple(t.shape[-2:])}" for n, t in per_site.items())
         raise ProgramError(
             "pyrovae's estimators need every sample site inside one data plate, so that each "
             f"reduces to one (particles, data points) log density, but the sites give {detail}; "
@@ -565,14 +595,19 @@ def _traced_pair(model, guide, args, kwargs, k: int, nesting: int, reparameteriz
     """(guide trace, model trace): the guide traced under the particles' plate and the model
     replayed against it, as Pyro's ELBOs do. ``whole``: stop at a plate that would subsample
     the batch (``_SubsampleProbe``)."""
+    from .enumeration import guide_enumeration, model_enumeration
+
     x = _batch_of(args)
     with ExitStack() as stack:
         stack.enter_context(_SubsampleProbe(x.shape[0] if whole and x is not None else None))
         if reparameterized is False:
             stack.enter_context(_ScoreFunctionSampling())
+        # Sites marked for enumeration take every value of their support in dims left of the
+        # particles', as in TraceEnum_ELBO (the handler acts on marked sites alone).
+        stack.enter_context(guide_enumeration(nesting))
         stack.enter_context(_particle_plate(k, nesting))
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    with _particle_plate(k, nesting):
+    with model_enumeration(), _particle_plate(k, nesting):
         replayed = poutine.replay(model, trace=guide_trace)
         model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     return guide_trace, model_trace
@@ -632,6 +667,8 @@ def _points(particles: Particles, start: int, stop: Optional[int] = None) -> Par
         latents={n: v[:, cut] for n, v in particles.latents.items()},
         scale=particles.scale,
         global_latents=particles.global_latents,
+        enumerated=particles.enumerated,  # (their enumerated latents are not cut)
+        num_particles=particles.num_particles,
         **{name: field(name) for name in particles._fields},
     )
 
@@ -651,6 +688,8 @@ def joined_particles(parts: Sequence[Particles]) -> Particles:
         latents={n: torch.cat([p.latents[n] for p in parts], 1) for n in parts[0].latents},
         scale=parts[0].scale,
         global_latents=parts[0].global_latents,
+        enumerated=parts[0].enumerated,  # (their enumerated latents are not joined)
+        num_particles=parts[0].num_particles,
         **{name: field(name) for name in parts[0]._fields},
     )
 
@@ -667,11 +706,13 @@ def _checked_sites(guide_trace, model_trace):
             f"the guide and model have {what}: pyrovae's estimators need a latent z drawn by the "
             "guide and an observed x in the model"
         )
-    missing = sorted(set(model_latent) - set(guide_sites))
+    summed = {n for n, s in model_latent.items() if s["infer"].get("_enumerate_dim") is not None}
+    missing = sorted(set(model_latent) - set(guide_sites) - summed)
     if missing:
         raise ProgramError(
             f"the model samples {missing} but the guide does not: every latent of the model "
-            "needs a site of the same name in the guide"
+            "needs a site of the same name in the guide, or, for a discrete one, a mark that "
+            'sums it out of the model (infer={"enumerate": "parallel"}, or config_enumerate)'
         )
     # An autoguide's auxiliary sites (AutoDiagonalNormal's joint draw, say) are the guide's
     # alone: their density is part of q's, as in Pyro's ELBOs.
@@ -804,7 +845,16 @@ def traced_particles(
     guide_sites, model_latent, observed = _checked_sites(guide_trace, model_trace)
     every = list(guide_sites.values()) + list(model_latent.values()) + observed
     depth = _data_plate_depth(every)
+    from .enumeration import SummedSites  # (it takes PARTICLE_PLATE and ProgramError from here)
+
+    summed = SummedSites(guide_sites, model_latent, nesting, depth)
     global_names = _global_sites(guide_sites, model_latent, observed, depth)
+    if summed and global_names:
+        raise ProgramError(
+            f"the program enumerates {sorted(summed.guide + summed.model)} and has global "
+            f"latents {global_names}: pyrovae does not yet sum enumerated sites beside global "
+            "latents; sample the discrete site (leave it unmarked) or fix the global latents"
+        )
     x = _batch_of(args)
     frame = _data_frame(observed, depth)
     if frame is not None:
@@ -815,17 +865,17 @@ def traced_particles(
         x = x[guide_trace.nodes[frame.name]["value"]]
     if reparameterized:
         for name, site in guide_sites.items():
-            if not site["fn"].has_rsample:
+            if name not in summed.guide and not site["fn"].has_rsample:
                 raise no_reparameterized_sampler(name, site["fn"])
     data_scale = float(observed[0]["scale"]) if scaled else 1.0
 
     def reduce(site, lp):
-        lp = _per_point(site, lp, k, nesting, depth)
+        lp = _per_point(site, lp, k, nesting, depth, summed.count)
         factor = float(site["scale"]) / data_scale if scaled else 1.0
         return lp if factor == 1.0 else lp * factor
 
     log_lik_sites = {s["name"]: reduce(s, s["fn"].log_prob(s["value"])) for s in observed}
-    points = next(iter(log_lik_sites.values())).shape[1]
+    points = next(iter(log_lik_sites.values())).shape[-1]
 
     def densities(sites: Dict[str, Dict[str, Any]], fn=lambda site: site["fn"]):
         # Per point; a global site's shared out over the data set where training (its own
@@ -860,43 +910,64 @@ def traced_particles(
             replayed = poutine.trace(poutine.replay(guide, trace=guide_trace)).get_trace(
                 *args, **kwargs
             )
-        return _total(densities(guide_sites, lambda site: replayed.nodes[site["name"]]["fn"]))
+        stopped = densities(guide_sites, lambda site: replayed.nodes[site["name"]]["fn"])
+        return summed.expected_q(log_q_sites, stopped) if summed else _total(stopped)
 
     def kl() -> torch.Tensor:
         # Closed form per site, as TraceMeanField_ELBO: unbiased only when no latent's prior
         # depends on a latent the guide draws after it, which a trace cannot check; hence one
-        # layer.
-        if len(guide_sites) != 1:
+        # layer. Sites the guide enumerates are averaged exactly (their KL is exact); a model
+        # that sums a site out has no per-site prior to take a closed form against.
+        sampled = [n for n in guide_sites if n not in summed.guide]
+        if len(sampled) != 1:
             raise NotApplicable(
                 "the closed-form KL (analytic-kl) is written for one latent layer, but this "
-                f"guide has latent sites {sorted(guide_sites)}"
+                f"guide has latent sites {sorted(sampled)}"
             )
-        name, site = next(iter(guide_sites.items()))
-        q, p = site["fn"], model_latent[name]["fn"]
-        if p.batch_shape != q.batch_shape:  # some of torch's KLs (Bernoulli's) do not broadcast
-            p = p.expand(torch.broadcast_shapes(p.batch_shape, q.batch_shape))
-            q = q.expand(p.batch_shape)
-        try:
-            value = torch.distributions.kl_divergence(q, p)
-        except NotImplementedError:
-            return log_q_sites[name] - log_p_sites[name]
-        return reduce(site, value)
+        if summed.model:
+            return fields["log_q"] - fields["log_prior"]
+        name, site = sampled[0], guide_sites[sampled[0]]
+        value = _closed_form_kl(site["fn"], model_latent[name]["fn"])
+        kl_z = log_q_sites[name] - log_p_sites[name] if value is None else reduce(site, value)
+        if not summed.guide:
+            return summed.expected(None, kl_z)
+        log_q_g = _total({n: log_q_sites[n] for n in summed.guide})
+        log_p_g = _total({n: log_p_sites[n] for n in summed.guide})
+        return summed.expected(log_q_g, log_q_g - log_p_g + kl_z)
 
+    if summed:
+        fields = summed.fields(log_p_sites, log_lik_sites, log_q_sites)
+    else:
+        fields = dict(log_prior=_total(log_p_sites), log_lik=_total(log_lik_sites),
+                      log_q=_total(log_q_sites), log_w_summed=None)  # fmt: skip
+    local = {n: s for n, s in guide_sites.items() if n not in global_names}
+    latents, enumerated_latents = summed.sampled_values(local, nesting)
     return Particles(
         x=x,
         latents={
-            n: _with_particle_dim(s["value"], s["fn"].event_dim, nesting) if k == 1 else s["value"]
-            for n, s in guide_sites.items()
-            if n not in global_names
+            n: _with_particle_dim(v, local[n]["fn"].event_dim, nesting) if k == 1 else v
+            for n, v in latents.items()
         },
         global_latents={n: guide_sites[n]["value"] for n in global_names},
         scale=data_scale * scale,
-        log_prior=_total(log_p_sites),
-        log_lik=_total(log_lik_sites),
-        log_q=_total(log_q_sites),
         log_q_stopped=log_q_stopped,
         kl=kl,
+        enumerated=summed.guide,
+        enumerated_latents=enumerated_latents,
+        num_particles=k,
+        **fields,
     )
+
+
+def _closed_form_kl(q, p) -> Optional[torch.Tensor]:
+    """KL(q ‖ p) where torch registers it in closed form, else None."""
+    if p.batch_shape != q.batch_shape:  # some of torch's KLs (Bernoulli's) do not broadcast
+        p = p.expand(torch.broadcast_shapes(p.batch_shape, q.batch_shape))
+        q = q.expand(p.batch_shape)
+    try:
+        return torch.distributions.kl_divergence(q, p)
+    except NotImplementedError:
+        return None
 
 
 def _total(per_site: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -914,17 +985,25 @@ def traced_scores(
     args: Sequence[Any],
     latents: Mapping[str, torch.Tensor],
     max_plate_nesting: Optional[int] = None,
+    enumerated: Sequence[str] = (),
 ) -> Particles:
     """Any Pyro model/guide pair's log densities at given latents: the model traced
     conditioned on them (``poutine.condition``) under a particle plate of their leading size C,
     and, when ``log_q`` is read, the guide likewise. For samplers that move z themselves
     (annealed importance sampling); ``VAE.scores`` is the direct equal.
 
+    Discrete sites marked for enumeration (in the program, or named in ``enumerated``) are
+    summed out of each density: log p(z) = log Σ_g p(z, g), log p(x | z) = log Σ_g p(x, z, g)
+    - log p(z) and log q(z | x) = log Σ_g q(g | x) q(z | x, g), so that a sampler moves the
+    continuous latents of the model with the discrete ones marginalized.
+
     Args:
         model, guide: as for ``traced_particles``, called with ``*args``.
         args: their arguments; ``args[0]`` the batch x (B, ...).
-        latents: every latent site of the model, name -> (C, B, ...) values.
+        latents: every latent site of the model that is not enumerated, name -> (C, B, ...).
         max_plate_nesting: plates nested inside the model (None: inferred).
+        enumerated: sites to sum out wherever they appear (those the guide enumerates, which
+            the model, replayed against the guide in training, does not mark itself).
 
     Returns:
         ``Particles`` with those latents, scale 1 and (C, B) fields ``log_prior``, ``log_lik``
@@ -934,12 +1013,14 @@ def traced_scores(
     c = next(iter(latents.values())).shape[0]
     nesting = max_plate_nesting or guess_max_plate_nesting(model, guide, args)
 
+    from .enumeration import enumerate_dim, guide_enumeration, marked_for_enumeration
+
     def trace(program: Callable):
         x = _batch_of(args)
         probe = _SubsampleProbe(x.shape[0] if x is not None else None)
-        with probe, pyro.plate(PARTICLE_PLATE, c, dim=-(nesting + 1)):
-            conditioned = poutine.condition(program, data=latents)
-            return poutine.trace(conditioned).get_trace(*args)
+        program = marked_for_enumeration(poutine.condition(program, data=latents), enumerated)
+        with probe, guide_enumeration(nesting), pyro.plate(PARTICLE_PLATE, c, dim=-(nesting + 1)):
+            return poutine.trace(program).get_trace(*args)
 
     try:
         model_sites = _sample_sites(trace(model))
@@ -950,10 +1031,13 @@ def traced_scores(
         def scores(part: Tuple[Any, ...]) -> Particles:
             given = len(part) - len(names)
             some = {n: v.transpose(0, 1) for n, v in zip(names, part[given:])}
-            return traced_scores(model, guide, part[:given], some, nesting)
+            return traced_scores(model, guide, part[:given], some, nesting, enumerated)
 
         return _every_point(scores, tuple(args) + moved, small.subsample_size, dim=1)
-    drawn = sorted(s["name"] for s in model_sites if not s["is_observed"])
+    summed = [s for s in model_sites if not s["is_observed"] and enumerate_dim(s) is not None]
+    drawn = sorted(
+        s["name"] for s in model_sites if not s["is_observed"] and enumerate_dim(s) is None
+    )
     if drawn:
         raise ValueError(
             f"the model samples {drawn}, which the given latents do not hold: give a value for "
@@ -966,19 +1050,28 @@ def traced_scores(
     x = _batch_of(args)
 
     def total(chosen) -> torch.Tensor:
-        out = [_per_point(s, s["fn"].log_prob(s["value"]), c, nesting, depth) for s in chosen]
+        # log Σ over the enumerated values (their dims left of the chains') of the density
+        dims = [-enumerate_dim(s) - nesting - 1 for s in chosen if enumerate_dim(s) is not None]
+        enum = max(dims, default=0)
+        out = [_per_point(s, s["fn"].log_prob(s["value"]), c, nesting, depth, enum) for s in chosen]
         _check_shapes({s["name"]: lp for s, lp in zip(chosen, out)})
-        return sum(out[1:], out[0])
+        out = sum(out[1:], out[0])
+        return out.logsumexp(tuple(range(enum))) if enum else out
 
     def log_q() -> torch.Tensor:
-        return total([s for s in _sample_sites(trace(guide)) if s["name"] in latents])
+        sites = _sample_sites(trace(guide))
+        return total([s for s in sites if s["name"] in latents or enumerate_dim(s) is not None])
 
+    latent = [s for s in model_sites if s["name"] in latents] + summed
+    log_prior = total(latent)
     return Particles(
         x=x,
         latents=latents,
         scale=1.0,
-        log_prior=total([s for s in model_sites if s["name"] in latents]),
-        log_lik=total([s for s in model_sites if s["name"] not in latents]),
+        log_prior=log_prior,
+        log_lik=(total(model_sites) - log_prior)
+        if summed
+        else total([s for s in model_sites if s["name"] not in latents]),
         log_q=log_q,
     )
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 
 import torch
 
+from .enumeration import enumerated_names, unmarked
 from .model import VAE, TwoLayerVAE
 from .particles import (
     HeldGlobals,
@@ -63,9 +64,22 @@ class _ModelDraws:
         """The model's and guide's arguments for the batch ``x``: ``(x,)``."""
         return (x,)
 
+    def summed_sites(self, x: torch.Tensor) -> Tuple[str, ...]:
+        """The discrete sites summed out by enumeration (``pyrovae.enumeration``): none in
+        the library's VAE."""
+        return ()
+
     def sample_prior(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
-        """Latents drawn from the model's prior, (num_samples, B, ...) per site."""
-        return traced_prior_latents(self.model, self.args(x), num_samples, self.nesting(x))
+        """Latents drawn from the model's prior, (num_samples, B, ...) per site; those summed
+        out by enumeration left out (the others are then a draw from their marginal)."""
+        drawn = traced_prior_latents(self.model, self.args(x), num_samples, self.nesting(x))
+        summed = self.summed_sites(x)
+        return {name: v for name, v in drawn.items() if name not in summed}
+
+    def sample_guide(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
+        """Latents drawn from the guide, (num_samples, B, ...) per site, detached."""
+        drawn = self(x, None, num_samples, None).latents
+        return {name: v.detach() for name, v in drawn.items()}
 
     def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only, and
@@ -82,7 +96,7 @@ class _ModelDraws:
     def require_continuous(self, x: torch.Tensor, what: str) -> None:
         """Refuse ``what`` (a method that follows gradients in z) for a model with a discrete
         latent (``pyrovae.particles.require_continuous_latents``), traced on the batch ``x``."""
-        require_continuous_latents(self.model, self.args(x), what)
+        require_continuous_latents(self.model, self.args(x), what, self.summed_sites(x))
 
 
 class DirectProducer(_ModelDraws):
@@ -169,6 +183,7 @@ class TracedProducer(_ModelDraws):
         # The trainer holds the parameters already: the pair's param statements need not
         # reach any handler (see ``traced_particles``).
         self.record_params = record_params
+        self._summed: Optional[Tuple[str, ...]] = None  # (``summed_sites``)
 
     def nesting(self, x: torch.Tensor) -> int:
         """The plates the pair nests: as given, else inferred on the first batch ``x`` as
@@ -219,8 +234,31 @@ class TracedProducer(_ModelDraws):
         )
 
     def score(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> Particles:
-        """The log densities at given latents (C, B, ...): ``traced_scores``."""
-        return traced_scores(self.model, self.guide, self.args(x), latents, self.nesting(x))
+        """The log densities at given latents (C, B, ...), the enumerated sites summed out:
+        ``traced_scores``."""
+        return traced_scores(
+            self.model, self.guide, self.args(x), latents, self.nesting(x), self.summed_sites(x)
+        )
+
+    def summed_sites(self, x: torch.Tensor) -> Tuple[str, ...]:
+        """The sites the pair sums out by enumeration (marked in the guide, or in the model
+        alone), found on the first batch ``x`` and kept."""
+        if self._summed is None:
+            self._summed = enumerated_names(self.model, self.guide, self.args(x), self.nesting(x))
+        return self._summed
+
+    def sample_guide(self, x: torch.Tensor, num_samples: int) -> Dict[str, torch.Tensor]:
+        """Latents drawn from the guide's marginal q(z | x) = Σ_g q(g | x) q(z | x, g): the
+        guide with its enumeration marks off (its discrete sites sampled), the summed sites'
+        draws left out. (num_samples, B, ...) per site, detached."""
+        summed = self.summed_sites(x)
+        if not summed:
+            return super().sample_guide(x, num_samples)
+        drawn = traced_particles(
+            self.model, unmarked(self.guide), self.args(x), num_particles=num_samples,
+            max_plate_nesting=self.nesting(x), record_params=self.record_params, scaled=False,
+        ).latents  # fmt: skip
+        return {name: v.detach() for name, v in drawn.items() if name not in summed}
 
     def global_sites(self, x: torch.Tensor) -> List[str]:
         """The program's global latents (sites outside the data plate, an autoguide's

@@ -66,6 +66,11 @@ class Estimator(nn.Module):
             weight per point at a time does; a K-sample bound or a score-function surrogate
             of the shares would not). Refused otherwise (``NotApplicable``), so that a
             user's own estimator is safe by default.
+        takes_enumerated: whether it estimates its objective when the guide sums discrete
+            sites out exactly (``Particles.enumerated``): the ELBO's fields are then
+            expectations over them and the K-sample weight their sum (``log_w_summed``),
+            which an estimator that differentiates ∇ log q(z) of sampled particles (a score
+            function) or the weight's path alone (DReG) does not follow. Refused otherwise.
 
     Args:
         num_particles: K, samples of z per data point per step.
@@ -79,6 +84,7 @@ class Estimator(nn.Module):
     min_particles: ClassVar[int] = 1
     supports_warmup: ClassVar[bool] = False
     takes_global_latents: ClassVar[bool] = False
+    takes_enumerated: ClassVar[bool] = False
 
     def __init__(self, num_particles: Optional[int] = None) -> None:
         super().__init__()
@@ -99,6 +105,13 @@ class Estimator(nn.Module):
                 f"the program has global latents ({', '.join(particles.global_latents)}), "
                 f"which the {self.name or type(self).__name__} estimator cannot take: its "
                 "objective is not a sum of one weight per data point; use pathwise or stl"
+            )
+        if particles.enumerated and not self.takes_enumerated:
+            raise NotApplicable(
+                f"the guide sums {', '.join(particles.enumerated)} out by enumeration, which the "
+                f"{self.name or type(self).__name__} estimator does not follow; use pathwise, "
+                "stl, analytic-kl or iwae, or leave the site unmarked to sample it (a "
+                "score-function estimator then gives it a score term)"
             )
         return super().__call__(particles, *args, **kwargs)
 

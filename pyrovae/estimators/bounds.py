@@ -36,15 +36,22 @@ class IWAE(Estimator):
     """The K-sample bound with its reparameterized gradient."""
 
     supports_warmup = True
+    takes_enumerated = True
     objective = BOUND_OBJECTIVE
     gradient = "reparameterized (IWAE)"
     default_particles = 5
 
     def forward(self, particles, update_state: bool = True) -> Output:
         p = particles
-        loss = k_sample_bound(p.log_w).sum() * -p.scale
+        # (the guide's enumerated sites summed in each weight: log_w_summed)
+        loss = k_sample_bound(p.log_w_summed).sum() * -p.scale
         if p.kl_weight == 1.0:
             return loss, loss
+        if p.enumerated:
+            raise NotApplicable(
+                "KL warm-up with iwae is not defined where the guide enumerates "
+                f"{', '.join(p.enumerated)}: train without warm-up, or with pathwise"
+            )
         return loss, k_sample_bound(p.weighted_log_w).sum() * -p.scale
 
 

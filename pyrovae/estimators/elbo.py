@@ -30,6 +30,7 @@ class Pathwise(Estimator):
 
     supports_warmup = True
     takes_global_latents = True
+    takes_enumerated = True
     gradient = "pathwise (reparameterized z)"
 
     def forward(self, particles, update_state: bool = True) -> Output:
@@ -45,6 +46,7 @@ class AnalyticKL(Estimator):
     guide and prior), Monte Carlo elsewhere."""
 
     supports_warmup = True
+    takes_enumerated = True
     gradient = "pathwise on E_q[log p(x|z)], closed-form KL"
 
     def forward(self, particles, update_state: bool = True) -> Output:
@@ -62,6 +64,7 @@ class StickingTheLanding(Estimator):
 
     supports_warmup = True
     takes_global_latents = True
+    takes_enumerated = True
     gradient = "pathwise with the score term of q dropped (sticking the landing)"
 
     def forward(self, particles, update_state: bool = True) -> Output:

@@ -196,7 +196,7 @@ def _anneal(
         elif init == "prior":
             start = producer.sample_prior(x, chains)
         else:
-            start = {k: v.detach() for k, v in producer(x, None, chains, None).latents.items()}
+            start = producer.sample_guide(x, chains)
     shapes = [(name, tuple(v.shape[2:])) for name, v in start.items()]
     z = torch.cat([v.reshape(v.shape[:2] + (-1,)) for v in start.values()], -1)
     target = _Target(producer, x, init, shapes)

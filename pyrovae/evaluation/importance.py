@@ -5,7 +5,8 @@ For each data point x the estimator is
     log p̂_K(x) = log (1/K) Σ_k p(x, z_k) / q(z_k | x),    z_k ~ q(z | x),
 
 a stochastic lower bound whose bias shrinks as K grows (Burda et al., 2015); K = 1 gives a
-single-sample ELBO. The log weights are the particles' ``log_w`` (``pyrovae.particles``), from a
+single-sample ELBO. The log weights are the particles' ``log_w_summed`` (``pyrovae.particles``:
+``log_w``, with the guide's enumerated discrete sites summed exactly where it has any), from a
 producer: traced (one trace of the guide and one replay of the model under a particle plate
 left of the data plate: any Pyro model/guide pair) or, for the library's VAE, direct (the same
 numbers from its parts, tested equal). Particles and data points are evaluated in chunks whose
@@ -71,7 +72,8 @@ def log_importance_weights(
     k: int,
     max_plate_nesting: Optional[int] = None,
 ) -> torch.Tensor:
-    """log p(x, z_k) - log q(z_k | x) for k particles and every row of ``x``, traced.
+    """log p(x, z_k) - log q(z_k | x) for k particles and every row of ``x``, traced (with
+    the guide's enumerated sites summed: ``Particles.log_w_summed``).
 
     Args:
         model, guide: Pyro programs taking ``x`` (B, ...) with a data plate at dim -1.
@@ -85,7 +87,7 @@ def log_importance_weights(
     """
     return traced_particles(
         model, guide, (x,), num_particles=k, max_plate_nesting=max_plate_nesting, scaled=False
-    ).log_w
+    ).log_w_summed
 
 
 def prior_guide(model: Callable) -> Callable:
@@ -301,7 +303,7 @@ def estimate_log_likelihood(
                 _run_on_workers(draw, chunks, workers, finish)
             else:
                 for chunk in chunks:
-                    finish(*chunk, *_reduce(draw(*chunk).log_w))
+                    finish(*chunk, *_reduce(draw(*chunk)))
     except Exception as e:
         if not world.distributed:
             raise
@@ -338,15 +340,20 @@ def estimate_log_likelihood(
     return result
 
 
-def _reduce(log_w: torch.Tensor):
-    """(k, B) log weights -> their log-sum-exp and sum over particles, (B,) each, float64."""
-    log_w = log_w.double()
+def _reduce(particles):
+    """A chunk's (k, B) particles -> the log-sum-exp over particles of the importance weights
+    (with the guide's enumerated sites summed, ``log_w_summed``) and the sum of the ELBO's
+    log weights (``log_w``), (B,) each, float64."""
+    if particles.enumerated:
+        log_w = particles.log_w.double()
+        return torch.logsumexp(particles.log_w_summed.double(), 0), log_w.sum(0)
+    log_w = particles.log_w.double()  # (the same weights: read once)
     return torch.logsumexp(log_w, 0), log_w.sum(0)
 
 
 def _reduce_on_worker(particles):
     with torch.no_grad():  # grad mode is per thread
-        return _reduce(particles.log_w)
+        return _reduce(particles)
 
 
 def _run_on_workers(draw, chunks, workers: int, finish) -> None:
