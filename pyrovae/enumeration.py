@@ -174,7 +174,11 @@ class SummedSites:
         if log_q_guide is None:
             return self._reduced(t)
         t, log_q_guide = torch.broadcast_tensors(t, log_q_guide)
-        return self._reduced((log_q_guide.exp() * t).sum(self.guide_dims, keepdim=True))
+        q = log_q_guide.exp()
+        # A value q gives no mass contributes nothing, though its log q is -inf (0 · -inf
+        # would be NaN, and so would the gradient of a product masked after it).
+        t = torch.where(q > 0, t, torch.zeros((), dtype=t.dtype, device=t.device))
+        return self._reduced((q * t).sum(self.guide_dims, keepdim=True))
 
     def _split_q(self, log_q_sites: Dict[str, torch.Tensor]):
         """(log q(g): the guide's enumerated sites' joint, or None; log q(z | g): the rest)."""

@@ -723,7 +723,7 @@ def test_unknown_or_no_splits():
     # splits is not a dataset option: the accepted options do not list it.
     with pytest.raises(DataError, match=r"accepted options: download$"):
         load_dataset("binarized-mnist", bogus=1)
-    with pytest.raises(DataError, match=r"accepted options: binarize$"):
+    with pytest.raises(DataError, match=r"accepted options: binarize, labelled$"):
         load_dataset("mnist", bogus=1)
 
 
@@ -1283,3 +1283,20 @@ def test_a_corrupt_raw_mnist_file_is_named_with_its_fault(tmp_path, raw, fault):
     message = str(info.value)
     assert "train-images-idx3-ubyte" in message and fault in message, message
     assert "\n" not in message
+
+
+def test_keeping_labels_keeps_as_many_of_each_class(fake_torchvision, tmp_path):
+    """``labelled=N`` keeps N training labels, N / 10 of each class, the same ones each time,
+    the others -1; validation and test labels stay whole; a count that cannot be shared out
+    evenly is refused in one line."""
+    full = load_dataset("mnist", data_dir=tmp_path)
+    data = load_dataset("mnist", data_dir=tmp_path, labelled=20)
+    kept = data.labels["train"]
+    assert (kept >= 0).sum() == 20
+    assert torch.bincount(kept[kept >= 0], minlength=10).tolist() == [2] * 10
+    assert (kept[kept >= 0] == full.labels["train"][kept >= 0]).all()
+    again = load_dataset("mnist", data_dir=tmp_path, labelled=20)
+    assert torch.equal(again.labels["train"], kept)
+    assert torch.equal(data.labels["test"], full.labels["test"])
+    with pytest.raises(DataError, match="labelled=25; give a positive multiple of its 10"):
+        load_dataset("mnist", data_dir=tmp_path, labelled=25)

@@ -333,6 +333,39 @@ class Dataset:
         self.split(name)  # the name checked
         return None if self.labels is None else self.labels[name]
 
+    def keeping_labels(self, count: int, seed: int = 0) -> "Dataset":
+        """This data set with ``count`` of its training labels kept and the others set to -1
+        (unlabelled), as a semi-supervised protocol has it: the same number of each class
+        (``count`` must be a multiple of the classes' number), drawn with ``seed``, the same
+        each time. The validation and test labels are kept, to measure classification.
+
+        Raises:
+            DataError: the data set has no labels, or ``count`` is not a positive multiple of
+                the classes' number up to the training split's size of the rarest class.
+        """
+        if self.labels is None:
+            raise DataError(f"dataset {self.name!r} has no labels to keep")
+        y = self.labels["train"]
+        classes = int(y.max()) + 1 if y.numel() else 0
+        rarest = min((int((y == c).sum()) for c in range(classes)), default=0)
+        if (
+            isinstance(count, bool)
+            or not isinstance(count, numbers.Integral)
+            or count < 1
+            or (classes and (count % classes or count // classes > rarest))
+        ):
+            raise DataError(
+                f"dataset {self.name!r}: labelled={count!r}; give a positive multiple of its "
+                f"{classes} classes, at most {classes * rarest} (as many of each class)"
+            )
+        g = torch.Generator().manual_seed(seed)
+        kept = torch.full_like(y, -1)
+        for c in range(classes):
+            rows = (y == c).nonzero().squeeze(1)
+            rows = rows[torch.randperm(len(rows), generator=g)[: count // classes]]
+            kept[rows] = c
+        return replace(self, labels={**self.labels, "train": kept})
+
     def split(self, name: str) -> torch.Tensor:
         """The examples of one split.
 

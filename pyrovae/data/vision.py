@@ -195,6 +195,7 @@ def _load_torchvision(
     data_dir: PathLike | None,
     binarize: str | None,
     splits: Sequence[str],
+    labelled: int | None = None,
 ) -> Dataset:
     """One torchvision dataset, reading only the official files that ``splits`` need.
 
@@ -223,7 +224,7 @@ def _load_torchvision(
     to_binarize = {None: (), "dynamic": ("valid", "test"), "static": SPLITS}[binarize]
     for split in to_binarize:
         images[split] = _binarize_once(images[split], split)
-    return Dataset(
+    data = Dataset(
         name,
         binary=binarize is not None,
         image_shape=(28, 28),
@@ -232,6 +233,7 @@ def _load_torchvision(
         labels=labels,
         **images,
     )
+    return data if labelled is None else data.keeping_labels(labelled)
 
 
 @DATASETS.register("mnist")
@@ -240,6 +242,7 @@ def load_mnist(
     *,
     binarize: str | None = None,
     splits: Sequence[str] = SPLITS,
+    labelled: int | None = None,
 ) -> Dataset:
     """MNIST: train = first 50000 official training images, valid = last 10000, test = official.
 
@@ -252,6 +255,9 @@ def load_mnist(
             step (valid/test binarized once, seeded); ``"static"`` for every split binarized once.
         splits: The splits to load; the others are empty, (0, 784). The official training
             file is read only for train or valid, the official test file only for test.
+        labelled: keep this many training labels, as many of each digit, and mark the others
+            -1, unlabelled (``Dataset.keeping_labels``): semi-supervised training (M2,
+            ``pyrovae.m2``). None keeps them all.
 
     Returns:
         Dataset with splits (N_split, 784) float32, image_shape (28, 28); levels 256 (values
@@ -263,7 +269,7 @@ def load_mnist(
             symbolic link: refused before torchvision opens it) or is over 1 GiB, or binarize or
             a split is unknown.
     """
-    return _load_torchvision("mnist", "MNIST", data_dir, binarize, splits)
+    return _load_torchvision("mnist", "MNIST", data_dir, binarize, splits, labelled)
 
 
 @DATASETS.register("fashion-mnist")
@@ -272,6 +278,7 @@ def load_fashion_mnist(
     *,
     binarize: str | None = None,
     splits: Sequence[str] = SPLITS,
+    labelled: int | None = None,
 ) -> Dataset:
     """Fashion-MNIST, split and binarized exactly like :func:`load_mnist`.
 
@@ -279,6 +286,7 @@ def load_fashion_mnist(
         data_dir: torchvision root (holding ``FashionMNIST/raw``); None as for MNIST.
         binarize: None, ``"dynamic"`` or ``"static"``, as for MNIST.
         splits: The splits to load, as for MNIST.
+        labelled: as for MNIST (as many of each garment).
 
     Returns:
         Dataset with splits (N_split, 784) float32, image_shape (28, 28), levels as for MNIST.
@@ -286,7 +294,7 @@ def load_fashion_mnist(
     Raises:
         DataError: As for MNIST.
     """
-    return _load_torchvision("fashion-mnist", "FashionMNIST", data_dir, binarize, splits)
+    return _load_torchvision("fashion-mnist", "FashionMNIST", data_dir, binarize, splits, labelled)
 
 
 # --- CIFAR-10 -----------------------------------------------------------------------------------
