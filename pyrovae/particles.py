@@ -215,6 +215,20 @@ class Particles:
     kl = _LazyField()
     log_w_summed = _LazyField()
 
+    def add_auxiliary(self, terms: torch.Tensor) -> None:
+        """Add a training objective's term beside the ELBO, ``terms`` (B,) per point (M2's
+        classification loss, ``Program.auxiliary``), to every particle's ``log_lik`` (and so
+        to ``log_w`` and ``log_w_summed``), as a ``pyro.factor`` in the model would add it."""
+        points = self.log_lik.shape[-1]
+        if terms.shape != (points,):
+            raise ProgramError(
+                f"the program's auxiliary term must give one number per point of the batch, "
+                f"({points},), got shape {tuple(terms.shape)}"
+            )
+        self._fields["log_lik"] = self.log_lik + terms
+        if self.enumerated:  # (else log_w_summed is log_w, which reads log_lik)
+            self._fields["log_w_summed"] = self.log_w_summed + terms
+
     @property
     def log_p(self) -> torch.Tensor:
         """log p(x, z) = log p(z) + log p(x | z), (K, B)."""

@@ -173,8 +173,11 @@ class TracedProducer(_ModelDraws):
         record_params: bool = False,
         params: Sequence[torch.Tensor] = (),
         labels: bool = False,
+        auxiliary: Optional[Callable] = None,
     ) -> None:
         self.model, self.guide, self.max_plate_nesting = model, guide, max_plate_nesting
+        # A term of the training objective beside the ELBO (``Program.auxiliary``).
+        self.auxiliary = auxiliary
         # Called as model(x, y), the labels carried in the batch's last column (``Program``).
         self.labels = labels
         # The pair's trainable tensors where known (the trainer's): held fixed in
@@ -220,7 +223,7 @@ class TracedProducer(_ModelDraws):
             if num_data < x.shape[0]:
                 raise ValueError(f"num_data={num_data} is smaller than the batch ({x.shape[0]})")
             scale = num_data / x.shape[0]
-        return traced_particles(
+        particles = traced_particles(
             self.model,
             self.guide,
             self.args(x),
@@ -232,6 +235,9 @@ class TracedProducer(_ModelDraws):
             params=self.params,
             scaled=num_data is not None,
         )
+        if num_data is not None and self.auxiliary is not None:  # training only
+            particles.add_auxiliary(self.auxiliary(*self.args(x)))
+        return particles
 
     def score(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> Particles:
         """The log densities at given latents (C, B, ...), the enumerated sites summed out:
@@ -323,7 +329,7 @@ def make_producer(
             )
         program = as_program(subject)
         return TracedProducer(program.model, program.guide, max_plate_nesting, params=params,
-                              labels=program.labels)  # fmt: skip
+                              labels=program.labels, auxiliary=program.auxiliary)  # fmt: skip
     if kind == "direct" or (kind == "auto" and supports_direct(subject)):
         return DirectProducer(subject)
     # The library's VAE nests one plate, the data plate: nothing to infer.

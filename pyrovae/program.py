@@ -41,13 +41,21 @@ class Program:
             one with labels as observed sites. A name instead of True passes y by that
             keyword, ``model(x, digit=y)`` for ``labels="digit"`` (``model`` and ``guide``
             then hold them so wrapped, ``LabelsByKeyword``).
+        auxiliary: a term added to the training objective beside the ELBO, called as the
+            model is (``auxiliary(x)``, ``auxiliary(x, y)``) and returning (B,), each point's
+            share, scaled by N / B with the ELBO's: M2's classification loss α log q(y | x)
+            on its labelled points (``pyrovae.m2``). Training only: validation and every
+            evaluation (log p(x), AIS, gap) leave it out. None: the ELBO alone.
     """
 
     model: Callable
     guide: Callable
     labels: Union[bool, str] = False
+    auxiliary: Optional[Callable] = None
 
     def __post_init__(self) -> None:
+        if self.auxiliary is not None and not callable(self.auxiliary):
+            raise ProgramError(f"the auxiliary term must be a callable, got {self.auxiliary!r}")
         for name in ("model", "guide"):
             if not callable(getattr(self, name)):
                 raise ProgramError(
@@ -60,7 +68,7 @@ class Program:
                 f"them, got {self.labels!r}"
             )
         if keyword:  # (frozen: set once, here)
-            for name in ("model", "guide"):
+            for name in ("model", "guide", "auxiliary")[: 3 if self.auxiliary else 2]:
                 object.__setattr__(self, name, LabelsByKeyword(getattr(self, name), self.labels))
 
     def args(self, batch: torch.Tensor) -> Tuple[torch.Tensor, ...]:

@@ -1,0 +1,98 @@
+"""The built-in semi-supervised M2 (``pyrovae.m2``): its enumerated bound against Pyro's
+``TraceEnum_ELBO`` on a batch mixing labelled and unlabelled points, the labelled points'
+terms against the paper's L(x, y), and its classification term (``Program.auxiliary``) in
+training only."""
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import TraceEnum_ELBO
+
+from pyrovae.estimators import make_estimator
+from pyrovae.m2 import M2, make
+from pyrovae.particles import traced_particles
+from pyrovae.producers import make_producer
+from pyrovae.program import Program
+
+
+def _small(seed=0, **kw):
+    torch.manual_seed(seed)
+    m2 = M2(x_dim=12, z_dim=2, classes=3, hidden=8, **kw)
+    x = torch.bernoulli(torch.full((6, 12), 0.4))
+    y = torch.tensor([0, -1, 2, -1, 1, -1])
+    return m2, x, y
+
+
+def test_mixed_batch_equals_traceenum_elbo():
+    """Labelled and unlabelled points in one batch: pathwise equals TraceEnum_ELBO (loss and
+    gradient) at the same random numbers."""
+    m2, x, y = _small()
+    torch.manual_seed(1)
+    particles = traced_particles(m2.model, m2.guide, (x, y), max_plate_nesting=1)
+    loss, surrogate = make_estimator("pathwise")(particles)
+    torch.manual_seed(1)
+    ref = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m2.model, m2.guide, x, y)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    params = list(m2.parameters())
+    ours = torch.autograd.grad(surrogate, params, allow_unused=True)
+    theirs = torch.autograd.grad(ref, params, allow_unused=True)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_labelled_points_get_the_bound_of_their_label():
+    """A labelled point's term is L(x, y) = E_q(z|x,y)[log p(x, y, z) - log q(z | x, y)]: the
+    same as the program conditioned on y (the guide's y then fixed, the model's observed),
+    in expectation over z (many particles), and with no classifier gradient from it."""
+    m2, x, y = _small()
+    k = 4000
+    pyro.set_rng_seed(2)
+    summed = traced_particles(m2.model, m2.guide, (x, y), num_particles=k, max_plate_nesting=1)
+    onehot = torch.nn.functional.one_hot(y.clamp_min(0), 3).float()
+    model = poutine.condition(m2.model, data={"y": onehot})
+    guide = poutine.condition(m2.guide, data={"y": onehot})
+    given = traced_particles(model, guide, (x, y), num_particles=k, max_plate_nesting=1)
+    labelled = y >= 0
+    a, b = summed.log_w[:, labelled], given.log_w[:, labelled]
+    se = ((a.var(0) + b.var(0)) / k).sqrt()
+    assert ((a.mean(0) - b.mean(0)).abs() < 4 * se).all()
+    classifier = list(m2.classifier.parameters())
+    grads = torch.autograd.grad(a.sum(), classifier, allow_unused=True)
+    assert all(g is None or g.abs().max() == 0 for g in grads)
+
+
+def test_classification_term_is_trained_and_never_evaluated():
+    """The program's auxiliary term (α B / B_l log q(y | x) on the labelled points) adds to the
+    training loss, scaled by N / B, and gives the classifier a gradient; evaluation leaves it
+    out."""
+    m2, x, y = _small(alpha=0.1)
+    program = Program(m2.model, m2.guide, labels=True, auxiliary=m2.classification)
+    producer = make_producer(program)
+    batch = torch.cat([x, y.double().unsqueeze(1).float()], 1)
+    torch.manual_seed(3)
+    trained = producer(batch, 600, 1, None)
+    torch.manual_seed(3)
+    plain = make_producer(Program(m2.model, m2.guide, labels=True))(batch, 600, 1, None)
+    log_q = m2.classify(x).log_softmax(-1)
+    labelled = y >= 0
+    expected = 0.1 * 6 / 3 * log_q[labelled, y[labelled]]
+    torch.testing.assert_close(
+        (trained.log_lik - plain.log_lik)[0, labelled], expected, rtol=1e-5, atol=1e-6
+    )
+    assert ((trained.log_lik - plain.log_lik)[0, ~labelled] == 0).all()
+    loss, surrogate = make_estimator("pathwise")(trained)
+    (g,) = torch.autograd.grad(surrogate, [m2.classifier[0].weight])
+    assert g.abs().max() > 0
+    torch.manual_seed(3)
+    evaluated = producer(batch, None, 1, None)
+    torch.manual_seed(3)
+    reference = make_producer(Program(m2.model, m2.guide, labels=True))(batch, None, 1, None)
+    torch.testing.assert_close(evaluated.log_w, reference.log_w)
+
+
+def test_make_returns_the_paper_sizes_as_a_program_with_labels():
+    program = make()
+    m2 = program.model.__self__
+    assert (m2.x_dim, m2.z_dim, m2.classes) == (784, 50, 10)
+    assert program.labels is True and program.auxiliary == m2.classification
