@@ -240,13 +240,17 @@ def enumerated_names(model, guide, args: Sequence[Any], nesting: int) -> Tuple[s
     """The sites a model/guide pair sums out by enumeration (marked in the guide, or in the
     model alone), found by tracing it once as training does: no gradient kept, the random
     streams left as they were."""
-    from .particles import _batch_of, _traced_pair
+    from .particles import _batch_of, _padded, _SmallBatch, _traced_pair
     from .runtime import fork_rng
 
     x = _batch_of(args)
     model, guide = (poutine.block(p, hide_types=["param"]) for p in (model, guide))
     with torch.no_grad(), fork_rng(x.device if x is not None else "cpu"):
-        guide_trace, model_trace = _traced_pair(model, guide, args, {}, 1, nesting, None)
+        try:
+            guide_trace, model_trace = _traced_pair(model, guide, args, {}, 1, nesting, None)
+        except _SmallBatch as small:  # a plate that subsamples more points than given
+            args = _padded(args, small.subsample_size)
+            guide_trace, model_trace = _traced_pair(model, guide, args, {}, 1, nesting, None)
     names = [
         site["name"]
         for trace in (guide_trace, model_trace)

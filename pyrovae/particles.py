@@ -188,6 +188,7 @@ class Particles:
         enumerated: Sequence[str] = (),
         enumerated_latents: Optional[Mapping[str, torch.Tensor]] = None,
         num_particles: Optional[int] = None,
+        score_sites: Optional[Callable[[], List[Any]]] = None,
     ) -> None:
         self.x = x
         self.latents = dict(latents)
@@ -195,6 +196,7 @@ class Particles:
         self.enumerated = tuple(enumerated)
         self.enumerated_latents = dict(enumerated_latents or {})
         self._num_particles = num_particles
+        self._score_sites = score_sites
         self.scale = float(scale)
         self.kl_weight = 1.0
         # Tensors, or functions computing them on first read (``_LazyField``).
@@ -214,6 +216,29 @@ class Particles:
     log_q_stopped = _LazyField()
     kl = _LazyField()
     log_w_summed = _LazyField()
+
+    def score_sites(self) -> List[Any]:
+        """The latent sites drawn without reparameterization, each with the costs downstream
+        of it (``pyrovae.dependencies.ScoreSite``: name, log q (K, B), cost (K, B)), as Pyro's
+        ``TraceGraph_ELBO`` finds them; the traced producer's, computed on first call. A
+        producer that does not give them (the library's VAE) has one latent: a score site
+        with the whole log weight as its cost where it was sampled, none where it was
+        reparameterized."""
+        from .dependencies import ScoreSite
+
+        if self._score_sites is not None:
+            if callable(self._score_sites):
+                self._score_sites = self._score_sites()
+            return self._score_sites
+        drawn = [z.requires_grad for z in self.latents.values()]
+        if all(drawn):
+            return []
+        if any(drawn):
+            raise NotApplicable(
+                "this producer does not say which costs sit downstream of which latent, and "
+                f"some of {sorted(self.latents)} were reparameterized: use the traced producer"
+            )
+        return [ScoreSite(", ".join(self.latents), self.log_q, self.log_w)]
 
     def add_auxiliary(self, terms: torch.Tensor) -> None:
         """Add a training objective's term beside the ELBO, ``terms`` (B,) per point (M2's
@@ -949,6 +974,22 @@ def traced_particles(
         log_p_g = _total({n: log_p_sites[n] for n in summed.guide})
         return summed.expected(log_q_g, log_q_g - log_p_g + kl_z)
 
+    def score_sites():
+        # The guide's sites drawn without rsample, with the costs downstream of each; where the
+        # model sums a site out, its densities do not split by site: the whole weight.
+        from .dependencies import ScoreSite, downstream_costs
+
+        local = [n for n in guide_sites if n not in global_names and n not in summed.guide]
+        sampled = [
+            n for n in local if reparameterized is False or not guide_sites[n]["fn"].has_rsample
+        ]
+        if summed:
+            log_w = fields["log_prior"] + fields["log_lik"] - fields["log_q"]
+            return [ScoreSite(n, log_q_sites[n], log_w) for n in sampled]
+        order = [s["name"] for s in _sample_sites(model_trace)]
+        log_p = {**log_p_sites, **log_lik_sites}
+        return downstream_costs(sampled, local, order, log_q_sites, log_p)
+
     if summed:
         fields = summed.fields(log_p_sites, log_lik_sites, log_q_sites)
     else:
@@ -969,6 +1010,7 @@ def traced_particles(
         enumerated=summed.guide,
         enumerated_latents=enumerated_latents,
         num_particles=k,
+        score_sites=score_sites,
         **fields,
     )
 

@@ -145,3 +145,39 @@ class TinyM2(nn.Module):
     def sample(self, n: int, seed: int = 1) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return torch.bernoulli(torch.full((n, self.x_dim), 0.4, dtype=torch.float64), generator=g)
+
+
+class LateDiscrete(nn.Module):
+    """A guide that draws the continuous z first and the discrete c after it, given z: c's
+    score term then leaves out q(z | x)'s cost, upstream of it (Rao-Blackwellization).
+    Model: c ~ Cat(π), z ~ N(μ_c, I), x ~ N(W z + b_c, I)."""
+
+    def __init__(self, x_dim=4, z_dim=2, components=3, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        c, self.z_dim = components, z_dim
+        self.logits = nn.Parameter(torch.randn(c, dtype=torch.float64))
+        self.means = nn.Parameter(torch.randn(c, z_dim, dtype=torch.float64))
+        self.W = nn.Parameter(torch.randn(x_dim, z_dim, dtype=torch.float64))
+        self.b = nn.Parameter(torch.randn(c, x_dim, dtype=torch.float64))
+        self.encoder = nn.Linear(x_dim, 2 * z_dim).double()
+        self.classifier = nn.Linear(x_dim + z_dim, c).double()
+
+    def model(self, x):
+        pyro.module("late", self)
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(logits=self.logits))
+            z = pyro.sample("z", dist.Normal(self.means[c], 1.0).to_event(1))
+            loc = z @ self.W.T + self.b[c]
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("late", self)
+        with pyro.plate("data", x.shape[0]):
+            loc, log_scale = self.encoder(x).chunk(2, -1)
+            z = pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+            pyro.sample("c", dist.Categorical(logits=self.classifier(_joined(x, z))))
+
+    def sample(self, n: int, seed: int = 1) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n, self.W.shape[0], generator=g, dtype=torch.float64)

@@ -3,6 +3,7 @@
 - ``base``: the ``Estimator`` interface and its ``pyro.infer.ELBO`` view (``EstimatorELBO``);
 - ``elbo``: ``pathwise``, ``analytic-kl``, ``stl``;
 - ``score_function``: ``score-function``, baselines ``none``, ``decaying-average``, ``neural``;
+  ``tracegraph``, its Rao-Blackwellized form for programs with discrete latents;
 - ``bounds``: the K-sample bound with three gradients, ``iwae``, ``dreg``, ``vimco``.
 
 Adding an estimator is one subclass of ``Estimator`` and one ``@ESTIMATORS.register(name)``

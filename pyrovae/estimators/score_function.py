@@ -19,6 +19,11 @@ Baselines (subtracted from the cost in the score term only, so the estimate stay
 - ``neural``: an input-dependent baseline b(x), a small MLP scaled by N / B like the costs,
   added to the decaying average and fitted to the cost by squared error (NVIL, Mnih & Gregor,
   2014).
+
+``tracegraph`` (below) is the same estimator for programs with discrete latents, as Pyro's
+``TraceGraph_ELBO`` computes it: score terms for the sites without a reparameterized sampler
+only, each with the costs downstream of it (``pyrovae.dependencies``), and pathwise gradients
+through the other latents.
 """
 
 from __future__ import annotations
@@ -168,3 +173,76 @@ class ScoreFunction(Estimator):
         # The loss reported is always the true ELBO's.
         reported = cost.sum() if p.kl_weight == 1.0 else p.scale * p.log_w.detach().sum()
         return -reported / k, (baseline_loss - surrogate) / k
+
+
+@ESTIMATORS.register("tracegraph")
+class TraceGraph(ScoreFunction):
+    """The score function on the latents that have no reparameterized sampler (discrete ones),
+    each site's term with only the costs downstream of it (Rao-Blackwellized, as Pyro's
+    ``TraceGraph_ELBO``: ``pyrovae.dependencies``), and pathwise gradients through the
+    others. With s = N / B and, for each such site j, its downstream cost c_j:
+
+        surrogate = s Σ [log p(x, z) - log q_pathwise(z | x)] + Σ_j log q_j · stop(s c_j - b_j)
+
+    averaged over particles; b_j a decaying average per site (``decaying-average``) or none.
+    On a model whose one latent is discrete it is ``score-function``; on a Gaussian VAE it is
+    ``pathwise``."""
+
+    reparameterized = None  # rsample where the distribution has it, sample elsewhere
+    supports_warmup = False
+
+    def __init__(
+        self,
+        num_particles: int | None = None,
+        baseline: str = "decaying-average",
+        baseline_beta: float = 0.9,
+    ) -> None:
+        if baseline == "neural":
+            raise ValueError(
+                "the tracegraph estimator keeps a baseline per site, decaying-average or none; "
+                "the neural baseline is score-function's"
+            )
+        super().__init__(num_particles, baseline, baseline_beta)
+
+    @property
+    def gradient(self) -> str:  # type: ignore[override]
+        return (
+            "score function on non-reparameterized sites with their downstream costs "
+            f"(Rao-Blackwellized, baseline {self.baseline}), pathwise on the others"
+        )
+
+    @classmethod
+    def variants(cls) -> List[Dict[str, Any]]:
+        return [{"baseline": b} for b in BASELINES if b != "neural"]
+
+    def prepare(self, x: torch.Tensor) -> None:
+        """Nothing: the averages (sites, K, B) take their shape from the first costs."""
+
+    def forward(self, particles, update_state: bool = True) -> Output:
+        p = particles
+        sites = p.score_sites()
+        log_q_sampled = sum((site.log_q for site in sites), torch.zeros(()))
+        advantage = None
+        if sites:
+            cost = torch.stack([p.scale * site.cost.detach() for site in sites])  # (S, K, B)
+            advantage = cost
+            if self.uses_average:
+                if self.average.numel() == 0:
+                    self.average = torch.zeros_like(cost)
+                if self.average.shape != cost.shape:
+                    raise ValueError(
+                        f"the decaying-average baselines have shape {tuple(self.average.shape)} "
+                        f"but the batch gives costs of shape {tuple(cost.shape)}: they need "
+                        "batches of one size"
+                    )
+                advantage = cost - self.average
+                if update_state:
+                    with torch.no_grad():
+                        self.average.mul_(self.baseline_beta).add_(
+                            cost, alpha=1 - self.baseline_beta
+                        )
+        surrogate = p.scale * (p.log_p - (p.log_q - log_q_sampled)).sum()
+        if advantage is not None:
+            surrogate = surrogate + sum((site.log_q * a).sum() for site, a in zip(sites, advantage))
+        k = p.num_particles
+        return -p.scale * p.log_w.detach().sum() / k, -surrogate / k
