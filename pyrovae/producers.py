@@ -83,9 +83,13 @@ class _ModelDraws:
 
     def simulate(self, x_like: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """(x, latents) drawn from the model, one per row of ``x_like`` (its shape only, and
-        the labels it carries for a program that takes them)."""
+        the labels it carries for a program that takes them); the sites summed out by
+        enumeration left out of the latents (the others are then a draw of their marginal
+        posterior given x, as BDMC's reverse chains need)."""
         x_shape, *rest = self.args(x_like)
-        return traced_simulation(self.model, x_shape, *rest)
+        x, latents = traced_simulation(self.model, x_shape, *rest)
+        summed = self.summed_sites(x_like)
+        return x, {name: v for name, v in latents.items() if name not in summed}
 
     def holding_globals(self, x: torch.Tensor, chains: int) -> "_ModelDraws":
         """This producer with the program's global latents held, for ``chains`` particles of
