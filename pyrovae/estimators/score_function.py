@@ -141,6 +141,25 @@ class ScoreFunction(Estimator):
             self.average = torch.zeros_like(saved, device=self.average.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _average_before(self, cost: torch.Tensor, update_state: bool) -> torch.Tensor:
+        """The decaying average of the costs as it was before this batch's ``cost`` (shaped
+        like it: the first costs give its shape where ``prepare`` did not), then updated with
+        them where ``update_state``."""
+        if self.average.numel() == 0:
+            self.average = torch.zeros_like(cost)
+        if self.average.shape != cost.shape:
+            raise ValueError(
+                f"the decaying-average baseline has shape {tuple(self.average.shape)} but "
+                f"the batch gives costs of shape {tuple(cost.shape)}: it needs batches of "
+                "one size"
+            )
+        if not update_state:
+            return self.average
+        before = self.average.clone()
+        with torch.no_grad():
+            self.average.mul_(self.baseline_beta).add_(cost, alpha=1 - self.baseline_beta)
+        return before
+
     def forward(self, particles, update_state: bool = True) -> Output:
         p = particles
         k = p.num_particles
@@ -151,24 +170,14 @@ class ScoreFunction(Estimator):
         advantage = cost
         baseline_loss = 0.0
         if self.uses_average:
-            if self.average.numel() == 0:  # not prepared: the first costs give its shape
-                self.average = torch.zeros_like(cost)
-            if self.average.shape != cost.shape:
-                raise ValueError(
-                    f"the decaying-average baseline has shape {tuple(self.average.shape)} but "
-                    f"the batch gives costs of shape {tuple(cost.shape)}: it needs batches of "
-                    "one size"
-                )
-            advantage = cost - self.average
+            average = self._average_before(cost, update_state)
+            advantage = cost - average
             if self.baseline_net is not None:
                 if p.x is None:
                     raise ValueError("the neural baseline needs the batch x as its input")
-                fitted = self.average + p.scale * self.baseline_net(p.x)
+                fitted = average + p.scale * self.baseline_net(p.x)
                 baseline_loss = (cost - fitted).pow(2).sum()
                 advantage = cost - fitted.detach()
-            if update_state:
-                with torch.no_grad():
-                    self.average.mul_(self.baseline_beta).add_(cost, alpha=1 - self.baseline_beta)
         surrogate = p.scale * log_p.sum() + (log_q * advantage).sum()
         # The loss reported is always the true ELBO's.
         reported = cost.sum() if p.kl_weight == 1.0 else p.scale * p.log_w.detach().sum()
@@ -226,21 +235,8 @@ class TraceGraph(ScoreFunction):
         if sites:
             cost = torch.stack([p.scale * site.cost.detach() for site in sites])  # (S, K, B)
             advantage = cost
-            if self.uses_average:
-                if self.average.numel() == 0:
-                    self.average = torch.zeros_like(cost)
-                if self.average.shape != cost.shape:
-                    raise ValueError(
-                        f"the decaying-average baselines have shape {tuple(self.average.shape)} "
-                        f"but the batch gives costs of shape {tuple(cost.shape)}: they need "
-                        "batches of one size"
-                    )
-                advantage = cost - self.average
-                if update_state:
-                    with torch.no_grad():
-                        self.average.mul_(self.baseline_beta).add_(
-                            cost, alpha=1 - self.baseline_beta
-                        )
+            if self.uses_average:  # one average per site
+                advantage = cost - self._average_before(cost, update_state)
         surrogate = p.scale * (p.log_p - (p.log_q - log_q_sampled)).sum()
         if advantage is not None:
             surrogate = surrogate + sum((site.log_q * a).sum() for site, a in zip(sites, advantage))
