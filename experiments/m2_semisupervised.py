@@ -72,6 +72,10 @@ def main() -> None:
         "epochs": args.epochs,
         "train_seconds_total": round(seconds, 1),
         "valid_elbo_last": result.metrics[-1]["valid_elbo"],
+        # the validation error per epoch (``Program.classify``), for the learning curve
+        "valid_error_by_epoch": [
+            round(m["valid_error"], 2) for m in result.metrics if "valid_error" in m
+        ],
         "this_call_seconds": round(time.perf_counter() - start, 1),
         "run_dir": str(run_dir),
     }

@@ -421,6 +421,8 @@ def _cmd_train(args) -> int:
         ("next", f"pyrovae evaluate {result.run_dir}"),
     ]
     rows.insert(-1, _threads_row(args))
+    if "valid_error" in last:  # a program that classifies (M2)
+        rows.insert(5, ("valid error (last epoch)", f"{last['valid_error']:.2f}% misclassified"))
     print("training finished\n" + summary_table(rows))
     return 0
 

@@ -119,4 +119,6 @@ class M2(nn.Module):
 def make() -> Program:
     """The paper's M2 for 28×28 binary images and 10 classes, as a program taking labels."""
     m2 = M2()
-    return Program(m2.model, m2.guide, labels=True, auxiliary=m2.classification)
+    return Program(
+        m2.model, m2.guide, labels=True, auxiliary=m2.classification, classify=m2.classify
+    )

@@ -178,10 +178,12 @@ class TracedProducer(_ModelDraws):
         params: Sequence[torch.Tensor] = (),
         labels: bool = False,
         auxiliary: Optional[Callable] = None,
+        classify: Optional[Callable] = None,
     ) -> None:
         self.model, self.guide, self.max_plate_nesting = model, guide, max_plate_nesting
-        # A term of the training objective beside the ELBO (``Program.auxiliary``).
-        self.auxiliary = auxiliary
+        # A term of the training objective beside the ELBO, and a classifier whose validation
+        # error training records (``Program.auxiliary``, ``Program.classify``).
+        self.auxiliary, self.classify = auxiliary, classify
         # Called as model(x, y), the labels carried in the batch's last column (``Program``).
         self.labels = labels
         # The pair's trainable tensors where known (the trainer's): held fixed in
@@ -333,12 +335,30 @@ def make_producer(
             )
         program = as_program(subject)
         return TracedProducer(program.model, program.guide, max_plate_nesting, params=params,
-                              labels=program.labels, auxiliary=program.auxiliary)  # fmt: skip
+                              labels=program.labels, auxiliary=program.auxiliary,
+                              classify=program.classify)  # fmt: skip
     if kind == "direct" or (kind == "auto" and supports_direct(subject)):
         return DirectProducer(subject)
     # The library's VAE nests one plate, the data plate: nothing to infer.
     nesting = max_plate_nesting or 1
     return TracedProducer(subject.model, subject.guide, nesting, params=params)
+
+
+def classification_error(producer: Producer, points: torch.Tensor) -> Optional[float]:
+    """The percentage of labelled ``points`` (a program's batch: x and a labels column) whose
+    argmax of the program's ``classify(x)`` is not their label; None for a producer without a
+    classifier, or no labelled point."""
+    classify = getattr(producer, "classify", None)
+    if classify is None or not getattr(producer, "labels", False):
+        return None
+    wrong = known = 0
+    with torch.no_grad():
+        for start in range(0, points.shape[0], 1000):
+            x, y = producer.args(points[start : start + 1000])
+            labelled = y >= 0
+            wrong += int((classify(x).argmax(-1) != y)[labelled].sum())
+            known += int(labelled.sum())
+    return 100.0 * wrong / known if known else None
 
 
 def check_applies(producer: Producer, estimator: "Estimator", x: torch.Tensor) -> None:

@@ -46,16 +46,22 @@ class Program:
             share, scaled by N / B with the ELBO's: M2's classification loss α log q(y | x)
             on its labelled points (``pyrovae.m2``). Training only: validation and every
             evaluation (log p(x), AIS, gap) leave it out. None: the ELBO alone.
+        classify: for a program with labels that also classifies (M2), ``classify(x)`` gives
+            the class logits (B, C); training then records each epoch's validation
+            classification error (``valid_error``, the percentage of labelled validation
+            points whose argmax is not their label).
     """
 
     model: Callable
     guide: Callable
     labels: Union[bool, str] = False
     auxiliary: Optional[Callable] = None
+    classify: Optional[Callable] = None
 
     def __post_init__(self) -> None:
-        if self.auxiliary is not None and not callable(self.auxiliary):
-            raise ProgramError(f"the auxiliary term must be a callable, got {self.auxiliary!r}")
+        for name in ("auxiliary", "classify"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise ProgramError(f"{name} must be a callable, got {getattr(self, name)!r}")
         for name in ("model", "guide"):
             if not callable(getattr(self, name)):
                 raise ProgramError(

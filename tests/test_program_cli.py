@@ -384,7 +384,15 @@ def test_m2_trains_from_the_command_line_and_refuses_score_functions(tmp_path, c
              "--n-train", "100", "--n-eval", "40", "--batch-size", "50", "--quiet",
              "--threads", "1", "--epochs", "1"]  # fmt: skip
     assert main(["train", *flags, "--run-dir", str(tmp_path / "a")]) == 0
-    capsys.readouterr()
+    assert "valid error (last epoch)" in capsys.readouterr().out
+    # The recorded validation error is the trained classifier's on the validation points.
+    from pyrovae.producers import classification_error
+    from pyrovae.program_runs import load_program_run, points
+
+    producer, data, _ = load_program_run(tmp_path / "a", "last", splits=("valid",))
+    recorded = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
+    expected = classification_error(producer, points(data, "valid", labels=True))
+    assert recorded["valid_error"] == pytest.approx(expected)
     code = main(
         ["train", *flags, "--estimator", "score-function", "--run-dir", str(tmp_path / "b")]
     )

@@ -49,7 +49,13 @@ from ..estimators import BOUND_OBJECTIVE, ESTIMATORS, Estimator, make_estimator
 from ..evaluation import estimate_log_likelihood
 from ..model import VAE, VAEConfig, build_vae
 from ..particles import traced_particles
-from ..producers import Producer, check_applies, estimate_and_backward, make_producer
+from ..producers import (
+    Producer,
+    check_applies,
+    classification_error,
+    estimate_and_backward,
+    make_producer,
+)
 from ..program import Program, as_program, load_program, with_labels
 from ..runtime import (
     Device,
@@ -1060,7 +1066,7 @@ class _EpochLoop:
                 "the arithmetic broke down",
                 epoch,
             )
-        return {
+        record = {
             "epoch": epoch,
             "step": step,
             "train_elbo": -train_loss,
@@ -1070,6 +1076,10 @@ class _EpochLoop:
             "estimator": self.trainer.estimator.name,
             "producer": self.producer.name,
         }
+        error = classification_error(self.producer, self.valid_split)
+        if error is not None:  # a program that classifies (M2)
+            record["valid_error"] = error
+        return record
 
 
 @dataclass
