@@ -96,3 +96,22 @@ def test_make_returns_the_paper_sizes_as_a_program_with_labels():
     m2 = program.model.__self__
     assert (m2.x_dim, m2.z_dim, m2.classes) == (784, 50, 10)
     assert program.labels is True and program.auxiliary == m2.classification
+
+
+def test_program_refuses_an_auxiliary_or_classifier_that_is_not_callable():
+    from pyrovae.particles import ProgramError
+
+    m2, _, _ = _small()
+    for name in ("auxiliary", "classify"):
+        with pytest.raises(ProgramError, match=f"{name} must be a callable"):
+            Program(m2.model, m2.guide, labels=True, **{name: 3})
+
+
+def test_an_auxiliary_term_of_the_wrong_shape_is_refused_in_one_line():
+    from pyrovae.particles import ProgramError
+
+    m2, x, y = _small()
+    program = Program(m2.model, m2.guide, labels=True, auxiliary=lambda x, y: x.sum())
+    batch = torch.cat([x, y.float().unsqueeze(1)], 1)
+    with pytest.raises(ProgramError, match=r"one number per point of the batch, \(6,\)"):
+        make_producer(program)(batch, 600, 1, None)
