@@ -115,3 +115,60 @@ def test_an_auxiliary_term_of_the_wrong_shape_is_refused_in_one_line():
     batch = torch.cat([x, y.float().unsqueeze(1)], 1)
     with pytest.raises(ProgramError, match=r"one number per point of the batch, \(6,\)"):
         make_producer(program)(batch, 600, 1, None)
+
+
+TORCHVISION = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared/data/torchvision"
+
+
+def test_labelled_batches_alternate_with_unlabelled_ones_each_scaled_to_its_part(
+    monkeypatch, tmp_path
+):
+    """With labelled_batch_size, each step of an epoch is a batch of unlabelled points (a
+    permutation of them), scaled by their number, then that many labelled points drawn at
+    random, scaled by the labelled points' number."""
+    from pyrovae import TrainConfig, train
+    from pyrovae.training import trainer as module
+
+    calls = []
+    original = module.Trainer.step
+
+    def recorded(self, x, n, beta, **kw):
+        calls.append((x[:, -1].clone(), n))
+        return original(self, x, n, beta, **kw)
+
+    monkeypatch.setattr(module.Trainer, "step", recorded)
+    options = {"binarize": "dynamic", "labelled": 3000}
+    cfg = TrainConfig(model="pyrovae.m2:make", dataset="mnist", data_dir=str(TORCHVISION),
+                      dataset_options=options, n_train=400, n_eval=40, epochs=1,
+                      batch_size=100, labelled_batch_size=8)  # fmt: skip
+    train(cfg, run_dir=str(tmp_path / "run"), progress=False)
+    unlabelled, labelled = calls[0::2], calls[1::2]
+    n_u, n_l = unlabelled[0][1], labelled[0][1]
+    assert n_u + n_l == 400 and n_l > 0
+    assert len(unlabelled) == len(labelled) == -(-n_u // 100)
+    assert sum(len(y) for y, _ in unlabelled) == n_u
+    assert all((y < 0).all() and n == n_u for y, n in unlabelled)
+    assert all((y >= 0).all() and len(y) == 8 and n == n_l for y, n in labelled)
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--dataset", "binarized-mnist"], "is for a program that takes labels"),
+        (["--model", "pyrovae.m2:make", "--dataset", "mnist", "--data-dir", str(TORCHVISION)],
+         "every one has a label"),
+    ],
+)  # fmt: skip
+def test_labelled_batches_are_refused_where_they_cannot_apply(flags, words, tmp_path, capsys):
+    from pyrovae.cli import main
+
+    data = (
+        ["--data-dir", str(TORCHVISION.parent / "binarized_mnist")]
+        if "binarized-mnist" in flags
+        else []
+    )
+    rest = ["--n-train", "200", "--n-eval", "20", "--epochs", "1", "--labelled-batch-size", "10",
+            "--quiet", "--run-dir", str(tmp_path / "r")]  # fmt: skip
+    code = main(["train", *flags, *data, *rest])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and words in err, err

@@ -35,7 +35,7 @@ ENGINE_TO_PRODUCER = {"auto": "auto", "fast": "direct", "pyro": "traced"}
 # The groups of ``pyrovae train --help`` that these options are listed under.
 DATA, MODEL, OPTIM = "data", "model", "optimisation"
 # Fields that describe a Pyro program of the user's own, written to config.json only when set.
-PROGRAM_FIELDS = ("model", "max_plate_nesting")
+PROGRAM_FIELDS = ("model", "max_plate_nesting", "labelled_batch_size")
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,14 @@ class TrainConfig:
         None, Rule("int", minimum=1, optional=True),
         "the plates a program of your own nests (pixels in a plate inside the data plate: 2); "
         "default: inferred as Pyro's ELBOs infer it", MODEL,
+    )  # fmt: skip
+
+    labelled_batch_size: Optional[int] = option(
+        None, Rule("int", minimum=1, optional=True),
+        "semi-supervised training of a program that takes labels: batches of the unlabelled "
+        "points (label -1), each followed by a step on this many labelled points drawn at "
+        "random, scaled by the labelled points' number (the few labels revisited, as "
+        "Kingma et al.'s M2 trains); default: batches take the points as they come", DATA,
     )  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -715,7 +715,8 @@ def _build_session(cfg, data, device, world, plan: _RunPlan, program) -> _Sessio
             f"the {estimator.name!r} estimator does not support KL warm-up (its class does "
             "not set supports_warmup = True: it ignores Particles.kl_weight): drop --warmup"
         )
-    steps_per_epoch = _steps_per_epoch(data.train.shape[0], cfg.batch_size, estimator)
+    points = _permuted_points(cfg, data, program, estimator)
+    steps_per_epoch = _steps_per_epoch(points, cfg.batch_size, estimator)
     if cfg.batch_size < world.size:
         raise OptionError(
             f"batch_size (--batch-size) is the global batch, split between the "
@@ -757,6 +758,33 @@ def _build_session(cfg, data, device, world, plan: _RunPlan, program) -> _Sessio
         vae, model, guide, model_config, trained, trainer, train_split, valid_split, device,
         steps_per_epoch,
     )  # fmt: skip
+
+
+def _permuted_points(cfg: TrainConfig, data: Dataset, program, estimator: Estimator) -> int:
+    """How many training points an epoch's permutation covers: all of them, or with
+    ``labelled_batch_size`` the unlabelled ones (the labelled ones drawn beside each batch),
+    refused where that cannot apply."""
+    if not cfg.labelled_batch_size:
+        return data.train.shape[0]
+    flag = "labelled_batch_size (--labelled-batch-size)"
+    if program is None or not program.labels or data.labels is None:
+        raise OptionError(
+            f"{flag} is for a program that takes labels (Program(labels=True)) on data with "
+            "labels, some of them -1 (unlabelled): drop it, or train such a program"
+        )
+    labels = data.labels["train"]
+    if not (labels < 0).any() or not (labels >= 0).any():
+        raise DataError(
+            f"{flag} needs training points with labels and without (-1), but every one "
+            f"{'has' if (labels >= 0).all() else 'lacks'} a label: keep some "
+            "(--dataset-option labelled=N) or drop it"
+        )
+    if estimator.fixed_batch_shape and cfg.labelled_batch_size != cfg.batch_size:
+        raise OptionError(
+            f"the {estimator.name!r} estimator keeps state shaped like the batch, so {flag} "
+            f"must equal batch_size ({cfg.batch_size}), got {cfg.labelled_batch_size}"
+        )
+    return int((labels < 0).sum())
 
 
 def _program_splits(data: Dataset, program: Optional[Program]):
@@ -972,14 +1000,11 @@ class _EpochLoop:
                 self.trainer.set_lr(lr)
                 t0 = time.perf_counter()
                 total_loss = 0.0
-                # Drawn on the CPU (``shuffle``), then indexing where the split is.
-                perm = torch.randperm(n, generator=self.resumable.shuffle)
-                perm = perm.to(self.train_split.device)
-                for i in range(steps_per_epoch):
-                    rows = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                for i, batches in enumerate(self._batches(steps_per_epoch)):
                     beta = kl_weight(step, cfg.warmup, steps_per_epoch)
-                    loss = self._step(rows, beta, step, f"epoch {epoch}, step {i + 1}", epoch)
-                    total_loss += loss
+                    where = f"epoch {epoch}, step {i + 1}"
+                    for rows, count in batches:
+                        total_loss += self._step(rows, count, beta, step, where, epoch)
                     step += 1
                     share_cores()
                     bar.update()
@@ -1006,11 +1031,36 @@ class _EpochLoop:
             bar.close()
         return best
 
-    def _step(self, rows: torch.Tensor, beta: float, step: int, where: str, epoch: int) -> float:
+    def _batches(self, steps: int):
+        """Each step's batches of an epoch, as (rows of the training split, the number of
+        points they stand for): a permutation's batches of the whole split; with
+        ``labelled_batch_size``, of its unlabelled points, each followed by that many
+        labelled points drawn at random (with replacement), which stand for the labelled
+        ones (semi-supervised training: the few labels revisited, each step scaled to its
+        part). Drawn on the CPU (``shuffle``), then indexing where the split is."""
+        cfg, shuffle, where = self.cfg, self.resumable.shuffle, self.train_split.device
+        size = cfg.batch_size
+        if not cfg.labelled_batch_size:
+            perm = torch.randperm(self.data.train.shape[0], generator=shuffle).to(where)
+            for i in range(steps):
+                yield [(perm[i * size : (i + 1) * size], self.data.train.shape[0])]
+            return
+        labels = self.train_split[:, -1]
+        unlabelled, labelled = (labels < 0).nonzero().squeeze(1), (labels >= 0).nonzero().squeeze(1)
+        perm = unlabelled[torch.randperm(len(unlabelled), generator=shuffle).to(where)]
+        for i in range(steps):
+            picked = torch.randint(len(labelled), (cfg.labelled_batch_size,), generator=shuffle)
+            yield [
+                (perm[i * size : (i + 1) * size], len(unlabelled)),
+                (labelled[picked.to(where)], len(labelled)),
+            ]
+
+    def _step(self, rows, n: int, beta: float, step: int, where: str, epoch: int) -> float:
         """One training step on ``rows`` of the training split (this process's part of them,
-        under torchrun) at KL weight ``beta``: its loss, refused where it is not finite (at
-        the very first step the data's fault, later a divergence)."""
-        n, split = self.data.train.shape[0], {}
+        under torchrun), which stand for ``n`` points, at KL weight ``beta``: its loss,
+        refused where it is not finite (at the very first step the data's fault, later a
+        divergence)."""
+        split = {}
         if self.world.distributed:  # this process's part of the global batch
             split["batch_size"] = rows.shape[0]
             rows = rows[slice(*self.world.shard(rows.shape[0]))]
