@@ -12,8 +12,10 @@ The networks are the paper's: one hidden layer of 500 softplus units each, z of 
 
 The classifier q(y | x) learns from the unlabelled bound alone otherwise (a labelled point's q
 is fixed at its label), so the paper adds α E_labelled[log q(y | x)] to the objective, with
-α = 0.1 N for N training points (``M2.classification``, the program's auxiliary term: in
-training only). Each batch estimates the expectation by the mean over its labelled points.
+α = 0.1 N for N training points: w log q(y | x) for each of the N_l labelled points, w =
+0.1 N / N_l (``M2.classification``, the program's auxiliary term: in training only). A weight
+per labelled point, not per batch, keeps the objective the same however batches are drawn
+(mixed, or labelled batches beside unlabelled ones: ``--labelled-batch-size``).
 
 ``pyrovae train --model pyrovae.m2:make ...`` trains it; ``make()`` returns the program.
 """
@@ -54,7 +56,8 @@ class M2(nn.Module):
     Args:
         x_dim, z_dim, classes, hidden: the data's, latent's and label's sizes, and the
             hidden layers' width.
-        alpha: the classification term's weight per training point (the paper's α / N).
+        weight: the classification term's weight per labelled point, w (``paper_weight``;
+            the default is the paper's for 3000 labels among MNIST's 50,000 points).
     """
 
     def __init__(
@@ -63,10 +66,10 @@ class M2(nn.Module):
         z_dim: int = 50,
         classes: int = 10,
         hidden: int = 500,
-        alpha: float = 0.1,
+        weight: float = 0.1 * 50000 / 3000,
     ) -> None:
         super().__init__()
-        self.x_dim, self.z_dim, self.classes, self.alpha = x_dim, z_dim, classes, alpha
+        self.x_dim, self.z_dim, self.classes, self.weight = x_dim, z_dim, classes, weight
         self.decoder = _mlp(z_dim + classes, hidden, x_dim)
         self.classifier = _mlp(x_dim, hidden, classes)
         self.encoder = _mlp(x_dim + classes, hidden, 2 * z_dim)
@@ -76,13 +79,10 @@ class M2(nn.Module):
         return self.classifier(x)
 
     def classification(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The paper's classification term for a batch, per point (B,): α B / B_l log q(y | x)
-        at each of the B_l labelled points (y ≥ 0), 0 at the others, so that scaled by N / B
-        it is α N times the labelled points' mean log q(y | x)."""
-        known = y >= 0
+        """The paper's classification term per point (B,): w log q(y | x) at each labelled
+        point (y ≥ 0), 0 at the others."""
         log_q = self.classify(x).log_softmax(-1).gather(-1, y.clamp_min(0).unsqueeze(-1))
-        weight = self.alpha * x.shape[0] / known.sum().clamp_min(1)
-        return torch.where(known, weight * log_q.squeeze(-1), torch.zeros_like(weight))
+        return torch.where(y >= 0, self.weight * log_q.squeeze(-1), torch.zeros(()))
 
     def _label_logits(self, x: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
         """q(y | x)'s logits, at the label where a point has one (degenerate there)."""
@@ -116,9 +116,34 @@ class M2(nn.Module):
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
 
 
-def make() -> Program:
-    """The paper's M2 for 28×28 binary images and 10 classes, as a program taking labels."""
-    m2 = M2()
+def paper_weight(labelled: int, points: int = 50000) -> float:
+    """The paper's classification weight per labelled point, w = α / N_l with α = 0.1 N: for
+    ``labelled`` labels among ``points`` training points."""
+    return 0.1 * points / labelled
+
+
+def make(labelled: int = 3000) -> Program:
+    """The paper's M2 for 28×28 binary images and 10 classes, as a program taking labels, its
+    classification term weighted as the paper weights it for ``labelled`` labels among MNIST's
+    50,000 training points (``paper_weight``). ``make_100`` … ``make_3000`` name it for the
+    command line (``--model pyrovae.m2:make_100``); ``make`` is ``make_3000``."""
+    m2 = M2(weight=paper_weight(labelled))
     return Program(
         m2.model, m2.guide, labels=True, auxiliary=m2.classification, classify=m2.classify
     )
+
+
+def make_100() -> Program:
+    return make(100)
+
+
+def make_600() -> Program:
+    return make(600)
+
+
+def make_1000() -> Program:
+    return make(1000)
+
+
+def make_3000() -> Program:
+    return make(3000)

@@ -63,10 +63,10 @@ def test_labelled_points_get_the_bound_of_their_label():
 
 
 def test_classification_term_is_trained_and_never_evaluated():
-    """The program's auxiliary term (α B / B_l log q(y | x) on the labelled points) adds to the
+    """The program's auxiliary term (w log q(y | x) on each labelled point) adds to the
     training loss, scaled by N / B, and gives the classifier a gradient; evaluation leaves it
     out."""
-    m2, x, y = _small(alpha=0.1)
+    m2, x, y = _small(weight=2.5)
     program = Program(m2.model, m2.guide, labels=True, auxiliary=m2.classification)
     producer = make_producer(program)
     batch = torch.cat([x, y.double().unsqueeze(1).float()], 1)
@@ -76,7 +76,7 @@ def test_classification_term_is_trained_and_never_evaluated():
     plain = make_producer(Program(m2.model, m2.guide, labels=True))(batch, 600, 1, None)
     log_q = m2.classify(x).log_softmax(-1)
     labelled = y >= 0
-    expected = 0.1 * 6 / 3 * log_q[labelled, y[labelled]]
+    expected = 2.5 * log_q[labelled, y[labelled]]
     torch.testing.assert_close(
         (trained.log_lik - plain.log_lik)[0, labelled], expected, rtol=1e-5, atol=1e-6
     )
@@ -91,11 +91,20 @@ def test_classification_term_is_trained_and_never_evaluated():
     torch.testing.assert_close(evaluated.log_w, reference.log_w)
 
 
-def test_make_returns_the_paper_sizes_as_a_program_with_labels():
+def test_make_returns_the_paper_sizes_and_weights_as_a_program_with_labels():
+    """The paper's networks, and its classification weight α = 0.1 N shared out over the
+    labelled points: w = 0.1 · 50000 / N_l per labelled point."""
+    from pyrovae import m2 as module
+
     program = make()
     m2 = program.model.__self__
     assert (m2.x_dim, m2.z_dim, m2.classes) == (784, 50, 10)
     assert program.labels is True and program.auxiliary == m2.classification
+    assert program.classify == m2.classify
+    for labels in (100, 600, 1000, 3000):
+        made = getattr(module, f"make_{labels}")().model.__self__
+        assert made.weight == pytest.approx(5000 / labels)
+    assert m2.weight == pytest.approx(5000 / 3000)
 
 
 def test_program_refuses_an_auxiliary_or_classifier_that_is_not_callable():
