@@ -8,9 +8,10 @@ Trains ``pyrovae.m2:make_<labelled>`` (the paper's M2: y summed out by enumerati
 the classification term α = 0.1 N shared out over the labelled points) with pyrovae's trainer,
 ``pyrovae.train``, on the 50,000 training images of which ``labelled`` keep their labels (as
 many of each digit, seeded); with ``--labelled-batch-size``, each batch of unlabelled images is
-followed by a step on that many labelled ones (otherwise batches mix them as they come). A run resumes where it stopped: run the same
-command again (the default run directory is ``runs/m2-<labelled>``). At the end it classifies
-the 10,000 test images by argmax q(y | x) with the last checkpoint and writes
+followed by a step on that many labelled ones (otherwise batches mix them as they come). A run
+resumes where it stopped: run the same command again (the default run directory is
+``runs/m2-<labelled>``). At the end it classifies the 10,000 test images by argmax q(y | x)
+with the last checkpoint and writes
 ``experiments/results/m2_<labelled>.json``: the error, the epochs and the training time, and the
 paper's number for the same labels (M2 alone, Table 1 of Kingma et al. 2014: 11.97, 4.94, 3.60
 and 3.92 % for 100, 600, 1000 and 3000 labels).
