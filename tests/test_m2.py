@@ -92,8 +92,8 @@ def test_classification_term_is_trained_and_never_evaluated():
 
 
 def test_make_returns_the_paper_sizes_and_weights_as_a_program_with_labels():
-    """The paper's networks, and its classification weight α = 0.1 N shared out over the
-    labelled points: w = 0.1 · 50000 / N_l per labelled point."""
+    """The paper's networks; the recipe's weight, and the paper's classification weight
+    α = 0.1 N shared out over the labelled points: w = 0.1 · 50000 / N_l per labelled point."""
     from pyrovae import m2 as module
 
     program = make()
@@ -102,9 +102,9 @@ def test_make_returns_the_paper_sizes_and_weights_as_a_program_with_labels():
     assert program.labels is True and program.auxiliary == m2.classification
     assert program.classify == m2.classify
     for labels in (100, 600, 1000, 3000):
-        made = getattr(module, f"make_{labels}")().model.__self__
+        made = getattr(module, f"make_paper_{labels}")().model.__self__
         assert made.weight == pytest.approx(5000 / labels)
-    assert m2.weight == pytest.approx(5000 / 3000)
+    assert m2.weight == module.RECIPE_WEIGHT == 46.0
 
 
 def test_program_refuses_an_auxiliary_or_classifier_that_is_not_callable():
