@@ -62,6 +62,30 @@ def test_labelled_points_get_the_bound_of_their_label():
     assert all(g is None or g.abs().max() == 0 for g in grads)
 
 
+def test_a_batch_of_labelled_points_observes_y_with_the_same_bound():
+    """A batch whose every point is labelled observes y (nothing enumerated, one z per point)
+    and equals TraceEnum_ELBO there; its per-point terms agree in expectation with the same
+    points' terms in a mixed batch (the degenerate q(y | x) summed over every class)."""
+    m2, x, y = _small()
+    labelled = y >= 0
+    xl, yl = x[labelled], y[labelled]
+    torch.manual_seed(1)
+    alone = traced_particles(m2.model, m2.guide, (xl, yl), max_plate_nesting=1)
+    assert alone.enumerated == () and alone.latents["z"].shape == (1, 3, 2)
+    loss, _ = make_estimator("pathwise")(alone)
+    torch.manual_seed(1)
+    with pytest.warns(UserWarning, match="no sample sites configured for enumeration"):
+        ref = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m2.model, m2.guide, xl, yl)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    k = 4000
+    pyro.set_rng_seed(3)
+    a = traced_particles(m2.model, m2.guide, (xl, yl), num_particles=k, max_plate_nesting=1)
+    b = traced_particles(m2.model, m2.guide, (x, y), num_particles=k, max_plate_nesting=1)
+    a, b = a.log_w, b.log_w[:, labelled]
+    se = ((a.var(0) + b.var(0)) / k).sqrt()
+    assert ((a.mean(0) - b.mean(0)).abs() < 4 * se).all()
+
+
 def test_classification_term_is_trained_and_never_evaluated():
     """The program's auxiliary term (w log q(y | x) on each labelled point) adds to the
     training loss, scaled by N / B, and gives the classifier a gradient; evaluation leaves it
