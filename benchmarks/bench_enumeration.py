@@ -6,12 +6,15 @@
 
 Both compute the same loss and gradient at the same random numbers (``tests/test_enumeration.py``
 holds them equal); the table gives each one's time per step on unlabelled batches of 100 and
-its ratio to SVI's.
+its ratio to SVI's. A third row is the same step written by hand in PyTorch on M2's own
+networks (no Pyro, no tracing, the same fused Adam): the floor that the networks' arithmetic
+sets for any implementation of this program's step.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 
 from pyrovae.threads import prepare_runtime
 
@@ -19,12 +22,13 @@ prepare_runtime()  # the command line's thread policy, before torch loads OpenMP
 
 import pyro  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from pyro.infer import SVI, TraceEnum_ELBO  # noqa: E402
 
 from pyrovae import make_estimator  # noqa: E402
-from pyrovae.m2 import M2  # noqa: E402
+from pyrovae.m2 import M2, joined  # noqa: E402
 from pyrovae.producers import make_producer  # noqa: E402
-from pyrovae.runtime import tune_allocator  # noqa: E402
+from pyrovae.runtime import fused_adam, tune_allocator  # noqa: E402
 from pyrovae.training import Trainer  # noqa: E402
 
 from common import binarized_mnist, interleaved_medians, table  # noqa: E402
@@ -38,13 +42,51 @@ def pyrovae_step():
     return lambda x: trainer.step(x, 50000)
 
 
-def svi_step():
-    """The same step through pyro.infer.SVI with TraceEnum_ELBO (per-parameter Adams)."""
+def svi_step(validation: bool = True):
+    """The same step through pyro.infer.SVI with TraceEnum_ELBO (per-parameter Adams), with
+    Pyro's validation as Pyro sets it (on), or off (``pyro.enable_validation(False)``: what
+    pyrovae's trainer does after a program's first step, checking the data's support alone)."""
     m2 = M2()
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
     svi = SVI(m2.model, m2.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+
     # SVI's loss is for the batch as given; the trainer's is scaled by N / B: the same work.
-    return svi.step
+    def step(x):
+        with pyro.validation_enabled(validation):
+            return svi.step(x)
+
+    return step
+
+
+def hand_written_step():
+    """The unlabelled bound U(x) and its gradient written out in PyTorch on M2's networks:
+    Σ_y q(y|x) [log p(x|y,z_y) + log p(y) + log p(z_y) - log q(z_y|x,y) - log q(y|x)], z_y
+    drawn for each of the 10 classes, scaled by N / B, one fused Adam step."""
+    m2 = M2()
+    optim = fused_adam(list(m2.parameters()), 1e-3)
+    eye = torch.eye(m2.classes).unsqueeze(1)  # (C, 1, C): each class's one-hot
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+
+    def step(x):
+        y = eye.expand(-1, x.shape[0], -1)
+        log_q_y = m2.classify(x).log_softmax(-1).T  # (C, B)
+        loc, log_scale = m2.encoder(joined(x, y)).chunk(2, -1)
+        eps = torch.randn_like(loc)
+        z = loc + log_scale.exp() * eps
+        log_q_z = (-0.5 * eps**2 - log_scale - half_log_2pi).sum(-1)
+        log_p_z = (-0.5 * z**2 - half_log_2pi).sum(-1)
+        logits = m2.decoder(joined(z, y))
+        log_p_x = -F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none"
+        ).sum(-1)
+        term = log_p_x + log_p_z - log_q_z - math.log(m2.classes) - log_q_y
+        loss = -(log_q_y.exp() * term).sum() * (50000 / x.shape[0])
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        return loss.item()
+
+    return step
 
 
 def main() -> None:
@@ -59,7 +101,10 @@ def main() -> None:
     tune_allocator()
     steps = {"pyro.infer.SVI + TraceEnum_ELBO (reference)": svi_step()}
     pyro.clear_param_store()
+    steps["pyro.infer.SVI + TraceEnum_ELBO, validation off"] = svi_step(validation=False)
+    pyro.clear_param_store()
     steps["pyrovae trainer (traced, pathwise, y enumerated)"] = pyrovae_step()
+    steps["hand-written PyTorch step (the networks' floor)"] = hand_written_step()
 
     def runner(step):
         def run(rep):

@@ -762,7 +762,25 @@ def _checked_sites(guide_trace, model_trace):
             f"the guide samples {extra} but the model does not: every latent of the guide "
             "needs a site of the same name in the model"
         )
+    _check_observed_support(observed)
     return guide_sites, model_latent, observed
+
+
+def _check_observed_support(observed) -> None:
+    """Refuse data outside an observed site's support, in one line. Pyro's validation would
+    catch it where it is on, but the trainer turns that off after a program's first step
+    (``TracedProducer``), and the data's every batch still needs the check: it is this one."""
+    for site in observed:
+        try:
+            inside = site["fn"].support.check(site["value"])
+        except (NotImplementedError, RuntimeError, TypeError):  # a support the site can't check
+            continue
+        if not bool(torch.as_tensor(inside).all()):
+            raise ProgramError(
+                f"site {site['name']!r} observes values outside its distribution's support "
+                f"({site['fn'].support}): check the data against the likelihood (a Bernoulli "
+                "takes 0 and 1: binarize the data, or choose a likelihood for its values)"
+            )
 
 
 def _subsampled(frame, x: Optional[torch.Tensor]) -> bool:

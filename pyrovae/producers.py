@@ -22,9 +22,11 @@ an estimator can be computed for a model at all.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import pyro
 import torch
 
 from .enumeration import enumerated_names, unmarked
@@ -193,6 +195,7 @@ class TracedProducer(_ModelDraws):
         # reach any handler (see ``traced_particles``).
         self.record_params = record_params
         self._summed: Optional[Tuple[str, ...]] = None  # (``summed_sites``)
+        self._validated = False  # (``_validation``)
 
     def nesting(self, x: torch.Tensor) -> int:
         """The plates the pair nests: as given, else inferred on the first batch ``x`` as
@@ -229,7 +232,26 @@ class TracedProducer(_ModelDraws):
             if num_data < x.shape[0]:
                 raise ValueError(f"num_data={num_data} is smaller than the batch ({x.shape[0]})")
             scale = num_data / x.shape[0]
-        particles = traced_particles(
+        training = num_data is not None
+        with self._validation(training):
+            particles = self._traced(x, num_particles, reparameterized, scale)
+        self._validated = self._validated or training
+        if num_data is not None and self.auxiliary is not None:  # training only
+            particles.add_auxiliary(self.auxiliary(*self.args(x)))
+        return particles
+
+    def _validation(self, training: bool):
+        """Pyro's validation as the user set it, except in training steps after the first
+        one that succeeded: there off. It checks every distribution's parameters and values
+        at every step (6 % of an M2 step); the program's structure and parameters were checked
+        on the first step, a NaN in them later makes the loss NaN (which the trainer refuses),
+        and the data's support is checked at every step regardless (``traced_particles``)."""
+        if training and self._validated:
+            return pyro.validation_enabled(False)
+        return contextlib.nullcontext()
+
+    def _traced(self, x, num_particles, reparameterized, scale) -> Particles:
+        return traced_particles(
             self.model,
             self.guide,
             self.args(x),
@@ -239,11 +261,8 @@ class TracedProducer(_ModelDraws):
             max_plate_nesting=self.nesting(x),
             record_params=self.record_params,
             params=self.params,
-            scaled=num_data is not None,
+            scaled=scale is not None,
         )
-        if num_data is not None and self.auxiliary is not None:  # training only
-            particles.add_auxiliary(self.auxiliary(*self.args(x)))
-        return particles
 
     def score(self, x: torch.Tensor, latents: Dict[str, torch.Tensor]) -> Particles:
         """The log densities at given latents (C, B, ...), the enumerated sites summed out:

@@ -452,3 +452,36 @@ def test_the_gap_of_a_program_fits_q_in_its_guides_family_to_the_known_optimum(f
         abs(gap.amortization_gap - (kl.mean() - best).item())
         < 4 * gap.amortization_gap_stderr + 0.05
     )
+
+
+def test_training_turns_pyros_validation_off_after_its_first_step_and_still_checks_the_data():
+    """Pyro's validation (every distribution's parameters and values, at every step) is on in
+    a program's first training step and in evaluation, off in later training steps; data
+    outside the likelihood's support is refused in one line in every one of them."""
+    from pyro.distributions.util import is_validation_enabled
+
+    from pyrovae.m2 import M2
+
+    torch.manual_seed(0)
+    m2 = M2(x_dim=12, z_dim=2, classes=3, hidden=8)
+    seen = []
+
+    def model(x):
+        seen.append(is_validation_enabled())
+        m2.model(x)
+
+    producer = make_producer((model, m2.guide))
+    x = torch.bernoulli(torch.full((6, 12), 0.4))
+    with pyro.validation_enabled(True):
+        by_call = []
+        for num_data in (60, 60, None, 60):
+            seen.clear()
+            producer(x, num_data, 1, True)
+            by_call.append(set(seen))
+        assert by_call == [{True}, {False}, {True}, {False}] and is_validation_enabled()
+        bad = x.clone()
+        bad[3, 5] = 0.5
+        for num_data in (60, None):
+            with pytest.raises(ProgramError, match=r"site 'x' observes values outside its "
+                               r"distribution's support .*binarize the data"):  # fmt: skip
+                producer(bad, num_data, 1, True)
