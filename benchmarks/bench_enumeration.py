@@ -70,7 +70,7 @@ def hand_written_step():
     def step(x):
         y = eye.expand(-1, x.shape[0], -1)
         log_q_y = m2.classify(x).log_softmax(-1).T  # (C, B)
-        loc, log_scale = m2.encoder(joined(x, y)).chunk(2, -1)
+        loc, log_scale = m2.encode(x, y).chunk(2, -1)
         eps = torch.randn_like(loc)
         z = loc + log_scale.exp() * eps
         log_q_z = (-0.5 * eps**2 - log_scale - half_log_2pi).sum(-1)

@@ -134,8 +134,19 @@ class M2(nn.Module):
                     dist.OneHotCategorical(logits=self._label_logits(x, y)),
                     infer={"enumerate": "parallel"},
                 )
-            loc, log_scale = self.encoder(joined(x, label)).chunk(2, -1)
+            loc, log_scale = self.encode(x, label).chunk(2, -1)
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    def encode(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """q(z | x, y)'s parameters, (..., B, 2 z_dim): the encoder on [x, y], its first layer
+        computed as W_x x + W_y y + b, so that x's part (the layer's 784 of 794 columns) is
+        multiplied once for all the enumerated labels rather than once for each."""
+        first, *rest = self.encoder
+        w_x, w_y = first.weight.split([self.x_dim, self.classes], -1)
+        h = nn.functional.linear(x, w_x, first.bias) + nn.functional.linear(label, w_y)
+        for layer in rest:
+            h = layer(h)
+        return h
 
 
 def paper_weight(labelled: int, points: int = 50000) -> float:

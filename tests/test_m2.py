@@ -205,3 +205,13 @@ def test_labelled_batches_are_refused_where_they_cannot_apply(flags, words, tmp_
     code = main(["train", *flags, *data, *rest])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and words in err, err
+
+
+def test_the_encoder_takes_x_once_for_every_enumerated_label():
+    """``M2.encode`` is the encoder on [x, y] (the same function, x's part computed once for
+    all the labels): against the plain concatenation, for enumerated and given labels."""
+    from pyrovae.m2 import joined
+
+    m2, x, y = _small()
+    for label in (torch.eye(3).view(3, 1, 1, 3), torch.eye(3)[y.clamp_min(0)]):
+        torch.testing.assert_close(m2.encode(x, label), m2.encoder(joined(x, label)))
