@@ -3,7 +3,7 @@ error with 100, 600, 1000 or 3000 labels, next to the paper's.
 
     python experiments/m2_semisupervised.py --labelled 3000 [--epochs 200] [--run-dir DIR]
         [--data-dir ../shared/data/torchvision] [--lr 5e-4] [--labelled-batch-size 100]
-        [--paper-weight]
+        [--paper-weight] [--lr-schedule constant|cosine]
 
 Trains ``pyrovae.m2:make`` (the paper's M2: y summed out by enumeration in the guide, the
 classification term weighted by the recipe's 46 per labelled point; with ``--paper-weight``,
@@ -12,9 +12,11 @@ points, which stalls: see ``pyrovae.m2``) with pyrovae's trainer,
 ``pyrovae.train``, on the 50,000 training images of which ``labelled`` keep their labels (as
 many of each digit, seeded); each batch of unlabelled images is followed by a step on
 ``--labelled-batch-size`` labelled ones drawn at random (default 100; 0 mixes them in the
-batches as they come). A run
-resumes where it stopped: run the same command again (the default run directory is
-``runs/m2-<labelled>``). At the end it classifies the 10,000 test images by argmax q(y | x)
+batches as they come). A run resumes where it stopped: run the same command again (the
+default run directory is ``runs/m2-<labelled>``); a larger ``--epochs`` goes on, and with
+``--lr-schedule cosine`` epoch e of E has the learning rate lr (1 + cos(π (e - 1) / E)) / 2
+(the recipe: 120 epochs at 5e-4, then ``--epochs 200 --lr-schedule cosine``, which takes it
+from 0.35 lr down to 0). At the end it classifies the 10,000 test images by argmax q(y | x)
 with the last checkpoint and writes
 ``experiments/results/m2_<labelled>.json``: the error, the epochs and the training time, and the
 paper's number for the same labels (M2 alone, Table 1 of Kingma et al. 2014: 11.97, 4.94, 3.60
@@ -55,6 +57,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--labelled-batch-size", type=int, default=100)
     parser.add_argument("--paper-weight", action="store_true")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared/data/torchvision"))
     args = parser.parse_args()
@@ -67,6 +70,7 @@ def main() -> None:
         dataset_options={"binarize": "dynamic", "labelled": args.labelled},
         epochs=args.epochs,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         estimator="pathwise",
     )
     resume = (run_dir / "config.json").exists()
@@ -81,6 +85,8 @@ def main() -> None:
         "epochs": args.epochs,
         "train_seconds_total": round(seconds, 1),
         "valid_elbo_last": result.metrics[-1]["valid_elbo"],
+        # the learning rate of each epoch (a run resumed with --lr-schedule cosine anneals)
+        "lr_by_epoch": [m["lr"] for m in result.metrics],
         # the validation error per epoch (``Program.classify``), for the learning curve
         "valid_error_by_epoch": [
             round(m["valid_error"], 2) for m in result.metrics if "valid_error" in m

@@ -899,61 +899,130 @@ def traced_particles(
         if explained is e:
             raise
         raise explained from e
-    guide_sites, model_latent, observed = _checked_sites(guide_trace, model_trace)
-    every = list(guide_sites.values()) + list(model_latent.values()) + observed
-    depth = _data_plate_depth(every)
-    from .enumeration import SummedSites  # (it takes PARTICLE_PLATE and ProgramError from here)
+    scored = _ScoredPair(
+        (guide_trace, model_trace), (guide, user_guide, args, kwargs), k, nesting, scaled, scale
+    )
+    x = scored.points_drawn(_batch_of(args), caller_scales)
+    return scored.particles(x, reparameterized, params)
 
-    summed = SummedSites(guide_sites, model_latent, nesting, depth)
-    global_names = _global_sites(guide_sites, model_latent, observed, depth)
-    if summed and global_names:
-        raise ProgramError(
-            f"the program enumerates {sorted(summed.guide + summed.model)} and has global "
-            f"latents {global_names}: pyrovae does not yet sum enumerated sites beside global "
-            "latents; sample the discrete site (leave it unmarked) or fix the global latents"
+
+class _ScoredPair:
+    """A traced model/guide pair's log densities, per site and per data point, and the
+    particles' fields from them (``traced_particles``; the lazy fields are its methods).
+
+    Args:
+        traces: (the guide's trace, the model's replayed on it).
+        call: (the guide as traced, the user's guide, args, kwargs): what ``log_q_stopped``
+            replays.
+        k, nesting, scaled, scale: as ``traced_particles`` takes them (k particles).
+    """
+
+    def __init__(self, traces, call, k: int, nesting: int, scaled: bool, scale: float) -> None:
+        from .enumeration import SummedSites  # (it takes PARTICLE_PLATE and ProgramError here)
+
+        self.guide_trace, self.model_trace = traces
+        self.call, self.k, self.nesting, self.scaled, self.scale = call, k, nesting, scaled, scale
+        guide_sites, model_latent, observed = _checked_sites(*traces)
+        self.guide_sites, self.model_latent, self.observed = guide_sites, model_latent, observed
+        self.depth = _data_plate_depth(
+            list(guide_sites.values()) + list(model_latent.values()) + observed
         )
-    x = _batch_of(args)
-    frame = _data_frame(observed, depth)
-    if frame is not None:
-        _refuse_local_autoguides(user_guide, guide_sites, frame.name)
-    if caller_scales and scaled:
-        _check_not_scaled_up(frame, x)
-    if _subsampled(frame, x):  # the points the plate drew, for a neural baseline
-        x = x[guide_trace.nodes[frame.name]["value"]]
-    if reparameterized:
-        for name, site in guide_sites.items():
-            if name not in summed.guide and not site["fn"].has_rsample:
-                raise no_reparameterized_sampler(name, site["fn"])
-    data_scale = float(observed[0]["scale"]) if scaled else 1.0
+        self.summed = SummedSites(guide_sites, model_latent, nesting, self.depth)
+        self.global_names = _global_sites(guide_sites, model_latent, observed, self.depth)
+        if self.summed and self.global_names:
+            raise ProgramError(
+                f"the program enumerates {sorted(self.summed.guide + self.summed.model)} and "
+                f"has global latents {self.global_names}: pyrovae does not yet sum enumerated "
+                "sites beside global latents; sample the discrete site (leave it unmarked) or "
+                "fix the global latents"
+            )
+        self.data_scale = float(observed[0]["scale"]) if scaled else 1.0
 
-    def reduce(site, lp):
-        lp = _per_point(site, lp, k, nesting, depth, summed.count)
-        factor = float(site["scale"]) / data_scale if scaled else 1.0
+    def score(self) -> None:
+        """Each site's log density per point: the model's observed (``log_lik_sites``) and
+        latent (``log_p_sites``) sites', the guide's (``log_q_sites``)."""
+        self.log_lik_sites = {
+            s["name"]: self.reduce(s, s["fn"].log_prob(s["value"])) for s in self.observed
+        }
+        self.points = next(iter(self.log_lik_sites.values())).shape[-1]
+        self.log_q_sites = self.densities(self.guide_sites)
+        self.log_p_sites = self.densities(self.model_latent)
+        _check_shapes({**self.log_q_sites, **self.log_p_sites, **self.log_lik_sites})
+
+    def reduce(self, site, log_prob: torch.Tensor) -> torch.Tensor:
+        """A site's log density per (enumerated values, particle, point), its own scale
+        relative to the data plate's folded in where the objective is Pyro's."""
+        lp = _per_point(site, log_prob, self.k, self.nesting, self.depth, self.summed.count)
+        factor = float(site["scale"]) / self.data_scale if self.scaled else 1.0
         return lp if factor == 1.0 else lp * factor
 
-    log_lik_sites = {s["name"]: reduce(s, s["fn"].log_prob(s["value"])) for s in observed}
-    points = next(iter(log_lik_sites.values())).shape[-1]
-
-    def densities(sites: Dict[str, Dict[str, Any]], fn=lambda site: site["fn"]):
-        # Per point; a global site's shared out over the data set where training (its own
-        # scale kept: Particles.scale then counts it once), left out where evaluating.
+    def densities(self, sites: Dict[str, Dict[str, Any]], fn=lambda site: site["fn"]):
+        """Each site's log density per point (``fn(site)`` its distribution); a global site's
+        shared out over the data set where training (its own scale kept: Particles.scale
+        then counts it once), left out where evaluating."""
         out = {}
         for n, site in sites.items():
             lp = fn(site).log_prob(site["value"])
-            if n not in global_names:
-                out[n] = reduce(site, lp)
-            elif scaled:
-                share = float(site["scale"]) / (data_scale * scale * points)
-                out[n] = _shared_out(site, lp, k, nesting, points, share)
+            if n not in self.global_names:
+                out[n] = self.reduce(site, lp)
+            elif self.scaled:
+                share = float(site["scale"]) / (self.data_scale * self.scale * self.points)
+                out[n] = _shared_out(site, lp, self.k, self.nesting, self.points, share)
         return out
 
-    log_q_sites, log_p_sites = densities(guide_sites), densities(model_latent)
-    _check_shapes({**log_q_sites, **log_p_sites, **log_lik_sites})
+    def points_drawn(self, x: Optional[torch.Tensor], caller_scales: bool):
+        """The batch's points the data plate drew (all of ``x`` unless it subsamples: a
+        neural baseline's input), after refusing what the data plate says that pyrovae
+        cannot follow."""
+        frame = _data_frame(self.observed, self.depth)
+        if frame is not None:
+            _refuse_local_autoguides(self.call[1], self.guide_sites, frame.name)
+        if caller_scales and self.scaled:
+            _check_not_scaled_up(frame, x)
+        if _subsampled(frame, x):
+            x = x[self.guide_trace.nodes[frame.name]["value"]]
+        return x
 
-    def log_q_stopped() -> torch.Tensor:
-        # The guide replayed on the same z with its parameters frozen: each site's density
-        # then depends on the parameters only through z (and, in a hierarchical guide, through
-        # the latents upstream of it), which is the path term alone.
+    def fields(self) -> Dict[str, Optional[torch.Tensor]]:
+        """The particles' (K, B) log_prior, log_lik, log_q and log_w_summed."""
+        if self.summed:
+            return self.summed.fields(self.log_p_sites, self.log_lik_sites, self.log_q_sites)
+        return dict(log_prior=_total(self.log_p_sites), log_lik=_total(self.log_lik_sites),
+                    log_q=_total(self.log_q_sites), log_w_summed=None)  # fmt: skip
+
+    def particles(self, x, reparameterized: Optional[bool], params) -> Particles:
+        """The particles, their lazy fields bound to this pair."""
+        summed, k, guide_sites = self.summed, self.k, self.guide_sites
+        if reparameterized:
+            for name, site in guide_sites.items():
+                if name not in summed.guide and not site["fn"].has_rsample:
+                    raise no_reparameterized_sampler(name, site["fn"])
+        self.score()
+        fields = self.fields()
+        local = {n: s for n, s in guide_sites.items() if n not in self.global_names}
+        latents, enumerated_latents = summed.sampled_values(local, self.nesting)
+        return Particles(
+            x=x,
+            latents={
+                n: _with_particle_dim(v, local[n]["fn"].event_dim, self.nesting) if k == 1 else v
+                for n, v in latents.items()
+            },
+            global_latents={n: guide_sites[n]["value"] for n in self.global_names},
+            scale=self.data_scale * self.scale,
+            log_q_stopped=partial(self.log_q_stopped, params),
+            kl=partial(self.kl, fields),
+            enumerated=summed.guide,
+            enumerated_latents=enumerated_latents,
+            num_particles=k,
+            score_sites=partial(self.score_sites, fields, reparameterized),
+            **fields,
+        )
+
+    def log_q_stopped(self, params) -> torch.Tensor:
+        """The guide replayed on the same z with its parameters frozen: each site's density
+        then depends on the parameters only through z (and, in a hierarchical guide, through
+        the latents upstream of it), which is the path term alone."""
+        guide, user_guide, args, kwargs = self.call
         # Every tensor the guide may compute from: the caller's, those of the module whose
         # method the guide is (what pyro.module-registered code computes with, even when
         # Pyro's param store holds stale tensors under its names), and those Pyro knows of
@@ -962,20 +1031,26 @@ def traced_particles(
         frozen = list(params) + _module_parameters(user_guide)
         store = pyro.get_param_store()
         frozen += [_leaf(store[name]) for name in store.keys()]
-        frozen += [_leaf(s["value"]) for s in guide_trace.nodes.values() if s["type"] == "param"]
-        with _frozen(frozen), _particle_plate(k, nesting):
-            replayed = poutine.trace(poutine.replay(guide, trace=guide_trace)).get_trace(
+        frozen += [
+            _leaf(s["value"]) for s in self.guide_trace.nodes.values() if s["type"] == "param"
+        ]
+        with _frozen(frozen), _particle_plate(self.k, self.nesting):
+            replayed = poutine.trace(poutine.replay(guide, trace=self.guide_trace)).get_trace(
                 *args, **kwargs
             )
-        stopped = densities(guide_sites, lambda site: replayed.nodes[site["name"]]["fn"])
-        return summed.expected_q(log_q_sites, stopped) if summed else _total(stopped)
+        stopped = self.densities(self.guide_sites, lambda site: replayed.nodes[site["name"]]["fn"])
+        if self.summed:
+            return self.summed.expected_q(self.log_q_sites, stopped)
+        return _total(stopped)
 
-    def kl() -> torch.Tensor:
-        # Closed form per site, as TraceMeanField_ELBO: unbiased only when no latent's prior
-        # depends on a latent the guide draws after it, which a trace cannot check; hence one
-        # layer. Sites the guide enumerates are averaged exactly (their KL is exact); a model
-        # that sums a site out has no per-site prior to take a closed form against.
-        sampled = [n for n in guide_sites if n not in summed.guide]
+    def kl(self, fields) -> torch.Tensor:
+        """KL(q ‖ p) per point in closed form per site, as TraceMeanField_ELBO: unbiased only
+        when no latent's prior depends on a latent the guide draws after it, which a trace
+        cannot check; hence one layer. Sites the guide enumerates are averaged exactly (their
+        KL is exact); a model that sums a site out has no per-site prior to take a closed
+        form against."""
+        summed, log_q_sites, log_p_sites = self.summed, self.log_q_sites, self.log_p_sites
+        sampled = [n for n in self.guide_sites if n not in summed.guide]
         if len(sampled) != 1:
             raise NotApplicable(
                 "the closed-form KL (analytic-kl) is written for one latent layer, but this "
@@ -983,54 +1058,34 @@ def traced_particles(
             )
         if summed.model:
             return fields["log_q"] - fields["log_prior"]
-        name, site = sampled[0], guide_sites[sampled[0]]
-        value = _closed_form_kl(site["fn"], model_latent[name]["fn"])
-        kl_z = log_q_sites[name] - log_p_sites[name] if value is None else reduce(site, value)
+        name, site = sampled[0], self.guide_sites[sampled[0]]
+        value = _closed_form_kl(site["fn"], self.model_latent[name]["fn"])
+        kl_z = log_q_sites[name] - log_p_sites[name] if value is None else self.reduce(site, value)
         if not summed.guide:
             return summed.expected(None, kl_z)
         log_q_g = _total({n: log_q_sites[n] for n in summed.guide})
         log_p_g = _total({n: log_p_sites[n] for n in summed.guide})
         return summed.expected(log_q_g, log_q_g - log_p_g + kl_z)
 
-    def score_sites():
-        # The guide's sites drawn without rsample, with the costs downstream of each; where the
-        # model sums a site out, its densities do not split by site: the whole weight.
+    def score_sites(self, fields, reparameterized: Optional[bool]):
+        """The guide's sites drawn without rsample, with the costs downstream of each; where
+        the model sums a site out, its densities do not split by site: the whole weight."""
         from .dependencies import ScoreSite, downstream_costs
 
-        local = [n for n in guide_sites if n not in global_names and n not in summed.guide]
-        sampled = [
-            n for n in local if reparameterized is False or not guide_sites[n]["fn"].has_rsample
+        local = [
+            n for n in self.guide_sites if n not in self.global_names and n not in self.summed.guide
         ]
-        if summed:
+        sampled = [
+            n
+            for n in local
+            if reparameterized is False or not self.guide_sites[n]["fn"].has_rsample
+        ]
+        if self.summed:
             log_w = fields["log_prior"] + fields["log_lik"] - fields["log_q"]
-            return [ScoreSite(n, log_q_sites[n], log_w) for n in sampled]
-        order = [s["name"] for s in _sample_sites(model_trace)]
-        log_p = {**log_p_sites, **log_lik_sites}
-        return downstream_costs(sampled, local, order, log_q_sites, log_p)
-
-    if summed:
-        fields = summed.fields(log_p_sites, log_lik_sites, log_q_sites)
-    else:
-        fields = dict(log_prior=_total(log_p_sites), log_lik=_total(log_lik_sites),
-                      log_q=_total(log_q_sites), log_w_summed=None)  # fmt: skip
-    local = {n: s for n, s in guide_sites.items() if n not in global_names}
-    latents, enumerated_latents = summed.sampled_values(local, nesting)
-    return Particles(
-        x=x,
-        latents={
-            n: _with_particle_dim(v, local[n]["fn"].event_dim, nesting) if k == 1 else v
-            for n, v in latents.items()
-        },
-        global_latents={n: guide_sites[n]["value"] for n in global_names},
-        scale=data_scale * scale,
-        log_q_stopped=log_q_stopped,
-        kl=kl,
-        enumerated=summed.guide,
-        enumerated_latents=enumerated_latents,
-        num_particles=k,
-        score_sites=score_sites,
-        **fields,
-    )
+            return [ScoreSite(n, self.log_q_sites[n], log_w) for n in sampled]
+        order = [s["name"] for s in _sample_sites(self.model_trace)]
+        log_p = {**self.log_p_sites, **self.log_lik_sites}
+        return downstream_costs(sampled, local, order, self.log_q_sites, log_p)
 
 
 def _closed_form_kl(q, p) -> Optional[torch.Tensor]:
