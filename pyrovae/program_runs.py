@@ -108,7 +108,8 @@ def evaluate_program(
 ) -> Union[LogLikelihood, AISResult]:
     """``pyrovae evaluate`` on a program run: ``o`` the bound ``EVALUATE`` options, ``seeded``
     the chunk seeds and processes of the importance-weighted estimate. For a program with
-    labels, log p(x | y)."""
+    labels, the density its model gives x with them: log p(x | y) for a conditional VAE,
+    log p(x, y) for M2 (``pyrovae.m2``: a batch of labelled points observes y)."""
     if o.refine:
         refuse_program_run(run_dir, "--refine")
     if o.producer == "direct":
