@@ -30,10 +30,14 @@ import json
 import time
 from pathlib import Path
 
-import torch
+from pyrovae.threads import apply_threads, prepare_runtime
 
-from pyrovae import TrainConfig, train
-from pyrovae.program_runs import load_program_run
+prepare_runtime()  # the command line's thread policy, before torch loads OpenMP
+
+import torch  # noqa: E402
+
+from pyrovae import TrainConfig, train  # noqa: E402
+from pyrovae.program_runs import load_program_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PAPER = {100: 11.97, 600: 4.94, 1000: 3.60, 3000: 3.92}  # % test error, M2 alone (Table 1)
@@ -61,6 +65,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared/data/torchvision"))
     args = parser.parse_args()
+    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
     run_dir = Path(args.run_dir or f"runs/m2-{args.labelled}")
     cfg = TrainConfig(
         model=f"pyrovae.m2:make_paper_{args.labelled}" if args.paper_weight else "pyrovae.m2:make",
