@@ -243,9 +243,10 @@ class TracedProducer(_ModelDraws):
     def _validation(self, training: bool):
         """Pyro's validation as the user set it, except in training steps after the first
         one that succeeded: there off. It checks every distribution's parameters and values
-        at every step (6 % of an M2 step); the program's structure and parameters were checked
-        on the first step, a NaN in them later makes the loss NaN (which the trainer refuses),
-        and the data's support is checked at every step regardless (``traced_particles``)."""
+        at every step (1 % of an M2 step, more where the networks are small); the program's
+        structure and parameters were checked on the first step, a NaN in them later makes
+        the loss NaN (which the trainer refuses), and the data's support is checked at every
+        step regardless (``traced_particles``)."""
         if training and self._validated:
             return pyro.validation_enabled(False)
         return contextlib.nullcontext()
