@@ -28,7 +28,11 @@ import time
 import warnings
 from pathlib import Path
 
-import matplotlib
+from pyrovae.threads import apply_threads, prepare_runtime
+
+prepare_runtime()  # the command line's thread policy, before torch loads OpenMP
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -268,4 +272,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
     main()

@@ -22,14 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyro
-import pyro.distributions as dist
-import torch
-from torch import nn
+from pyrovae.threads import apply_threads, prepare_runtime
 
-from pyrovae import Program, TrainConfig, estimate_log_likelihood, load_dataset, train
-from pyrovae.producers import make_producer
-from pyrovae.program import with_labels
+prepare_runtime()  # the command line's thread policy, before torch loads OpenMP
+
+import pyro  # noqa: E402
+import pyro.distributions as dist  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from pyrovae import Program, TrainConfig, estimate_log_likelihood, load_dataset, train  # noqa: E402
+from pyrovae.producers import make_producer  # noqa: E402
+from pyrovae.program import with_labels  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -113,4 +117,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
     main()

@@ -34,7 +34,11 @@ import math
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-import matplotlib
+from pyrovae.threads import apply_threads, prepare_runtime
+
+prepare_runtime()  # the command line's thread policy, before torch loads OpenMP
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -348,4 +352,5 @@ def draw(path, p, closed, fits, particles) -> None:
 
 
 if __name__ == "__main__":
+    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
     main()

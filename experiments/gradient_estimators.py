@@ -38,7 +38,11 @@ import argparse
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import matplotlib
+from pyrovae.threads import apply_threads, prepare_runtime
+
+prepare_runtime()  # the command line's thread policy, before torch loads OpenMP
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -269,4 +273,5 @@ def draw(path, by_dim, by_particles, ratios, args) -> None:
 
 
 if __name__ == "__main__":
+    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
     main()

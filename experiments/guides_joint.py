@@ -26,9 +26,13 @@ import shutil
 import time
 from pathlib import Path
 
-from pyrovae import TrainConfig, VAEConfig, load_dataset, train
-from pyrovae.evaluation.truth import exact_guide_gap
-from pyrovae.plots import markdown_table
+from pyrovae.threads import apply_threads, prepare_runtime
+
+prepare_runtime()  # the command line's thread policy, before torch loads OpenMP
+
+from pyrovae import TrainConfig, VAEConfig, load_dataset, train  # noqa: E402
+from pyrovae.evaluation.truth import exact_guide_gap  # noqa: E402
+from pyrovae.plots import markdown_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DATA = {"x_dim": 5, "z_dim": 2, "seed": 1, "n_train": 3000}
@@ -133,4 +137,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
     main()

@@ -32,7 +32,11 @@ import math
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
-import matplotlib
+from pyrovae.threads import apply_threads, prepare_runtime
+
+prepare_runtime()  # the command line's thread policy, before torch loads OpenMP
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -339,4 +343,5 @@ def draw(
 
 
 if __name__ == "__main__":
+    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
     main()

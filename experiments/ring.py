@@ -23,7 +23,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-import matplotlib
+from pyrovae.threads import apply_threads, prepare_runtime
+
+prepare_runtime()  # the command line's thread policy, before torch loads OpenMP
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -170,4 +174,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
+    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
     main()

@@ -115,9 +115,14 @@ def test_classification_term_is_trained_and_never_evaluated():
     torch.testing.assert_close(evaluated.log_w, reference.log_w)
 
 
+def _hidden_layers(net) -> list:
+    return [m.out_features for m in net if isinstance(m, torch.nn.Linear)][:-1]
+
+
 def test_make_returns_the_paper_sizes_and_weights_as_a_program_with_labels():
-    """The paper's networks; the recipe's weight, and the paper's classification weight
-    α = 0.1 N shared out over the labelled points: w = 0.1 · 50000 / N_l per labelled point."""
+    """The paper's networks (one hidden layer of 500 each) with the paper's classification
+    weight α = 0.1 N shared out over the labelled points, w = 0.1 · 50000 / N_l per labelled
+    point; the recipe's weight and its classifier of two hidden layers."""
     from pyrovae import m2 as module
 
     program = make()
@@ -128,7 +133,11 @@ def test_make_returns_the_paper_sizes_and_weights_as_a_program_with_labels():
     for labels in (100, 600, 1000, 3000):
         made = getattr(module, f"make_paper_{labels}")().model.__self__
         assert made.weight == pytest.approx(5000 / labels)
+        for net in (made.classifier, made.encoder, made.decoder):
+            assert _hidden_layers(net) == [500]
     assert m2.weight == module.RECIPE_WEIGHT == 46.0
+    assert _hidden_layers(m2.classifier) == [500] * module.RECIPE_CLASSIFIER_LAYERS == [500, 500]
+    assert _hidden_layers(m2.encoder) == _hidden_layers(m2.decoder) == [500]
 
 
 def test_program_refuses_an_auxiliary_or_classifier_that_is_not_callable():

@@ -383,8 +383,12 @@ def test_m2_trains_from_the_command_line_and_refuses_score_functions(tmp_path, c
              "--dataset-option", "binarize=dynamic", "--dataset-option", "labelled=20",
              "--n-train", "100", "--n-eval", "40", "--batch-size", "50", "--quiet",
              "--threads", "1", "--epochs", "1"]  # fmt: skip
-    assert main(["train", *flags, "--run-dir", str(tmp_path / "a")]) == 0
-    assert "valid error (last epoch)" in capsys.readouterr().out
+    loud = [f for f in flags if f != "--quiet"]
+    assert main(["train", *loud, "--run-dir", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr()
+    assert "valid error (last epoch)" in printed.out
+    # what trains is what is printed: the classifier's term beside the ELBO
+    assert "with pathwise" in printed.err and "plus the program's auxiliary term" in printed.err
     # The recorded validation error is the trained classifier's on the validation points.
     from pyrovae.producers import classification_error
     from pyrovae.program_runs import load_program_run, points

@@ -873,9 +873,13 @@ def _announce(session: _Session, changed: Dict[str, Any], world: distributed.Wor
     what = "VAE" if session.vae is not None else _describe(session.model)
     device = session.device
     where = f"{world.size} processes on {device.type}" if world.distributed else device
+    producer = session.trainer.producer
+    # (a program's auxiliary term, M2's classifier loss, is part of what trains: say so)
+    has_auxiliary = getattr(producer, "auxiliary", None) is not None
+    auxiliary = "; plus the program's auxiliary term" if has_auxiliary else ""
     print(
-        f"pyrovae: training the {what} with {session.trainer.estimator!r}, particles from the "
-        f"{session.trainer.producer.name} producer, on {where}"
+        f"pyrovae: training the {what} with {session.trainer.estimator!r}{auxiliary}, "
+        f"particles from the {producer.name} producer, on {where}"
         + "".join(f"; {k} {old} -> {new}" for k, (old, new) in changed.items()),
         file=sys.stderr,
     )
