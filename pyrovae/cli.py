@@ -443,6 +443,9 @@ def _cmd_evaluate(args) -> int:
     res = evaluate_run(args.run_dir, progress=not args.quiet, **options)
     if launch.rank() > 0:
         return 0  # process 0 reports
+    warning = getattr(res, "warning", lambda: None)()
+    if warning:
+        print(f"pyrovae: {warning}", file=sys.stderr)
     if args.json:
         out = {"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}
         print(_json(out, args))
@@ -476,7 +479,7 @@ def _cmd_evaluate(args) -> int:
         *_bits_rows(res),
         ("ELBO", f"{res.elbo:.3f} ± {res.elbo_stderr:.3f} nats"),
     ]
-    rows += _exact_rows(res) + _global_rows(res)
+    rows += _exact_rows(res) + _global_rows(res) + _weight_rows(res)
     if res.refine_steps:
         rows.append(("proposal", f"q refined by {res.refine_steps} Adam steps per point"))
     rows.append(("particles from", f"the {res.producer} producer"))
@@ -484,6 +487,20 @@ def _cmd_evaluate(args) -> int:
     rows.append(_threads_row(args))
     print("evaluation (± is the standard error over data points)\n" + summary_table(rows))
     return 0
+
+
+def _weight_rows(res) -> List[Tuple[str, str]]:
+    """What the weights say of the estimate (``pyrovae.evaluation.weights``)."""
+    if getattr(res, "weights", None) is None:
+        return []
+    w = res.weights.to_dict()
+    share = w["pareto_k_share_above_0.7"]
+    tail = "not fitted (K too small)" if share is None else f"{100 * share:.1f} % of points"
+    return [
+        ("effective sample size", f"{w['ess_mean']:.1f} mean, {w['ess_median']:.1f} median"),
+        ("Pareto k̂ above 0.7", tail),
+        ("rise over the last doubling of K", f"{w['rise_last_doubling']:.4f} nats"),
+    ]
 
 
 def _annealed_from(res) -> str:

@@ -59,14 +59,20 @@ def test_train_evaluate_sample_end_to_end(tmp_path, mnist_dir, capsys):
     assert "training finished" in out and "best valid ELBO" in out
 
     assert main(["evaluate", str(run), "--k", "50", "--json"]) == 0
-    res = json.loads(capsys.readouterr().out)
-    for key in ("log_px", "log_px_stderr", "elbo", "k", "n"):
+    printed = capsys.readouterr()
+    res = json.loads(printed.out)
+    for key in ("log_px", "log_px_stderr", "elbo", "k", "n", "weights", "warning"):
         assert key in res
+    # the warning in the JSON is the one line on stderr, where there is one
+    assert [f"pyrovae: {res['warning']}"] == printed.err.splitlines() if res["warning"] else True
+    assert res["weights"]["k_ladder"][-1] == 50 and 1 <= res["weights"]["ess_mean"] <= 50
     assert res["k"] == 50 and res["n"] == 60 and "exact_log_px" not in res
     assert res["elbo"] <= res["log_px"] < 0  # the K-sample bound is above the ELBO
 
     assert main(["evaluate", str(run), "--k", "5", "--split", "valid", "--n", "10"]) == 0
-    assert "log p(x), K=5" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "log p(x), K=5" in out and "effective sample size" in out
+    assert "not fitted (K too small)" in out
 
     assert main(["sample", str(run)]) == 0
     assert "figures written" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """Evaluation: the importance-weighted estimate of log p(x) (``importance``) and the noise of
 each estimator's gradient (``gradients``), both from the producers' particles; log p(x) of
-8-bit data in bits per dimension (``bits``)."""
+8-bit data in bits per dimension (``bits``); whether an estimate can be trusted, from its
+weights (``weights``)."""
 
 from .bits import bits_per_dim
 from .importance import (
@@ -11,6 +12,7 @@ from .importance import (
     log_importance_weights,
     prior_guide,
 )
+from .weights import WeightDiagnostics, verdict
 
 __all__ = [
     "DEFAULT_CHUNK_PAIRS",
@@ -20,4 +22,6 @@ __all__ = [
     "evaluate_vae",
     "log_importance_weights",
     "prior_guide",
+    "verdict",
+    "WeightDiagnostics",
 ]

@@ -27,12 +27,13 @@ given no guide.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from pyro import poutine
@@ -53,6 +54,7 @@ from ..producers import (
 from ..runtime import fork_rng, module_device, place, progress_bar, seed_streams, tune_allocator
 from .bits import data_levels, with_bits_per_dim
 from .truth import mean_stderr, with_exact_log_px
+from .weights import WeightDiagnostics, WeightStream, k_ladder, verdict
 
 # (particle, data point) pairs evaluated at once. Memory is bounded by this whatever K is, and
 # smaller is faster up to a point: a (4096, 784) float tensor (13 MB) stays in cache between the
@@ -121,7 +123,9 @@ class LogLikelihood:
     log weight (a K-sample estimate of the ELBO), each with the standard error of that mean over
     data points. ``exact_log_px`` is the closed-form mean log p(x) where the model admits one.
     ``per_point_log_px`` and ``per_point_elbo`` are (n,) tensors. ``producer`` names the route
-    the log weights took (``direct`` or ``traced``).
+    the log weights took (``direct`` or ``traced``). ``weights``: what each point's weights say
+    about whether its estimate can be trusted (effective sample size, Pareto k̂, the estimate
+    against K: ``pyrovae.evaluation.weights``).
     """
 
     log_px: float
@@ -143,13 +147,24 @@ class LogLikelihood:
     bits_per_dim_stderr: Optional[float] = None
     per_point_log_px: Optional[torch.Tensor] = None
     per_point_elbo: Optional[torch.Tensor] = None
+    weights: Optional[WeightDiagnostics] = None
+
+    def warning(self) -> Optional[str]:
+        """One line on why this estimate may not be trusted (``weights.verdict``), or None."""
+        return None if self.weights is None else verdict(self.weights, self.log_px_stderr)
 
     def to_dict(self) -> Dict[str, Any]:
         """The scalar fields, JSON-ready (per-point tensors left out, and the optional fields
-        that are unset), with ``method``: ``iw``."""
-        d = {"method": "iw", **asdict(self)}
+        that are unset), with ``method``: ``iw``, and the weights' diagnostics summed up
+        (``weights``), and ``warning`` (null when none)."""
+        weights = self.weights
+        d = {"method": "iw", **asdict(dataclasses.replace(self, weights=None))}
         d.pop("per_point_log_px")
         d.pop("per_point_elbo")
+        d.pop("weights")
+        if weights is not None:
+            d["weights"] = weights.to_dict()
+            d["warning"] = self.warning()
         if d["exact_log_px"] is None:
             d.pop("exact_log_px")
             d.pop("exact_log_px_stderr")
@@ -265,26 +280,18 @@ def estimate_log_likelihood(
         for lo in range(first, last, batch)
         for k_lo in range(0, k, k_chunk)
     )
-    per_batch = math.ceil(k / k_chunk)
-    log_px = torch.empty(n, dtype=torch.float64, device=device)
     elbo = torch.zeros(n, dtype=torch.float64, device=device)
-    # Per batch of points in progress: the log-sum-exp of its chunks so far, and their count.
-    lse_parts: Dict[int, Tuple[torch.Tensor, int]] = {}
+    # Each point's log-sum-exp of its weights (the estimate), and the weights' diagnostics.
+    stream = WeightStream(n, k, device)
     start = time.perf_counter()
     bar = progress_bar((last - first) * k, f"log p(x), K={k}", "sample", progress)
 
     def finish(
-        lo: int, hi: int, kk: int, k_lo: int, lse: torch.Tensor, sum_log_w: torch.Tensor
+        lo: int, hi: int, kk: int, k_lo: int, log_w: torch.Tensor, sum_log_w: torch.Tensor
     ) -> None:
-        if lo in lse_parts:
-            total, count = lse_parts[lo]
-            lse_parts[lo] = torch.logaddexp(total, lse), count + 1
-        else:
-            lse_parts[lo] = lse, 1
+        stream.add(lo, k_lo, log_w)
         elbo[lo:hi] += sum_log_w
         bar.update(kk * (hi - lo))
-        if lse_parts[lo][1] == per_batch:
-            log_px[lo:hi] = lse_parts.pop(lo)[0] - math.log(k)
 
     def rows(lo: int, hi: int) -> torch.Tensor:
         return data[lo:hi].to(device)  # a no-op where the data were placed whole
@@ -310,8 +317,9 @@ def estimate_log_likelihood(
         error = e  # raised on every process by the gather below
     finally:
         bar.close()
+    weights = _gathered(world, None if error else stream.result(first, last), k, error)
+    log_px = weights.log_px_by_k[-1]
     if world.distributed:
-        log_px = world.gather_rows(None if error else log_px[first:last], error)
         elbo = world.gather_rows(elbo[first:last])
     elbo /= k
     seconds = time.perf_counter() - start
@@ -333,6 +341,7 @@ def estimate_log_likelihood(
         producer=producer.name,
         per_point_log_px=log_px.cpu(),
         per_point_elbo=elbo.cpu(),
+        weights=weights,
     )
     if exact_log_px is not None:
         exact = torch.cat([exact_log_px(rows(lo, lo + 4096)) for lo in range(0, n, 4096)])
@@ -341,14 +350,30 @@ def estimate_log_likelihood(
 
 
 def _reduce(particles):
-    """A chunk's (k, B) particles -> the log-sum-exp over particles of the importance weights
-    (with the guide's enumerated sites summed, ``log_w_summed``) and the sum of the ELBO's
-    log weights (``log_w``), (B,) each, float64."""
+    """A chunk's (k, B) particles -> the importance weights (with the guide's enumerated sites
+    summed, ``log_w_summed``), (k, B), and the sum over particles of the ELBO's log weights
+    (``log_w``), (B,), float64."""
+    log_w = particles.log_w.double()
     if particles.enumerated:
-        log_w = particles.log_w.double()
-        return torch.logsumexp(particles.log_w_summed.double(), 0), log_w.sum(0)
-    log_w = particles.log_w.double()  # (the same weights: read once)
-    return torch.logsumexp(log_w, 0), log_w.sum(0)
+        return particles.log_w_summed.double(), log_w.sum(0)
+    return log_w, log_w.sum(0)  # (the same weights: read once)
+
+
+def _gathered(
+    world: World, part: Optional[WeightDiagnostics], k: int, error: Optional[Exception]
+) -> WeightDiagnostics:
+    """Every process's points' weight diagnostics (``part``: this process's, None where it
+    failed with ``error``), joined in rank order on every process."""
+    if not world.distributed:
+        if error is not None:
+            raise error
+        return part
+    table = None
+    if part is not None:
+        table = torch.cat([part.ess[:, None], part.pareto_k[:, None], part.log_px_by_k.T], 1)
+    table = world.gather_rows(table, error)
+    ladder = k_ladder(k)
+    return WeightDiagnostics(k, table[:, 0], table[:, 1], ladder, table[:, 2:].T.contiguous())
 
 
 def _reduce_on_worker(particles):
