@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import errno
 import json
+import math
 import os
 import signal
 import sys
@@ -141,6 +142,7 @@ def _run_parser(sub, name: str, options, output: bool = True, **texts: str) -> N
 
 def _run_parsers(sub) -> None:
     """The commands on a run directory."""
+    from .diagnosis import DIAGNOSE
     from .runs import BDMC, EVALUATE, GAP, GRADVAR, SAMPLE
 
     _run_parser(
@@ -184,6 +186,19 @@ def _run_parsers(sub) -> None:
         "from the encoder's output; Cremer, Li & Duvenaud, 2018). The ELBOs average K log "
         "weights; log p(x) is the importance-weighted estimate with K samples from q* (exact "
         "for a linear-Gaussian model). Writes gap.json and gap.png.",
+    )
+    _run_parser(
+        sub,
+        "diagnose",
+        DIAGNOSE,
+        help="what a trained run's code carries and whether its log p(x) can be trusted",
+        description="On n seeded points of a split: the ELBO taken apart (distortion, rate = "
+        "mutual information I(x; z) + marginal KL(q(z) || p(z)), Hoffman & Johnson 2016), the "
+        "KL of each latent dimension and the active units (Cov_x E[z_u | x] > 0.01, Burda et "
+        "al. 2015), and, of the K-sample importance-weighted log p(x), each point's effective "
+        "sample size, Pareto k-hat (above 0.7: not to be trusted) and the estimate against K; "
+        "with --ais-steps, AIS's acceptance along its schedule. Writes diagnose.json and "
+        "diagnose.png.",
     )
     _run_parser(
         sub,
@@ -629,6 +644,54 @@ def _cmd_gap(args) -> int:
     return 0
 
 
+def _cmd_diagnose(args) -> int:
+    from .diagnosis import DIAGNOSE, diagnose_run
+    from .plots import summary_table
+
+    options = DIAGNOSE.from_args(args)
+    DIAGNOSE.checked(options)
+    found, paths = diagnose_run(args.run_dir, progress=not args.quiet, **options)
+    warning = found.iw.warning()
+    if warning:
+        print(f"pyrovae: {warning}", file=sys.stderr)
+    if args.json:
+        print(_json(found.to_dict(), args))
+        return 0
+    lat, iw = found.latents, found.iw
+    rows = [
+        ("run / checkpoint", f"{args.run_dir} ({found.checkpoint}, epoch {found.epoch})"),
+        ("split, points", f"{found.split}, {lat.n}"),
+        ("ELBO", f"{lat.elbo:.3f} = -distortion {lat.distortion:.3f} - rate {lat.rate:.3f}"),
+        ("mutual information I(x; z)", f"{lat.mutual_information:.3f} (at most log n = "
+         f"{math.log(lat.n):.3f})"),
+        ("marginal KL(q(z) || p(z))", f"{lat.marginal_kl:.3f}"),
+        ("active units", f"{lat.active} of {lat.activity.numel()}"
+         + ("  (posterior collapse)" if lat.collapsed else "")),
+        ("KL per dimension", f"{_spread(lat.kl_per_dim)} ({lat.kl_per_dim_method})"),
+        (f"log p(x), K={iw.k}", f"{iw.log_px:.3f} ± {iw.log_px_stderr:.3f}"),
+        *_weight_rows(iw),
+    ]  # fmt: skip
+    if found.ais is not None:
+        stages = found.ais.acceptance_by_stage
+        rows.append((f"AIS, T={found.ais.steps}", f"{found.ais.log_px:.3f} ± "
+                     f"{found.ais.log_px_stderr:.3f}; acceptance {stages[0]:.2f} at the start, "
+                     f"{min(stages):.2f} at its lowest, {stages[-1]:.2f} at the end"))  # fmt: skip
+    rows += [("wall time", f"{found.seconds:.1f} s"), _threads_row(args)]
+    print("diagnosis, nats per point (± is the standard error over points)")
+    print(summary_table(rows))
+    print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
+    return 0
+
+
+def _spread(values) -> str:
+    """Per-dimension values in a few words: their largest, median and smallest."""
+    v = values.nan_to_num(float("nan"))
+    if v.isnan().all():
+        return "unavailable"
+    v = v[~v.isnan()]
+    return f"largest {v.max():.3f}, median {v.median():.3f}, smallest {v.min():.3f}"
+
+
 def _cmd_bdmc(args) -> int:
     from .plots import summary_table
     from .runs import BDMC, bdmc_run
@@ -771,6 +834,7 @@ def _run(args, name: str) -> int:
         "gradvar": _cmd_gradvar,
         "gap": _cmd_gap,
         "bdmc": _cmd_bdmc,
+        "diagnose": _cmd_diagnose,
     }
     if launch.rank() > 0:
         name = f"{name} (process {launch.rank()})"

@@ -6,6 +6,7 @@ Uses matplotlib's non-interactive Agg backend, so it works on machines without a
 from __future__ import annotations
 
 import math
+import unicodedata
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -136,9 +137,14 @@ def markdown_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 
 def summary_table(rows: List[Tuple[str, str]]) -> str:
-    """Two-column text table of (name, value) rows."""
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+    """Two-column text table of (name, value) rows, aligned as a terminal shows them (a
+    combining mark, the hat of k̂, takes no column)."""
+    width = max(_columns(k) for k, _ in rows)
+    return "\n".join(f"  {k}{' ' * (width - _columns(k))}  {v}" for k, v in rows)
+
+
+def _columns(text: str) -> int:
+    return sum(not unicodedata.combining(c) for c in text)
 
 
 def save_gradient_variance(stats: Sequence[Any], path: Path, title: str = "") -> Path:
@@ -210,3 +216,65 @@ def save_gap(gap: Any, path: Path, title: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _save(fig, path, dpi=120)
     return path
+
+
+def save_diagnosis(found: Any, path: Path, title: str = "") -> Path:
+    """The four panels of a ``pyrovae.diagnosis.Diagnosis``: the KL of each latent dimension
+    (active units in colour), each unit's activity Cov_x E[z_u | x] against the 0.01 line,
+    the importance-weighted estimate against K on one set of draws, and the points' Pareto k̂
+    against the 0.5 and 0.7 lines (with AIS's acceptance along its schedule where it ran)."""
+    lat, weights = found.latents, found.iw.weights
+    ais = found.ais if found.ais is not None and found.ais.acceptance_by_stage else None
+    columns = 3 if ais is not None else 2
+    fig, axes = plt.subplots(2, columns, figsize=(5 * columns, 6.4), squeeze=False)
+    dims = list(range(lat.kl_per_dim.numel()))
+    active = (lat.activity > 0.01).tolist()
+    colours = ["tab:blue" if a else "lightgray" for a in active]
+    ax = axes[0][0]
+    ax.bar(dims, lat.kl_per_dim.nan_to_num(0).tolist(), color=colours)
+    ax.set_title(f"KL per dimension ({lat.kl_per_dim_method}); {lat.active} of {len(dims)} "
+                 "units active", fontsize=9)  # fmt: skip
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel("nats")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax = axes[0][1]
+    ax.bar(dims, lat.activity.clamp_min(1e-6).tolist(), color=colours)
+    ax.axhline(0.01, color="k", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_title("activity Cov_x E_q[z_u | x] (active above 0.01)", fontsize=9)
+    ax.set_xlabel("latent dimension")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax = axes[1][0]
+    ax.plot(weights.ladder, weights.curve(), marker="o", ms=3)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("K (first K of one set of draws)")
+    ax.set_ylabel("mean log p̂_K(x), nats")
+    ax.set_title(f"estimate against K (last doubling +{weights.remaining():.3f})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax = axes[1][1]
+    k_hat = weights.pareto_k[~weights.pareto_k.isnan()]
+    if k_hat.numel():
+        ax.hist(k_hat.tolist(), bins=40, color="tab:gray")
+        for line, colour in ((0.5, "tab:orange"), (0.7, "tab:red")):
+            ax.axvline(line, color=colour, lw=1)
+        share = weights.unreliable_share()
+        ax.set_title(f"Pareto k̂ of each point's weights ({100 * share:.1f} % above 0.7)",
+                     fontsize=9)  # fmt: skip
+    else:
+        ax.set_title("Pareto k̂: K too small to fit", fontsize=9)
+    ax.set_xlabel("k̂")
+    if ais is not None:
+        ax = axes[0][2]
+        stages = ais.acceptance_by_stage
+        ax.plot([(i + 0.5) / len(stages) for i in range(len(stages))], stages, marker="o", ms=3)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("position along the schedule (0: the prior, 1: the posterior)")
+        ax.set_title(f"AIS acceptance, T = {ais.steps} (log p(x) {ais.log_px:.2f})", fontsize=9)
+        ax.grid(alpha=0.3)
+        axes[1][2].axis("off")
+    summary = (f"ELBO {lat.elbo:.2f} = -distortion {lat.distortion:.2f} - rate {lat.rate:.2f}; "
+               f"rate = I(x; z) {lat.mutual_information:.2f} (at most log n = "
+               f"{math.log(lat.n):.2f}) + marginal KL {lat.marginal_kl:.2f}")  # fmt: skip
+    fig.suptitle(f"{title}\n{summary}" if title else summary, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)

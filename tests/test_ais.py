@@ -37,6 +37,11 @@ def test_ais_from_the_prior_reaches_the_exact_log_likelihood_and_improves_with_s
     assert abs(mean) < 4 * stderr + 1e-3, errors
     assert abs(errors[5][0]) > abs(errors[50][0]) > abs(mean), errors
     assert 0.3 < res.acceptance <= 1.0 and res.steps == 500 and res.chains == 16
+    # 500 transitions in 20 stretches of 25: their rates average to the overall rate.
+    stages = res.acceptance_by_stage
+    assert len(stages) == 20 and all(0 <= a <= 1 for a in stages)
+    assert sum(stages) / 20 == pytest.approx(res.acceptance)
+    assert len(errors[5][2].acceptance_by_stage) == 5
 
 
 def test_ais_from_the_guide_reaches_the_exact_log_likelihood():

@@ -43,6 +43,8 @@ from .truth import mean_stderr
 INITS = ("prior", "guide")
 SCHEDULES = ("sigmoid", "linear")
 TARGET_ACCEPTANCE = 0.65
+# The acceptance rate along the schedule is reported in at most this many stretches.
+STAGES = 20
 STEP_SIZE_RANGE = (1e-4, 0.5)
 # (chain, data point) pairs annealed at once: memory is bounded by this.
 DEFAULT_CHAIN_PAIRS = 4096
@@ -98,11 +100,16 @@ class AISResult:
     per_point_log_px: Optional[torch.Tensor] = None
     per_point_mc_stderr: Optional[torch.Tensor] = None
     per_point_acceptance: Optional[torch.Tensor] = None
+    # The mean acceptance rate over chains and points in each of (at most) ``STAGES`` equal
+    # stretches of the schedule, first to last: where along it the chains stop moving.
+    acceptance_by_stage: Optional[List[float]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The scalar fields, JSON-ready (the optional ones only when set), with ``method``:
         ``ais``."""
         d = {"method": "ais", **asdict(self)}
+        if d["acceptance_by_stage"] is None:
+            d.pop("acceptance_by_stage")
         for key in ("per_point_log_px", "per_point_mc_stderr", "per_point_acceptance"):
             d.pop(key)
         for key in ("checkpoint", "refine_steps", "global_latents"):
@@ -184,11 +191,13 @@ def _anneal(
     step_size: float,
     on_step=None,
     start: Optional[Dict[str, torch.Tensor]] = None,
+    by_step: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """AIS for one batch x (B, ...) along ``betas``: (log weights (C, B), mean acceptance per
-    point (B,)). The chains start at ``start`` (name -> (C, B, ...)) where given, else at
-    draws from p_0 (the prior or the guide, as ``init`` says). A program's global latents
-    are held at one draw from the guide per chain (``holding_globals``)."""
+    point (B,)); ``by_step`` (T,), where given, gains each transition's count of accepted
+    moves over the batch's chains. The chains start at ``start`` (name -> (C, B, ...)) where
+    given, else at draws from p_0 (the prior or the guide, as ``init`` says). A program's
+    global latents are held at one draw from the guide per chain (``holding_globals``)."""
     producer = producer.holding_globals(x, chains)
     with torch.no_grad():
         if start is not None:
@@ -211,6 +220,8 @@ def _anneal(
         state, accept = _hmc(target, state, float(betas[t]), eps, leapfrog)
         accept = accept.to(z.dtype)
         accepted += accept
+        if by_step is not None:
+            by_step[t - 1] += accept.sum()  # (on the chains' device: no sync per step)
         running = 0.9 * running + 0.1 * accept
         eps = (eps * torch.where(running > TARGET_ACCEPTANCE, 1.02, 0.98).unsqueeze(-1)).clamp(
             low, high
@@ -305,6 +316,7 @@ def ais_log_likelihood(
     log_px: List[torch.Tensor] = []
     mc: List[torch.Tensor] = []
     acceptance: List[torch.Tensor] = []
+    by_step = torch.zeros(steps, dtype=torch.float64, device=device)
     try:
         for lo in range(0, n, batch):
             x = data[lo : lo + batch].to(device)
@@ -317,6 +329,7 @@ def ais_log_likelihood(
                 init,
                 step_size,
                 on_step=lambda size=x.shape[0]: bar.update(size),
+                by_step=by_step,
             )
             estimate, stderr = _log_mean_exp(log_w)
             log_px.append(estimate)
@@ -347,7 +360,13 @@ def ais_log_likelihood(
         per_point_log_px=per_point,
         per_point_mc_stderr=per_mc,
         per_point_acceptance=per_acc,
+        acceptance_by_stage=_stages(by_step.cpu() / (chains * n)),
     )
+
+
+def _stages(rates: torch.Tensor) -> List[float]:
+    """Per-transition rates (T,) averaged over at most ``STAGES`` equal stretches."""
+    return [part.mean().item() for part in rates.tensor_split(min(STAGES, rates.numel()))]
 
 
 @dataclass

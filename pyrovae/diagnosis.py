@@ -1,0 +1,140 @@
+"""``pyrovae diagnose RUN``: what a trained VAE is doing, at a glance.
+
+On a split (or a seeded subset of it), one command gathers:
+
+- the latent diagnostics (``pyrovae.evaluation.latents``): the ELBO taken apart into
+  distortion, mutual information and marginal KL, the KL of each dimension, the active units
+  and whether the posterior has collapsed;
+- what the importance weights say of the K-sample log p(x) (``pyrovae.evaluation.weights``):
+  the effective sample size, each point's Pareto k̂, the estimate against K on one set of
+  draws, and the warning ``evaluate`` would print;
+- with ``ais_steps`` > 0, AIS from the prior beside it, with its HMC acceptance rate at each
+  stage of the schedule (``pyrovae.evaluation.ais``).
+
+It writes ``diagnose.json`` and ``diagnose.png`` (``pyrovae.plots.save_diagnosis``) to the
+run's ``figures/`` (or ``out_dir``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, Optional, Tuple
+
+import pyro
+
+from . import program_runs
+from .config import Rule
+from .data import SPLITS
+from .evaluation import estimate_log_likelihood
+from .evaluation.ais import ais_log_likelihood
+from .evaluation.latents import LatentDiagnostics, latent_diagnostics
+from .options import Option, Options
+from .producers import make_producer
+from .runs import DATA_DIR, DEVICE, OUT_DIR, SEED, WHICH, _points, load_run, output_dir
+from .runtime import resolve_device
+from .training.checkpoint import epoch_of
+from .training.rundir import write_text
+
+DIAGNOSE = Options(
+    Option("split", "test", "the data diagnosed", choices=SPLITS),
+    Option("n", 1000, "a seeded random subset of this many points (the mutual information "
+           "is at most log n); 0: the whole split", Rule("int", minimum=0)),
+    Option("k", 1000, "importance samples per point for the weights' diagnostics",
+           Rule("int", minimum=1)),
+    Option("samples", 4, "draws of z per point for the latent diagnostics",
+           Rule("int", minimum=1)),
+    Option("ais_steps", 0, "also run AIS from the prior with this many distributions and "
+           "report its acceptance rate along the schedule (0: no AIS)", Rule("int", minimum=0)),
+    Option("ais_chains", 8, "AIS chains per point", Rule("int", minimum=1)),
+    SEED.but(help="seeds the subset and every draw"),
+    WHICH,
+    DATA_DIR,
+    DEVICE,
+    OUT_DIR,
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class Diagnosis:
+    """Everything ``diagnose_run`` found (see the module): ``latents``, the importance-
+    weighted estimate ``iw`` (a ``LogLikelihood`` with its ``weights``), and ``ais`` (an
+    ``AISResult`` with ``acceptance_by_step``) where it ran."""
+
+    run_dir: str
+    checkpoint: str
+    epoch: int
+    split: str
+    latents: LatentDiagnostics
+    iw: Any
+    ais: Optional[Any]
+    seconds: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
+            "run_dir": self.run_dir,
+            "checkpoint": self.checkpoint,
+            "epoch": self.epoch,
+            "split": self.split,
+            "latents": self.latents.to_dict(),
+            "iw": self.iw.to_dict(),
+            "seconds": self.seconds,
+        }
+        if self.ais is not None:
+            out["ais"] = self.ais.to_dict()
+        return out
+
+
+def diagnose_run(
+    run_dir: str, *, progress: bool = True, **options: Any
+) -> Tuple[Diagnosis, Dict[str, Path]]:
+    """The diagnosis of a run (the module's list) on ``n`` seeded points of ``split``; writes
+    ``diagnose.json`` and ``diagnose.png``. ``options``: ``DIAGNOSE`` declares them. Returns
+    the ``Diagnosis`` and the paths written."""
+    o = DIAGNOSE.bind(options, "diagnose_run")
+    o = SimpleNamespace(**{**vars(o), "n": o.n or None, "device": resolve_device(o.device)})
+    if program_runs.is_program_run(run_dir):
+        producer, x, state = program_runs.program_points(run_dir, o)
+        subject = producer
+    else:
+        vae, data, state = load_run(run_dir, o.which, o.data_dir, (o.split,), device=o.device)
+        x = _points(data, o.split, o.n, o.seed)
+        vae.likelihood.check_data(x)
+        subject, producer = vae, make_producer(vae, "auto")
+    out = output_dir(run_dir, o.out_dir)
+    start = time.perf_counter()
+    pyro.set_rng_seed(o.seed)
+    latents = latent_diagnostics(subject, x, o.samples)
+    iw = estimate_log_likelihood(
+        None, None, x, o.k, producer=producer, progress=progress, seed=o.seed
+    )
+    ais = None
+    if o.ais_steps:
+        ais = ais_log_likelihood(
+            producer, x, o.ais_steps, o.ais_chains, init="prior", progress=progress
+        )
+    found = Diagnosis(
+        str(run_dir),
+        state["checkpoint"],
+        epoch_of(state),
+        o.split,
+        latents,
+        iw,
+        ais,
+        time.perf_counter() - start,
+    )
+    return found, _write(out, found)
+
+
+def _write(out: Path, found: Diagnosis) -> Dict[str, Path]:
+    from .plots import save_diagnosis
+    from .runs import strict_json
+
+    paths = {"json": out / "diagnose.json"}
+    write_text(paths["json"], strict_json(found.to_dict(), indent=1))
+    name, n = Path(found.run_dir).name, found.latents.n
+    title = f"{name}, epoch {found.epoch}: {n} {found.split} points, K = {found.iw.k}"
+    paths["plot"] = save_diagnosis(found, out / "diagnose.png", title)
+    return paths

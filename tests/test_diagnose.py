@@ -1,0 +1,67 @@
+"""``pyrovae diagnose``: one command, its numbers the same as the library's functions give,
+its files, and bad input refused in one line."""
+
+import json
+
+import pytest
+import torch
+
+from pyrovae.cli import main
+
+LINEAR = ["--dataset", "linear-gaussian", "--dataset-option", "x_dim=4", "--z-dim", "3",
+          "--likelihood", "gaussian-learned",
+          "--n-train", "300", "--n-eval", "100", "--epochs", "2", "--quiet",
+          "--threads", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("diagnose") / "run"
+    assert main(["train", *LINEAR, "--run-dir", str(path)]) == 0
+    return path
+
+
+def test_diagnose_reports_the_latents_the_weights_and_ais_and_writes_its_files(run, capsys):
+    capsys.readouterr()
+    flags = ["--n", "40", "--k", "64", "--ais-steps", "20", "--ais-chains", "2", "--quiet"]
+    assert main(["diagnose", str(run), *flags, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    lat, iw = out["latents"], out["iw"]
+    assert lat["n"] == 40 and lat["dims"] == 3 and len(lat["kl_per_dim"]) == 3
+    assert lat["rate"] == pytest.approx(lat["mutual_information"] + lat["marginal_kl"])
+    assert lat["elbo"] == pytest.approx(-lat["distortion"] - lat["rate"])
+    assert iw["k"] == 64 and iw["weights"]["k_ladder"][-1] == 64
+    assert len(out["ais"]["acceptance_by_stage"]) == 20
+    figures = run / "figures"
+    assert json.loads((figures / "diagnose.json").read_text())["latents"] == lat
+    assert (figures / "diagnose.png").read_bytes()[:4] == b"\x89PNG"
+    # The same numbers from Python: the library's functions on the same points and seed.
+    from pyrovae.evaluation.latents import latent_diagnostics
+    from pyrovae.runs import _points, load_run
+
+    vae, data, _ = load_run(str(run), splits=("test",))
+    x = _points(data, "test", 40, 0)
+    torch.manual_seed(0)
+    import pyro
+
+    pyro.set_rng_seed(0)
+    again = latent_diagnostics(vae, x, samples=4)
+    assert again.to_dict()["kl_per_dim"] == pytest.approx(lat["kl_per_dim"])
+    assert again.rate == pytest.approx(lat["rate"])
+    # The table, for a person.
+    assert main(["diagnose", str(run), "--n", "40", "--k", "64", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "mutual information I(x; z)" in text and "active units" in text
+    assert "Pareto k̂ above 0.7" in text and "diagnose.png" in text
+
+
+def test_diagnose_refuses_bad_input_in_one_line_and_writes_nothing(run, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["diagnose", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing" in err
+    before = sorted(p.name for p in (run / "figures").iterdir())
+    assert main(["diagnose", str(run), "--k", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--k" in err
+    assert sorted(p.name for p in (run / "figures").iterdir()) == before
