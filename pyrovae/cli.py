@@ -143,6 +143,7 @@ def _run_parser(sub, name: str, options, output: bool = True, **texts: str) -> N
 def _run_parsers(sub) -> None:
     """The commands on a run directory."""
     from .diagnosis import DIAGNOSE
+    from .report import REPORT
     from .runs import BDMC, EVALUATE, GAP, GRADVAR, SAMPLE
 
     _run_parser(
@@ -199,6 +200,16 @@ def _run_parsers(sub) -> None:
         "sample size, Pareto k-hat (above 0.7: not to be trusted) and the estimate against K; "
         "with --ais-steps, AIS's acceptance along its schedule. Writes diagnose.json and "
         "diagnose.png.",
+    )
+    _run_parser(
+        sub,
+        "report",
+        REPORT,
+        help="one self-contained HTML page of a run, to open in a browser",
+        description="Writes RUN_DIR/report.html (or --output): the configuration, training "
+        "curves, samples, reconstructions, latent traversals, a map of the codes, the "
+        "diagnosis of pyrovae diagnose (with its options) and the inference gap where pyrovae "
+        "gap has run; every figure embedded, so the file opens anywhere without a network.",
     )
     _run_parser(
         sub,
@@ -683,6 +694,19 @@ def _cmd_diagnose(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .report import REPORT, report_run
+
+    options = REPORT.from_args(args)
+    REPORT.checked(options)
+    path = report_run(args.run_dir, progress=not args.quiet, **options)
+    if args.json:
+        print(_json({"run_dir": str(args.run_dir), "report": str(path)}, args))
+    else:
+        print(f"report written: {path}\nopen it in a browser, e.g. xdg-open {path}")
+    return 0
+
+
 def _spread(values) -> str:
     """Per-dimension values in a few words: their largest, median and smallest."""
     v = values.nan_to_num(float("nan"))
@@ -835,6 +859,7 @@ def _run(args, name: str) -> int:
         "gap": _cmd_gap,
         "bdmc": _cmd_bdmc,
         "diagnose": _cmd_diagnose,
+        "report": _cmd_report,
     }
     if launch.rank() > 0:
         name = f"{name} (process {launch.rank()})"

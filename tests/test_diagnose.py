@@ -65,3 +65,42 @@ def test_diagnose_refuses_bad_input_in_one_line_and_writes_nothing(run, tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--k" in err
     assert sorted(p.name for p in (run / "figures").iterdir()) == before
+
+
+def test_the_report_is_one_self_contained_page_with_every_section(run, tmp_path, capsys):
+    """report.html: every figure a data URI (nothing fetched from elsewhere), the sections a
+    reader looks for, the diagnosis's numbers as diagnose computes them."""
+    import re
+
+    out = tmp_path / "page.html"
+    flags = ["--n", "40", "--k", "64", "--quiet", "--output", str(out)]
+    assert main(["report", str(run), *flags]) == 0
+    page = out.read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http://" not in page and "https://" not in page
+    for title in ("Configuration", "Training", "Map of the codes", "Diagnosis"):
+        assert f"<h2>{title}</h2>" in page
+    found = json.loads((run / "figures" / "diagnose.json").read_text())
+    assert f"{found['latents']['mutual_information']:.3f}" in page
+
+
+def test_the_report_renders_in_a_headless_browser(run, tmp_path):
+    """Where Chromium is installed: the page renders to a screenshot that is not blank."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (apt install chromium)")
+    out = tmp_path / "page.html"
+    flags = ["--n", "40", "--k", "64", "--quiet", "--output", str(out)]
+    assert main(["report", str(run), *flags]) == 0
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1000,2000", f"--screenshot={shot}", out.as_uri()],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    import matplotlib.pyplot as plt
+
+    pixels = torch.from_numpy(plt.imread(shot))
+    assert pixels.shape[:2] == (2000, 1000) and pixels.std() > 0.05  # text and figures

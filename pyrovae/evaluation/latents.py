@@ -52,7 +52,8 @@ class LatentDiagnostics:
     of z each, in nats per point.
 
     ``kl_per_dim`` and ``activity`` (Cov_n E_q[z_u | x_n]) are (D,) tensors; ``active`` the
-    number of active units; ``kl_per_dim_method`` ``closed form`` or ``Monte Carlo``.
+    number of active units; ``kl_per_dim_method`` ``closed form`` or ``Monte Carlo``;
+    ``codes`` (N, D) each point's E_q[z | x_n] (for maps and traversals; not in the JSON).
     """
 
     site: str
@@ -66,6 +67,7 @@ class LatentDiagnostics:
     kl_per_dim_method: str
     activity: torch.Tensor
     active: int
+    codes: Optional[torch.Tensor] = None
 
     @property
     def elbo(self) -> float:
@@ -133,6 +135,7 @@ def latent_diagnostics(subject: Any, x: torch.Tensor, samples: int = 1) -> Laten
         kl_per_dim_method=method,
         activity=activity.cpu(),
         active=int((activity > ACTIVE_THRESHOLD).sum()),
+        codes=means.float().cpu(),
     )
 
 
