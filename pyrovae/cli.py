@@ -119,6 +119,9 @@ RUN_OPTIONS = [
            group="run"),
     Option("resume", False, "continue the run in --run-dir from its last checkpoint",
            group="run"),
+    Option("tensorboard", False, "also write each epoch's curves (and samples, for the VAE "
+           "on images) to RUN_DIR/tensorboard, for tensorboard --logdir RUN_DIR/tensorboard "
+           "(needs pip install tensorboard)", group="run"),
 ]  # fmt: skip
 THREADS = Option(
     "threads", None,
@@ -431,6 +434,7 @@ def _cmd_train(args) -> int:
         progress=not args.quiet,
         changes=changes,
         device=args.device,
+        tensorboard=args.tensorboard,
     )
     if launch.rank() > 0:
         return 0  # process 0 reports

@@ -3,9 +3,7 @@
 import json
 import subprocess
 import sys
-import warnings
 
-import numpy as np
 import pytest
 
 from pyrovae.cli import main
@@ -13,23 +11,6 @@ from pyrovae.cli import main
 # A linear-Gaussian data set and model: its log p(x) is exact.
 LINEAR_GAUSSIAN = ["--dataset", "linear-gaussian", "--dataset-option", "x_dim=4", "--z-dim", "2"]
 LINEAR_GAUSSIAN += ["--decoder", "linear", "--likelihood", "gaussian-learned"]
-
-
-@pytest.fixture
-def mnist_dir(tmp_path, monkeypatch):
-    """A tiny binarized-MNIST-shaped data set in .amat files (digits are random blobs)."""
-    monkeypatch.setenv("PYROVAE_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    root = tmp_path / "bmnist"
-    root.mkdir()
-    protos = rng.random((3, 784)) < 0.2
-    for split, n in (("train", 200), ("valid", 60), ("test", 60)):
-        flips = rng.random((n, 784)) < 0.05
-        rows = protos[rng.integers(0, 3, n)] ^ flips
-        lines = (" ".join("1" if v else "0" for v in row) for row in rows)
-        (root / f"binarized_mnist_{split}.amat").write_text("\n".join(lines) + "\n")
-    warnings.filterwarnings("ignore", message=".*not comparable to published numbers")
-    return root
 
 
 def test_train_evaluate_sample_end_to_end(tmp_path, mnist_dir, capsys):

@@ -97,6 +97,7 @@ from .rundir import (
     write_metrics,
 )
 from .schedule import kl_weight, learning_rate
+from .tensorboard import TensorBoardLog, require_tensorboard, vae_sampler
 
 
 class TrainingDiverged(FloatingPointError):
@@ -432,6 +433,7 @@ def train(
     *,
     changes: Optional[Dict[str, Any]] = None,
     device: Device = None,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train a VAE, or a Pyro model/guide pair of the user's own, checkpointing every epoch.
 
@@ -466,6 +468,9 @@ def train(
             stream is saved and restored with the CPU's); on another device it continues from
             the same state, but draws other random numbers. A pair of your own trains where
             its module is (see ``_pair_device``).
+        tensorboard: also write each epoch's record (and, for the VAE on images, samples) to
+            ``run_dir/tensorboard`` (``pyrovae.training.tensorboard``; needs the tensorboard
+            package). A runtime choice, like ``device``: not saved in the run.
 
     Under torchrun (``pyrovae.distributed``: more than one process, each calling ``train``
     with the same arguments), the run is split across the processes: ``batch_size`` is the
@@ -484,6 +489,8 @@ def train(
         OptionError, DataError, RunDirError, FileExistsError: a bad value, bad data, or a run
             directory that is taken; nothing is written.
     """
+    if tensorboard:
+        require_tensorboard()  # refused before anything is written
     model_config, program = _what_to_train(model)
     world, device = _join(device, program)
     plan = _new_plan(run_dir, train_config, model_config)
@@ -509,7 +516,7 @@ def train(
     # The shuffle on the CPU whatever the device: the same batches everywhere, portably.
     shuffle = torch.Generator().manual_seed(cfg.seed)
     resumable = Resumable(session.trained, session.trainer, shuffle, session.device)
-    lock = None
+    lock = log = None
     try:
         plan.run_path, lock = _claim(world, plan.run_path, cfg, resume)
         start, metrics, history = _resume_state(world, plan, resumable, session.vae)
@@ -520,19 +527,30 @@ def train(
         progress = progress and world.main
         if progress:
             _announce(session, plan.changed, world)
-        commit = _RunCommit(plan.run_path, _identity(cfg, session), resumable, world)
+        log = _tensorboard(session, data, plan.run_path) if tensorboard and world.main else None
+        commit = _RunCommit(plan.run_path, _identity(cfg, session), resumable, world, log)
         splits = (session.train_split, session.valid_split)
         loop = _EpochLoop(cfg, data, *splits, resumable, commit, world)
         best = loop.run(*start, metrics, session.steps_per_epoch, progress)
     finally:
         if lock is not None:
             lock.release()
+        if log is not None:
+            log.close()
     if session.vae is not None:
         session.vae.eval()
     return TrainResult(
         plan.run_path, session.vae, metrics, best, session.trainer.producer.name,
         session.model, session.guide, session.device, world.size,
     )  # fmt: skip
+
+
+def _tensorboard(session: "_Session", data: Dataset, run_path: Path) -> TensorBoardLog:
+    """The TensorBoard log of a run: samples each epoch for the library's VAE on images."""
+    sampler = None
+    if session.vae is not None and data.image_shape is not None:
+        sampler = vae_sampler(session.vae)
+    return TensorBoardLog(run_path / "tensorboard", sampler, data.image_shape)
 
 
 def _what_to_train(model) -> Tuple[Any, Optional[Program]]:
@@ -1146,6 +1164,8 @@ class _RunCommit:
     identity: Dict[str, Any]
     resumable: Resumable
     world: distributed.World
+    # Told each committed epoch (process 0's): ``TensorBoardLog`` where asked for.
+    log: Optional[Callable[[int, Dict[str, Any]], None]] = None
 
     def __call__(self, epoch, step, best, record, metrics, improved) -> None:
         """Write the epoch: ``best.pt`` first, then ``last.pt`` (the commit point, holding the
@@ -1164,6 +1184,8 @@ class _RunCommit:
                     save_checkpoint(ckpt, checkpoint_path(self.run_path, "best"))
                 save_checkpoint(ckpt, checkpoint_path(self.run_path, "last"))
                 write_metrics(self.run_path, metrics)
+                if self.log is not None:
+                    self.log(epoch, record)
 
     def kept(self, epoch: int) -> str:
         """What a run that diverged after committing ``epoch`` keeps, and what to do."""
