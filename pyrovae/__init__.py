@@ -13,7 +13,8 @@ estimate of log p(x) is computed from the same particles.
 Layout: ``parts`` (nets, priors, likelihoods, guide families, distributions), ``data``,
 ``model`` (the VAE and its direct producer), ``particles`` (the particles and the traced
 producer), ``producers``, ``estimators``, ``evaluation``, ``training``, ``distributed``
-(several processes under torchrun), ``runs`` and ``cli``.
+(several processes under torchrun), ``runs``, ``diagnosis`` and ``report`` (what a trained run
+is doing) and ``cli``.
 """
 
 __version__ = "0.2.0"
@@ -33,6 +34,10 @@ _EXPORTS = {
         "log_importance_weights",
     ),
     ".evaluation.ais": ("AISResult", "BDMCResult", "ais_log_likelihood", "bdmc"),
+    ".evaluation.latents": ("LatentDiagnostics", "latent_diagnostics"),
+    ".evaluation.weights": ("WeightDiagnostics",),
+    ".diagnosis": ("Diagnosis", "diagnose_run"),
+    ".report": ("report_run",),
     ".linear_gaussian": ("LinearGaussian",),
     ".model": ("VAE", "TwoLayerVAE", "VAEConfig", "build_vae", "linear_gaussian_vae"),
     ".particles": ("Particles", "ProgramError", "traced_particles"),
@@ -75,7 +80,9 @@ __all__ = [
     "VAE",
     "TwoLayerVAE",
     "Dataset",
+    "Diagnosis",
     "Estimator",
+    "LatentDiagnostics",
     "LinearGaussian",
     "LogLikelihood",
     "Particles",
@@ -85,18 +92,22 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "VAEConfig",
+    "WeightDiagnostics",
     "ais_log_likelihood",
     "bdmc",
     "build_vae",
+    "diagnose_run",
     "estimate_log_likelihood",
     "evaluate_run",
     "evaluate_vae",
+    "latent_diagnostics",
     "linear_gaussian_vae",
     "load_dataset",
     "load_vae",
     "log_importance_weights",
     "make_estimator",
     "make_producer",
+    "report_run",
     "sample_run",
     "traced_particles",
     "train",

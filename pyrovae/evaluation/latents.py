@@ -203,9 +203,16 @@ def _marginals(d: dist.Distribution) -> Optional[Callable]:
     else:
         return None
 
+    components = dist.Normal(loc, scale)
+
     def log_marginals(z: torch.Tensor) -> torch.Tensor:
-        each = dist.Normal(loc, scale).log_prob(z.unsqueeze(-2))  # (..., C, D)
-        return torch.logsumexp(each + log_pi.unsqueeze(-1), -2)
+        rows = z.reshape(-1, z.shape[-1])
+        step = max(1, CROSS_ELEMENTS // loc.numel())  # (rows, C, D) at a time: bounded memory
+        parts = [
+            torch.logsumexp(components.log_prob(r.unsqueeze(-2)) + log_pi.unsqueeze(-1), -2)
+            for r in rows.split(step)
+        ]
+        return torch.cat(parts).reshape(z.shape)
 
     return log_marginals
 

@@ -1,0 +1,93 @@
+"""What the default VAE and the VampPrior recipe model do with their codes: ``pyrovae
+diagnose`` on both, side by side (issue 28).
+
+    python experiments/diagnose_models.py [--runs runs/diagnose] [--epochs 100]
+        [--vamp-epochs 50] [--n 1000] [--k 5000] [--data-dir ../shared/data/binarized_mnist]
+
+Trains (or resumes: run the same command again) two models on statically binarized MNIST at a
+reduced budget: the README's default model (command (a), 100 epochs) and the VampPrior recipe
+(500 pseudo-inputs, the IWAE bound with K = 5, KL warm-up and a cosine learning rate) for
+``--vamp-epochs`` epochs with a tenth of them warm-up. Then diagnoses each on the same ``n``
+seeded test images with K importance samples: active units, KL per dimension, mutual
+information and marginal KL, the weights' effective sample size and Pareto k̂. Writes
+``experiments/results/diagnose/{default,vampprior}.json`` and a markdown table, ``table.md``,
+and each run's ``figures/diagnose.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pyrovae.threads import apply_threads, prepare_runtime
+
+prepare_runtime()  # the command line's thread policy, before torch loads OpenMP
+
+from pyrovae import TrainConfig, VAEConfig, diagnose_run, train  # noqa: E402
+from pyrovae.plots import markdown_table  # noqa: E402
+from pyrovae.runs import strict_json  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "diagnose"
+
+
+def models(epochs: int, vamp_epochs: int, data_dir: str):
+    """(name, TrainConfig, VAEConfig) of the two models."""
+    data = {"dataset": "binarized-mnist", "data_dir": data_dir}
+    default = (TrainConfig(**data, epochs=epochs), VAEConfig())
+    vamp = (
+        TrainConfig(**data, epochs=vamp_epochs, estimator="iwae", num_particles=5,
+                    warmup=max(1, vamp_epochs // 10), lr_schedule="cosine"),
+        VAEConfig(prior="vampprior", prior_options={"components": 500}),
+    )  # fmt: skip
+    return [("default", *default), ("vampprior", *vamp)]
+
+
+def row(name: str, found) -> list:
+    lat, w = found.latents, found.iw.weights.to_dict()
+    kl = lat.kl_per_dim
+    return [
+        name,
+        f"{found.iw.log_px:.2f}",
+        f"{lat.active} of {kl.numel()}",
+        f"{kl.max():.2f} / {kl.median():.3f} / {kl.min():.4f}",
+        f"{lat.rate:.2f}",
+        f"{lat.mutual_information:.2f}",
+        f"{lat.marginal_kl:.2f}",
+        f"{w['ess_median']:.0f}",
+        f"{w['pareto_k_median']:.2f}",
+        f"{100 * w['pareto_k_share_above_0.7']:.1f} %",
+    ]
+
+
+HEADER = ["model", "log p(x)", "active units", "KL per dim: max / median / min", "rate",
+          "I(x; z)", "marginal KL", "ESS (median)", "k̂ (median)", "k̂ > 0.7"]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs/diagnose")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--vamp-epochs", type=int, default=50)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=5000)
+    parser.add_argument(
+        "--data-dir", default=str(HERE.parent.parent / "shared/data/binarized_mnist")
+    )
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, train_cfg, model_cfg in models(args.epochs, args.vamp_epochs, args.data_dir):
+        run = Path(args.runs) / name
+        train(train_cfg, model_cfg, run_dir=str(run), resume=(run / "config.json").exists())
+        found, _ = diagnose_run(str(run), n=args.n, k=args.k, seed=0)
+        (OUT / f"{name}.json").write_text(strict_json(found.to_dict(), indent=1) + "\n")
+        rows.append(row(name, found))
+    table = markdown_table(rows, HEADER)
+    (OUT / "table.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
+    main()
