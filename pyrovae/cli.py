@@ -691,6 +691,10 @@ def _cmd_diagnose(args) -> int:
         rows.append((f"AIS, T={found.ais.steps}", f"{found.ais.log_px:.3f} ± "
                      f"{found.ais.log_px_stderr:.3f}; acceptance {stages[0]:.2f} at the start, "
                      f"{min(stages):.2f} at its lowest, {stages[-1]:.2f} at the end"))  # fmt: skip
+    if found.bdmc is not None:
+        b = found.bdmc
+        width = f"{b.width:.3f} ± {b.width_stderr:.3f} ({b.lower:.3f} to {b.upper:.3f})"
+        rows.append((f"BDMC, T={b.steps}, {b.n} simulated points", f"sandwich width {width}"))
     rows += [("wall time", f"{found.seconds:.1f} s"), _threads_row(args)]
     print("diagnosis, nats per point (± is the standard error over points)")
     print(summary_table(rows))

@@ -9,7 +9,9 @@ On a split (or a seeded subset of it), one command gathers:
   the effective sample size, each point's Pareto k̂, the estimate against K on one set of
   draws, and the warning ``evaluate`` would print;
 - with ``ais_steps`` > 0, AIS from the prior beside it, with its HMC acceptance rate at each
-  stage of the schedule (``pyrovae.evaluation.ais``).
+  stage of the schedule (``pyrovae.evaluation.ais``);
+- with ``bdmc_steps`` > 0, the BDMC sandwich on ``BDMC_POINTS`` points simulated from the
+  model: how wide it is says how far AIS with that many steps is from log p(x) there.
 
 It writes ``diagnose.json`` and ``diagnose.png`` (``pyrovae.plots.save_diagnosis``) to the
 run's ``figures/`` (or ``out_dir``).
@@ -29,7 +31,7 @@ from . import program_runs
 from .config import Rule
 from .data import SPLITS
 from .evaluation import estimate_log_likelihood
-from .evaluation.ais import ais_log_likelihood
+from .evaluation.ais import ais_log_likelihood, bdmc
 from .evaluation.latents import LatentDiagnostics, latent_diagnostics
 from .options import Option, Options
 from .producers import make_producer
@@ -38,6 +40,8 @@ from .runtime import resolve_device
 from .training.checkpoint import epoch_of
 from .training.rundir import write_text
 
+# Points BDMC simulates (its sandwich is measured on the model's own data, not the split's).
+BDMC_POINTS = 100
 DIAGNOSE = Options(
     Option("split", "test", "the data diagnosed", choices=SPLITS),
     Option("n", 1000, "a seeded random subset of this many points (the mutual information "
@@ -48,7 +52,10 @@ DIAGNOSE = Options(
            Rule("int", minimum=1)),
     Option("ais_steps", 0, "also run AIS from the prior with this many distributions and "
            "report its acceptance rate along the schedule (0: no AIS)", Rule("int", minimum=0)),
-    Option("ais_chains", 8, "AIS chains per point", Rule("int", minimum=1)),
+    Option("ais_chains", 8, "AIS (and BDMC) chains per point", Rule("int", minimum=1)),
+    Option("bdmc_steps", 0, f"also bracket log p(x) by BDMC with this many distributions on "
+           f"{BDMC_POINTS} points simulated from the model and report the sandwich's width "
+           "(0: no BDMC)", Rule("int", minimum=0)),
     SEED.but(help="seeds the subset and every draw"),
     WHICH,
     DATA_DIR,
@@ -71,6 +78,7 @@ class Diagnosis:
     iw: Any
     ais: Optional[Any]
     seconds: float
+    bdmc: Optional[Any] = None
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {
@@ -84,6 +92,8 @@ class Diagnosis:
         }
         if self.ais is not None:
             out["ais"] = self.ais.to_dict()
+        if self.bdmc is not None:
+            out["bdmc"] = self.bdmc.to_dict()
         return out
 
 
@@ -115,6 +125,10 @@ def diagnose_run(
         ais = ais_log_likelihood(
             producer, x, o.ais_steps, o.ais_chains, init="prior", progress=progress
         )
+    sandwich = None
+    if o.bdmc_steps:
+        like = x[:1].expand(BDMC_POINTS, *x.shape[1:])
+        sandwich = bdmc(producer, like, o.bdmc_steps, o.ais_chains, k=o.k, progress=progress)
     found = Diagnosis(
         str(run_dir),
         state["checkpoint"],
@@ -124,6 +138,7 @@ def diagnose_run(
         iw,
         ais,
         time.perf_counter() - start,
+        sandwich,
     )
     return found, _write(out, found)
 

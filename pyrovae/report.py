@@ -196,6 +196,10 @@ def _diagnosis(found: Diagnosis, tmp: Path) -> str:
     if found.ais is not None:
         rows.append((f"AIS, T = {found.ais.steps}", f"{found.ais.log_px:.3f} ± "
                      f"{found.ais.log_px_stderr:.3f} in {found.ais.seconds:.1f} s"))  # fmt: skip
+    if found.bdmc is not None:
+        b = found.bdmc
+        rows.append((f"BDMC sandwich, T = {b.steps}, {b.n} simulated points",
+                     f"width {b.width:.3f} ± {b.width_stderr:.3f}"))  # fmt: skip
     warning = iw.warning()
     said = f'<p class="warn">{html.escape(warning)}</p>' if warning else ""
     curves = _image(tmp, "estimates", lambda p: _save_estimates(found, p))

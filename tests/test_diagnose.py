@@ -23,7 +23,8 @@ def run(tmp_path_factory):
 
 def test_diagnose_reports_the_latents_the_weights_and_ais_and_writes_its_files(run, capsys):
     capsys.readouterr()
-    flags = ["--n", "40", "--k", "64", "--ais-steps", "20", "--ais-chains", "2", "--quiet"]
+    flags = ["--n", "40", "--k", "64", "--ais-steps", "20", "--ais-chains", "2", "--quiet",
+             "--bdmc-steps", "30"]  # fmt: skip
     assert main(["diagnose", str(run), *flags, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     lat, iw = out["latents"], out["iw"]
@@ -32,6 +33,9 @@ def test_diagnose_reports_the_latents_the_weights_and_ais_and_writes_its_files(r
     assert lat["elbo"] == pytest.approx(-lat["distortion"] - lat["rate"])
     assert iw["k"] == 64 and iw["weights"]["k_ladder"][-1] == 64
     assert len(out["ais"]["acceptance_by_stage"]) == 20
+    b = out["bdmc"]
+    assert b["n"] == 100 and b["steps"] == 30
+    assert b["width"] == pytest.approx(b["upper"] - b["lower"])
     figures = run / "figures"
     assert json.loads((figures / "diagnose.json").read_text())["latents"] == lat
     assert (figures / "diagnose.png").read_bytes()[:4] == b"\x89PNG"

@@ -36,6 +36,8 @@ def test_with_the_exact_posterior_the_mutual_information_is_the_rate_and_the_mar
     assert 0 <= d.marginal_kl < 0.03
     assert d.rate == pytest.approx(d.mutual_information + d.marginal_kl, abs=1e-9)
     assert d.mutual_information < d.to_dict()["mutual_information_cap"] == math.log(2000)
+    # Every weight is p(x): the ELBO, -distortion - rate, is the mean exact log p(x).
+    assert d.elbo == pytest.approx(exact.exact_log_px(x).mean().item(), abs=1e-6)
     # Cov_x E[z | x] = I - S for the exact posterior: both units active.
     cov = tril @ tril.T
     torch.testing.assert_close(d.activity, 1 - cov.diagonal().detach(), atol=0.08, rtol=0)
