@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import errno
 import json
-import math
 import os
 import signal
 import sys
@@ -464,6 +463,7 @@ def _where(result) -> str:
 
 
 def _cmd_evaluate(args) -> int:
+    from .evaluation.weights import weight_rows
     from .plots import summary_table
     from .runs import EVALUATE, evaluate_run
 
@@ -509,7 +509,7 @@ def _cmd_evaluate(args) -> int:
         *_bits_rows(res),
         ("ELBO", f"{res.elbo:.3f} ± {res.elbo_stderr:.3f} nats"),
     ]
-    rows += _exact_rows(res) + _global_rows(res) + _weight_rows(res)
+    rows += _exact_rows(res) + _global_rows(res) + weight_rows(getattr(res, "weights", None))
     if res.refine_steps:
         rows.append(("proposal", f"q refined by {res.refine_steps} Adam steps per point"))
     rows.append(("particles from", f"the {res.producer} producer"))
@@ -517,20 +517,6 @@ def _cmd_evaluate(args) -> int:
     rows.append(_threads_row(args))
     print("evaluation (± is the standard error over data points)\n" + summary_table(rows))
     return 0
-
-
-def _weight_rows(res) -> List[Tuple[str, str]]:
-    """What the weights say of the estimate (``pyrovae.evaluation.weights``)."""
-    if getattr(res, "weights", None) is None:
-        return []
-    w = res.weights.to_dict()
-    share = w["pareto_k_share_above_0.7"]
-    tail = "not fitted (K too small)" if share is None else f"{100 * share:.1f} % of points"
-    return [
-        ("effective sample size", f"{w['ess_mean']:.1f} mean, {w['ess_median']:.1f} median"),
-        ("Pareto k̂ above 0.7", tail),
-        ("rise over the last doubling of K", f"{w['rise_last_doubling']:.4f} nats"),
-    ]
 
 
 def _annealed_from(res) -> str:
@@ -672,30 +658,8 @@ def _cmd_diagnose(args) -> int:
     if args.json:
         print(_json(found.to_dict(), args))
         return 0
-    lat, iw = found.latents, found.iw
-    rows = [
-        ("run / checkpoint", f"{args.run_dir} ({found.checkpoint}, epoch {found.epoch})"),
-        ("split, points", f"{found.split}, {lat.n}"),
-        ("ELBO", f"{lat.elbo:.3f} = -distortion {lat.distortion:.3f} - rate {lat.rate:.3f}"),
-        ("mutual information I(x; z)", f"{lat.mutual_information:.3f} (at most log n = "
-         f"{math.log(lat.n):.3f})"),
-        ("marginal KL(q(z) || p(z))", f"{lat.marginal_kl:.3f}"),
-        ("active units", f"{lat.active} of {lat.activity.numel()}"
-         + ("  (posterior collapse)" if lat.collapsed else "")),
-        ("KL per dimension", f"{_spread(lat.kl_per_dim)} ({lat.kl_per_dim_method})"),
-        (f"log p(x), K={iw.k}", f"{iw.log_px:.3f} ± {iw.log_px_stderr:.3f}"),
-        *_weight_rows(iw),
-    ]  # fmt: skip
-    if found.ais is not None:
-        stages = found.ais.acceptance_by_stage
-        rows.append((f"AIS, T={found.ais.steps}", f"{found.ais.log_px:.3f} ± "
-                     f"{found.ais.log_px_stderr:.3f}; acceptance {stages[0]:.2f} at the start, "
-                     f"{min(stages):.2f} at its lowest, {stages[-1]:.2f} at the end"))  # fmt: skip
-    if found.bdmc is not None:
-        b = found.bdmc
-        width = f"{b.width:.3f} ± {b.width_stderr:.3f} ({b.lower:.3f} to {b.upper:.3f})"
-        rows.append((f"BDMC, T={b.steps}, {b.n} simulated points", f"sandwich width {width}"))
-    rows += [("wall time", f"{found.seconds:.1f} s"), _threads_row(args)]
+    where = f"{args.run_dir} ({found.checkpoint}, epoch {found.epoch})"
+    rows = [("run / checkpoint", where), *found.rows(), _threads_row(args)]
     print("diagnosis, nats per point (± is the standard error over points)")
     print(summary_table(rows))
     print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
@@ -713,15 +677,6 @@ def _cmd_report(args) -> int:
     else:
         print(f"report written: {path}\nopen it in a browser, e.g. xdg-open {path}")
     return 0
-
-
-def _spread(values) -> str:
-    """Per-dimension values in a few words: their largest, median and smallest."""
-    v = values.nan_to_num(float("nan"))
-    if v.isnan().all():
-        return "unavailable"
-    v = v[~v.isnan()]
-    return f"largest {v.max():.3f}, median {v.median():.3f}, smallest {v.min():.3f}"
 
 
 def _cmd_bdmc(args) -> int:

@@ -20,10 +20,11 @@ run's ``figures/`` (or ``out_dir``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pyro
 
@@ -32,7 +33,8 @@ from .config import Rule
 from .data import SPLITS
 from .evaluation import estimate_log_likelihood
 from .evaluation.ais import ais_log_likelihood, bdmc
-from .evaluation.latents import LatentDiagnostics, latent_diagnostics
+from .evaluation.latents import LatentDiagnostics, NotOneLatent, latent_diagnostics
+from .evaluation.weights import weight_rows
 from .options import Option, Options
 from .producers import make_producer
 from .runs import DATA_DIR, DEVICE, OUT_DIR, SEED, WHICH, _points, load_run, output_dir
@@ -66,19 +68,23 @@ DIAGNOSE = Options(
 
 @dataclasses.dataclass
 class Diagnosis:
-    """Everything ``diagnose_run`` found (see the module): ``latents``, the importance-
-    weighted estimate ``iw`` (a ``LogLikelihood`` with its ``weights``), and ``ais`` (an
-    ``AISResult`` with ``acceptance_by_step``) where it ran."""
+    """Everything ``diagnose_run`` found (see the module): ``latents`` (None where the
+    program has not one continuous latent of each point, with ``latents_skipped`` saying
+    why), the importance-weighted estimate ``iw`` (a ``LogLikelihood`` with its
+    ``weights``), and ``ais`` (an ``AISResult`` with ``acceptance_by_stage``) and ``bdmc`` (a
+    ``BDMCResult``) where they ran."""
 
     run_dir: str
     checkpoint: str
     epoch: int
     split: str
-    latents: LatentDiagnostics
+    n: int
+    latents: Optional[LatentDiagnostics]
     iw: Any
     ais: Optional[Any]
     seconds: float
     bdmc: Optional[Any] = None
+    latents_skipped: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {
@@ -86,15 +92,59 @@ class Diagnosis:
             "checkpoint": self.checkpoint,
             "epoch": self.epoch,
             "split": self.split,
-            "latents": self.latents.to_dict(),
+            "n": self.n,
+            "latents": None if self.latents is None else self.latents.to_dict(),
             "iw": self.iw.to_dict(),
             "seconds": self.seconds,
         }
+        if self.latents_skipped:
+            out["latents_skipped"] = self.latents_skipped
         if self.ais is not None:
             out["ais"] = self.ais.to_dict()
         if self.bdmc is not None:
             out["bdmc"] = self.bdmc.to_dict()
         return out
+
+    def rows(self) -> List[Tuple[str, str]]:
+        """The diagnosis as (name, value) rows, for the command's table and the report."""
+        iw = self.iw
+        rows = [("split, points", f"{self.split}, {self.n}")] + _latent_rows(
+            self.latents, self.latents_skipped
+        )
+        rows += [(f"log p(x), K={iw.k}", f"{iw.log_px:.3f} ± {iw.log_px_stderr:.3f}")]
+        rows += weight_rows(iw.weights)
+        if self.ais is not None:
+            a, stages = self.ais, self.ais.acceptance_by_stage
+            rows.append((f"AIS, T={a.steps}", f"{a.log_px:.3f} ± {a.log_px_stderr:.3f}; "
+                         f"acceptance {stages[0]:.2f} at the start, {min(stages):.2f} at its "
+                         f"lowest, {stages[-1]:.2f} at the end"))  # fmt: skip
+        if self.bdmc is not None:
+            b = self.bdmc
+            width = f"{b.width:.3f} ± {b.width_stderr:.3f} ({b.lower:.3f} to {b.upper:.3f})"
+            rows.append((f"BDMC, T={b.steps}, {b.n} simulated points", f"sandwich width {width}"))
+        return rows + [("wall time", f"{self.seconds:.1f} s")]
+
+
+def _latent_rows(lat: Optional[LatentDiagnostics], skipped: Optional[str]) -> List[Tuple[str, str]]:
+    if lat is None:
+        return [("latent diagnostics", f"not applicable: {skipped}")]
+    return [
+        ("ELBO", f"{lat.elbo:.3f} = -distortion {lat.distortion:.3f} - rate {lat.rate:.3f}"),
+        ("mutual information I(x; z)", f"{lat.mutual_information:.3f} (at most log n = "
+         f"{math.log(lat.n):.3f})"),
+        ("marginal KL(q(z) || p(z))", f"{lat.marginal_kl:.3f}"),
+        ("active units", f"{lat.active} of {lat.activity.numel()}"
+         + ("  (posterior collapse)" if lat.collapsed else "")),
+        ("KL per dimension", f"{_spread(lat.kl_per_dim)} ({lat.kl_per_dim_method})"),
+    ]  # fmt: skip
+
+
+def _spread(values) -> str:
+    """Per-dimension values in a few words: their largest, median and smallest."""
+    v = values[~values.isnan()]
+    if v.numel() == 0:
+        return "unavailable"
+    return f"largest {v.max():.3f}, median {v.median():.3f}, smallest {v.min():.3f}"
 
 
 def diagnose_run(
@@ -116,7 +166,11 @@ def diagnose_run(
     out = output_dir(run_dir, o.out_dir)
     start = time.perf_counter()
     pyro.set_rng_seed(o.seed)
-    latents = latent_diagnostics(subject, x, o.samples)
+    latents, skipped = None, None
+    try:
+        latents = latent_diagnostics(subject, x, o.samples)
+    except NotOneLatent as e:  # the weights' diagnostics still apply
+        skipped = str(e)
     iw = estimate_log_likelihood(
         None, None, x, o.k, producer=producer, progress=progress, seed=o.seed
     )
@@ -134,11 +188,13 @@ def diagnose_run(
         state["checkpoint"],
         epoch_of(state),
         o.split,
+        x.shape[0],
         latents,
         iw,
         ais,
         time.perf_counter() - start,
         sandwich,
+        skipped,
     )
     return found, _write(out, found)
 
@@ -149,7 +205,7 @@ def _write(out: Path, found: Diagnosis) -> Dict[str, Path]:
 
     paths = {"json": out / "diagnose.json"}
     write_text(paths["json"], strict_json(found.to_dict(), indent=1))
-    name, n = Path(found.run_dir).name, found.latents.n
+    name, n = Path(found.run_dir).name, found.n
     title = f"{name}, epoch {found.epoch}: {n} {found.split} points, K = {found.iw.k}"
     paths["plot"] = save_diagnosis(found, out / "diagnose.png", title)
     return paths

@@ -219,62 +219,76 @@ def save_gap(gap: Any, path: Path, title: str = "") -> Path:
 
 
 def save_diagnosis(found: Any, path: Path, title: str = "") -> Path:
-    """The four panels of a ``pyrovae.diagnosis.Diagnosis``: the KL of each latent dimension
-    (active units in colour), each unit's activity Cov_x E[z_u | x] against the 0.01 line,
-    the importance-weighted estimate against K on one set of draws, and the points' Pareto k̂
-    against the 0.5 and 0.7 lines (with AIS's acceptance along its schedule where it ran)."""
+    """The panels of a ``pyrovae.diagnosis.Diagnosis``: the KL of each latent dimension (active
+    units in colour) and each unit's activity Cov_x E[z_u | x] against the 0.01 line (where
+    the latent diagnostics apply), the importance-weighted estimate against K on one set of
+    draws, the points' Pareto k̂ against the 0.5 and 0.7 lines, and AIS's acceptance along
+    its schedule where it ran."""
     lat, weights = found.latents, found.iw.weights
     ais = found.ais if found.ais is not None and found.ais.acceptance_by_stage else None
     columns = 3 if ais is not None else 2
-    fig, axes = plt.subplots(2, columns, figsize=(5 * columns, 6.4), squeeze=False)
+    rows = 2 if lat is not None else 1
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows + 0.4), squeeze=False)
+    if lat is not None:
+        _latent_panels(axes[0][0], axes[0][1], lat)
+        summary = (f"ELBO {lat.elbo:.2f} = -distortion {lat.distortion:.2f} - rate "
+                   f"{lat.rate:.2f}; rate = I(x; z) {lat.mutual_information:.2f} (at most log n "
+                   f"= {math.log(lat.n):.2f}) + marginal KL {lat.marginal_kl:.2f}")  # fmt: skip
+    else:
+        summary = f"latent diagnostics not applicable: {found.latents_skipped}"
+    _estimate_panel(axes[-1][0], weights)
+    _pareto_panel(axes[-1][1], weights)
+    if ais is not None:
+        _acceptance_panel(axes[0][2], ais)
+        if rows == 2:
+            axes[1][2].axis("off")
+    fig.suptitle(f"{title}\n{summary}" if title else summary, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
+def _latent_panels(kl_ax, activity_ax, lat: Any) -> None:
     dims = list(range(lat.kl_per_dim.numel()))
-    active = (lat.activity > 0.01).tolist()
-    colours = ["tab:blue" if a else "lightgray" for a in active]
-    ax = axes[0][0]
-    ax.bar(dims, lat.kl_per_dim.nan_to_num(0).tolist(), color=colours)
-    ax.set_title(f"KL per dimension ({lat.kl_per_dim_method}); {lat.active} of {len(dims)} "
-                 "units active", fontsize=9)  # fmt: skip
-    ax.set_xlabel("latent dimension")
-    ax.set_ylabel("nats")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax = axes[0][1]
-    ax.bar(dims, lat.activity.clamp_min(1e-6).tolist(), color=colours)
-    ax.axhline(0.01, color="k", lw=0.8, ls="--")
-    ax.set_yscale("log")
-    ax.set_title("activity Cov_x E_q[z_u | x] (active above 0.01)", fontsize=9)
-    ax.set_xlabel("latent dimension")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax = axes[1][0]
+    colours = ["tab:blue" if a else "lightgray" for a in (lat.activity > 0.01).tolist()]
+    kl_ax.bar(dims, lat.kl_per_dim.nan_to_num(0).tolist(), color=colours)
+    kl_ax.set_title(f"KL per dimension ({lat.kl_per_dim_method}); {lat.active} of {len(dims)} "
+                    "units active", fontsize=9)  # fmt: skip
+    kl_ax.set_ylabel("nats")
+    activity_ax.bar(dims, lat.activity.clamp_min(1e-6).tolist(), color=colours)
+    activity_ax.axhline(0.01, color="k", lw=0.8, ls="--")
+    activity_ax.set_yscale("log")
+    activity_ax.set_title("activity Cov_x E_q[z_u | x] (active above 0.01)", fontsize=9)
+    for ax in (kl_ax, activity_ax):
+        ax.set_xlabel("latent dimension")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
+def _estimate_panel(ax, weights: Any) -> None:
     ax.plot(weights.ladder, weights.curve(), marker="o", ms=3)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("K (first K of one set of draws)")
     ax.set_ylabel("mean log p̂_K(x), nats")
     ax.set_title(f"estimate against K (last doubling +{weights.remaining():.3f})", fontsize=9)
     ax.grid(alpha=0.3)
-    ax = axes[1][1]
+
+
+def _pareto_panel(ax, weights: Any) -> None:
     k_hat = weights.pareto_k[~weights.pareto_k.isnan()]
-    if k_hat.numel():
-        ax.hist(k_hat.tolist(), bins=40, color="tab:gray")
-        for line, colour in ((0.5, "tab:orange"), (0.7, "tab:red")):
-            ax.axvline(line, color=colour, lw=1)
-        share = weights.unreliable_share()
-        ax.set_title(f"Pareto k̂ of each point's weights ({100 * share:.1f} % above 0.7)",
-                     fontsize=9)  # fmt: skip
-    else:
-        ax.set_title("Pareto k̂: K too small to fit", fontsize=9)
     ax.set_xlabel("k̂")
-    if ais is not None:
-        ax = axes[0][2]
-        stages = ais.acceptance_by_stage
-        ax.plot([(i + 0.5) / len(stages) for i in range(len(stages))], stages, marker="o", ms=3)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("position along the schedule (0: the prior, 1: the posterior)")
-        ax.set_title(f"AIS acceptance, T = {ais.steps} (log p(x) {ais.log_px:.2f})", fontsize=9)
-        ax.grid(alpha=0.3)
-        axes[1][2].axis("off")
-    summary = (f"ELBO {lat.elbo:.2f} = -distortion {lat.distortion:.2f} - rate {lat.rate:.2f}; "
-               f"rate = I(x; z) {lat.mutual_information:.2f} (at most log n = "
-               f"{math.log(lat.n):.2f}) + marginal KL {lat.marginal_kl:.2f}")  # fmt: skip
-    fig.suptitle(f"{title}\n{summary}" if title else summary, fontsize=9)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+    if not k_hat.numel():
+        ax.set_title("Pareto k̂: K too small to fit", fontsize=9)
+        return
+    ax.hist(k_hat.tolist(), bins=40, color="tab:gray")
+    for line, colour in ((0.5, "tab:orange"), (0.7, "tab:red")):
+        ax.axvline(line, color=colour, lw=1)
+    share = weights.unreliable_share()
+    ax.set_title(f"Pareto k̂ of each point's weights ({100 * share:.1f} % above 0.7)", fontsize=9)
+
+
+def _acceptance_panel(ax, ais: Any) -> None:
+    stages = ais.acceptance_by_stage
+    ax.plot([(i + 0.5) / len(stages) for i in range(len(stages))], stages, marker="o", ms=3)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("position along the schedule (0: the prior, 1: the posterior)")
+    ax.set_title(f"AIS acceptance, T = {ais.steps} (log p(x) {ais.log_px:.2f})", fontsize=9)
+    ax.grid(alpha=0.3)

@@ -96,12 +96,14 @@ def _vae_sections(run_dir: str, o: Any, found: Diagnosis, tmp: Path) -> List[Sec
         recon = vae.reconstruct(x[:50]).cpu()
         pairs = _image(tmp, "recon", lambda p: save_reconstructions(x[:50].cpu(), recon, shape, p))
         out.append(("Samples and reconstructions", grid + pairs))
-        traversal, caption = _traversals(vae, found, shape, tmp)
-        out.append(("Latent traversals", f"<p>{html.escape(caption)}</p>" + traversal))
+        if found.latents is not None:
+            traversal, caption = _traversals(vae, found, shape, tmp)
+            out.append(("Latent traversals", f"<p>{html.escape(caption)}</p>" + traversal))
     labels = data.split_labels(o.split) if data.labels is not None else None
     if labels is not None and o.n and o.n < len(labels):
         labels = _points(data, o.split, o.n, o.seed, labels=True)[:, -1].long()
-    out.append(("Map of the codes", _code_map(found.latents.codes, labels, tmp)))
+    if found.latents is not None:
+        out.append(("Map of the codes", _code_map(found.latents.codes, labels, tmp)))
     return out
 
 
@@ -175,31 +177,9 @@ def _diagnosis(found: Diagnosis, tmp: Path) -> str:
     the warning ``evaluate`` would print."""
     from .plots import save_diagnosis
 
-    lat, iw = found.latents, found.iw
+    iw = found.iw
     figure = _image(tmp, "diagnosis", lambda p: save_diagnosis(found, p))
-    weights = iw.weights.to_dict()
-    share = weights["pareto_k_share_above_0.7"]
-    rows = [
-        ("points", f"{lat.n} of the {found.split} split"),
-        ("ELBO", f"{lat.elbo:.3f} = −distortion {lat.distortion:.3f} − rate {lat.rate:.3f}"),
-        ("mutual information I(x; z)", f"{lat.mutual_information:.3f} (at most log n = "
-         f"{math.log(lat.n):.3f})"),
-        ("marginal KL(q(z) ‖ p(z))", f"{lat.marginal_kl:.3f}"),
-        ("active units", f"{lat.active} of {lat.activity.numel()}"
-         + (" — posterior collapse" if lat.collapsed else "")),
-        (f"log p(x), K = {iw.k}", f"{iw.log_px:.3f} ± {iw.log_px_stderr:.3f}"),
-        ("effective sample size", f"{weights['ess_mean']:.1f} mean, "
-         f"{weights['ess_median']:.1f} median, of K = {iw.k}"),
-        ("Pareto k̂ above 0.7", "not fitted" if share is None else f"{100 * share:.1f} % of points"),
-        ("rise over the last doubling of K", f"{weights['rise_last_doubling']:.4f} nats"),
-    ]  # fmt: skip
-    if found.ais is not None:
-        rows.append((f"AIS, T = {found.ais.steps}", f"{found.ais.log_px:.3f} ± "
-                     f"{found.ais.log_px_stderr:.3f} in {found.ais.seconds:.1f} s"))  # fmt: skip
-    if found.bdmc is not None:
-        b = found.bdmc
-        rows.append((f"BDMC sandwich, T = {b.steps}, {b.n} simulated points",
-                     f"width {b.width:.3f} ± {b.width_stderr:.3f}"))  # fmt: skip
+    rows = found.rows()
     warning = iw.warning()
     said = f'<p class="warn">{html.escape(warning)}</p>' if warning else ""
     curves = _image(tmp, "estimates", lambda p: _save_estimates(found, p))

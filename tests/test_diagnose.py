@@ -108,3 +108,20 @@ def test_the_report_renders_in_a_headless_browser(run, tmp_path):
 
     pixels = torch.from_numpy(plt.imread(shot))
     assert pixels.shape[:2] == (2000, 1000) and pixels.std() > 0.05  # text and figures
+
+
+def test_a_model_with_two_latents_gets_the_weights_diagnostics_and_says_why_not_the_rest(
+    tmp_path, capsys
+):
+    run = tmp_path / "two"
+    flags = [*LINEAR, "--latent-layers", "2", "--z1-dim", "3", "--hidden", "8",
+             "--hidden-top", "8"]  # fmt: skip
+    assert main(["train", *flags, "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", str(run), "--n", "30", "--k", "64", "--quiet", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["latents"] is None and "this guide has 2 (z1, z2)" in out["latents_skipped"]
+    assert out["iw"]["weights"]["k_ladder"][-1] == 64
+    assert (run / "figures" / "diagnose.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["report", str(run), "--n", "30", "--k", "64", "--quiet"]) == 0
+    assert "not applicable" in (run / "report.html").read_text()

@@ -397,6 +397,12 @@ def test_m2_trains_from_the_command_line_and_refuses_score_functions(tmp_path, c
     recorded = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
     expected = classification_error(producer, points(data, "valid", labels=True))
     assert recorded["valid_error"] == pytest.approx(expected)
+    # diagnose and report take a program run: here the labelled test points observe y, so the
+    # guide's one latent is z, and its diagnostics are q(z | x, y)'s.
+    assert main(["diagnose", str(tmp_path / "a"), "--n", "20", "--k", "8", "--quiet",
+                 "--json", "--samples", "1"]) == 0  # fmt: skip
+    found = json.loads(capsys.readouterr().out)
+    assert found["n"] == 20 and found["latents"]["site"] == "z" and found["iw"]["k"] == 8
     code = main(
         ["train", *flags, "--estimator", "score-function", "--run-dir", str(tmp_path / "b")]
     )

@@ -46,6 +46,10 @@ ACTIVE_THRESHOLD = 0.01
 CROSS_ELEMENTS = 2**22
 
 
+class NotOneLatent(ValueError):
+    """A program these diagnostics do not apply to: not one continuous latent of each point."""
+
+
 @dataclass
 class LatentDiagnostics:
     """The ELBO taken apart and the collapse diagnostics of ``n`` points, ``samples`` draws
@@ -152,14 +156,14 @@ def _site_distributions(
         if node["type"] == "sample" and not node["is_observed"] and not site_is_subsample(node)
     ]
     if len(latents) != 1:
-        raise ValueError(
+        raise NotOneLatent(
             "the latent diagnostics look at one latent of each point; this guide has "
             f"{len(latents)} ({', '.join(latents) or 'none'}): give a one-latent model"
         )
     (site,) = latents
     q = guide_trace.nodes[site]["fn"]
     if q.event_dim != 1 or q.batch_shape[-1:] != (x.shape[0],) or q.support.is_discrete:
-        raise ValueError(
+        raise NotOneLatent(
             f"the latent diagnostics need {site!r} continuous, one vector (event dim 1) per "
             f"point; its guide distribution has batch {tuple(q.batch_shape)}, event "
             f"{tuple(q.event_shape)}"

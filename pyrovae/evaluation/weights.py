@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from pyro.ops.stats import fit_generalized_pareto
@@ -193,3 +193,18 @@ def verdict(weights: WeightDiagnostics, stderr: float) -> Optional[str]:
         + "; ".join(reasons)
         + "; raise --k, refine the proposal (--refine) or compare with --method ais"
     )
+
+
+def weight_rows(weights: Optional[WeightDiagnostics]) -> List[Tuple[str, str]]:
+    """What the weights say of an estimate, as (name, value) rows for a summary table (none
+    without weights)."""
+    if weights is None:
+        return []
+    w = weights.to_dict()
+    share = w["pareto_k_share_above_0.7"]
+    tail = "not fitted (K too small)" if share is None else f"{100 * share:.1f} % of points"
+    return [
+        ("effective sample size", f"{w['ess_mean']:.1f} mean, {w['ess_median']:.1f} median"),
+        ("Pareto k̂ above 0.7", tail),
+        ("rise over the last doubling of K", f"{w['rise_last_doubling']:.4f} nats"),
+    ]
