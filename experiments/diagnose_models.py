@@ -10,8 +10,9 @@ reduced budget: the README's default model (command (a), 100 epochs) and the Vam
 ``--vamp-epochs`` epochs with a tenth of them warm-up. Then diagnoses each on the same ``n``
 seeded test images with K importance samples: active units, KL per dimension, mutual
 information and marginal KL, the weights' effective sample size and Pareto k̂. Writes
-``experiments/results/diagnose/{default,vampprior}.json`` and a markdown table, ``table.md``,
-and each run's ``figures/diagnose.png``.
+``experiments/results/diagnose/{default,vampprior}.json``, a markdown table ``table.md``, the
+two models in the rate-distortion plane of Alemi et al. (2018), ``rate_distortion.png`` (lines
+of equal ELBO = -(rate + distortion) dashed), and each run's ``figures/diagnose.png``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ prepare_runtime()  # the command line's thread policy, before torch loads OpenMP
 from pyrovae import TrainConfig, VAEConfig, diagnose_run, train  # noqa: E402
 from pyrovae.plots import markdown_table  # noqa: E402
 from pyrovae.runs import strict_json  # noqa: E402
+from pyrovae.training import read_metrics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "diagnose"
@@ -55,13 +57,45 @@ def row(name: str, found) -> list:
         f"{lat.mutual_information:.2f}",
         f"{lat.marginal_kl:.2f}",
         f"{w['ess_median']:.0f}",
-        f"{w['pareto_k_median']:.2f}",
-        f"{100 * w['pareto_k_share_above_0.7']:.1f} %",
+        _number(w["pareto_k_median"], "{:.2f}"),
+        _number(w["pareto_k_share_above_0.7"], "{:.1%}"),
     ]
+
+
+def _number(value, form: str) -> str:
+    return "not fitted" if value is None else form.format(value)
 
 
 HEADER = ["model", "log p(x)", "active units", "KL per dim: max / median / min", "rate",
           "I(x; z)", "marginal KL", "ESS (median)", "k̂ (median)", "k̂ > 0.7"]  # fmt: skip
+
+
+def save_rate_distortion(found: dict, path: Path) -> None:
+    """Each model at (rate, distortion), with dashed lines of equal ELBO through them; the
+    rate split into I(x; z) (filled) and the marginal KL (the rest of the bar below)."""
+    import matplotlib.pyplot as plt
+
+    from pyrovae.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for name, d in found.items():
+        lat = d.latents
+        ax.plot([lat.rate], [lat.distortion], "o", label=f"{name}: ELBO {lat.elbo:.1f}")
+        line = [0, lat.rate + lat.distortion]
+        ax.plot(line, line[::-1], ls="--", lw=0.7, color=ax.lines[-1].get_color())
+        ax.annotate(f"I(x; z) {lat.mutual_information:.1f}\nmarginal KL {lat.marginal_kl:.1f}",
+                    (lat.rate, lat.distortion), xytext=(6, 6), textcoords="offset points",
+                    fontsize=8)  # fmt: skip
+    rates = [d.latents.rate for d in found.values()]
+    dists = [d.latents.distortion for d in found.values()]
+    ax.set_xlim(0, max(rates) * 1.6)
+    ax.set_ylim(min(dists) - 10, max(dists) + 10)
+    ax.set_xlabel("rate: E KL(q(z|x) || p(z)), nats")
+    ax.set_ylabel("distortion: -E log p(x|z), nats")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
 
 
 def main() -> None:
@@ -76,13 +110,17 @@ def main() -> None:
     )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, found_all = [], {}
     for name, train_cfg, model_cfg in models(args.epochs, args.vamp_epochs, args.data_dir):
         run = Path(args.runs) / name
-        train(train_cfg, model_cfg, run_dir=str(run), resume=(run / "config.json").exists())
+        done = len(read_metrics(run)) if (run / "config.json").exists() else None
+        if done is None or done < train_cfg.epochs:  # new, or resumed where it stopped
+            train(train_cfg, model_cfg, run_dir=str(run), resume=done is not None)
         found, _ = diagnose_run(str(run), n=args.n, k=args.k, seed=0)
         (OUT / f"{name}.json").write_text(strict_json(found.to_dict(), indent=1) + "\n")
         rows.append(row(name, found))
+        found_all[name] = found
+    save_rate_distortion(found_all, OUT / "rate_distortion.png")
     table = markdown_table(rows, HEADER)
     (OUT / "table.md").write_text(table + "\n")
     print(table)
