@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 
 import pyro
+import torch
 
 from . import program_runs
 from .config import Rule
@@ -155,14 +156,7 @@ def diagnose_run(
     the ``Diagnosis`` and the paths written."""
     o = DIAGNOSE.bind(options, "diagnose_run")
     o = SimpleNamespace(**{**vars(o), "n": o.n or None, "device": resolve_device(o.device)})
-    if program_runs.is_program_run(run_dir):
-        producer, x, state = program_runs.program_points(run_dir, o)
-        subject = producer
-    else:
-        vae, data, state = load_run(run_dir, o.which, o.data_dir, (o.split,), device=o.device)
-        x = _points(data, o.split, o.n, o.seed)
-        vae.likelihood.check_data(x)
-        subject, producer = vae, make_producer(vae, "auto")
+    subject, producer, x, state = _subject(run_dir, o)
     out = output_dir(run_dir, o.out_dir)
     start = time.perf_counter()
     pyro.set_rng_seed(o.seed)
@@ -197,6 +191,19 @@ def diagnose_run(
         skipped,
     )
     return found, _write(out, found)
+
+
+def _subject(run_dir: str, o: Any) -> Tuple[Any, Any, torch.Tensor, Dict[str, Any]]:
+    """(what the latent diagnostics look at, the producer of its log weights, the points,
+    the checkpoint dict) of a run: the library's VAE (its direct producer where it has one)
+    or a program of the user's own (traced)."""
+    if program_runs.is_program_run(run_dir):
+        producer, x, state = program_runs.program_points(run_dir, o)
+        return producer, producer, x, state
+    vae, data, state = load_run(run_dir, o.which, o.data_dir, (o.split,), device=o.device)
+    x = _points(data, o.split, o.n, o.seed)
+    vae.likelihood.check_data(x)
+    return vae, make_producer(vae, "auto"), x, state
 
 
 def _write(out: Path, found: Diagnosis) -> Dict[str, Path]:
