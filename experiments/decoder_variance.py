@@ -90,9 +90,7 @@ def train_recording(
                 run = train(one, model, run_dir, data=data, progress=False)
             else:
                 more = {"epochs": epoch}
-                run = train(
-                    cfg, run_dir=run_dir, resume=True, progress=False, data=data, changes=more
-                )
+                run = train(cfg, run_dir=run_dir, resume=more, progress=False, data=data)
             values.append(record(run.vae))
             bar.update()
     bar.close()

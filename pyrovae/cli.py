@@ -144,8 +144,6 @@ def _run_parser(sub, name: str, options, output: bool = True, **texts: str) -> N
 
 def _run_parsers(sub) -> None:
     """The commands on a run directory."""
-    from .diagnosis import DIAGNOSE
-    from .report import REPORT
     from .runs import BDMC, EVALUATE, GAP, GRADVAR, SAMPLE
 
     _run_parser(
@@ -192,6 +190,23 @@ def _run_parsers(sub) -> None:
     )
     _run_parser(
         sub,
+        "bdmc",
+        BDMC,
+        help="bidirectional Monte Carlo: a sandwich around log p(x) on simulated data",
+        description="Simulate N points (x, z) from the run's model; bracket each log p(x) "
+        "between forward AIS from the prior (a stochastic lower bound) and reverse AIS from z, "
+        "an exact posterior sample (a stochastic upper bound), beside the importance-weighted "
+        "estimate with K samples (Grosse, Ghahramani & Adams, 2015). Reads no data.",
+    )
+
+
+def _look_parsers(sub) -> None:
+    """The commands that look at what a trained run is doing."""
+    from .diagnosis import DIAGNOSE
+    from .report import REPORT
+
+    _run_parser(
+        sub,
         "diagnose",
         DIAGNOSE,
         help="what a trained run's code carries and whether its log p(x) can be trusted",
@@ -213,16 +228,6 @@ def _run_parsers(sub) -> None:
         "diagnosis of pyrovae diagnose (with its options) and the inference gap where pyrovae "
         "gap has run; every figure embedded, so the file opens anywhere without a network.",
     )
-    _run_parser(
-        sub,
-        "bdmc",
-        BDMC,
-        help="bidirectional Monte Carlo: a sandwich around log p(x) on simulated data",
-        description="Simulate N points (x, z) from the run's model; bracket each log p(x) "
-        "between forward AIS from the prior (a stochastic lower bound) and reverse AIS from z, "
-        "an exact posterior sample (a stochastic upper bound), beside the importance-weighted "
-        "estimate with K samples (Grosse, Ghahramani & Adams, 2015). Reads no data.",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _train_parser(sub)
     _run_parsers(sub)
+    _look_parsers(sub)
     return parser
 
 
@@ -429,9 +435,8 @@ def _cmd_train(args) -> int:
         train_cfg,
         model_cfg,
         run_dir=args.run_dir,
-        resume=args.resume,
+        resume=changes if args.resume else False,
         progress=not args.quiet,
-        changes=changes,
         device=args.device,
         tensorboard=args.tensorboard,
     )

@@ -1785,13 +1785,13 @@ API_CASES = [
     ),  # fmt: skip
     Api(
         "hostile2-api-changes-not-a-dict",
-        lambda c: train(run_dir=str(c.run), resume=True, changes=[("epochs", 3)], progress=False),
+        lambda c: train(run_dir=str(c.run), resume=[("epochs", 3)], progress=False),
         ValueError,
         "changes",
     ),
     Api(
         "hostile2-api-changes-unknown-key",
-        lambda c: train(run_dir=str(c.run), resume=True, changes={"bogus": 1}, progress=False),
+        lambda c: train(run_dir=str(c.run), resume={"bogus": 1}, progress=False),
         ValueError,
         "unknown option",
     ),

@@ -148,8 +148,8 @@ def test_resume_may_change_the_lr_schedule_but_not_the_warmup(tmp_path):
     run = tmp_path / "run"
     train(small_config(epochs=2, warmup=1), SMALL_MODEL, run_dir=run, progress=False)
     with pytest.raises(OptionError, match="warmup"):
-        train(changes={"epochs": 3, "warmup": 3}, run_dir=run, resume=True, progress=False)
-    train(changes={"epochs": 3, "lr_schedule": "cosine"}, run_dir=run, resume=True, progress=False)
+        train(run_dir=run, resume={"epochs": 3, "warmup": 3}, progress=False)
+    train(run_dir=run, resume={"epochs": 3, "lr_schedule": "cosine"}, progress=False)
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["lr"] == pytest.approx(learning_rate(3e-3, "cosine", 3, 3))
 

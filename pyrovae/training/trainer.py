@@ -427,11 +427,10 @@ def train(
     train_config: Optional[TrainConfig] = None,
     model: Union[VAEConfig, Dict[str, Any], Tuple[Callable, Callable], None] = None,
     run_dir: Optional[str] = None,
-    resume: bool = False,
+    resume: Union[bool, Dict[str, Any]] = False,
     progress: bool = True,
     data: Optional[Dataset] = None,
     *,
-    changes: Optional[Dict[str, Any]] = None,
     device: Device = None,
     tensorboard: bool = False,
 ) -> TrainResult:
@@ -451,9 +450,10 @@ def train(
         run_dir: where to write config, metrics and checkpoints (default
             ``runs/<dataset>-<estimator>-<time>``, a new name). A new run needs a directory
             that does not exist or is empty; one process at a time trains in a directory.
-        resume: continue the run in ``run_dir`` from its last checkpoint, under its saved
-            config with the fields of ``train_config`` and of a ``VAEConfig`` that differ from
-            their defaults applied (or exactly ``changes``, when given): ``epochs`` (the new
+        resume: True: continue the run in ``run_dir`` from its last checkpoint, under its
+            saved config with the fields of ``train_config`` and of a ``VAEConfig`` that differ
+            from their defaults applied; a dict: exactly these changes applied (the command
+            line passes the flags it was given, ``{}`` for none): ``epochs`` (the new
             total), ``lr``, ``producer`` (not ``auto``: the run continues on that route) and
             ``data_dir`` may change, and the change is recorded in ``config.json``; asking to
             change anything else is an ``OptionError``. A pair of the user's own must be passed
@@ -494,13 +494,7 @@ def train(
     model_config, program = _what_to_train(model)
     world, device = _join(device, program)
     plan = _new_plan(run_dir, train_config, model_config)
-    # The run directory is process 0's: it alone reads it (the others get what it read).
-    with world.together():
-        if world.main and resume:
-            plan = _plan_resume(plan, world, changes, program, data)
-        elif world.main and run_dir is not None:
-            check_new_run_dir(plan.run_path)
-    plan = world.share(plan) if world.distributed else plan
+    plan = _read_run_dir(world, plan, resume, program, data)
     program = _program(plan, program)
     python_data = data is not None
     with world.together():
@@ -508,17 +502,14 @@ def train(
         data, fingerprint = _checked_data(cfg, data, plan)
         session = _build_session(cfg, data, device, world, plan, program)
     if world.distributed:
-        _check_same_data(world, fingerprint)
-        world.broadcast_(session.trainer.params)  # every process starts from process 0's
-        if plan.state is None and not world.main:
-            torch.manual_seed(distributed.rank_seed(cfg.seed, world.rank))  # its own stream
+        _start_together(world, session, fingerprint, plan, cfg)
     tune_allocator(session.device)  # batches of tensors above glibc's mmap threshold
     # The shuffle on the CPU whatever the device: the same batches everywhere, portably.
     shuffle = torch.Generator().manual_seed(cfg.seed)
     resumable = Resumable(session.trained, session.trainer, shuffle, session.device)
     lock = log = None
     try:
-        plan.run_path, lock = _claim(world, plan.run_path, cfg, resume)
+        plan.run_path, lock = _claim(world, plan.run_path, cfg, plan.state is not None)
         start, metrics, history = _resume_state(world, plan, resumable, session.vae)
         record = run_record(_identity(cfg, session), python_data, fingerprint, world.size)
         with world.together():
@@ -596,6 +587,33 @@ def _join(device: Device, program: Optional[Program]) -> Tuple[distributed.World
     if program is None or device is not None:
         return world, resolve_device(device)
     return world, device
+
+
+def _read_run_dir(world, plan: "_RunPlan", resume, program, data) -> "_RunPlan":
+    """The plan once the run directory is read: a resumed run's saved state (``resume`` True,
+    or a dict of the changes to make), or a new run's directory checked. The directory is
+    process 0's: it alone reads it (the others get what it read)."""
+    if not isinstance(resume, (bool, dict)):
+        raise OptionError(
+            "resume must be True, False or a dict of the changes to make on resuming, got "
+            f"{resume!r}"
+        )
+    changes = resume if isinstance(resume, dict) else None
+    with world.together():
+        if world.main and resume is not False:
+            plan = _plan_resume(plan, world, changes, program, data)
+        elif world.main and plan.run_path is not None:
+            check_new_run_dir(plan.run_path)
+    return world.share(plan) if world.distributed else plan
+
+
+def _start_together(world, session: "_Session", fingerprint, plan: "_RunPlan", cfg) -> None:
+    """Processes under torchrun start alike: the same data, process 0's parameters, and for a
+    new run each process's own random stream."""
+    _check_same_data(world, fingerprint)
+    world.broadcast_(session.trainer.params)  # every process starts from process 0's
+    if plan.state is None and not world.main:
+        torch.manual_seed(distributed.rank_seed(cfg.seed, world.rank))  # its own stream
 
 
 def _new_plan(run_dir, train_config, model_config) -> "_RunPlan":
