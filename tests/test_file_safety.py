@@ -32,6 +32,8 @@ COMMANDS = {
     "gap": ["gap", "{run}", "--n", "4", "--steps", "2", "--k", "4", "--quiet"],
     "gradvar": ["gradvar", "{run}", "--draws", "3", "--batch-size", "4", "--quiet"],
     "evaluate": ["evaluate", "{run}", "--k", "2", "--n", "4", "--quiet"],
+    "diagnose": ["diagnose", "{run}", "--n", "4", "--k", "4", "--samples", "1", "--quiet"],
+    "report": ["report", "{run}", "--n", "4", "--k", "4", "--samples", "1", "--quiet"],
 }
 PRECIOUS = b"someone else's file\n"
 
@@ -83,6 +85,8 @@ def test_the_commands_write_what_the_tests_below_plant_links_at(written):
     assert "figures/samples.png" in written["sample"]
     assert {"figures/gap.json", "figures/gap.png"} <= set(written["gap"])
     assert {"figures/gradvar.json", "figures/gradvar.png"} <= set(written["gradvar"])
+    assert {"figures/diagnose.json", "figures/diagnose.png"} <= set(written["diagnose"])
+    assert "report.html" in written["report"]
 
 
 def _one_line(capsys, code: int) -> str:
