@@ -478,9 +478,7 @@ def _cmd_evaluate(args) -> int:
     res = evaluate_run(args.run_dir, progress=not args.quiet, **options)
     if launch.rank() > 0:
         return 0  # process 0 reports
-    warning = getattr(res, "warning", lambda: None)()
-    if warning:
-        print(f"pyrovae: {warning}", file=sys.stderr)
+    _warn(getattr(res, "warning", lambda: None)())
     if args.json:
         out = {"run_dir": str(args.run_dir), "split": args.split, **res.to_dict()}
         print(_json(out, args))
@@ -568,7 +566,7 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_gradvar(args) -> int:
-    from .plots import markdown_table, summary_table
+    from .plots import markdown_table
     from .runs import GRADVAR, gradvar_run
 
     options = GRADVAR.from_args(args)
@@ -610,7 +608,7 @@ def _cmd_gradvar(args) -> int:
         f"minibatch of {batch}, particles from the {route} producer; threads: "
         f"{args.threads_used.describe()}\n{table}"
     )
-    print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
+    _print_files(paths)
     return 0
 
 
@@ -646,7 +644,7 @@ def _cmd_gap(args) -> int:
     ]
     print("inference gap, nats per point (± is the standard error over points)")
     print(summary_table(rows))
-    print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
+    _print_files(paths)
     return 0
 
 
@@ -657,9 +655,7 @@ def _cmd_diagnose(args) -> int:
     options = DIAGNOSE.from_args(args)
     DIAGNOSE.checked(options)
     found, paths = diagnose_run(args.run_dir, progress=not args.quiet, **options)
-    warning = found.iw.warning()
-    if warning:
-        print(f"pyrovae: {warning}", file=sys.stderr)
+    _warn(found.iw.warning())
     if args.json:
         print(_json(found.to_dict(), args))
         return 0
@@ -667,7 +663,7 @@ def _cmd_diagnose(args) -> int:
     rows = [("run / checkpoint", where), *found.rows(), _threads_row(args)]
     print("diagnosis, nats per point (± is the standard error over points)")
     print(summary_table(rows))
-    print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
+    _print_files(paths)
     return 0
 
 
@@ -717,6 +713,19 @@ def _cmd_bdmc(args) -> int:
 
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that it ends as a Ctrl-C does."""
+
+
+def _warn(warning: Optional[str]) -> None:
+    """An estimate's one line of warning (``LogLikelihood.warning``), on stderr, if any."""
+    if warning:
+        print(f"pyrovae: {warning}", file=sys.stderr)
+
+
+def _print_files(paths: Dict[str, Path]) -> None:
+    """The files a command wrote, as a table."""
+    from .plots import summary_table
+
+    print("\nfiles written\n" + summary_table([(k, str(v)) for k, v in paths.items()]))
 
 
 def _threads_row(args) -> Tuple[str, str]:

@@ -127,10 +127,11 @@ class WeightStream:
         kk, b = log_w.shape
         rows = slice(lo, lo + b)
         self.lse_sq[rows] = torch.logaddexp(self.lse_sq[rows], torch.logsumexp(2 * log_w, 0))
+        whole = torch.logsumexp(log_w, 0)  # (the same for every count past this chunk)
         for i, count in enumerate(self.ladder):
             upto = min(kk, count - k_lo)  # this chunk's draws among the first ``count``
             if upto > 0:
-                part = torch.logsumexp(log_w[:upto], 0)
+                part = whole if upto == kk else torch.logsumexp(log_w[:upto], 0)
                 self.prefix[i, rows] = torch.logaddexp(self.prefix[i, rows], part)
         # (``top`` starts at -inf, so the merge always has ``keep`` columns to take)
         merged = torch.cat([self.top[rows], log_w.T], 1)
