@@ -88,6 +88,7 @@ class Diagnosis:
     latents_skipped: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
+        """The diagnosis as ``diagnose.json`` holds it (standard JSON types)."""
         out: Dict[str, Any] = {
             "run_dir": self.run_dir,
             "checkpoint": self.checkpoint,

@@ -42,10 +42,12 @@ class LinearGaussian:
 
     @property
     def x_dim(self) -> int:
+        """D, the dimension of x."""
         return self.weight.shape[0]
 
     @property
     def z_dim(self) -> int:
+        """The dimension of z."""
         return self.weight.shape[1]
 
     def prior(self) -> torch.distributions.MultivariateNormal:

@@ -43,12 +43,24 @@ from torch import nn
 
 from .program import Program
 
+__all__ = [
+    "M2",
+    "make",
+    "make_paper_100",
+    "make_paper_600",
+    "make_paper_1000",
+    "make_paper_3000",
+    "paper_weight",
+    "RECIPE_WEIGHT",
+    "RECIPE_CLASSIFIER_LAYERS",
+]
+
 # q(y | x)'s logit for the classes a labelled point does not have: exp() of it is 0 exactly in
 # float32 and float64, and, finite, it keeps 0 · log q = 0 (no NaN) in the enumerated sums.
 IMPOSSIBLE = -1e4
-# The recipe's classification weight per labelled point, and its classifier's hidden layers
-# (the module's docstring says why).
+#: The recipe's classification weight per labelled point (the module's docstring says why).
 RECIPE_WEIGHT = 46.0
+#: The recipe's hidden layers in the classifier q(y | x) (the paper's networks have one).
 RECIPE_CLASSIFIER_LAYERS = 2
 
 
@@ -125,6 +137,7 @@ class M2(nn.Module):
         return torch.nn.functional.one_hot(y, self.classes).to(torch.get_default_dtype())
 
     def model(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
+        """p(y) p(z) p(x | y, z) for x (B, 784); y (B,) observes the labels, -1 for none."""
         pyro.module("m2", self)
         prior = x.new_full((self.classes,), -math.log(self.classes))
         with pyro.plate("data", x.shape[0]):
@@ -135,6 +148,7 @@ class M2(nn.Module):
             pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
 
     def guide(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> None:
+        """q(y | x) q(z | x, y), y enumerated (a labelled point's q(y | x) put at its label)."""
         pyro.module("m2", self)
         with pyro.plate("data", x.shape[0]):
             label = self._observed(y)
@@ -181,16 +195,20 @@ def make(
 
 
 def make_paper_100() -> Program:
+    """The paper's M2 for 100 labels: its weight 0.1 N / N_l, one hidden layer in q(y | x)."""
     return make(paper_weight(100), classifier_layers=1)
 
 
 def make_paper_600() -> Program:
+    """The paper's M2 for 600 labels: its weight 0.1 N / N_l, one hidden layer in q(y | x)."""
     return make(paper_weight(600), classifier_layers=1)
 
 
 def make_paper_1000() -> Program:
+    """The paper's M2 for 1000 labels: its weight 0.1 N / N_l, one hidden layer in q(y | x)."""
     return make(paper_weight(1000), classifier_layers=1)
 
 
 def make_paper_3000() -> Program:
+    """The paper's M2 for 3000 labels: its weight 0.1 N / N_l, one hidden layer in q(y | x)."""
     return make(paper_weight(3000), classifier_layers=1)

@@ -216,10 +216,12 @@ class VAE(nn.Module):
 
     @property
     def x_dim(self) -> int:
+        """D, the dimension of x."""
         return self.likelihood.x_dim
 
     @property
     def z_dim(self) -> int:
+        """The dimension of z (of the top latent z2 in the two-layer model)."""
         return self.prior.z_dim
 
     def data_scale(self, x: torch.Tensor, num_data: Optional[int] = None) -> float:
@@ -561,6 +563,7 @@ class TwoLayerVAE(VAE):
 
     @property
     def z1_dim(self) -> int:
+        """The dimension of the lower latent z1."""
         return self.guide_family.z_dim
 
     def p_z1(self, z2: torch.Tensor) -> pyro.distributions.Distribution:

@@ -136,8 +136,10 @@ class Particles:
             true objective (``log_w``) and differentiate the weighted one
             (``weighted_log_w``, ``weighted_log_p``); a score term ∇ log q is never weighted.
 
-    Log densities, each (K, B) (read as attributes; computed on first use when given as
-    functions):
+    The log densities, each (K, B), are read as attributes and computed on first use when
+    given as functions.
+
+    Log densities:
         log_prior: Σ over latent sites of log p(z_s | parents), in the model.
         log_lik: Σ over observed sites of log p(x | z).
         log_q: Σ over latent sites of log q(z_s | x, parents), in the guide.
@@ -266,21 +268,23 @@ class Particles:
 
     @property
     def weighted_log_p(self) -> torch.Tensor:
-        """log p(x | z) + β log p(z), (K, B): ``log_p`` when β = 1."""
+        """The model's log density with the prior weighted, (K, B), log p(x | z) + β log p(z);
+        ``log_p`` when β = 1."""
         if self.kl_weight == 1.0:
             return self.log_p
         return torch.add(self.log_lik, self.log_prior, alpha=self.kl_weight)
 
     @property
     def weighted_log_w(self) -> torch.Tensor:
-        """log p(x | z) + β (log p(z) - log q(z | x)), (K, B): the log weight of the KL
-        warm-up objective E_q[log p(x|z)] - β KL(q ‖ p); ``log_w`` when β = 1."""
+        """The log weight of the KL warm-up objective E_q[log p(x|z)] - β KL(q ‖ p), (K, B),
+        log p(x | z) + β (log p(z) - log q(z | x)); ``log_w`` when β = 1."""
         if self.kl_weight == 1.0:
             return self.log_w
         return torch.add(self.log_lik, self.log_prior - self.log_q, alpha=self.kl_weight)
 
     @property
     def num_particles(self) -> int:
+        """K, the particles per data point."""
         if self._num_particles is not None:
             return self._num_particles
         return next(iter(self.latents.values())).shape[0]

@@ -232,7 +232,9 @@ def evaluate_run(
     (``Dataset.levels``, or a discretized-logistic likelihood) also in bits per dimension
     (``bits_per_dim``, ``pyrovae.evaluation.bits``).
 
-    Args (``options``: ``EVALUATE``, which declares each one's default and rule):
+    The keyword ``options`` are ``EVALUATE``'s, which declares each one's default and rule.
+
+    Args:
         run_dir: a directory made by ``train``.
         progress: show progress bars.
         k: importance samples per data point.

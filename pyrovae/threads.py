@@ -52,6 +52,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 
 # The wait pyrovae sets (rounds a waiting thread spins before it sleeps), and the variables by
 # which a user sets their own.
+__all__ = ["ThreadPolicy", "prepare_runtime", "apply_threads", "usable_cores"]
+
 SPIN_COUNT = "3000"
 USER_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 

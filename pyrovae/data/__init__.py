@@ -22,9 +22,9 @@ This package holds :class:`Dataset`, :class:`DataError`, :data:`DATASETS`, :func
 :func:`as_data_tensor` and the helpers the sources share; each source is a module that
 registers its loaders when ``pyrovae.data`` is imported:
 
-- :mod:`pyrovae.data.binarized_mnist`: statically binarized MNIST from ``.amat`` files.
-- :mod:`pyrovae.data.vision`: MNIST, Fashion-MNIST and CIFAR-10 through torchvision.
-- :mod:`pyrovae.data.synthetic`: linear-Gaussian, ring and 2-D Gaussian-mixture samples.
+- ``pyrovae.data.binarized_mnist``: statically binarized MNIST from ``.amat`` files.
+- ``pyrovae.data.vision``: MNIST, Fashion-MNIST and CIFAR-10 through torchvision.
+- ``pyrovae.data.synthetic``: linear-Gaussian, ring and 2-D Gaussian-mixture samples.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ from pyrovae.files import check_regular, file_kind, os_reason
 from pyrovae.linear_gaussian import LinearGaussian
 from pyrovae.registry import Registry
 
+#: A path given as a string or a path-like object.
 PathLike = Union[str, "os.PathLike[str]"]
+#: The names of a data set's three splits, in order.
 SPLITS: Tuple[str, ...] = ("train", "valid", "test")
 _PIXELS = 784  # values in one flattened 28x28 MNIST image
 _MIN_TORCH_SEED, _MAX_TORCH_SEED = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed takes
@@ -168,6 +170,7 @@ def _is_int(value: object) -> bool:
 
 # The most levels a grid may have: float32 rounds k / 65535 by less than 0.01 of a level, so
 # 16-bit values are still told apart from their neighbours.
+#: The most levels an 8-bit-style grid of values k / (levels - 1) may have.
 MAX_LEVELS = 2**16
 # How far from a whole k a value times (levels - 1) may be and still count as k: float32's
 # rounding of k / 255, times 255, is off by about 1e-5.
@@ -217,8 +220,8 @@ def off_grid_value(x: torch.Tensor, levels: int) -> float | None:
 class Dataset:
     """Three splits of flattened examples plus what a model needs to know about them.
 
-    The splits are converted with :func:`as_data_tensor`, so bool, integer and float64 tensors,
-    numpy arrays and nested lists are accepted and stored as float32; NaN is refused. A split
+    The splits are converted with :func:`~pyrovae.data.as_data_tensor`, so bool, integer and
+    float64 tensors, numpy arrays and nested lists are accepted and stored as float32; NaN is refused. A split
     that was not loaded (see :func:`load_dataset`'s ``splits``) is empty, ``(0, D)``.
 
     Attributes:
@@ -458,6 +461,8 @@ class Dataset:
 
 # --- loading by name ----------------------------------------------------------------------------
 
+#: Dataset loaders by name (``binarized-mnist``, ``mnist``, ...);
+#: ``@DATASETS.register(name)`` adds one.
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 
 

@@ -36,10 +36,12 @@ logger = logging.getLogger(__name__)
 
 # --- statically binarized MNIST (.amat text files) ---------------------------------------------
 
+#: Where the static split's ``.amat`` files are downloaded from (``{split}``: train, valid, test).
 BINARIZED_MNIST_URL = (
     "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
     "binarized_mnist_{split}.amat"
 )
+#: Rows of each split of the canonical files (other counts load, with a warning).
 CANONICAL_ROWS: Dict[str, int] = {"train": 50000, "valid": 10000, "test": 10000}
 _LINE_BYTES = 2 * _PIXELS  # 784 digits, each followed by a space or, last, a newline
 _DOWNLOAD_TIMEOUT_S = 10.0

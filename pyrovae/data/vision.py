@@ -76,7 +76,8 @@ def _open_torchvision(class_name: str, root: Path, train: bool, where: str) -> A
 
 # --- MNIST and Fashion-MNIST ----------------------------------------------------------------------
 
-MNIST_VALID_SIZE = 10000  # the last 10000 official training images become the validation split
+#: The last this many official training images of (Fashion-)MNIST become the validation split.
+MNIST_VALID_SIZE = 10000
 _BINARIZE_SEED = 0  # fixed, so evaluation splits are the same binary images in every run
 # The files torchvision reads, or writes when it downloads, under <root>/<class name>: the raw
 # files (and their .gz archives) and the processed files of old torchvision releases.
@@ -299,7 +300,8 @@ def load_fashion_mnist(
 
 # --- CIFAR-10 -----------------------------------------------------------------------------------
 
-CIFAR10_VALID_SIZE = 5000  # the last 5000 official training images become the validation split
+#: The last this many official CIFAR-10 training images become the validation split.
+CIFAR10_VALID_SIZE = 5000
 CIFAR10_SHAPE: Tuple[int, int, int] = (3, 32, 32)  # (C, H, W), the order each row is flattened in
 _CIFAR10_FOLDER = "cifar-10-batches-py"  # what the official archive extracts to
 _CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"

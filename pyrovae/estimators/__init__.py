@@ -44,6 +44,7 @@ class EstimatorRegistry(Registry):
         return decorate
 
 
+#: Estimator classes by name (``pathwise``, ``iwae``, ...); ``@ESTIMATORS.register(name)`` adds one.
 ESTIMATORS: EstimatorRegistry = EstimatorRegistry("estimator")
 
 

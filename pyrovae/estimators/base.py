@@ -27,7 +27,9 @@ from torch import nn
 from ..config import Rule
 from ..particles import NotApplicable, Particles, guess_max_plate_nesting, traced_particles
 
+#: The ELBO estimators' objective, as their ``repr`` states it.
 ELBO_OBJECTIVE = "ELBO = E_q[log p(x,z) - log q(z|x)]"
+#: The K-sample bound estimators' objective, as their ``repr`` states it.
 BOUND_OBJECTIVE = "K-sample bound E[log (1/K) sum_k p(x,z_k)/q(z_k|x)]"
 
 Output = Tuple[torch.Tensor, torch.Tensor]

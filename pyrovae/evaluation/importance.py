@@ -60,6 +60,7 @@ from .weights import WeightDiagnostics, WeightStream, k_ladder, verdict
 # smaller is faster up to a point: a (4096, 784) float tensor (13 MB) stays in cache between the
 # elementwise ops of the likelihood, where a 32768-pair chunk made the MNIST evaluation 1.6x
 # slower on 2 cores.
+#: (particle, point) pairs scored at once by default: bounds the evaluator's memory.
 DEFAULT_CHUNK_PAIRS = 4096
 # With chunk seeds (``seed=``), a chunk holds at most this many data points, so that the points
 # split into enough whole chunks to share out evenly between processes (a chunk is the unit

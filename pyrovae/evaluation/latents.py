@@ -75,14 +75,16 @@ class LatentDiagnostics:
 
     @property
     def elbo(self) -> float:
+        """The ELBO per point, −distortion − rate, in nats."""
         return -self.distortion - self.rate
 
     @property
     def collapsed(self) -> bool:
-        """Posterior collapse: fewer than half the dimensions active."""
+        """Whether the posterior collapsed (fewer than half the dimensions active)."""
         return self.active < 0.5 * self.activity.numel()
 
     def to_dict(self) -> Dict[str, object]:
+        """The diagnostics in standard JSON types, as ``diagnose.json`` holds them."""
         return {
             "site": self.site,
             "n": self.n,

@@ -79,6 +79,7 @@ class FactorizedBernoulli(dist.Independent):
 
     @property
     def logits(self) -> torch.Tensor:
+        """The logits of each pixel, (..., D)."""
         return self.base_dist.logits
 
     def expand(self, batch_shape, _instance=None):

@@ -27,6 +27,8 @@ from ..particles import NotApplicable
 from ..registry import Registry
 from .distributions import FactorizedBernoulli
 
+#: Guide families by name (``diagonal-gaussian``, ``flow``, ...);
+#: ``@GUIDES.register(name)`` adds one.
 GUIDES: Registry = Registry("guide family")
 
 LogDensity = Callable[[], torch.Tensor]
@@ -56,6 +58,7 @@ class GuideFamily(nn.Module):
 
     @property
     def in_features(self) -> int:
+        """The width of the encoder output the family reads."""
         raise NotImplementedError
 
     @property
@@ -100,7 +103,7 @@ class GuideFamily(nn.Module):
                 with ``sample`` (False), or with ``rsample`` where the family has it (None).
 
         Returns:
-            (z (k, B, z_dim), log_q, log_q_stopped): the last two are functions of no
+            ``(z, log_q, log_q_stopped)``, z of shape (k, B, z_dim) and two functions of no
             arguments giving (k, B) tensors, log q(z | h) and the same with ``h`` cut from the
             graph (the path through z kept). They draw no random numbers.
         """
@@ -589,7 +592,7 @@ def _widths(name: str, value: Union[int, Sequence[int]]) -> Tuple[int, ...]:
 class NormalizingFlow(GuideFamily):
     """An amortized normalizing flow: ε ~ N(loc(x), diag(scale(x)²)), then ``layers``
     invertible transforms conditioned on encoder features c(x), z = f_L ∘ … ∘ f_1(ε), so
-    log q(z|x) = log N(ε; loc, scale) - Σ_l log |det ∂f_l|.
+    log q(z|x) = log N(ε; loc, scale) - Σ_l log abs(det ∂f_l).
 
     The encoder outputs (loc (z_dim), log scale (z_dim), context c (``context``)). Between
     layers the dimensions are reversed, so that each dimension is transformed given the others.

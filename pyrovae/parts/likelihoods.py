@@ -20,6 +20,8 @@ from ..data import off_grid_value
 from ..registry import Registry
 from .distributions import DiscretizedLogistic, FactorizedBernoulli
 
+#: Likelihood classes by name (``bernoulli``, ``gaussian``, ...);
+#: ``@LIKELIHOODS.register(name)`` adds one.
 LIKELIHOODS: Registry = Registry("likelihood")
 
 

@@ -38,6 +38,7 @@ class Tanh(nn.Module):
         return torch.sigmoid(a * 2).mul_(2).sub_(1)
 
 
+#: Encoder and decoder builders by name (``mlp``, ``linear``, ``conv``).
 NETS: Registry = Registry("network")
 ACTIVATIONS = {
     "tanh": Tanh,

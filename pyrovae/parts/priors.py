@@ -21,6 +21,8 @@ from ..registry import Registry
 from .distributions import DiagonalGaussianMixture, FactorizedBernoulli, UniformMixture
 from .guides import NormalizingFlow
 
+#: Prior classes by name (``standard-normal``, ``vampprior``, ...);
+#: ``@PRIORS.register(name)`` adds one.
 PRIORS: Registry = Registry("prior")
 
 

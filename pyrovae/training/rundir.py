@@ -305,6 +305,7 @@ class RunLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
+        """Take the lock, or raise ``RunDirError`` naming the process that holds it."""
         fd = open_lock(self.path, RunDirError)
         if fcntl is not None:
             try:
@@ -322,6 +323,7 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Drop the lock (closing its file); a second call does nothing."""
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None

@@ -233,9 +233,11 @@ class Trainer:
             group["lr"] = lr
 
     def state_dict(self) -> Dict[str, Any]:
+        """Adam's and the estimator's state, as a checkpoint holds it."""
         return {"optim": self.optim.state_dict(), "estimator": self.estimator.state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` gave."""
         self.estimator.load_state_dict(state["estimator"])
         self.optim.load_state_dict(state["optim"])
 
@@ -285,11 +287,13 @@ class TrainedState:
 
     @property
     def params(self) -> List[torch.Tensor]:
+        """The trained parameters, those that require a gradient."""
         if self.module is not None:
             return [p for p in self.module.parameters() if p.requires_grad]
         return list(self.named_params.values())
 
     def state_dict(self) -> Dict[str, Any]:
+        """The parameters by name: the module's state dict, or the pair's named parameters."""
         if self.module is not None:
             return self.module.state_dict()
         return {
@@ -298,6 +302,7 @@ class TrainedState:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Load what :meth:`state_dict` gave into the module or the pair's parameters."""
         if self.module is not None:
             self.module.load_state_dict(state)
             return
