@@ -221,8 +221,9 @@ class Dataset:
     """Three splits of flattened examples plus what a model needs to know about them.
 
     The splits are converted with :func:`~pyrovae.data.as_data_tensor`, so bool, integer and
-    float64 tensors, numpy arrays and nested lists are accepted and stored as float32; NaN is refused. A split
-    that was not loaded (see :func:`load_dataset`'s ``splits``) is empty, ``(0, D)``.
+    float64 tensors, numpy arrays and nested lists are accepted and stored as float32; NaN is
+    refused. A split that was not loaded (see :func:`load_dataset`'s ``splits``) is empty,
+    ``(0, D)``.
 
     Attributes:
         name: The registry name the dataset was loaded under.
