@@ -11,7 +11,7 @@ global batch: 50 rows per process) and all-reduces every parameter's gradient ea
 
 It then times that all-reduce alone (``torch.distributed.all_reduce`` of one flat float32
 buffer of the model's size, over gloo between the 2 processes) and prints what a step
-exchanges against what it computes: the numbers behind the README's note on more machines.
+exchanges against what it computes: the numbers behind the documentation's note on more machines.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ diagnose`` on both, side by side (issue 28).
         [--vamp-epochs 50] [--n 1000] [--k 5000] [--data-dir ../shared/data/binarized_mnist]
 
 Trains (or resumes: run the same command again) two models on statically binarized MNIST at a
-reduced budget: the README's default model (command (a), 100 epochs) and the VampPrior recipe
-(500 pseudo-inputs, the IWAE bound with K = 5, KL warm-up and a cosine learning rate) for
-``--vamp-epochs`` epochs with a tenth of them warm-up. Then diagnoses each on the same ``n``
-seeded test images with K importance samples: active units, KL per dimension, mutual
+reduced budget: the default model of the main job (docs/getting-started.md, 100 epochs) and the
+VampPrior recipe (500 pseudo-inputs, the IWAE bound with K = 5, KL warm-up and a cosine learning
+rate) for ``--vamp-epochs`` epochs with a tenth of them warm-up. Then diagnoses each on the same
+``n`` seeded test images with K importance samples: active units, KL per dimension, mutual
 information and marginal KL, the weights' effective sample size and Pareto k̂. Writes
 ``experiments/results/diagnose/{default,vampprior}.json``, a markdown table ``table.md``, the
 two models in the rate-distortion plane of Alemi et al. (2018), ``rate_distortion.png`` (lines
@@ -127,5 +127,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
+    apply_threads()  # (beside other work, a thread lent back: docs, "Threads")
     main()

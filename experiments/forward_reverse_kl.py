@@ -352,5 +352,5 @@ def draw(path, p, closed, fits, particles) -> None:
 
 
 if __name__ == "__main__":
-    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
+    apply_threads()  # (beside other work, a thread lent back: docs, "Threads")
     main()

@@ -273,5 +273,5 @@ def draw(path, by_dim, by_particles, ratios, args) -> None:
 
 
 if __name__ == "__main__":
-    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
+    apply_threads()  # (beside other work, a thread lent back: docs, "Threads")
     main()

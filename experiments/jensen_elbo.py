@@ -343,5 +343,5 @@ def draw(
 
 
 if __name__ == "__main__":
-    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
+    apply_threads()  # (beside other work, a thread lent back: docs, "Threads")
     main()

@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared/data/torchvision"))
     args = parser.parse_args()
-    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
+    apply_threads()  # (beside other work, a thread lent back: docs, "Threads")
     run_dir = Path(args.run_dir or f"runs/m2-{args.labelled}")
     cfg = TrainConfig(
         model=f"pyrovae.m2:make_paper_{args.labelled}" if args.paper_weight else "pyrovae.m2:make",

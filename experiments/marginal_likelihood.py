@@ -284,5 +284,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
+    apply_threads()  # (beside other work, a thread lent back: docs, "Threads")
     sys.exit(main())

@@ -50,8 +50,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_RUN = HERE.parent / "runs" / "bmnist"
 SHARED_MNIST = HERE.parent.parent / "shared" / "data" / "binarized_mnist"
 FIGURE = HERE / "figures" / "prior_sampling.png"
-# The guide's estimate stops changing long before this (README: K = 50 is within 1.6 nats of
-# K = 5000 on the default model); larger K would only cost time.
+# The guide's estimate stops changing long before this (docs, "Which estimate to trust": K = 50
+# is within 1.6 nats of K = 5000 on the default model); larger K would only cost time.
 GUIDE_MAX_K = 5000
 # "Near" the importance-weighted estimate: within this many nats of the guide's best.
 NEAR_NATS = 1.0
@@ -259,5 +259,5 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
+    apply_threads()  # (beside other work, a thread lent back: docs, "Threads")
     main()

@@ -22,7 +22,7 @@ epochs with a 10-epoch warm-up, and for 7 epochs with a 50-epoch one; with ELU t
 reaches -113 after 4 epochs). The VampPrior pulls every posterior towards its components, which
 the same encoder makes; the encoder's tanh units saturate into a constant output with a narrow
 scale, where z carries nothing and no gradient brings it back. (The VampPrior paper's nets are
-gated, not tanh; the VampPrior recipe in the README trains tanh nets with the K = 5 bound,
+gated, not tanh; the VampPrior recipe (docs/results.md) trains tanh nets with the K = 5 bound,
 which escapes after 4 epochs.)
 
 The flow guide is the coupling flow (``transform=coupling``): a VampPrior scores each z under
@@ -261,5 +261,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    apply_threads()  # (beside other work, a thread lent back: README, "Threads")
+    apply_threads()  # (beside other work, a thread lent back: docs, "Threads")
     sys.exit(main())

@@ -24,7 +24,7 @@ however batches are drawn (mixed, or labelled batches beside unlabelled ones:
 The recipe (``make``) weighs each labelled point by ``RECIPE_WEIGHT`` = 46 instead, chosen on
 validation error: with 3000 labels the paper's w = 1.67 stalled at 18-21 % validation error
 (mixed or labelled batches), w = 46 (the value of Pyro's ss_vae example) reached 5.8 % after
-27 epochs and was still falling (README, "Semi-supervised M2"). Its classifier has
+27 epochs and was still falling (docs/results.md, "Semi-supervised M2"). Its classifier has
 ``RECIPE_CLASSIFIER_LAYERS`` = 2 hidden layers: in 10-epoch pilots at lr 1e-3 (3000 labels)
 the validation error was 5.55 % with two, 5.89 % with the paper's one.
 

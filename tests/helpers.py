@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -234,3 +236,20 @@ def linear_two_layer_vae(seed=1):
         dec.bias.copy_(torch.randn(dec.bias.shape, generator=g, dtype=torch.float64))
     a, c, s = top.weight[:3].detach(), top.bias[:3].detach(), top.bias[3:].detach().exp()
     return vae, (a, c, s, dec.weight.detach(), dec.bias.detach(), 0.5)
+
+
+DOCUMENTATION = Path(__file__).resolve().parents[1] / "docs"
+
+
+def docs_example(marker: str) -> str:
+    """The one Python example of the documentation (``docs/**/*.md``) that contains ``marker``,
+    as a reader copies it."""
+    found = [
+        block
+        for page in sorted(DOCUMENTATION.rglob("*.md"))
+        if "_build" not in page.parts
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+        if marker in block
+    ]
+    assert len(found) == 1, f"{len(found)} examples in docs/ hold {marker!r}"
+    return found[0]

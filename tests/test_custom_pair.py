@@ -1,13 +1,11 @@
 """A user's own Pyro model/guide pair goes through the same trainer, evaluator and estimators as
-the library's VAE: the README's hand-written VAE with two stochastic layers trains with every
+the library's VAE: the documentation's hand-written VAE with two stochastic layers trains with every
 estimator that applies to it, resumes exactly and evaluates; and on a two-layer
 linear-Gaussian pair with its exact posterior as the guide, the traced log weights equal the
 exact log p(x) and the hierarchical STL guide gradient is exactly zero."""
 
 import math
-import re
 import shutil
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -27,19 +25,17 @@ from pyrovae.data import Dataset
 from pyrovae.producers import applies, make_producer
 from pyrovae.training import estimate_and_backward, load_pair_state
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from helpers import docs_example
 
 
-def readme_two_layer_vae():
-    """The ``TwoLayerVAE`` class as the README's tour defines it."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    (block,) = [b for b in blocks if "class TwoLayerVAE(" in b]
+def docs_two_layer_vae():
+    """The ``TwoLayerVAE`` class as the documentation defines it (docs/guides/own-program.md)."""
     namespace = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(docs_example("class TwoLayerVAE("), "own-program.md", "exec"), namespace)
     return namespace["TwoLayerVAE"]
 
 
-TwoLayerVAE = readme_two_layer_vae()
+TwoLayerVAE = docs_two_layer_vae()
 
 
 def toy_data(x_dim=20):

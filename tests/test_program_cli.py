@@ -12,6 +12,8 @@ import torch
 
 from pyrovae.cli import main
 
+from helpers import docs_example
+
 DATA = ["--dataset", "linear-gaussian", "--dataset-option", "x_dim=5", "--dataset-option",
         "n_train=80", "--dataset-option", "n_valid=20", "--batch-size", "20", "--seed", "3",
         "--quiet", "--threads", "1"]  # fmt: skip
@@ -103,12 +105,11 @@ def test_gap_fits_each_points_q_in_the_family_of_a_programs_guide(program, tmp_p
     assert said["amortization_gap"] > -0.05  # q* is at least as good as the amortized q
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 BMNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist"
 
 
 @pytest.mark.skipif(not BMNIST.is_dir(), reason="../shared/data/binarized_mnist is not here")
-def test_the_readmes_program_trains_resumes_and_evaluates_as_the_readme_says(
+def test_the_docs_program_trains_resumes_and_evaluates_as_the_docs_say(
     tmp_path, monkeypatch, capsys
 ):
     import pyro
@@ -117,8 +118,7 @@ def test_the_readmes_program_trains_resumes_and_evaluates_as_the_readme_says(
     from pyrovae import make_estimator
     from pyrovae.producers import make_producer
 
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    (block,) = [b for b in blocks if "class PixelPlateVAE(" in b]
+    block = docs_example("class PixelPlateVAE(")
     (tmp_path / "readme_vaes.py").write_text(block)
     monkeypatch.syspath_prepend(str(tmp_path))
     flags = ["--model", "readme_vaes:make", "--dataset", "binarized-mnist", "--data-dir",
@@ -273,7 +273,7 @@ def test_a_program_with_a_global_latent_from_the_command_line(tmp_path, capsys):
     assert "global latents (bias, bias_unconstrained)" in err and "use pathwise or stl" in err
 
 
-def test_the_readmes_global_latent_program_trains_and_says_what_log_p_x_is(
+def test_the_docs_global_latent_program_trains_and_says_what_log_p_x_is(
     tmp_path, monkeypatch, capsys
 ):
     import pyro
@@ -282,8 +282,7 @@ def test_the_readmes_global_latent_program_trains_and_says_what_log_p_x_is(
     from pyrovae import make_estimator
     from pyrovae.producers import make_producer
 
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    (block,) = [b for b in blocks if "class BayesianBiasVAE(" in b]
+    block = docs_example("class BayesianBiasVAE(")
     (tmp_path / "readme_bias.py").write_text(block)
     monkeypatch.syspath_prepend(str(tmp_path))
     flags = ["--model", "readme_bias:make", "--dataset", "binarized-mnist", "--data-dir",
@@ -339,8 +338,8 @@ def test_every_estimator_trains_a_program_from_the_command_line_or_says_why_not(
     assert {"pathwise", "stl"} <= set(trained)
 
 
-def test_the_readmes_discrete_latent_program_trains_and_evaluates(tmp_path, monkeypatch, capsys):
-    """The README's ClusterVAE (a mixture prior whose component is summed out by enumeration)
+def test_the_docs_discrete_latent_program_trains_and_evaluates(tmp_path, monkeypatch, capsys):
+    """The documentation's ClusterVAE (a mixture prior whose component is summed out by enumeration)
     from the command line: trained with iwae, resumed, evaluated by IW and AIS; its pathwise
     loss is TraceEnum_ELBO's at the same random numbers."""
     import pyro
@@ -349,8 +348,7 @@ def test_the_readmes_discrete_latent_program_trains_and_evaluates(tmp_path, monk
     from pyrovae import make_estimator
     from pyrovae.producers import make_producer
 
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    (block,) = [b for b in blocks if "class ClusterVAE(" in b]
+    block = docs_example("class ClusterVAE(")
     (tmp_path / "readme_clusters.py").write_text(block)
     monkeypatch.syspath_prepend(str(tmp_path))
     flags = ["--model", "readme_clusters:make", "--dataset", "binarized-mnist", "--data-dir",

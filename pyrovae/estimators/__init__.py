@@ -7,8 +7,8 @@
 - ``bounds``: the K-sample bound with three gradients, ``iwae``, ``dreg``, ``vimco``.
 
 Adding an estimator is one subclass of ``Estimator`` and one ``@ESTIMATORS.register(name)``
-line, in a new module here or in the user's own code (the README shows a worked example);
-nothing else changes.
+line, in a new module here or in the user's own code (docs/guides/estimators.md shows a
+worked example); nothing else changes.
 """
 
 from __future__ import annotations

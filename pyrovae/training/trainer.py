@@ -390,7 +390,7 @@ def _warn_collapse_prone(config: VAEConfig, estimator: str) -> None:
     the ELBO of a decoder that ignores z (about -207 nats): for all 30 epochs with a 10-epoch
     KL warm-up, 7 with a 50-epoch one, 2 with β near 0 throughout. With ELU nets it trains
     (-113 after 4 epochs); with tanh nets and the K = 5 bound under a 50-epoch warm-up it
-    escaped after 4 epochs (the README's VampPrior recipe). With two latent layers the
+    escaped after 4 epochs (the VampPrior recipe, docs/results.md). With two latent layers the
     VampPrior on z2 collapses the top layer with tanh nets whatever the estimator (0 of 50
     units of z2 active after 150 epochs of the K = 5 bound); with ELU nets 49 are active
     after 3 epochs. ``experiments/priors_guides.py`` says more."""
@@ -405,7 +405,8 @@ def _warn_collapse_prone(config: VAEConfig, estimator: str) -> None:
         )
     elif ESTIMATORS.get(estimator).objective != BOUND_OBJECTIVE:
         # The K-sample bounds (each estimator class declares its objective) were measured to
-        # train it (the VampPrior recipe in the README), where the single-sample ELBOs collapse.
+        # train it (the VampPrior recipe in docs/results.md), where the single-sample ELBOs
+        # collapse.
         warnings.warn(
             f"a VampPrior with tanh nets trained with {estimator} tends to collapse at the "
             "start (q(z | x) the same for every x; validation ELBO stuck where z is ignored); "

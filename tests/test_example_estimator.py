@@ -1,10 +1,9 @@
-"""The README's "add an estimator" example, run as written: under 40 lines, registered by its
-one decorator, and right (at α = 0 it is the K-sample bound, loss and gradient; near α = 1 the
-ELBO), on both producers, through the trainer and as a pyro.infer.ELBO."""
+"""The documentation's "add an estimator" example (docs/guides/estimators.md), run as
+written: under 40 lines, registered by its one decorator, and right (at α = 0 it is the
+K-sample bound, loss and gradient; near α = 1 the ELBO), on both producers, through the trainer
+and as a pyro.infer.ELBO."""
 
 import math
-import re
-from pathlib import Path
 
 import pyro
 import pytest
@@ -13,22 +12,18 @@ import torch
 from pyrovae import ESTIMATORS, TrainConfig, VAEConfig, make_estimator, train
 from pyrovae.producers import make_producer
 
-from helpers import imperfect_linear_vae
-
-README = Path(__file__).resolve().parents[1] / "README.md"
+from helpers import docs_example, imperfect_linear_vae
 
 
 def example_block() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    (block,) = [b for b in blocks if '@ESTIMATORS.register("renyi")' in b]
-    return block
+    return docs_example('@ESTIMATORS.register("renyi")')
 
 
 @pytest.fixture
 def renyi():
     """The example's estimator registered, and unregistered afterwards."""
     assert "renyi" not in ESTIMATORS
-    exec(compile(example_block(), "README.md", "exec"), {})
+    exec(compile(example_block(), "docs/guides/estimators.md", "exec"), {})
     try:
         yield ESTIMATORS.get("renyi")
     finally:
