@@ -78,7 +78,10 @@ def _entry(module: str, name: str, home: dict[int, str]) -> str:
         )
     if kind(obj) == "data":
         return _data_entry(module, name)
-    options = "   :members:\n   :show-inheritance:\n" if kind(obj) == "class" else ""
+    options = ""
+    if kind(obj) == "class":  # its bases where they say something (not a plain ``object``)
+        bases = "   :show-inheritance:\n" if obj.__bases__ != (object,) else ""
+        options = "   :members:\n" + bases
     return f".. auto{kind(obj)}:: {full}\n{options}"
 
 

@@ -44,7 +44,7 @@ nitpick_ignore_regex = [
         r"dataclasses|enum|abc|contextlib|concurrent|threading|types|io|json)(\..*)?",
     ),
     # Internal types that public signatures mention; they are not part of the reference.
-    ("py:class", r"Producer|pyrovae\.(producers|distributed|threads)\.\w+"),
+    ("py:class", r"Producer|(pyrovae\.)?(producers|distributed|threads)\.\w+"),
     (
         "py:.*",
         r"(int|float|str|bool|bytes|dict|list|tuple|set|object|type|None|Callable|Any|"
@@ -57,9 +57,13 @@ nitpick_ignore_regex = [
 # both: the same object, so the ambiguity is harmless and its warning is not an error.
 suppress_warnings = ["ref.python"]
 autodoc_member_order = "bysource"
-autodoc_typehints = "signature"
+autodoc_typehints = "description"  # short signatures; the types beside each documented argument
+autodoc_typehints_description_target = "documented_params"
 autodoc_default_options = {"exclude-members": "extra_repr"}
 autodoc_inherit_docstrings = False  # torch's and Pyro's own docstrings are theirs to render
+# An override without a docstring of its own (StandardNormal.forward, say) is left out: the
+# entry of the pyrovae base class it overrides (Prior.forward) describes it.
 napoleon_custom_sections = [("Class attributes", "params_style"), ("Log densities", "params_style")]
+
 
 write_pages(DOCS / "api")  # the reference, written from the package's public names

@@ -140,9 +140,8 @@ def test_every_script_in_the_docs_exists_and_takes_its_flags(page, line, command
 
 
 def member_doc(cls, name: str):
-    """The docstring a member of ``cls`` is rendered with: its own, or that of the pyrovae class
-    it overrides (the reference inherits docstrings within pyrovae, never from torch or Pyro).
-    """
+    """The docstring that describes a member of ``cls``: its own, or that of the pyrovae class
+    it overrides, whose entry in the reference describes it (never torch's or Pyro's)."""
     for klass in cls.__mro__:
         if name in vars(klass) and klass.__module__.split(".")[0] == "pyrovae":
             value = vars(klass)[name]
