@@ -109,3 +109,16 @@ def write_pages(out_dir: Path) -> list[str]:
         (out_dir / f"{module}.rst").write_text(page(module, public, home))
         written.append(module)
     return written
+
+
+def write_test_table(tests_dir: Path, out: Path) -> None:
+    """A Markdown table of the test files and what each holds (its module docstring), so the
+    page on the tests lists every file there is and says what the file itself says."""
+    import ast
+
+    rows = ["| file | what it holds |", "| --- | --- |"]
+    for path in sorted(tests_dir.glob("test_*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        text = " ".join(doc.split()).replace("|", "\\|")
+        rows.append(f"| `tests/{path.name}` | {text} |")
+    out.write_text("\n".join(rows) + "\n")

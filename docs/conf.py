@@ -10,7 +10,7 @@ DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))  # the checkout being documented, installed or not
 sys.path.insert(0, str(DOCS))
 
-from api_pages import write_pages  # noqa: E402
+from api_pages import write_pages, write_test_table  # noqa: E402
 
 import pyrovae  # noqa: E402
 
@@ -27,7 +27,7 @@ extensions = [
     "sphinx.ext.viewcode",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "tests_table.md"]  # the table is included in testing.md
 myst_heading_anchors = 3
 myst_enable_extensions = ["dollarmath"]
 html_theme = "furo"
@@ -67,3 +67,4 @@ napoleon_custom_sections = [("Class attributes", "params_style"), ("Log densitie
 
 
 write_pages(DOCS / "api")  # the reference, written from the package's public names
+write_test_table(DOCS.parent / "tests", DOCS / "tests_table.md")

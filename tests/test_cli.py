@@ -1,4 +1,4 @@
-"""The command line end to end: train -> evaluate -> sample, as the README runs it."""
+"""The command line end to end: train -> evaluate -> sample, as Getting started runs it."""
 
 import json
 import subprocess
