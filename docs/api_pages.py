@@ -1,11 +1,11 @@
-"""The API reference's pages, written from the package's own public names at every build.
+"""The API reference's pages, written from the package's public names at every build.
 
-Each module in :data:`API_MODULES` gets a page: its docstring, then an entry for every name in
-its ``__all__``. A name that :mod:`pyrovae` itself exports is documented there once (the name
-users import) and its other homes point to that entry, so no object is described twice. Being
-written from ``__all__`` at build time, the reference cannot fall behind the code; the test
-suite (``tests/test_docs.py``) holds every such name to a docstring.
-"""
+Each module in :data:`API_MODULES` gets a page: its docstring, then an entry for every
+name in its ``__all__``. A name that :mod:`pyrovae` itself exports is documented there
+once (the name users import) and its other homes point to that entry, so no object is
+described twice. Being written from ``__all__`` at build time, the reference cannot fall
+behind the code; the test suite (``tests/test_docs.py``) holds every such name to a
+docstring."""
 
 from __future__ import annotations
 
@@ -28,16 +28,18 @@ API_MODULES = (
     "pyrovae.threads",
 )
 
-_HEADER = ".. This page is written by docs/api_pages.py at every build: edit the docstrings.\n\n"
+_HEADER = ".. Written by docs/api_pages.py at every build: edit the docstrings.\n\n"
 
 
 def public_names() -> dict[str, list[str]]:
-    """``{module: [name, ...]}`` for every module of the reference, as its ``__all__`` lists."""
+    """``{module: [name, ...]}`` for every module of the reference, as its ``__all__``
+    lists."""
     return {m: list(importlib.import_module(m).__all__) for m in API_MODULES}
 
 
 def kind(obj) -> str:
-    """The autodoc directive that documents ``obj``: ``class``, ``function`` or ``data``."""
+    """The autodoc directive that documents ``obj``: ``class``, ``function`` or
+    ``data``."""
     if inspect.isclass(obj):
         return "class"
     if inspect.isfunction(obj) or inspect.isbuiltin(obj):
@@ -46,8 +48,9 @@ def kind(obj) -> str:
 
 
 def data_doc(module: str, name: str) -> list[str]:
-    """The ``#:`` comment (or the docstring after the assignment) of a module-level value, read
-    where it is assigned: ``module`` or a module below it that it re-exports from."""
+    """The ``#:`` comment (or the docstring after the assignment) of a module-level
+    value, read where it is assigned: ``module`` or a module below it that it re-exports
+    from."""
     candidates = [module] + sorted(m for m in sys.modules if m.startswith(module + "."))
     for candidate in candidates:
         docs = ModuleAnalyzer.for_module(candidate).find_attr_docs()
@@ -57,10 +60,12 @@ def data_doc(module: str, name: str) -> list[str]:
 
 
 def _data_entry(module: str, name: str) -> str:
-    # Not autodata: it reads the comment only in ``module`` itself, and otherwise renders the
-    # docstring of the value's type (dict's, str's).
+    # Not autodata: it reads the comment only in ``module`` itself, and otherwise
+    # renders the docstring of the value's type (dict's, str's).
     value = getattr(importlib.import_module(module), name)
-    shown = f"   :value: {value!r}\n" if isinstance(value, (int, float, str, tuple)) else ""
+    shown = (
+        f"   :value: {value!r}\n" if isinstance(value, (int, float, str, tuple)) else ""
+    )
     body = "".join(f"   {line}\n" if line else "\n" for line in data_doc(module, name))
     return f".. py:data:: {name}\n   :module: {module}\n{shown}\n{body}"
 
@@ -71,7 +76,9 @@ def _entry(module: str, name: str, home: dict[int, str]) -> str:
     full = f"{module}.{name}"
     if canonical is not None and canonical != full:
         role = {"class": "class", "function": "func", "data": "data"}[kind(obj)]
-        directive = {"class": "class", "function": "function", "data": "data"}[kind(obj)]
+        directive = {"class": "class", "function": "function", "data": "data"}[
+            kind(obj)
+        ]
         return (
             f".. py:{directive}:: {name}\n   :module: {module}\n   :no-index-entry:\n\n"
             f"   The same object as :py:{role}:`{canonical}`.\n"
@@ -79,7 +86,9 @@ def _entry(module: str, name: str, home: dict[int, str]) -> str:
     if kind(obj) == "data":
         return _data_entry(module, name)
     options = ""
-    if kind(obj) == "class":  # its bases where they say something (not a plain ``object``)
+    if (
+        kind(obj) == "class"
+    ):  # its bases where they say something (not a plain ``object``)
         bases = "   :show-inheritance:\n" if obj.__bases__ != (object,) else ""
         options = "   :members:\n" + bases
     return f".. auto{kind(obj)}:: {full}\n{options}"
@@ -95,7 +104,8 @@ def page(module: str, names: list[str], home: dict[int, str]) -> str:
 
 
 def write_pages(out_dir: Path) -> list[str]:
-    """Write one page per module into ``out_dir`` (replacing what is there); their names."""
+    """Write one page per module into ``out_dir`` (replacing what is there); their
+    names."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.rst"):
         old.unlink()
@@ -103,7 +113,9 @@ def write_pages(out_dir: Path) -> list[str]:
     home: dict[int, str] = {}
     for module, public in names.items():  # first home wins: pyrovae's own names first
         for name in public:
-            home.setdefault(id(getattr(importlib.import_module(module), name)), f"{module}.{name}")
+            home.setdefault(
+                id(getattr(importlib.import_module(module), name)), f"{module}.{name}"
+            )
     written = []
     for module, public in names.items():
         (out_dir / f"{module}.rst").write_text(page(module, public, home))
@@ -112,8 +124,9 @@ def write_pages(out_dir: Path) -> list[str]:
 
 
 def write_test_table(tests_dir: Path, out: Path) -> None:
-    """A Markdown table of the test files and what each holds (its module docstring), so the
-    page on the tests lists every file there is and says what the file itself says."""
+    """A Markdown table of the test files and what each holds (its module docstring), so
+    the page on the tests lists every file there is and says what the file itself says.
+    """
     import ast
 
     rows = ["| file | what it holds |", "| --- | --- |"]

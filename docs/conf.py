@@ -1,7 +1,7 @@
 """Sphinx configuration for pyrovae's documentation.
 
-Built by ``python -m sphinx -W -b html docs docs/_build/html`` (the README says so, and CI runs it).
-"""
+Built by ``python -m sphinx -W -b html docs docs/_build/html`` (the README says so, and
+CI runs it)."""
 
 import sys
 from pathlib import Path
@@ -10,9 +10,9 @@ DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent))  # the checkout being documented, installed or not
 sys.path.insert(0, str(DOCS))
 
-from api_pages import write_pages, write_test_table  # noqa: E402
-
 import pyrovae  # noqa: E402
+
+from api_pages import write_pages, write_test_table  # noqa: E402
 
 project = "pyrovae"
 author = "the pyrovae developers"
@@ -34,8 +34,9 @@ html_theme = "furo"
 html_title = f"pyrovae {release}"
 html_static_path = []
 
-# A reference to one of pyrovae's own names that does not resolve is an error (-W); names of
-# other libraries are left as text (the build has no network for their inventories).
+# A reference to one of pyrovae's own names that does not resolve is an error (-W);
+# names of other libraries are left as text (the build has no network for their
+# inventories).
 nitpicky = True
 nitpick_ignore_regex = [
     (
@@ -53,17 +54,23 @@ nitpick_ignore_regex = [
     ),
 ]
 # A re-exported name has an entry in each of its homes (pyrovae.Estimator, and
-# pyrovae.estimators.Estimator pointing to it), so a bare "Estimator" in a signature matches
-# both: the same object, so the ambiguity is harmless and its warning is not an error.
+# pyrovae.estimators.Estimator pointing to it), so a bare "Estimator" in a signature
+# matches both: the same object, so the ambiguity is harmless and its warning is not an
+# error.
 suppress_warnings = ["ref.python"]
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"  # short signatures; the types beside each documented argument
+# Short signatures; the types beside each documented argument.
+autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
 autodoc_default_options = {"exclude-members": "extra_repr"}
-autodoc_inherit_docstrings = False  # torch's and Pyro's own docstrings are theirs to render
-# An override without a docstring of its own (StandardNormal.forward, say) is left out: the
-# entry of the pyrovae base class it overrides (Prior.forward) describes it.
-napoleon_custom_sections = [("Class attributes", "params_style"), ("Log densities", "params_style")]
+# torch's and Pyro's own docstrings are theirs to render.
+autodoc_inherit_docstrings = False
+# An override without a docstring of its own (StandardNormal.forward, say) is left out:
+# the entry of the pyrovae base class it overrides (Prior.forward) describes it.
+napoleon_custom_sections = [
+    ("Class attributes", "params_style"),
+    ("Log densities", "params_style"),
+]
 
 
 write_pages(DOCS / "api")  # the reference, written from the package's public names
