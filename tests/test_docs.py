@@ -1,7 +1,8 @@
 """The documentation holds to the code: every Python example in ``docs/`` and the README runs as
-written, every command line in them parses with the real parser (or names a script that takes
-its flags), every public name has a docstring, and the site builds with warnings as errors with
-an entry for every public name and method."""
+written (and every ``>>>`` example of a docstring, which the API reference shows), every command
+line in them parses with the real parser (or names a script that takes its flags), every public
+name has a docstring, and the site builds with warnings as errors with an entry for every public
+name and method."""
 
 import importlib
 import importlib.util
@@ -213,3 +214,27 @@ def test_the_docs_build_with_warnings_as_errors_and_render_every_public_name(tmp
             if f'id="{module}.{name}"' not in html:
                 absent.append(f"{module}.{name}")
     assert not absent, "public names without an entry in the reference: " + ", ".join(absent)
+
+
+def _modules_with_examples():
+    import pkgutil
+
+    import pyrovae
+
+    names = ["pyrovae"] + [
+        m.name for m in pkgutil.walk_packages(pyrovae.__path__, "pyrovae.")
+        if not m.name.endswith("__main__")
+    ]  # fmt: skip
+    return [n for n in names if ">>>" in (inspect.getsource(importlib.import_module(n)))]
+
+
+@pytest.mark.parametrize("module", _modules_with_examples())
+def test_every_docstring_example_runs(module):
+    import doctest
+
+    result = doctest.testmod(
+        importlib.import_module(module),
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+        raise_on_error=False,
+    )
+    assert result.attempted > 0 and result.failed == 0, f"{module}: {result}"

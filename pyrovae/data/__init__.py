@@ -1,15 +1,18 @@
 """Datasets, chosen by name: binarized MNIST, (Fashion-)MNIST, CIFAR-10 and small synthetic sets.
 
 Every loader returns a :class:`Dataset` holding three float32 tensors of flattened examples,
-``(N, D)`` each, and is registered in :data:`DATASETS` so the command line can pick it by name::
+``(N, D)`` each, and is registered in :data:`DATASETS` so the command line can pick it by
+name (``load_dataset("binarized-mnist", data_dir=...)`` reads the files there):
 
-    data = load_dataset("binarized-mnist", data_dir="/data/binarized_mnist")
-    data = load_dataset("linear-gaussian", x_dim=5, seed=3)
+>>> data = load_dataset("linear-gaussian", x_dim=5, seed=3)
+>>> data.train.shape[1], data.train.dtype
+(5, torch.float32)
 
 ``splits`` loads only some splits, so evaluating the test split never reads the training file;
-the others come back empty, ``(0, D)``::
+the others come back empty, ``(0, D)``:
 
-    data = load_dataset("binarized-mnist", splits=("test",))
+>>> load_dataset("linear-gaussian", x_dim=5, seed=3, splits=("test",)).train.shape
+torch.Size([0, 5])
 
 Every problem with the data itself (a mistyped data directory, a missing file that cannot be
 downloaded, an unreadable, truncated or non-binary file, a data file that is a FIFO, a device or

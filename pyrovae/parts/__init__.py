@@ -10,16 +10,10 @@
 - ``pyrovae.parts.refinement``: the ``local`` guide, an amortized guide refined per point.
 - ``pyrovae.parts.distributions``: distributions Pyro lacks in the form the hot paths need.
 
-A new part is one class and its registration, for example a prior::
-
-    from pyrovae.parts import PRIORS, Prior
-
-    @PRIORS.register("my-prior")
-    class MyPrior(Prior):
-        ...
-
-after which ``VAEConfig(prior="my-prior")`` builds it (and ``--prior my-prior`` on the command
-line, where the module is imported).
+A new part is one class and its registration: a subclass of :class:`Prior` under
+``@PRIORS.register("my-prior")``, for example, after which ``VAEConfig(prior="my-prior")``
+builds it (and ``--prior my-prior`` on the command line, where the module is imported).
+docs/guides/estimators.md adds an estimator this way, step by step.
 """
 
 from .distributions import DiagonalGaussianMixture, DiscretizedLogistic, FactorizedBernoulli
