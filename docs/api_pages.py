@@ -24,6 +24,7 @@ API_MODULES = (
     "pyrovae.estimators",
     "pyrovae.evaluation",
     "pyrovae.training",
+    "pyrovae.ppca",
     "pyrovae.m2",
     "pyrovae.threads",
 )

@@ -116,25 +116,30 @@ class GaussianLikelihood(Likelihood):
 
 @LIKELIHOODS.register("gaussian-learned")
 class LearnedGaussianLikelihood(Likelihood):
-    """x_d ~ N(out_d, sigma_d²) with a learned per-dimension ``sigma_d`` (initialised at ``sigma``).
+    """x_d ~ N(out_d, sigma_d²) with a learned per-dimension ``sigma_d`` (initialised at ``sigma``),
+    or with ``isotropic=True`` one learned ``sigma`` shared by every dimension.
 
     The variance is a free parameter, not a decoder output, so a linear decoder keeps the model
-    linear-Gaussian (and its log p(x) exact).
+    linear-Gaussian (and its log p(x) exact): factor analysis, or with ``isotropic=True``
+    probabilistic PCA, whose maximum likelihood is known in closed form (``pyrovae.ppca``).
     """
 
-    def __init__(self, x_dim: int, sigma: float = 1.0) -> None:
+    def __init__(self, x_dim: int, sigma: float = 1.0, isotropic: bool = False) -> None:
         super().__init__(x_dim)
         sigma = SIGMA.check("sigma", sigma)
-        self.log_scale = nn.Parameter(torch.full((x_dim,), math.log(sigma)))
+        self.isotropic = Rule("bool").check("isotropic", isotropic)
+        shape = () if self.isotropic else (x_dim,)
+        self.log_scale = nn.Parameter(torch.full(shape, math.log(sigma)))
 
     def forward(self, out: torch.Tensor) -> dist.Distribution:
-        return dist.Normal(out, self.log_scale.exp(), validate_args=False).to_event(1)
+        scale = self.log_scale.exp().expand(out.shape[-1:])
+        return dist.Normal(out, scale, validate_args=False).to_event(1)
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         return out
 
     def noise_variance(self) -> torch.Tensor:
-        return (2 * self.log_scale).exp()
+        return (2 * self.log_scale).exp().expand(self.x_dim)
 
 
 @LIKELIHOODS.register("discretized-logistic")
