@@ -12,6 +12,7 @@ from .importance import (
     log_importance_weights,
     prior_guide,
 )
+from .parzen import choose_bandwidth, parzen_log_likelihood
 from .weights import WeightDiagnostics, verdict
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "evaluate_vae",
     "log_importance_weights",
     "prior_guide",
+    "parzen_log_likelihood",
+    "choose_bandwidth",
     "verdict",
     "WeightDiagnostics",
 ]
