@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
+import sys
 from pathlib import Path
 
 import pyro
@@ -253,3 +255,15 @@ def docs_example(marker: str) -> str:
     ]
     assert len(found) == 1, f"{len(found)} examples in docs/ hold {marker!r}"
     return found[0]
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def experiment_script(name: str):
+    """The script ``experiments/<name>.py`` as a module (its ``main`` runs the experiment)."""
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

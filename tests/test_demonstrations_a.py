@@ -3,10 +3,8 @@ function against pathwise gradients), each run on small settings with its claim 
 known truth; and the library helpers they added (``LinearGaussian.elbo`` and
 ``kl_to_posterior``, ``linear_gaussian_vae``, ``gradient_variance(per_element=True)``)."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -16,17 +14,9 @@ import torch
 from pyrovae import LinearGaussian, linear_gaussian_vae
 from pyrovae.evaluation.gradients import gradient_variance
 
-from helpers import imperfect_linear_vae, mean_and_stderr, random_truth
+from helpers import experiment_script, imperfect_linear_vae, mean_and_stderr, random_truth
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-
-
-def experiment(name: str):
-    """The script experiments/<name>.py as a module."""
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+experiment = experiment_script
 
 
 # --- library helpers ------------------------------------------------------------------------

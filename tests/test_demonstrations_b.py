@@ -8,10 +8,7 @@ fall back to data they make.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pyro.distributions as dist
 import pytest
@@ -23,18 +20,9 @@ from pyrovae.evaluation import prior_guide
 from pyrovae.particles import NotApplicable
 from pyrovae.parts.guides import noise_transform
 
-from helpers import linear_vae, random_truth, set_mean_field_guide
+from helpers import experiment_script, linear_vae, random_truth, set_mean_field_guide
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-
-
-def script(name: str):
-    """experiments/<name>.py as a module (its ``main`` runs the experiment)."""
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+script = experiment_script
 
 
 # --- prior_guide: importance sampling with the prior as the proposal ---------------------------

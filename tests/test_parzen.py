@@ -4,16 +4,15 @@ one dimension it finds a Gaussian's log-likelihood; in fifty it misses it by nat
 samples barely recover (Theis, van den Oord & Bethge, 2016) — the claim of
 ``experiments/parzen.py``."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import pyrovae.evaluation.parzen as parzen
 from pyrovae.evaluation.parzen import choose_bandwidth, parzen_log_likelihood
+
+from helpers import experiment_script
 
 
 def _normal(n, d, g):
@@ -68,11 +67,7 @@ def test_bad_input_is_refused():
 
 
 def test_the_experiment_runs_from_its_command_line_and_draws_its_figure(tmp_path):
-    path = Path(__file__).resolve().parents[1] / "experiments" / "parzen.py"
-    spec = importlib.util.spec_from_file_location("experiment_parzen", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = experiment_script("parzen")
     out = tmp_path / "parzen.png"
     rows = module.main(["--dims", "1,30", "--sizes", "500", "--out", str(out)])["rows"]
     shortfall = {r["D"]: r["exact"] - r["parzen"] for r in rows}

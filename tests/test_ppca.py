@@ -4,15 +4,13 @@ zero there), EM never lowers the likelihood and reaches that maximum, and both g
 marginal covariance (W is determined only up to a rotation of z); and the VAE that holds the
 PPCA model reaches that maximum (``experiments/ppca_em.py``)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from pyrovae import LinearGaussian
 from pyrovae.ppca import ppca_em, ppca_max_log_likelihood, ppca_maximum
+
+from helpers import experiment_script
 
 
 def _data(n=3000, d=10, q=3, seed=0):
@@ -77,21 +75,12 @@ def test_bad_shapes_are_refused():
         ppca_em(x[0], 2)
 
 
-def _experiment():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "ppca_em.py"
-    spec = importlib.util.spec_from_file_location("experiment_ppca_em", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_vae_holding_the_ppca_model_reaches_the_maximum_and_never_passes_it():
     """experiments/ppca_em.py's claim on a small setting: the VAE with a linear decoder, the
     ``gaussian-learned`` likelihood with ``isotropic=True`` and a full-rank guide (whose family
     holds the exact posterior) ends within 0.1 nats per point of PPCA's closed-form maximum
     (0.030 measured at this seed), and at or below it, as every PPCA model is."""
-    experiment = _experiment()
+    experiment = experiment_script("ppca_em")
     data = experiment.ppca_data(2000, 10, 2, 0.25, seed=1)
     best = ppca_max_log_likelihood(data.train, 2)
     model = experiment.trained_ppca(data, 2, "full-rank", epochs=60, seed=1)
@@ -102,7 +91,7 @@ def test_the_vae_holding_the_ppca_model_reaches_the_maximum_and_never_passes_it(
 def test_the_experiment_runs_from_its_command_line_and_draws_its_figure(tmp_path):
     out = tmp_path / "ppca_em.png"
     argv = ["--n-train", "500", "--em-steps", "5", "--epochs", "1,2", "--out", str(out)]
-    result = _experiment().main(argv)
+    result = experiment_script("ppca_em").main(argv)
     history = result["history"]
     assert len(history) == 6 and all(b >= a - 1e-10 for a, b in zip(history, history[1:]))
     assert set(result["vae"]) == {"full-rank", "diagonal-gaussian"}
