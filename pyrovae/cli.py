@@ -498,7 +498,7 @@ def _cmd_evaluate(args) -> int:
             ("annealed from", _annealed_from(res)),
             ("HMC acceptance", f"{res.acceptance:.2f}"),
             ("log densities from", f"the {res.producer} producer"),
-            ("wall time", f"{res.seconds:.1f} s"),
+            *_time_rows(res),
         ]
         print(
             "evaluation (± is the standard error over data points)\n"
@@ -516,10 +516,19 @@ def _cmd_evaluate(args) -> int:
     if res.refine_steps:
         rows.append(("proposal", f"q refined by {res.refine_steps} Adam steps per point"))
     rows.append(("particles from", f"the {res.producer} producer"))
-    rows.append(("wall time", f"{res.seconds:.1f} s"))
+    rows += _time_rows(res)
     rows.append(_threads_row(args))
     print("evaluation (± is the standard error over data points)\n" + summary_table(rows))
     return 0
+
+
+def _time_rows(res) -> List[Tuple[str, str]]:
+    """The wall time, and the points an interrupted run of the same evaluation saved."""
+    rows = [("wall time", f"{res.seconds:.1f} s")]
+    if res.resumed_points:
+        rows[0] = ("wall time", f"{res.seconds:.1f} s (this run)")
+        rows.append(("resumed", f"{res.resumed_points} of {res.n} points from an earlier run"))
+    return rows
 
 
 def _annealed_from(res) -> str:
@@ -740,6 +749,16 @@ def _json(out: Dict[str, Any], args) -> str:
     return strict_json({**out, "threads": args.threads_used.to_dict()})
 
 
+def _kept(args) -> str:
+    """What an interrupted command leaves behind, for its last line."""
+    if getattr(args, "command", None) == "evaluate" and not args.one_stream:
+        return (
+            f"the points finished so far are saved in {args.run_dir}/evaluations: run the same "
+            "command again to continue"
+        )
+    return "checkpoints written so far are kept"
+
+
 def _terminate(signum, frame) -> None:
     raise _Terminated()
 
@@ -768,7 +787,7 @@ def _said_by_process_0():
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``pyrovae`` console script; returns the exit status."""
-    name = "pyrovae"
+    name, args = "pyrovae", None
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     filters = warnings.filters[:]
     if launch.rank() > 0:
@@ -806,7 +825,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
         if launch.rank() == 0:  # torchrun stops every process: one line for all
-            print(f"{name}: {what}; checkpoints written so far are kept", file=sys.stderr)
+            print(f"{name}: {what}; {_kept(args)}", file=sys.stderr)
         return 143 if isinstance(e, _Terminated) else 130
     except BrokenPipeError:
         # Python would complain again when it flushes stdout at exit.

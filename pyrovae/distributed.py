@@ -51,7 +51,7 @@ contiguous blocks of whole chunks, each chunk of particles is drawn from a strea
 (``chunk_seed``: the seed, the chunk's first point and first particle), and the per-point
 results are gathered (``World.gather_rows``: padded to the longest block for the all-gather,
 the padding dropped). So every point's estimate is the same whatever the number of processes,
-and the same as one process's with the same seed (``pyrovae evaluate --chunk-seeds``).
+and the same as one process's with the same seed (``pyrovae evaluate``'s default).
 
 **Errors** stay together: a step that fails on one process fails on all (the flag in the
 gradient all-reduce), an evaluation chunk that fails fails the gather, and a check that fails

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Sequence, Tuple, Union
 
 import pyro
 import torch
@@ -104,21 +104,27 @@ def program_points(run_dir: Union[str, Path], o: Any) -> Tuple[TracedProducer, t
 
 
 def evaluate_program(
-    run_dir: Union[str, Path], o: Any, progress: bool, seeded: Dict[str, Any]
+    run_dir: Union[str, Path],
+    o: Any,
+    progress: bool,
+    seeding: Callable[[torch.Tensor, str], Dict[str, Any]],
 ) -> Union[LogLikelihood, AISResult]:
-    """``pyrovae evaluate`` on a program run: ``o`` the bound ``EVALUATE`` options, ``seeded``
-    the chunk seeds and processes of the importance-weighted estimate. For a program with
-    labels, the density its model gives x with them: log p(x | y) for a conditional VAE,
-    log p(x, y) for M2 (``pyrovae.m2``: a batch of labelled points observes y)."""
+    """``pyrovae evaluate`` on a program run: ``o`` the bound ``EVALUATE`` options;
+    ``seeding(x, producer name)`` the keywords that seed the estimate's chunks, save its
+    progress and share its points between processes (``runs.seeded_evaluation``). For a
+    program with labels, the density its model gives x with them: log p(x | y) for a
+    conditional VAE, log p(x, y) for M2 (``pyrovae.m2``: a batch of labelled points observes
+    y)."""
     if o.refine:
         refuse_program_run(run_dir, "--refine")
     if o.producer == "direct":
         refuse_program_run(run_dir, "--producer direct")
     producer, x, state = program_points(run_dir, o)
     pyro.set_rng_seed(o.seed)
+    seeded = seeding(x, "traced")
     if o.method == "ais":
         result = ais_log_likelihood(
-            producer, x, o.steps, o.chains, o.leapfrog, o.init, progress=progress
+            producer, x, o.steps, o.chains, o.leapfrog, o.init, progress=progress, **seeded
         )
     else:
         result = estimate_log_likelihood(

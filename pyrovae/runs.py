@@ -30,6 +30,7 @@ from .evaluation.bits import data_levels, with_bits_per_dim
 from .evaluation.gap import InferenceGap, inference_gap
 from .evaluation.gradients import GradientStats, default_estimator_specs, gradient_variance
 from .evaluation.importance import refine_guide
+from .evaluation.partial import PartialStore, evaluation_key
 from .evaluation.truth import with_exact_log_px
 from .files import own_folder
 from .model import VAE
@@ -93,11 +94,13 @@ EVALUATE = Options(
            "local guide's refinement, e.g. 100): a better proposal, so a tighter estimate of "
            "log p(x), and the ELBO of the refined q; 0: the run's guide as it is",
            Rule("int", minimum=0), metavar="STEPS"),
-    Option("chunk_seeds", False, "draw each chunk of particles from a stream of its own, "
-           "seeded by --seed and the chunk's first point and particle, so that each point's "
-           "estimate is the same however many processes share the points (always so under "
-           "torchrun with more than one process; without it, one stream drawn in order, as "
-           "pyrovae 0.1.0 did)", Rule("bool")),
+    Option("one_stream", False, "draw every particle from one random stream in order, as "
+           "pyrovae 0.1.0 did; such an evaluation is not saved as it goes, and runs in one "
+           "process. By default each chunk of points draws from a stream of its own, seeded "
+           "by --seed and the chunk, so that the points can be shared between processes "
+           "(torchrun) and the finished ones are saved in RUN_DIR/evaluations: the same "
+           "command, run again after an interruption, continues where it stopped",
+           Rule("bool")),
     DEVICE,
 )  # fmt: skip
 OUT_DIR = Option("out_dir", None, "output directory (default RUN_DIR/figures)", flag="--out")
@@ -253,12 +256,18 @@ def evaluate_run(
             (``leapfrog`` steps a transition) through ``steps`` distributions from the prior
             or the guide (``init``); ``k`` is then unused.
         device: where to compute (see the module docstring).
-        chunk_seeds: draw each chunk of particles from a stream of its own, seeded by
-            ``seed`` and the chunk (``estimate_log_likelihood(seed=...)``), so that each point's
-            estimate does not depend on how the points are split between processes. Always so
-            under torchrun with more than one process (``pyrovae.distributed``): the points are
-            then split between the processes, and every process returns the whole result.
-            Without it, one stream drawn in order (pyrovae 0.1.0's numbers).
+        one_stream: draw every particle from torch's global stream in order (pyrovae
+            0.1.0's numbers), in one process, with nothing saved. By default (False) each chunk
+            of points draws from a stream of its own, seeded by ``seed`` and the chunk
+            (``estimate_log_likelihood(seed=...)``, ``ais_log_likelihood(seed=...)``), so that
+            each point's estimate does not depend on the points before it: under torchrun the
+            points are split between the processes (``pyrovae.distributed``, the
+            importance-weighted estimate only), and the finished points are saved in
+            ``RUN_DIR/evaluations/METHOD-KEY/`` (``pyrovae.evaluation.partial``, KEY a hash of
+            the settings, the points and the checkpoint) as the evaluation goes: run again
+            after an interruption, the same evaluation continues where it stopped, and ends
+            with the result of one uninterrupted run. The folder is removed once the result
+            is in.
     """
     o = EVALUATE.bind(options, "evaluate_run")
     world, process_device = distributed.setup(o.device)
@@ -275,12 +284,21 @@ def evaluate_run(
                 "importance-weighted estimate splits its points across processes)"
             )
         )
-    seeded = {"seed": o.seed, "world": world} if o.chunk_seeds or world.distributed else {}
+    if o.one_stream and world.distributed:
+        raise distributed.everywhere(
+            ValueError(
+                "--one-stream draws every particle in one process: start it without torchrun, "
+                "or drop --one-stream to share the points between the processes"
+            )
+        )
     if program_runs.is_program_run(run_dir):
         with world.together():
             o = SimpleNamespace(**{**vars(o), "device": device})
             return program_runs.evaluate_program(
-                run_dir, o, progress and world.main, seeded if o.method == "iw" else {}
+                run_dir,
+                o,
+                progress and world.main,
+                lambda x, producer: seeded_evaluation(run_dir, o, x, producer, world),
             )
     # Every process reads the run and the data (an error anywhere stops all of them).
     with world.together():
@@ -291,12 +309,13 @@ def evaluate_run(
             refine_guide(vae, o.refine)
     pyro.set_rng_seed(o.seed)
     said = {"checkpoint": state["checkpoint"], "refine_steps": o.refine or None}
+    seeded = seeded_evaluation(run_dir, o, x, producer, world)
     if o.method == "ais":
         made = make_producer(vae, producer)
         vae.likelihood.check_data(x)
         levels = data_levels(vae.likelihood, x, data.levels)
         result = ais_log_likelihood(
-            made, x, o.steps, o.chains, o.leapfrog, o.init, progress=progress
+            made, x, o.steps, o.chains, o.leapfrog, o.init, progress=progress, **seeded
         )
         result = with_exact_log_px(result, vae, x)
         if levels is not None:
@@ -307,6 +326,25 @@ def evaluate_run(
         vae, x, k=o.k, progress=progress, producer=producer, levels=data.levels, **seeded
     )
     return dataclasses.replace(result, **said)
+
+
+def seeded_evaluation(
+    run_dir: Union[str, Path], o: Any, x: torch.Tensor, producer: str, world: distributed.World
+) -> Dict[str, Any]:
+    """The keywords that seed an evaluation's chunks and save its progress (``seed``,
+    ``store``, and ``world`` for the importance-weighted estimate) for ``evaluate``'s bound
+    options ``o`` on points ``x`` (N, ...) with the named ``producer``; none with
+    ``o.one_stream``. The store's folder is named by a hash of what decides the result: the
+    method's settings, the points, and the checkpoint file's bytes."""
+    if o.one_stream:
+        return {}
+    names = ("k",) if o.method == "iw" else ("steps", "chains", "leapfrog", "init")
+    settings = {name: getattr(o, name) for name in (*names, "seed", "refine", "which")}
+    settings.update(method=o.method, producer=producer)
+    checkpoint = find_checkpoint(run_dir, o.which).read_bytes()
+    key = evaluation_key(settings, x, torch.frombuffer(bytearray(checkpoint), dtype=torch.uint8))
+    store = PartialStore(Path(run_dir) / "evaluations" / f"{o.method}-{key}")
+    return {"seed": o.seed, "store": store, **({"world": world} if o.method == "iw" else {})}
 
 
 def _points(

@@ -199,14 +199,14 @@ def test_chunk_seeds_make_each_point_independent_of_the_others(ranks):
     assert len({chunk_seed(5, lo, 0) for lo in range(0, 40, 4)}) == 10
 
 
-def test_evaluate_under_torchrun_prints_once_what_chunk_seeds_give_in_one_process(ranks, capsys):
+def test_evaluate_under_torchrun_prints_once_what_one_process_gives(ranks, capsys):
     out, (zero, one) = ranks
     assert zero["cli_evaluate"][0] == one["cli_evaluate"][0] == 0
     assert one["cli_evaluate"][1] == ""
     (line,) = zero["cli_evaluate"][1].splitlines()
     split = json.loads(line)
     capsys.readouterr()
-    args = ["evaluate", str(out / "plain"), "--k", "7", "--json", "--quiet", "--chunk-seeds"]
+    args = ["evaluate", str(out / "plain"), "--k", "7", "--json", "--quiet"]
     assert main(args) == 0
     alone = json.loads(capsys.readouterr().out)
     # The threads differ: torchrun's one per process ($OMP_NUM_THREADS) against this one's.

@@ -145,7 +145,7 @@ def test_the_docs_program_trains_resumes_and_evaluates_as_the_docs_say(
 
 def test_a_program_trains_and_evaluates_under_torchrun_as_in_one_process(tmp_path, capsys):
     """2 processes train the program named on the command line (each builds it) and split the
-    evaluation's points: the estimate is the one process's with chunk seeds, point for point."""
+    evaluation's points: the estimate is the one process's, point for point."""
     from test_distributed import torchrun
 
     tests = Path(__file__).resolve().parent  # the working directory: programs.py is found
@@ -155,7 +155,7 @@ def test_a_program_trains_and_evaluates_under_torchrun_as_in_one_process(tmp_pat
     evaluate = ["evaluate", run, "--k", "20", "--json", "--quiet"]
     together = json.loads(torchrun("-m", "pyrovae", *evaluate, cwd=tests).stdout)
     capsys.readouterr()
-    assert main([*evaluate, "--chunk-seeds"]) == 0
+    assert main(evaluate) == 0
     alone = json.loads(capsys.readouterr().out)
     assert together["n"] == alone["n"]
     assert together["log_px"] == pytest.approx(alone["log_px"], rel=1e-5)

@@ -1,7 +1,7 @@
 """Evaluation: the importance-weighted estimate of log p(x) (``importance``) and the noise of
 each estimator's gradient (``gradients``), both from the producers' particles; log p(x) of
 8-bit data in bits per dimension (``bits``); whether an estimate can be trusted, from its
-weights (``weights``)."""
+weights (``weights``); evaluations that resume where they stopped (``partial``)."""
 
 from .bits import bits_per_dim
 from .importance import (
@@ -12,6 +12,7 @@ from .importance import (
     log_importance_weights,
     prior_guide,
 )
+from .partial import PartialStore
 from .parzen import choose_bandwidth, parzen_log_likelihood
 from .weights import WeightDiagnostics, verdict
 
@@ -27,4 +28,5 @@ __all__ = [
     "choose_bandwidth",
     "verdict",
     "WeightDiagnostics",
+    "PartialStore",
 ]

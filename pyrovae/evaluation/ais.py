@@ -24,6 +24,7 @@ annealing.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -33,11 +34,13 @@ import torch
 
 from ..config import Rule
 from ..data import as_data_tensor
+from ..distributed import chunk_seed
 from ..particles import ProgramError
 from ..producers import Producer, make_producer
-from ..runtime import progress_bar
+from ..runtime import fork_rng, progress_bar, seed_streams
 from ..threads import share_cores
 from .importance import data_dtype, estimate_log_likelihood
+from .partial import PartialStore
 from .truth import mean_stderr
 
 INITS = ("prior", "guide")
@@ -97,6 +100,9 @@ class AISResult:
     bits_per_dim_stderr: Optional[float] = None
     exact_log_px: Optional[float] = None
     exact_log_px_stderr: Optional[float] = None
+    # Points whose results an earlier, interrupted run saved (``pyrovae.evaluation.partial``);
+    # ``seconds`` is this run's time alone.
+    resumed_points: Optional[int] = None
     per_point_log_px: Optional[torch.Tensor] = None
     per_point_mc_stderr: Optional[torch.Tensor] = None
     per_point_acceptance: Optional[torch.Tensor] = None
@@ -112,7 +118,7 @@ class AISResult:
             d.pop("acceptance_by_stage")
         for key in ("per_point_log_px", "per_point_mc_stderr", "per_point_acceptance"):
             d.pop(key)
-        for key in ("checkpoint", "refine_steps", "global_latents"):
+        for key in ("checkpoint", "refine_steps", "global_latents", "resumed_points"):
             if d[key] is None:
                 d.pop(key)
         for key in ("bits_per_dim", "exact_log_px"):
@@ -278,6 +284,8 @@ def ais_log_likelihood(
     step_size: float = 0.05,
     chain_pairs: int = DEFAULT_CHAIN_PAIRS,
     progress: bool = True,
+    seed: Optional[int] = None,
+    store: Optional[PartialStore] = None,
 ) -> AISResult:
     """Annealed importance sampling of log p(x) for every row of ``data`` (module docstring).
 
@@ -296,6 +304,13 @@ def ais_log_likelihood(
         step_size: the chains' initial HMC step size (then adapted per chain).
         chain_pairs: at most this many (chain, data point) pairs at once (bounds memory).
         progress: show a progress bar with an ETA.
+        seed: ``None``: the chains draw from torch's global stream, batch after batch. An int:
+            each batch of points from a stream of its own (``chunk_seed(seed, first point,
+            0)``), so each point's estimate depends only on the seed; the global streams are
+            left as they were.
+        store: save the finished batches' results there and take up those an earlier run
+            saved (``pyrovae.evaluation.partial.PartialStore``; needs ``seed``): an
+            interrupted evaluation continues where it stopped, with the uninterrupted result.
 
     Returns:
         An ``AISResult``.
@@ -308,42 +323,55 @@ def ais_log_likelihood(
     n = data.shape[0]
     if n == 0:
         raise ValueError("cannot evaluate an empty data set")
+    if store is not None and seed is None:
+        raise ValueError("an AIS evaluation that saves its progress (store=) needs a seed")
     batch = max(1, min(n, chain_pairs // chains))
     device = getattr(producer, "device", None) or data.device
     producer.require_continuous(data[:1].to(device), "annealed importance sampling (HMC)")
     start = time.perf_counter()
-    bar = progress_bar(n * steps, f"AIS, T={steps}, {chains} chains", "point-step", progress)
-    log_px: List[torch.Tensor] = []
-    mc: List[torch.Tensor] = []
-    acceptance: List[torch.Tensor] = []
+    # Per point: the estimate, its Monte Carlo error, the chains' acceptance rate.
+    rows = {k: torch.zeros(n, dtype=torch.float64) for k in ("log_px", "mc", "acceptance")}
     by_step = torch.zeros(steps, dtype=torch.float64, device=device)
+    done = torch.zeros(n, dtype=torch.bool)
+    if store is not None:
+        settings = {"method": "ais", "n": n, "steps": steps, "chains": chains, "batch": batch}
+        settings.update(leapfrog=leapfrog, init=init, step_size=step_size, seed=seed)
+        done = store.attach({**settings, "schedule": schedule_kind}, rows, {"by_step": by_step})
+    todo = [lo for lo in range(0, n, batch) if not done[lo]]
+    bar = progress_bar(
+        (n - int(done.sum())) * steps, f"AIS, T={steps}, {chains} chains", "point-step", progress
+    )
     try:
-        for lo in range(0, n, batch):
-            x = data[lo : lo + batch].to(device)
-            log_w, acc = _anneal(
-                producer,
-                x,
-                betas,
-                chains,
-                leapfrog,
-                init,
-                step_size,
-                on_step=lambda size=x.shape[0]: bar.update(size),
-                by_step=by_step,
-            )
-            estimate, stderr = _log_mean_exp(log_w)
-            log_px.append(estimate)
-            mc.append(stderr)
-            acceptance.append(acc.double())
+        with fork_rng(device) if seed is not None else contextlib.nullcontext():
+            for lo in todo:
+                x = data[lo : lo + batch].to(device)
+                if seed is not None:
+                    seed_streams(chunk_seed(seed, lo, 0), device)
+                batch_steps = torch.zeros_like(by_step)
+                log_w, acc = _anneal(
+                    producer, x, betas, chains, leapfrog, init, step_size,
+                    on_step=lambda size=x.shape[0]: bar.update(size), by_step=batch_steps,
+                )  # fmt: skip
+                hi = lo + x.shape[0]
+                estimate, stderr = _log_mean_exp(log_w)
+                for name, value in zip(rows, (estimate, stderr, acc)):
+                    rows[name][lo:hi] = value.double().cpu()
+                by_step += batch_steps
+                if store is not None:
+                    store.finished(lo, hi, {"by_step": batch_steps})
     finally:
         bar.close()
-    per_point = torch.cat(log_px).cpu()
+        if store is not None:
+            store.flush()
+    per_point = rows["log_px"]
     if not torch.isfinite(per_point).all():
         raise FloatingPointError(
             "the AIS estimate is not finite for some data points: the model assigns them zero "
             "density or the chains diverged; check the data and the checkpoint"
         )
-    per_mc, per_acc = torch.cat(mc).cpu(), torch.cat(acceptance).cpu()
+    per_mc, per_acc = rows["mc"], rows["acceptance"]
+    if store is not None:
+        store.remove()
     mean, stderr = mean_stderr(per_point)
     return AISResult(
         log_px=mean,
@@ -361,6 +389,7 @@ def ais_log_likelihood(
         per_point_mc_stderr=per_mc,
         per_point_acceptance=per_acc,
         acceptance_by_stage=_stages(by_step.cpu() / (chains * n)),
+        resumed_points=None if store is None else store.resumed,
     )
 
 

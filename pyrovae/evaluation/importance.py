@@ -53,6 +53,7 @@ from ..producers import (
 )
 from ..runtime import fork_rng, module_device, place, progress_bar, seed_streams, tune_allocator
 from .bits import data_levels, with_bits_per_dim
+from .partial import PartialStore
 from .truth import mean_stderr, with_exact_log_px
 from .weights import WeightDiagnostics, WeightStream, k_ladder, verdict
 
@@ -146,6 +147,9 @@ class LogLikelihood:
     global_latents: Optional[List[str]] = None
     bits_per_dim: Optional[float] = None
     bits_per_dim_stderr: Optional[float] = None
+    # Points whose results an earlier, interrupted run of this evaluation saved
+    # (``pyrovae.evaluation.partial``); ``seconds`` is this run's time alone.
+    resumed_points: Optional[int] = None
     per_point_log_px: Optional[torch.Tensor] = None
     per_point_elbo: Optional[torch.Tensor] = None
     weights: Optional[WeightDiagnostics] = None
@@ -172,7 +176,7 @@ class LogLikelihood:
         if d["bits_per_dim"] is None:
             d.pop("bits_per_dim")
             d.pop("bits_per_dim_stderr")
-        for key in ("checkpoint", "refine_steps", "global_latents"):
+        for key in ("checkpoint", "refine_steps", "global_latents", "resumed_points"):
             if d[key] is None:
                 d.pop(key)
         return d
@@ -207,6 +211,7 @@ def estimate_log_likelihood(
     workers: Optional[int] = None,
     seed: Optional[int] = None,
     world: Optional[World] = None,
+    store: Optional[PartialStore] = None,
 ) -> LogLikelihood:
     """The importance-weighted estimate of log p(x) over a data set, in bounded memory.
 
@@ -237,6 +242,10 @@ def estimate_log_likelihood(
             needs ``seed``): each takes a contiguous block of whole chunks, and the per-point
             results are gathered, so every process returns the whole result, equal point for
             point to one process's with the same seed.
+        store: save the finished points' results there as the evaluation goes, and take up
+            those an earlier run saved (``pyrovae.evaluation.partial.PartialStore``; needs
+            ``seed``): an interrupted evaluation continues where it stopped, and gives the
+            result one uninterrupted run gives. The store is emptied once the result is in.
 
     Returns:
         A ``LogLikelihood`` with the means, standard errors and per-point values (on the CPU).
@@ -246,6 +255,11 @@ def estimate_log_likelihood(
     if seed is not None:
         SEED_RULE.check("seed", seed)
     world = world if world is not None else World()
+    if store is not None and seed is None:
+        raise ValueError(
+            "an evaluation that saves its progress (store=) needs a seed (seed=): each chunk "
+            "then draws from a stream of its own, so a resumed run draws what this one would"
+        )
     if world.distributed and seed is None:
         raise ValueError(
             "an evaluation split across processes needs a seed (seed=): each chunk of "
@@ -275,17 +289,23 @@ def estimate_log_likelihood(
     # This process's points: a block of whole batches (all of them in one process).
     blocks = math.ceil(n / batch)
     first, last = (min(n, b * batch) for b in world.shard(blocks))
+    elbo = torch.zeros(n, dtype=torch.float64, device=device)
+    # Each point's log-sum-exp of its weights (the estimate), and the weights' diagnostics.
+    stream = WeightStream(n, k, device)
+    done = torch.zeros(n, dtype=torch.bool)
+    if store is not None:
+        settings = {"method": "iw", "n": n, "k": k, "k_chunk": k_chunk, "batch": batch}
+        done = store.attach({**settings, "seed": seed}, stream.rows(elbo=elbo))
     # A generator: at a huge k the list of chunks would itself fill the memory.
     chunks = (
         (lo, min(lo + batch, n), min(k_chunk, k - k_lo), k_lo)
         for lo in range(first, last, batch)
+        if not done[lo]
         for k_lo in range(0, k, k_chunk)
     )
-    elbo = torch.zeros(n, dtype=torch.float64, device=device)
-    # Each point's log-sum-exp of its weights (the estimate), and the weights' diagnostics.
-    stream = WeightStream(n, k, device)
     start = time.perf_counter()
-    bar = progress_bar((last - first) * k, f"log p(x), K={k}", "sample", progress)
+    resumed = int(done[first:last].sum())
+    bar = progress_bar((last - first - resumed) * k, f"log p(x), K={k}", "sample", progress)
 
     def finish(
         lo: int, hi: int, kk: int, k_lo: int, log_w: torch.Tensor, sum_log_w: torch.Tensor
@@ -293,6 +313,8 @@ def estimate_log_likelihood(
         stream.add(lo, k_lo, log_w)
         elbo[lo:hi] += sum_log_w
         bar.update(kk * (hi - lo))
+        if store is not None and k_lo + kk == k:  # the points' last particles
+            store.finished(lo, hi)
 
     def rows(lo: int, hi: int) -> torch.Tensor:
         return data[lo:hi].to(device)  # a no-op where the data were placed whole
@@ -318,10 +340,14 @@ def estimate_log_likelihood(
         error = e  # raised on every process by the gather below
     finally:
         bar.close()
+        if store is not None:
+            store.flush()  # what is finished, kept through a signal or an error
     weights = _gathered(world, None if error else stream.result(first, last), k, error)
     log_px = weights.log_px_by_k[-1]
     if world.distributed:
         elbo = world.gather_rows(elbo[first:last])
+    if store is not None:
+        store.remove()  # every process has the whole result
     elbo /= k
     seconds = time.perf_counter() - start
     if not torch.isfinite(log_px).all():
@@ -343,6 +369,7 @@ def estimate_log_likelihood(
         per_point_log_px=log_px.cpu(),
         per_point_elbo=elbo.cpu(),
         weights=weights,
+        resumed_points=None if store is None else sum(world.everyone(resumed)),
     )
     if exact_log_px is not None:
         exact = torch.cat([exact_log_px(rows(lo, lo + 4096)) for lo in range(0, n, 4096)])

@@ -137,6 +137,11 @@ class WeightStream:
         merged = torch.cat([self.top[rows], log_w.T], 1)
         self.top[rows] = merged.topk(self.keep, 1).values  # sorted, largest first
 
+    def rows(self, **more: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The running statistics as (n, ...) views, points first, with ``more`` of the
+        caller's: what a ``pyrovae.evaluation.partial.PartialStore`` saves and restores."""
+        return {"lse_sq": self.lse_sq, "prefix": self.prefix.T, "top": self.top, **more}
+
     def result(self, first: int = 0, last: Optional[int] = None) -> WeightDiagnostics:
         """The diagnostics of points ``first`` … ``last`` - 1 (default: all), on the CPU, once
         all K weights of each are in."""
