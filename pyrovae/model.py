@@ -787,11 +787,15 @@ def _count(value: Any) -> int:
     return min(value, 2**40) if ok else 0
 
 
-def _part(registry, name: str, what: str, options: Dict[str, Any], size: int):
-    """The part registered as ``name``, made with ``size`` and its ``options``; an option it
-    does not take, or a bad value, is an ``OptionError`` naming it and the flag."""
+def _part(registry, name: str, what: str, options: Dict[str, Any], size: int, **context: Any):
+    """The part registered as ``name``, made with ``size`` and its ``options``, and the
+    ``context`` entries its factory declares (``image_shape`` for a likelihood that reads
+    images); an option it does not take, or a bad value, is an ``OptionError`` naming it and
+    the flag."""
     factory = registry.get(name)
-    takes = sorted(set(list(inspect.signature(factory).parameters)[1:]))
+    declared = list(inspect.signature(factory).parameters)[1:]
+    context = {k: v for k, v in context.items() if k in declared}
+    takes = sorted(set(declared) - set(context))
     unknown = sorted(set(options) - set(takes))
     flag = f"--{what}-option"
     if unknown:
@@ -801,7 +805,7 @@ def _part(registry, name: str, what: str, options: Dict[str, Any], size: int):
             + (" (--sigma is for the Gaussian likelihoods)" if "sigma" in unknown else "")
         )
     try:
-        return factory(size, **options)
+        return factory(size, **options, **context)
     except (TypeError, ValueError) as e:
         raise OptionError(f"the {name!r} {what}: {e} ({flag})") from None
 
@@ -837,7 +841,12 @@ def build_vae(config: VAEConfig) -> VAE:
     )
     prior = _part(PRIORS, config.prior, "prior", config.prior_options, config.z_dim)
     likelihood = _part(
-        LIKELIHOODS, config.likelihood, "likelihood", config.likelihood_options, config.x_dim
+        LIKELIHOODS,
+        config.likelihood,
+        "likelihood",
+        config.likelihood_options,
+        config.x_dim,
+        image_shape=config.image_shape,
     )
     family = _part(GUIDES, config.guide, "guide", config.guide_options, guided)
     parts = sum(p.numel() for m in (prior, likelihood, family) for p in m.parameters())

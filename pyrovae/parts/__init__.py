@@ -16,6 +16,14 @@ builds it (and ``--prior my-prior`` on the command line, where the module is imp
 docs/guides/estimators.md adds an estimator this way, step by step.
 """
 
+from .autoregressive import (
+    AutoregressiveImage,
+    GatedLayer,
+    MaskedConv2d,
+    PixelCNN,
+    PixelCNNLikelihood,
+    PixelCNNLogisticLikelihood,
+)
 from .distributions import DiagonalGaussianMixture, DiscretizedLogistic, FactorizedBernoulli
 from .guides import (
     GUIDES,
@@ -67,6 +75,12 @@ __all__ = [
     "GaussianLikelihood",
     "LearnedGaussianLikelihood",
     "DiscretizedLogisticLikelihood",
+    "PixelCNNLikelihood",
+    "PixelCNNLogisticLikelihood",
+    "PixelCNN",
+    "MaskedConv2d",
+    "GatedLayer",
+    "AutoregressiveImage",
     "GUIDES",
     "GuideFamily",
     "DiagonalGaussian",

@@ -172,11 +172,17 @@ class DiscretizedLogisticLikelihood(Likelihood):
 
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:
         super().check_data(x, what)
-        bad = off_grid_value(x, self.levels)
-        if bad is not None:
-            raise ValueError(
-                f"the discretized-logistic likelihood needs 8-bit data, values k/255 for whole k "
-                f"from 0 to 255, but {what} holds the value {bad:.6g}; scale 8-bit images by "
-                "1/255 (as the cifar10, mnist and fashion-mnist loaders do, without --binarize), "
-                "or use --likelihood gaussian"
-            )
+        check_8bit(x, what, self.levels, "discretized-logistic", "gaussian")
+
+
+def check_8bit(x: torch.Tensor, what: str, levels: int, name: str, instead: str) -> None:
+    """Raise ``ValueError`` unless ``x`` holds only values k / (levels - 1): the data of the
+    ``name`` likelihood, which says to scale the images or use ``instead``."""
+    bad = off_grid_value(x, levels)
+    if bad is not None:
+        raise ValueError(
+            f"the {name} likelihood needs 8-bit data, values k/255 for whole k from 0 to 255, "
+            f"but {what} holds the value {bad:.6g}; scale 8-bit images by 1/255 (as the "
+            "cifar10, mnist and fashion-mnist loaders do, without --binarize), or use "
+            f"--likelihood {instead}"
+        )
