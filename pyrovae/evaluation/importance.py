@@ -250,62 +250,22 @@ def estimate_log_likelihood(
     Returns:
         A ``LogLikelihood`` with the means, standard errors and per-point values (on the CPU).
     """
-    Rule("int", minimum=1).check("k", k)
-    Rule("int", minimum=1).check("chunk_pairs", chunk_pairs)
-    if seed is not None:
-        SEED_RULE.check("seed", seed)
+    _check_settings(k, chunk_pairs, seed, world, store)
     world = world if world is not None else World()
-    if store is not None and seed is None:
-        raise ValueError(
-            "an evaluation that saves its progress (store=) needs a seed (seed=): each chunk "
-            "then draws from a stream of its own, so a resumed run draws what this one would"
-        )
-    if world.distributed and seed is None:
-        raise ValueError(
-            "an evaluation split across processes needs a seed (seed=): each chunk of "
-            "particles then draws from a stream of its own, whichever process computes it"
-        )
-    data = as_data_tensor(data, "data", data_dtype(data, producer, model, guide))
-    if data.dim() < 2:
-        raise ValueError(
-            f"data must have shape (N, ...), one row per data point, got {tuple(data.shape)}"
-        )
-    if producer is None:
-        if model is None or guide is None:
-            raise ValueError("give a model and a guide, or a producer")
-        producer = TracedProducer(model, guide, max_plate_nesting)
-    device = getattr(producer, "device", None) or data.device
-    data = place(data, device)
-    tune_allocator(device)
+    data, producer, device = _prepared(data, producer, model, guide, max_plate_nesting)
     n = data.shape[0]
-    if n == 0:
-        raise ValueError("cannot evaluate an empty data set")
-    # Equal particle chunks (5000 -> 2 x 2500, not 4096 + 904) keep every chunk near the size
-    # that runs fastest.
-    k_chunk = math.ceil(k / math.ceil(k / chunk_pairs))
-    batch = max(1, min(n, chunk_pairs // k_chunk))
-    if seed is not None:
-        batch = min(batch, SEEDED_CHUNK_POINTS)
-    # This process's points: a block of whole batches (all of them in one process).
-    blocks = math.ceil(n / batch)
-    first, last = (min(n, b * batch) for b in world.shard(blocks))
+    plan = _ChunkPlan.of(n, k, chunk_pairs, seed, world)
     elbo = torch.zeros(n, dtype=torch.float64, device=device)
     # Each point's log-sum-exp of its weights (the estimate), and the weights' diagnostics.
     stream = WeightStream(n, k, device)
     done = torch.zeros(n, dtype=torch.bool)
     if store is not None:
-        settings = {"method": "iw", "n": n, "k": k, "k_chunk": k_chunk, "batch": batch}
+        settings = {"method": "iw", "n": n, "k": k, "k_chunk": plan.k_chunk, "batch": plan.batch}
         done = store.attach({**settings, "seed": seed}, stream.rows(elbo=elbo))
-    # A generator: at a huge k the list of chunks would itself fill the memory.
-    chunks = (
-        (lo, min(lo + batch, n), min(k_chunk, k - k_lo), k_lo)
-        for lo in range(first, last, batch)
-        if not done[lo]
-        for k_lo in range(0, k, k_chunk)
-    )
     start = time.perf_counter()
-    resumed = int(done[first:last].sum())
-    bar = progress_bar((last - first - resumed) * k, f"log p(x), K={k}", "sample", progress)
+    resumed = int(done[plan.first : plan.last].sum())
+    todo = (plan.last - plan.first - resumed) * k
+    bar = progress_bar(todo, f"log p(x), K={k}", "sample", progress)
 
     def finish(
         lo: int, hi: int, kk: int, k_lo: int, log_w: torch.Tensor, sum_log_w: torch.Tensor
@@ -324,16 +284,10 @@ def estimate_log_likelihood(
             seed_streams(chunk_seed(seed, lo, k_lo), device)
         return producer(rows(lo, hi), None, kk, None)  # sampled as the guide does
 
-    workers = torch.get_num_threads() if workers is None else workers
     error: Optional[Exception] = None
     try:
         with fork_rng(device) if seed is not None else contextlib.nullcontext():
-            # Worker threads were measured to help on CPU cores only (``_run_on_workers``).
-            if producer.thread_safe and workers > 1 and device.type == "cpu":
-                _run_on_workers(draw, chunks, workers, finish)
-            else:
-                for chunk in chunks:
-                    finish(*chunk, *_reduce(draw(*chunk)))
+            _score_chunks(producer, draw, plan.chunks(done), workers, device, finish)
     except Exception as e:
         if not world.distributed:
             raise
@@ -342,39 +296,138 @@ def estimate_log_likelihood(
         bar.close()
         if store is not None:
             store.flush()  # what is finished, kept through a signal or an error
-    weights = _gathered(world, None if error else stream.result(first, last), k, error)
-    log_px = weights.log_px_by_k[-1]
+    weights = _gathered(world, None if error else stream.result(plan.first, plan.last), k, error)
     if world.distributed:
-        elbo = world.gather_rows(elbo[first:last])
+        elbo = world.gather_rows(elbo[plan.first : plan.last])
     if store is not None:
         store.remove()  # every process has the whole result
-    elbo /= k
-    seconds = time.perf_counter() - start
-    if not torch.isfinite(log_px).all():
-        raise FloatingPointError(
-            "the log-likelihood estimate is not finite for some data points: the model assigns "
-            "them zero density or the guide produced NaN; check the data and the checkpoint"
-        )
-    lp_mean, lp_se = mean_stderr(log_px)
-    el_mean, el_se = mean_stderr(elbo)
-    result = LogLikelihood(
-        lp_mean,
-        lp_se,
-        el_mean,
-        el_se,
-        k,
-        n,
-        seconds,
-        producer=producer.name,
-        per_point_log_px=log_px.cpu(),
-        per_point_elbo=elbo.cpu(),
-        weights=weights,
-        resumed_points=None if store is None else sum(world.everyone(resumed)),
+    result = _result(
+        weights,
+        elbo / k,
+        time.perf_counter() - start,
+        producer.name,
+        None if store is None else sum(world.everyone(resumed)),
     )
     if exact_log_px is not None:
         exact = torch.cat([exact_log_px(rows(lo, lo + 4096)) for lo in range(0, n, 4096)])
         result.exact_log_px, result.exact_log_px_stderr = mean_stderr(exact)
     return result
+
+
+def _check_settings(
+    k: int, chunk_pairs: int, seed: Optional[int], world: Optional[World], store
+) -> None:
+    """Refuse, before any work, settings ``estimate_log_likelihood`` cannot honour."""
+    Rule("int", minimum=1).check("k", k)
+    Rule("int", minimum=1).check("chunk_pairs", chunk_pairs)
+    if seed is not None:
+        SEED_RULE.check("seed", seed)
+    if store is not None and seed is None:
+        raise ValueError(
+            "an evaluation that saves its progress (store=) needs a seed (seed=): each chunk "
+            "then draws from a stream of its own, so a resumed run draws what this one would"
+        )
+    if world is not None and world.distributed and seed is None:
+        raise ValueError(
+            "an evaluation split across processes needs a seed (seed=): each chunk of "
+            "particles then draws from a stream of its own, whichever process computes it"
+        )
+
+
+def _prepared(data, producer, model, guide, max_plate_nesting):
+    """The data as a tensor (N, ...), placed for the producer's device (where it has none,
+    where they are; ``pyrovae.runtime.place`` keeps data too large for it on the CPU), the
+    producer (default: tracing ``model`` and ``guide``), and the device."""
+    data = as_data_tensor(data, "data", data_dtype(data, producer, model, guide))
+    if data.dim() < 2:
+        raise ValueError(
+            f"data must have shape (N, ...), one row per data point, got {tuple(data.shape)}"
+        )
+    if data.shape[0] == 0:
+        raise ValueError("cannot evaluate an empty data set")
+    if producer is None:
+        if model is None or guide is None:
+            raise ValueError("give a model and a guide, or a producer")
+        producer = TracedProducer(model, guide, max_plate_nesting)
+    device = getattr(producer, "device", None) or data.device
+    tune_allocator(device)
+    return place(data, device), producer, device
+
+
+@dataclass(frozen=True)
+class _ChunkPlan:
+    """How an evaluation of n points with k particles each is cut: chunks of ``k_chunk``
+    particles of ``batch`` points, this process's points being ``first:last`` (a block of
+    whole batches; all of them in one process)."""
+
+    n: int
+    k: int
+    k_chunk: int
+    batch: int
+    first: int
+    last: int
+
+    @classmethod
+    def of(cls, n: int, k: int, chunk_pairs: int, seed: Optional[int], world: World):
+        # Equal particle chunks (5000 -> 2 x 2500, not 4096 + 904) keep every chunk near the
+        # size that runs fastest.
+        k_chunk = math.ceil(k / math.ceil(k / chunk_pairs))
+        batch = max(1, min(n, chunk_pairs // k_chunk))
+        if seed is not None:
+            batch = min(batch, SEEDED_CHUNK_POINTS)
+        first, last = (min(n, b * batch) for b in world.shard(math.ceil(n / batch)))
+        return cls(n, k, k_chunk, batch, first, last)
+
+    def chunks(self, done: torch.Tensor):
+        """(lo, hi, particles, first particle) of each chunk of this process's points not
+        ``done`` (N,), in order. A generator: at a huge k the list would fill the memory."""
+        n, k, k_chunk, batch = self.n, self.k, self.k_chunk, self.batch
+        return (
+            (lo, min(lo + batch, n), min(k_chunk, k - k_lo), k_lo)
+            for lo in range(self.first, self.last, batch)
+            if not done[lo]
+            for k_lo in range(0, k, k_chunk)
+        )
+
+
+def _score_chunks(producer, draw, chunks, workers: Optional[int], device, finish) -> None:
+    """Draw and score every chunk, handing each chunk's weights to ``finish`` in order."""
+    workers = torch.get_num_threads() if workers is None else workers
+    # Worker threads were measured to help on CPU cores only (``_run_on_workers``).
+    if producer.thread_safe and workers > 1 and device.type == "cpu":
+        _run_on_workers(draw, chunks, workers, finish)
+    else:
+        for chunk in chunks:
+            finish(*chunk, *_reduce(draw(*chunk)))
+
+
+def _result(
+    weights: WeightDiagnostics,
+    elbo: torch.Tensor,
+    seconds: float,
+    producer: str,
+    resumed: Optional[int],
+) -> LogLikelihood:
+    """The ``LogLikelihood`` of the points' weight diagnostics and ELBOs (N,); refused when
+    some estimate is not finite."""
+    log_px = weights.log_px_by_k[-1]
+    if not torch.isfinite(log_px).all():
+        raise FloatingPointError(
+            "the log-likelihood estimate is not finite for some data points: the model assigns "
+            "them zero density or the guide produced NaN; check the data and the checkpoint"
+        )
+    return LogLikelihood(
+        *mean_stderr(log_px),
+        *mean_stderr(elbo),
+        weights.k,
+        log_px.shape[0],
+        seconds,
+        producer=producer,
+        per_point_log_px=log_px.cpu(),
+        per_point_elbo=elbo.cpu(),
+        weights=weights,
+        resumed_points=resumed,
+    )
 
 
 def _reduce(particles):
