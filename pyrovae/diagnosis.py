@@ -136,7 +136,7 @@ def _latent_rows(lat: Optional[LatentDiagnostics], skipped: Optional[str]) -> Li
          f"{math.log(lat.n):.3f})"),
         ("marginal KL(q(z) || p(z))", f"{lat.marginal_kl:.3f}"),
         ("active units", f"{lat.active} of {lat.activity.numel()}"
-         + ("  (posterior collapse)" if lat.collapsed else "")),
+         + ("  (posterior collapse: no unit moves with the data)" if lat.collapsed else "")),
         ("KL per dimension", f"{_spread(lat.kl_per_dim)} ({lat.kl_per_dim_method})"),
     ]  # fmt: skip
 

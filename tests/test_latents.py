@@ -70,7 +70,8 @@ class Collapsing(nn.Module):
 def test_collapsed_dimensions_have_no_kl_and_are_inactive_and_the_kl_sums_to_the_rate():
     torch.manual_seed(1)
     x = torch.randn(800, 6, dtype=torch.float64) * 2
-    for dead, collapsed in ((1, False), (3, True)):
+    # One unit in use is not collapse; none is.
+    for dead, collapsed in ((1, False), (3, False), (4, True)):
         program = Collapsing(dead)
         d = latent_diagnostics((program.model, program.guide), x, samples=8)
         assert d.kl_per_dim_method == "closed form"

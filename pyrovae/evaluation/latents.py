@@ -19,7 +19,8 @@ Posterior collapse, coordinate by coordinate:
   z_u, in closed form where both are Gaussian, else by Monte Carlo (a mixture prior's
   marginal is a mixture of its components' marginals: the VampPrior's);
 - the **active units** (Burda et al., 2015): z_u is active when Cov_n(E_q[z_u | x_n]) > 0.01,
-  that is when its code moves with the data; few active units is posterior collapse.
+  that is when its code moves with the data. None active is posterior collapse; some
+  inactive beside active ones are the dimensions the model does not need.
 
 Pyro has none of these; they read the guide's and the prior's distributions from one trace
 of each program (so they apply to any program with one continuous latent of each point), and
@@ -80,8 +81,11 @@ class LatentDiagnostics:
 
     @property
     def collapsed(self) -> bool:
-        """Whether the posterior collapsed (fewer than half the dimensions active)."""
-        return self.active < 0.5 * self.activity.numel()
+        """Whether the posterior collapsed: no unit active, the code telling nothing of the
+        data point. Inactive units beside active ones are not collapse: a VAE with more
+        dimensions than it needs leaves the rest at the prior (Burda et al., 2015, found
+        about 20 of 50 active on MNIST), so ``active`` says how many it uses."""
+        return self.active == 0
 
     def to_dict(self) -> Dict[str, object]:
         """The diagnostics in standard JSON types, as ``diagnose.json`` holds them."""
