@@ -25,6 +25,7 @@ annealing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -341,6 +342,39 @@ def ais_log_likelihood(
     bar = progress_bar(
         (n - int(done.sum())) * steps, f"AIS, T={steps}, {chains} chains", "point-step", progress
     )
+    anneal = functools.partial(
+        _anneal, producer, betas=betas, chains=chains, leapfrog=leapfrog, init=init,
+        step_size=step_size,
+    )  # fmt: skip
+    _anneal_batches(anneal, data, todo, batch, seed, rows, by_step, bar, store)
+    result = AISResult(
+        *_checked_mean(rows["log_px"]),
+        mc_stderr=rows["mc"].mean().item(),
+        acceptance=rows["acceptance"].mean().item(),
+        steps=steps,
+        chains=chains,
+        leapfrog=leapfrog,
+        init=init,
+        n=n,
+        seconds=time.perf_counter() - start,
+        producer=getattr(producer, "name", None),
+        per_point_log_px=rows["log_px"],
+        per_point_mc_stderr=rows["mc"],
+        per_point_acceptance=rows["acceptance"],
+        acceptance_by_stage=_stages(by_step.cpu() / (chains * n)),
+        resumed_points=None if store is None else store.resumed,
+    )
+    if store is not None:
+        store.remove()
+    return result
+
+
+def _anneal_batches(anneal, data, todo, batch: int, seed, rows, by_step, bar, store) -> None:
+    """Anneal the batches of ``data`` starting at the points ``todo``, each from its own
+    stream where ``seed`` is given, writing each point's estimate, Monte Carlo error and
+    acceptance into ``rows`` (name -> (N,)) and the acceptance by step into ``by_step`` (T,);
+    each finished batch goes to ``store``, which is flushed however the loop ends."""
+    device = by_step.device
     try:
         with fork_rng(device) if seed is not None else contextlib.nullcontext():
             for lo in todo:
@@ -348,13 +382,11 @@ def ais_log_likelihood(
                 if seed is not None:
                     seed_streams(chunk_seed(seed, lo, 0), device)
                 batch_steps = torch.zeros_like(by_step)
-                log_w, acc = _anneal(
-                    producer, x, betas, chains, leapfrog, init, step_size,
-                    on_step=lambda size=x.shape[0]: bar.update(size), by_step=batch_steps,
-                )  # fmt: skip
+                log_w, acc = anneal(
+                    x, on_step=lambda size=x.shape[0]: bar.update(size), by_step=batch_steps
+                )
                 hi = lo + x.shape[0]
-                estimate, stderr = _log_mean_exp(log_w)
-                for name, value in zip(rows, (estimate, stderr, acc)):
+                for name, value in zip(rows, (*_log_mean_exp(log_w), acc)):
                     rows[name][lo:hi] = value.double().cpu()
                 by_step += batch_steps
                 if store is not None:
@@ -363,34 +395,17 @@ def ais_log_likelihood(
         bar.close()
         if store is not None:
             store.flush()
-    per_point = rows["log_px"]
+
+
+def _checked_mean(per_point: torch.Tensor) -> Tuple[float, float]:
+    """The mean of the points' AIS estimates (N,) and its standard error over points; refused
+    when some estimate is not finite."""
     if not torch.isfinite(per_point).all():
         raise FloatingPointError(
             "the AIS estimate is not finite for some data points: the model assigns them zero "
             "density or the chains diverged; check the data and the checkpoint"
         )
-    per_mc, per_acc = rows["mc"], rows["acceptance"]
-    if store is not None:
-        store.remove()
-    mean, stderr = mean_stderr(per_point)
-    return AISResult(
-        log_px=mean,
-        log_px_stderr=stderr,
-        mc_stderr=per_mc.mean().item(),
-        acceptance=per_acc.mean().item(),
-        steps=steps,
-        chains=chains,
-        leapfrog=leapfrog,
-        init=init,
-        n=n,
-        seconds=time.perf_counter() - start,
-        producer=getattr(producer, "name", None),
-        per_point_log_px=per_point,
-        per_point_mc_stderr=per_mc,
-        per_point_acceptance=per_acc,
-        acceptance_by_stage=_stages(by_step.cpu() / (chains * n)),
-        resumed_points=None if store is None else store.resumed,
-    )
+    return mean_stderr(per_point)
 
 
 def _stages(rates: torch.Tensor) -> List[float]:
