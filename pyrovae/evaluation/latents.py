@@ -81,10 +81,10 @@ class LatentDiagnostics:
 
     @property
     def collapsed(self) -> bool:
-        """Whether the posterior collapsed: no unit active, the code telling nothing of the
-        data point. Inactive units beside active ones are not collapse: a VAE with more
-        dimensions than it needs leaves the rest at the prior (Burda et al., 2015, found
-        about 20 of 50 active on MNIST), so ``active`` says how many it uses."""
+        """True when the posterior collapsed, no unit being active (the code then tells
+        nothing of the data point). Inactive units beside active ones are not collapse: a
+        VAE with more dimensions than it needs leaves the rest at the prior, and ``active``
+        says how many it uses."""
         return self.active == 0
 
     def to_dict(self) -> Dict[str, object]:
