@@ -137,9 +137,13 @@ def test_extreme_values_give_finite_log_probs_and_gradients(loc, log_scale):
 
 
 def test_gradients_are_the_derivatives_of_the_mass():
-    loc = torch.tensor([0.3, 0.0, 1.0, 0.62], dtype=torch.float64, requires_grad=True)
-    log_scale = torch.tensor([-4.0, -2.0, -3.0, -6.0], dtype=torch.float64, requires_grad=True)
-    x = torch.tensor([80, 0, 255, 160], dtype=torch.float64) / 255
+    """Also with the location on a bin's edge (0.5 = 127.5/255), where a standardized edge is
+    exactly 0 and a log σ written with a clamp or |x| would have autograd's derivative wrong."""
+    loc = torch.tensor([0.3, 0.0, 1.0, 0.62, 0.5, 0.5], dtype=torch.float64, requires_grad=True)
+    log_scale = torch.tensor(
+        [-4.0, -2.0, -3.0, -6.0, -4.0, -5.0], dtype=torch.float64, requires_grad=True
+    )
+    x = torch.tensor([80, 0, 255, 160, 127, 128], dtype=torch.float64) / 255
     assert torch.autograd.gradcheck(
         lambda m, s: DiscretizedLogistic(m, s).log_prob(x), (loc, log_scale)
     )
