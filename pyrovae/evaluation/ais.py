@@ -472,6 +472,42 @@ def _refuse_global_latents(producer: Producer, x: torch.Tensor) -> None:
         )
 
 
+def _reverse_ais(
+    producer, x, truth, steps, chains, leapfrog, step_size, chain_pairs, progress
+) -> Tuple[torch.Tensor, float]:
+    """BDMC's reverse AIS: from the exact posterior draws ``truth`` (name -> (N, ...)) of the
+    simulated points x (N, ...), annealing from β = 1 to 0. Returns the upper bounds on
+    log p(x), (N,) on the CPU (minus the log mean of the weights, which are unbiased for
+    1 / p(x)), and the mean acceptance rate."""
+    betas = schedule(steps).flip(0)  # 1 -> 0
+    n = x.shape[0]
+    batch = max(1, min(n, chain_pairs // chains))
+    upper, acceptance = [], []
+    bar = progress_bar(n * steps, f"reverse AIS, T={steps}", "point-step", progress)
+    try:
+        for lo in range(0, n, batch):
+            part = {name: v[lo : lo + batch] for name, v in truth.items()}
+            exact = {name: v.unsqueeze(0).expand((chains,) + v.shape) for name, v in part.items()}
+            size = x[lo : lo + batch].shape[0]
+            log_w, acc = _anneal(
+                producer,
+                x[lo : lo + batch],
+                betas,
+                chains,
+                leapfrog,
+                "prior",
+                step_size,
+                on_step=lambda size=size: bar.update(size),
+                start=exact,
+            )
+            estimate, _ = _log_mean_exp(log_w)  # of 1 / p(x)
+            upper.append(-estimate)
+            acceptance.append(acc.double())
+    finally:
+        bar.close()
+    return torch.cat(upper).cpu(), torch.cat(acceptance).mean().item()
+
+
 def bdmc(
     producer: Any,
     x_like: torch.Tensor,
@@ -500,33 +536,9 @@ def bdmc(
     forward = ais_log_likelihood(
         producer, x, steps, chains, leapfrog, "prior", "sigmoid", step_size, chain_pairs, progress
     )
-    betas = schedule(steps).flip(0)  # 1 -> 0
-    n = x.shape[0]
-    batch = max(1, min(n, chain_pairs // chains))
-    upper, acceptance = [], []
-    bar = progress_bar(n * steps, f"reverse AIS, T={steps}", "point-step", progress)
-    try:
-        for lo in range(0, n, batch):
-            part = {name: v[lo : lo + batch] for name, v in truth.items()}
-            exact = {name: v.unsqueeze(0).expand((chains,) + v.shape) for name, v in part.items()}
-            size = x[lo : lo + batch].shape[0]
-            log_w, acc = _anneal(
-                producer,
-                x[lo : lo + batch],
-                betas,
-                chains,
-                leapfrog,
-                "prior",
-                step_size,
-                on_step=lambda size=size: bar.update(size),
-                start=exact,
-            )
-            estimate, _ = _log_mean_exp(log_w)  # of 1 / p(x)
-            upper.append(-estimate)
-            acceptance.append(acc.double())
-    finally:
-        bar.close()
-    upper_pp = torch.cat(upper).cpu()
+    upper_pp, reverse_acceptance = _reverse_ais(
+        producer, x, truth, steps, chains, leapfrog, step_size, chain_pairs, progress
+    )
     iw = estimate_log_likelihood(None, None, x, k, producer=producer, progress=progress)
     per_point = {
         "lower": forward.per_point_log_px,
@@ -536,7 +548,7 @@ def bdmc(
     }
     stats = {name: mean_stderr(v) for name, v in per_point.items()}
     return BDMCResult(
-        n=n,
+        n=x.shape[0],
         steps=steps,
         chains=chains,
         leapfrog=leapfrog,
@@ -549,7 +561,7 @@ def bdmc(
         width_stderr=stats["width"][1],
         iw=stats["iw"][0],
         iw_stderr=stats["iw"][1],
-        acceptance=(forward.acceptance + torch.cat(acceptance).mean().item()) / 2,
+        acceptance=(forward.acceptance + reverse_acceptance) / 2,
         seconds=time.perf_counter() - start,
         per_point=per_point,
         points=x.cpu(),
